@@ -1,0 +1,199 @@
+"""The managed Secret: its body, annotations, template rendering, ownership (pure)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tokensync.oauth2 import Token
+from tokensync.schedule import HeldToken, parse_time
+from tokensync.spec import CredentialSpec, ResolvedValues
+
+DOMAIN = "tokensync.dev"
+LABEL_CREDENTIAL = f"{DOMAIN}/credential"
+LABEL_SOURCE = f"{DOMAIN}/credential-source"
+ANNOTATION_ALLOWED_URLS = f"{DOMAIN}/allowed-token-urls"
+ANNOTATION_EXPIRES = f"{DOMAIN}/expires-at"
+ANNOTATION_ISSUED = f"{DOMAIN}/issued-at"
+ANNOTATION_CONFIG_HASH = f"{DOMAIN}/config-hash"
+ANNOTATION_OWNER_UID = f"{DOMAIN}/owner-uid"
+ANNOTATION_REFRESH_REQUESTED = f"{DOMAIN}/refresh-requested-at"
+
+API_VERSION = f"{DOMAIN}/v1alpha1"
+KIND = "OAuth2Credential"
+_PLACEHOLDER_RE = re.compile(r"\$\{([a-z_]+)\}")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The credential a managed Secret belongs to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 UTC with second precision, as Kubernetes writes times."""
+    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _digest(value: Any) -> str:
+    raw = value if isinstance(value, bytes) else json.dumps(value, sort_keys=True).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def config_hash(spec: CredentialSpec, values: ResolvedValues) -> str:
+    """Fingerprint of everything that shapes the token request: the request fields of the
+    spec and the referenced data. Only digests of the data enter it, never the data."""
+    request_fields = {
+        "tokenURL": spec.token_url,
+        "grantType": spec.grant_type,
+        "clientAuthentication": spec.client_authentication,
+        "contentType": spec.content_type,
+        "scope": spec.scope,
+        "scopeObject": spec.scope_object,
+        "includeScope": spec.include_scope,
+        "audience": spec.audience,
+        "resource": spec.resource,
+        "extraParameters": dict(spec.extra_parameters),
+        "tls": {
+            "caRef": spec.tls.ca_ref and [spec.tls.ca_ref.kind, spec.tls.ca_ref.name],
+            "insecureSkipVerify": spec.tls.insecure_skip_verify,
+            "clientCertificate": spec.tls.client_certificate_secret,
+        },
+        "data": [
+            _digest(values.client_id.encode()),
+            _digest(values.client_secret.encode()),
+            _digest(values.ca_pem or b""),
+            _digest(values.client_cert_pem or b""),
+            _digest(values.client_key_pem or b""),
+        ],
+    }
+    return "sha256:" + _digest(request_fields)[:32]
+
+
+def template_values(token: Token) -> dict[str, str]:
+    return {
+        "access_token": token.access_token,
+        "token_type": token.token_type,
+        "authorization": f"{token.token_type} {token.access_token}",
+        "expires_at": format_time(token.expires_at),
+        "scope": token.scope or "",
+    }
+
+
+def render_template(text: str, values: Mapping[str, str]) -> str:
+    """Substitute `${name}` placeholders; nothing else is evaluated (spec.py has already
+    rejected unknown names; any left over stay as written)."""
+    return _PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def secret_data(token: Token, template: Mapping[str, str]) -> dict[str, str]:
+    """The managed Secret's keys, as plain strings."""
+    values = template_values(token)
+    data = {key: values[key] for key in ("access_token", "token_type", "authorization")}
+    data["expires_at"] = values["expires_at"]
+    for key, text in template.items():
+        data[key] = render_template(text, values)
+    return data
+
+
+def managed_secret(
+    owner: Owner,
+    spec: CredentialSpec,
+    token: Token,
+    fingerprint: str,
+    resource_version: str | None = None,
+) -> dict[str, Any]:
+    """The full Secret object to create (no resourceVersion) or update (with the one read)."""
+    annotations = dict(spec.secret.annotations)
+    annotations.update(
+        {
+            ANNOTATION_EXPIRES: format_time(token.expires_at),
+            ANNOTATION_ISSUED: format_time(token.issued_at),
+            ANNOTATION_CONFIG_HASH: fingerprint,
+        }
+    )
+    metadata: dict[str, Any] = {
+        "name": spec.secret.name,
+        "namespace": owner.namespace,
+        "labels": {**spec.secret.labels, LABEL_CREDENTIAL: owner.name},
+        "annotations": annotations,
+    }
+    if spec.secret.deletion_policy == "Delete":
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    else:
+        annotations[ANNOTATION_OWNER_UID] = owner.uid
+    if resource_version:
+        metadata["resourceVersion"] = resource_version
+    data = {
+        key: base64.b64encode(value.encode()).decode()
+        for key, value in secret_data(token, spec.secret.template).items()
+    }
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata, "data": data}
+
+
+def owned_by(secret: Mapping[str, Any], owner: Owner) -> bool:
+    """A Secret belongs to a credential by its controller ownerReference, or, for
+    `deletionPolicy: Retain`, by its credential label plus owner-uid annotation."""
+    metadata = secret.get("metadata") or {}
+    for ref in metadata.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref.get("uid") == owner.uid
+    labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
+    return (
+        labels.get(LABEL_CREDENTIAL) == owner.name
+        and annotations.get(ANNOTATION_OWNER_UID) == owner.uid
+    )
+
+
+def is_managed(metadata: Mapping[str, Any]) -> bool:
+    """Any Secret written by tokensync, for any credential: never read as a source."""
+    return LABEL_CREDENTIAL in (metadata.get("labels") or {})
+
+
+def held_token(secret: Mapping[str, Any] | None) -> HeldToken | None:
+    """What an existing managed Secret holds, for the "why fetch now?" decision."""
+    if secret is None:
+        return None
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    return HeldToken(
+        keys=frozenset(k for k, v in (secret.get("data") or {}).items() if v),
+        issued_at=parse_time(annotations.get(ANNOTATION_ISSUED)),
+        expires_at=parse_time(annotations.get(ANNOTATION_EXPIRES)),
+        config_hash=annotations.get(ANNOTATION_CONFIG_HASH),
+    )
+
+
+def url_allowed(token_url: str, allowed_prefixes: str | None) -> bool:
+    """The allowed-token-urls annotation binds a source's data to its real endpoints.
+
+    Plain prefix matching, except that a prefix naming only scheme and host must end
+    there: `https://login.example` must not admit `https://login.example.attacker.net`.
+    """
+    if allowed_prefixes is None:
+        return True
+    for prefix in (p.strip() for p in allowed_prefixes.split(",")):
+        if not prefix or not token_url.startswith(prefix):
+            continue
+        host_only = prefix.count("/") == 2  # "scheme://host[:port]"
+        if not host_only or token_url[len(prefix) : len(prefix) + 1] in ("", "/", "?"):
+            return True
+    return False

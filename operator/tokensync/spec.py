@@ -1,0 +1,454 @@
+"""OAuth2Credential spec -> typed, validated, immutable settings (pure).
+
+The CRD enforces most of these rules on the server, but the operator must not trust
+that: a manifest read by `tokensync check` was never seen by a server, and an older CRD
+may be installed. So every rule of API.md is checked here, and all violations are
+reported at once, each naming its field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from tokensync.oauth2 import TLSSettings, TokenRequest
+
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+CONTENT_TYPES = (FORM, JSON)
+CLIENT_AUTHENTICATIONS = ("header", "body")
+GRANT_TYPES = ("client_credentials",)
+DELETION_POLICIES = ("Delete", "Retain")
+CA_REF_KINDS = ("Secret", "ConfigMap")
+
+FIXED_SECRET_KEYS = ("access_token", "token_type", "authorization", "expires_at")
+TEMPLATE_PLACEHOLDERS = ("access_token", "token_type", "authorization", "expires_at", "scope")
+RESERVED_PARAMETERS = ("grant_type", "client_id", "client_secret", "scope", "audience", "resource")
+RESERVED_PARAMETER_PREFIX = "client_assertion"
+RESERVED_KEY_DOMAINS = ("tokensync.dev", "kubernetes.io", "k8s.io")
+
+DEFAULT_TIMEOUT_SECONDS = 30
+DEFAULT_LIFETIME = "1h"
+
+_DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_PLACEHOLDER_RE = re.compile(r"\$\{([^}]*)\}")
+
+
+class SpecError(ValueError):
+    """The spec breaks one or more rules; `problems` names each field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A key of a Secret (or ConfigMap, for CA bundles) in the credential's namespace."""
+
+    name: str
+    key: str
+    kind: str = "Secret"
+
+
+@dataclass(frozen=True)
+class TLSSpec:
+    ca_ref: Ref | None = None
+    insecure_skip_verify: bool = False
+    client_certificate_secret: str | None = None  # a kubernetes.io/tls Secret
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    template: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    deletion_policy: str = "Delete"
+
+
+@dataclass(frozen=True)
+class RefreshSpec:
+    renew_before_seconds: float | None = None
+    renew_before_percentage: int | None = None
+    default_lifetime_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class CredentialSpec:
+    token_url: str
+    client_secret_ref: Ref
+    secret: SecretSpec
+    client_id: str | None = None
+    client_id_ref: Ref | None = None
+    allow_insecure_http: bool = False
+    grant_type: str = "client_credentials"
+    client_authentication: str = "header"
+    content_type: str = FORM
+    scope: str | None = None
+    scope_object: Any = None
+    include_scope: bool = True
+    audience: str | None = None
+    resource: str | None = None
+    extra_parameters: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    tls: TLSSpec = TLSSpec()
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    suspend: bool = False
+    refresh: RefreshSpec = RefreshSpec()
+
+    @property
+    def references(self) -> tuple[Ref, ...]:
+        """Every object key this credential reads, client secret first."""
+        refs = [self.client_secret_ref]
+        if self.client_id_ref:
+            refs.append(self.client_id_ref)
+        if self.tls.ca_ref:
+            refs.append(self.tls.ca_ref)
+        if self.tls.client_certificate_secret:
+            name = self.tls.client_certificate_secret
+            refs += [Ref(name, "tls.crt"), Ref(name, "tls.key")]
+        return tuple(refs)
+
+
+@dataclass(frozen=True)
+class ResolvedValues:
+    """The referenced data a token request needs, read from the cluster or from files."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    ca_pem: bytes | None = None
+    ca_description: str = "system trust store"
+    client_cert_pem: bytes | None = None
+    client_key_pem: bytes | None = field(default=None, repr=False)
+
+
+def parse_duration(text: str) -> float:
+    """Go-style duration (`90s`, `5m`, `1h30m`, `1.5h`) -> seconds; ValueError if malformed."""
+    if not isinstance(text, str) or not _DURATION_RE.match(text):
+        raise ValueError(f"{text!r} is not a duration like 90s, 5m or 1h30m")
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART_RE.findall(text))
+
+
+def reserved_key_domain(key: str) -> str | None:
+    """The reserved domain a label/annotation key sits under, if any."""
+    if "/" not in key:
+        return None
+    prefix = key.split("/", 1)[0].lower()
+    for domain in RESERVED_KEY_DOMAINS:
+        if prefix == domain or prefix.endswith("." + domain):
+            return domain
+    return None
+
+
+def token_url_problem(url: str, allow_insecure_http: bool) -> str | None:
+    """Why a token URL is unacceptable, or None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "must be an absolute https:// URL"
+    if parts.scheme == "http" and not allow_insecure_http:
+        return "must use https:// (http:// needs spec.allowInsecureHTTP: true)"
+    if "@" in parts.netloc:
+        return "must not contain user information (put credentials in clientSecretRef)"
+    if parts.fragment or url.endswith("#"):
+        return "must not contain a fragment"
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return "has an invalid port"
+    return None
+
+
+class _Reader:
+    """Reads typed fields out of an untrusted mapping, collecting problems by field path."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def mapping(self, data: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+        value = data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(path, "must be an object")
+            return {}
+        return value
+
+    def string(
+        self, data: Mapping[str, Any], key: str, path: str, *, max_length: int = 1024
+    ) -> str | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.fail(path, "must be a string")
+            return None
+        if len(value) > max_length:
+            self.fail(path, f"must be at most {max_length} characters")
+            return None
+        return value
+
+    def boolean(self, data: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(path, "must be true or false")
+            return default
+        return value
+
+    def integer(
+        self, data: Mapping[str, Any], key: str, path: str, low: int, high: int
+    ) -> int | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.fail(path, f"must be an integer from {low} to {high}")
+            return None
+        return value
+
+    def enum(
+        self, data: Mapping[str, Any], key: str, path: str, allowed: tuple[str, ...], default: str
+    ) -> str:
+        value = data.get(key, default)
+        if value not in allowed:
+            self.fail(path, "must be one of " + ", ".join(allowed))
+            return default
+        return value
+
+    def duration(self, data: Mapping[str, Any], key: str, path: str) -> float | None:
+        text = self.string(data, key, path, max_length=32)
+        if text is None:
+            return None
+        try:
+            seconds = parse_duration(text)
+        except ValueError as error:
+            self.fail(path, str(error))
+            return None
+        if seconds <= 0:
+            self.fail(path, "must be longer than zero")
+            return None
+        return seconds
+
+    def string_map(
+        self, data: Mapping[str, Any], key: str, path: str, *, max_items: int = 64
+    ) -> dict[str, str]:
+        value = self.mapping(data, key, path)
+        if len(value) > max_items:
+            self.fail(path, f"must have at most {max_items} entries")
+            return {}
+        result = {}
+        for k, v in value.items():
+            if not isinstance(v, str):
+                self.fail(f"{path}.{k}", "must be a string")
+            elif len(v) > 4096:
+                self.fail(f"{path}.{k}", "must be at most 4096 characters")
+            else:
+                result[str(k)] = v
+        return result
+
+    def object_name(self, data: Mapping[str, Any], key: str, path: str) -> str | None:
+        name = self.string(data, key, path, max_length=253)
+        if name is not None and not _DNS_SUBDOMAIN_RE.match(name):
+            self.fail(path, "must be a lowercase DNS subdomain name")
+            return None
+        return name
+
+    def ref(
+        self, data: Mapping[str, Any], key: str, path: str, *, kinds: tuple[str, ...] = ()
+    ) -> Ref | None:
+        if data.get(key) is None:
+            return None
+        value = self.mapping(data, key, path)
+        name = self.object_name(value, "name", f"{path}.name")
+        ref_key = self.string(value, "key", f"{path}.key", max_length=253)
+        if name is None and "name" not in value:
+            self.fail(f"{path}.name", "is required")
+        if ref_key is None and "key" not in value:
+            self.fail(f"{path}.key", "is required")
+        elif ref_key is not None and not _SECRET_KEY_RE.match(ref_key):
+            self.fail(f"{path}.key", "must consist of alphanumerics, '-', '_' or '.'")
+            ref_key = None
+        kind = "Secret"
+        if kinds:
+            if "kind" not in value:
+                self.fail(f"{path}.kind", "is required: one of " + ", ".join(kinds))
+            kind = self.enum(value, "kind", f"{path}.kind", kinds, kinds[0])
+        if name is None or ref_key is None:
+            return None
+        return Ref(name=name, key=ref_key, kind=kind)
+
+
+def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
+    """Validate an OAuth2Credential spec and apply every default; raise SpecError."""
+    r = _Reader()
+    if not isinstance(spec, Mapping):
+        raise SpecError(["spec: must be an object"])
+
+    allow_http = r.boolean(spec, "allowInsecureHTTP", "spec.allowInsecureHTTP", False)
+    token_url = r.string(spec, "tokenURL", "spec.tokenURL", max_length=2048)
+    if token_url is None and "tokenURL" not in spec:
+        r.fail("spec.tokenURL", "is required")
+    elif token_url is not None and (problem := token_url_problem(token_url, allow_http)):
+        r.fail("spec.tokenURL", problem)
+
+    grant_type = r.enum(spec, "grantType", "spec.grantType", GRANT_TYPES, GRANT_TYPES[0])
+    client_id = r.string(spec, "clientID", "spec.clientID", max_length=1024)
+    client_id_ref = r.ref(spec, "clientIDRef", "spec.clientIDRef")
+    if ("clientID" in spec) == ("clientIDRef" in spec):
+        r.fail("spec.clientID", "exactly one of clientID and clientIDRef is required")
+    client_secret_ref = r.ref(spec, "clientSecretRef", "spec.clientSecretRef")
+    if "clientSecretRef" not in spec:
+        r.fail("spec.clientSecretRef", "is required")
+
+    auth = r.enum(
+        spec, "clientAuthentication", "spec.clientAuthentication", CLIENT_AUTHENTICATIONS, "header"
+    )
+    content_type = r.enum(spec, "contentType", "spec.contentType", CONTENT_TYPES, FORM)
+    scope = r.string(spec, "scope", "spec.scope", max_length=4096)
+    scope_object = spec.get("scopeObject")
+    if scope_object is not None:
+        if not isinstance(scope_object, Mapping):
+            r.fail("spec.scopeObject", "must be a JSON object")
+        if scope is not None:
+            r.fail("spec.scopeObject", "scope and scopeObject are mutually exclusive")
+        if content_type != JSON:
+            r.fail("spec.scopeObject", f"requires spec.contentType: {JSON}")
+    include_scope = r.boolean(spec, "includeScope", "spec.includeScope", True)
+    audience = r.string(spec, "audience", "spec.audience", max_length=2048)
+    resource = r.string(spec, "resource", "spec.resource", max_length=2048)
+
+    extra = r.string_map(spec, "extraParameters", "spec.extraParameters")
+    for key in extra:
+        if key in RESERVED_PARAMETERS or key.startswith(RESERVED_PARAMETER_PREFIX):
+            r.fail(f"spec.extraParameters.{key}", "is reserved; use the dedicated field")
+
+    tls_data = r.mapping(spec, "tls", "spec.tls")
+    ca_ref = r.ref(tls_data, "caRef", "spec.tls.caRef", kinds=CA_REF_KINDS)
+    cert_name = None
+    if tls_data.get("clientCertificateRef") is not None:
+        cert_data = r.mapping(tls_data, "clientCertificateRef", "spec.tls.clientCertificateRef")
+        cert_name = r.object_name(cert_data, "name", "spec.tls.clientCertificateRef.name")
+        if "name" not in cert_data:
+            r.fail("spec.tls.clientCertificateRef.name", "is required")
+    tls = TLSSpec(
+        ca_ref=ca_ref,
+        insecure_skip_verify=r.boolean(
+            tls_data, "insecureSkipVerify", "spec.tls.insecureSkipVerify", False
+        ),
+        client_certificate_secret=cert_name,
+    )
+
+    timeout = r.integer(spec, "timeoutSeconds", "spec.timeoutSeconds", 1, 120)
+    suspend = r.boolean(spec, "suspend", "spec.suspend", False)
+    secret = _parse_secret(r, r.mapping(spec, "secret", "spec.secret"), name)
+    refresh = _parse_refresh(r, r.mapping(spec, "refresh", "spec.refresh"))
+
+    if r.problems:
+        raise SpecError(r.problems)
+    assert token_url is not None and client_secret_ref is not None
+    return CredentialSpec(
+        token_url=token_url,
+        allow_insecure_http=allow_http,
+        grant_type=grant_type,
+        client_id=client_id,
+        client_id_ref=client_id_ref,
+        client_secret_ref=client_secret_ref,
+        client_authentication=auth,
+        content_type=content_type,
+        scope=scope,
+        scope_object=scope_object,
+        include_scope=include_scope,
+        audience=audience,
+        resource=resource,
+        extra_parameters=MappingProxyType(extra),
+        tls=tls,
+        timeout_seconds=timeout if timeout is not None else DEFAULT_TIMEOUT_SECONDS,
+        suspend=suspend,
+        secret=secret,
+        refresh=refresh,
+    )
+
+
+def _parse_secret(r: _Reader, data: Mapping[str, Any], credential_name: str) -> SecretSpec:
+    name = r.object_name(data, "name", "spec.secret.name") or credential_name
+    labels = r.string_map(data, "labels", "spec.secret.labels")
+    annotations = r.string_map(data, "annotations", "spec.secret.annotations")
+    for kind, values in (("labels", labels), ("annotations", annotations)):
+        for key in values:
+            if domain := reserved_key_domain(key):
+                r.fail(f"spec.secret.{kind}.{key}", f"keys under {domain}/ are reserved")
+    template = r.string_map(data, "template", "spec.secret.template", max_items=32)
+    for key, text in template.items():
+        path = f"spec.secret.template.{key}"
+        if not _SECRET_KEY_RE.match(key) or len(key) > 253:
+            r.fail(path, "key must consist of alphanumerics, '-', '_' or '.'")
+        elif key in FIXED_SECRET_KEYS:
+            r.fail(path, "may not replace the fixed key " + key)
+        unknown = sorted({p for p in _PLACEHOLDER_RE.findall(text)} - set(TEMPLATE_PLACEHOLDERS))
+        if unknown:
+            allowed = ", ".join("${%s}" % p for p in TEMPLATE_PLACEHOLDERS)  # noqa: UP031
+            r.fail(path, f"unknown placeholder ${{{unknown[0]}}}; allowed: {allowed}")
+    policy = r.enum(
+        data, "deletionPolicy", "spec.secret.deletionPolicy", DELETION_POLICIES, "Delete"
+    )
+    return SecretSpec(
+        name=name,
+        labels=MappingProxyType(labels),
+        annotations=MappingProxyType(annotations),
+        template=MappingProxyType(template),
+        deletion_policy=policy,
+    )
+
+
+def _parse_refresh(r: _Reader, data: Mapping[str, Any]) -> RefreshSpec:
+    before = r.duration(data, "renewBefore", "spec.refresh.renewBefore")
+    percentage = r.integer(
+        data, "renewBeforePercentage", "spec.refresh.renewBeforePercentage", 1, 99
+    )
+    if "renewBefore" in data and "renewBeforePercentage" in data:
+        r.fail("spec.refresh.renewBefore", "renewBefore and renewBeforePercentage are exclusive")
+    lifetime = r.duration(data, "defaultLifetime", "spec.refresh.defaultLifetime")
+    return RefreshSpec(
+        renew_before_seconds=before,
+        renew_before_percentage=percentage,
+        default_lifetime_seconds=lifetime or parse_duration(DEFAULT_LIFETIME),
+    )
+
+
+def to_token_request(spec: CredentialSpec, values: ResolvedValues) -> TokenRequest:
+    """The exact token request a credential makes, once its references are resolved."""
+    return TokenRequest(
+        token_url=spec.token_url,
+        client_id=values.client_id,
+        client_secret=values.client_secret,
+        client_authentication=spec.client_authentication,
+        content_type=spec.content_type,
+        scope=spec.scope,
+        scope_object=spec.scope_object,
+        include_scope=spec.include_scope,
+        audience=spec.audience,
+        resource=spec.resource,
+        extra_parameters=dict(spec.extra_parameters),
+        tls=TLSSettings(
+            ca_pem=values.ca_pem,
+            insecure_skip_verify=spec.tls.insecure_skip_verify,
+            client_cert_pem=values.client_cert_pem,
+            client_key_pem=values.client_key_pem,
+            ca_description=values.ca_description,
+        ),
+        timeout_seconds=float(spec.timeout_seconds),
+        default_lifetime_seconds=spec.refresh.default_lifetime_seconds,
+    )
