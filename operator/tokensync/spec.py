@@ -34,11 +34,13 @@ RESERVED_KEY_DOMAINS = ("tokensync.dev", "kubernetes.io", "k8s.io")
 DEFAULT_TIMEOUT_SECONDS = 30
 DEFAULT_LIFETIME = "1h"
 
-_DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
+_DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+\Z")
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
-_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+\Z")
+_DNS_SUBDOMAIN_RE = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z"
+)
 _PLACEHOLDER_RE = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -128,6 +130,16 @@ class ResolvedValues:
     ca_description: str = "system trust store"
     client_cert_pem: bytes | None = None
     client_key_pem: bytes | None = field(default=None, repr=False)
+
+
+def _is_secret_key(key: str) -> bool:
+    """A valid Secret/ConfigMap data key (Kubernetes' IsConfigMapKey)."""
+    return (
+        len(key) <= 253
+        and bool(_SECRET_KEY_RE.match(key))
+        and key not in (".", "..")
+        and not key.startswith("..")
+    )
 
 
 def parse_duration(text: str) -> float:
@@ -274,11 +286,11 @@ class _Reader:
         value = self.mapping(data, key, path)
         name = self.object_name(value, "name", f"{path}.name")
         ref_key = self.string(value, "key", f"{path}.key", max_length=253)
-        if name is None and "name" not in value:
+        if value.get("name") is None:
             self.fail(f"{path}.name", "is required")
-        if ref_key is None and "key" not in value:
+        if value.get("key") is None:
             self.fail(f"{path}.key", "is required")
-        elif ref_key is not None and not _SECRET_KEY_RE.match(ref_key):
+        elif ref_key is not None and not _is_secret_key(ref_key):
             self.fail(f"{path}.key", "must consist of alphanumerics, '-', '_' or '.'")
             ref_key = None
         kind = "Secret"
@@ -299,7 +311,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
 
     allow_http = r.boolean(spec, "allowInsecureHTTP", "spec.allowInsecureHTTP", False)
     token_url = r.string(spec, "tokenURL", "spec.tokenURL", max_length=2048)
-    if token_url is None and "tokenURL" not in spec:
+    if spec.get("tokenURL") is None:
         r.fail("spec.tokenURL", "is required")
     elif token_url is not None and (problem := token_url_problem(token_url, allow_http)):
         r.fail("spec.tokenURL", problem)
@@ -307,10 +319,10 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     grant_type = r.enum(spec, "grantType", "spec.grantType", GRANT_TYPES, GRANT_TYPES[0])
     client_id = r.string(spec, "clientID", "spec.clientID", max_length=1024)
     client_id_ref = r.ref(spec, "clientIDRef", "spec.clientIDRef")
-    if ("clientID" in spec) == ("clientIDRef" in spec):
+    if (spec.get("clientID") is None) == (spec.get("clientIDRef") is None):
         r.fail("spec.clientID", "exactly one of clientID and clientIDRef is required")
     client_secret_ref = r.ref(spec, "clientSecretRef", "spec.clientSecretRef")
-    if "clientSecretRef" not in spec:
+    if spec.get("clientSecretRef") is None:
         r.fail("spec.clientSecretRef", "is required")
 
     auth = r.enum(
@@ -341,7 +353,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     if tls_data.get("clientCertificateRef") is not None:
         cert_data = r.mapping(tls_data, "clientCertificateRef", "spec.tls.clientCertificateRef")
         cert_name = r.object_name(cert_data, "name", "spec.tls.clientCertificateRef.name")
-        if "name" not in cert_data:
+        if cert_data.get("name") is None:
             r.fail("spec.tls.clientCertificateRef.name", "is required")
     tls = TLSSpec(
         ca_ref=ca_ref,
@@ -393,7 +405,7 @@ def _parse_secret(r: _Reader, data: Mapping[str, Any], credential_name: str) -> 
     template = r.string_map(data, "template", "spec.secret.template", max_items=32)
     for key, text in template.items():
         path = f"spec.secret.template.{key}"
-        if not _SECRET_KEY_RE.match(key) or len(key) > 253:
+        if not _is_secret_key(key):
             r.fail(path, "key must consist of alphanumerics, '-', '_' or '.'")
         elif key in FIXED_SECRET_KEYS:
             r.fail(path, "may not replace the fixed key " + key)
@@ -418,7 +430,7 @@ def _parse_refresh(r: _Reader, data: Mapping[str, Any]) -> RefreshSpec:
     percentage = r.integer(
         data, "renewBeforePercentage", "spec.refresh.renewBeforePercentage", 1, 99
     )
-    if "renewBefore" in data and "renewBeforePercentage" in data:
+    if data.get("renewBefore") is not None and data.get("renewBeforePercentage") is not None:
         r.fail("spec.refresh.renewBefore", "renewBefore and renewBeforePercentage are exclusive")
     lifetime = r.duration(data, "defaultLifetime", "spec.refresh.defaultLifetime")
     return RefreshSpec(
