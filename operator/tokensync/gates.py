@@ -1,0 +1,61 @@
+"""Operator-level gates: what the cluster admin allows, on top of what a spec asks (pure)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
+
+from tokensync.oauth2 import TokenRequest
+from tokensync.sources import ReferenceProblem
+from tokensync.spec import CredentialSpec
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    allow_insecure: bool = False  # honour allowInsecureHTTP and tls.insecureSkipVerify
+    deny_private_networks: bool = True
+    allowed_token_hosts: tuple[str, ...] = ()  # fnmatch patterns; empty: any host
+
+
+def gate_problem(spec: CredentialSpec, config: OperatorConfig) -> ReferenceProblem | None:
+    """Why the operator refuses this credential's token URL, or None."""
+    parts = urlsplit(spec.token_url)
+    if parts.scheme == "http" and not config.allow_insecure:
+        return ReferenceProblem(
+            "InvalidSpec",
+            "spec.allowInsecureHTTP is honoured only when the operator runs with "
+            "--allow-insecure; use an https:// token URL",
+        )
+    host = (parts.hostname or "").lower()
+    if config.allowed_token_hosts and not any(
+        fnmatchcase(host, pattern.lower()) for pattern in config.allowed_token_hosts
+    ):
+        return ReferenceProblem(
+            "TokenURLNotAllowed",
+            f"token host {host!r} is not in the operator's --allowed-token-hosts",
+        )
+    return None
+
+
+def insecure_warnings(spec: CredentialSpec, config: OperatorConfig) -> list[str]:
+    """Insecure settings in effect (or ignored), for status.warnings and a Warning event."""
+    warnings = []
+    if spec.token_url.startswith("http://") and config.allow_insecure:
+        warnings.append("allowInsecureHTTP: the client secret and token travel unencrypted")
+    if spec.tls.insecure_skip_verify:
+        warnings.append(
+            "tls.insecureSkipVerify: the token endpoint's certificate is not verified"
+            if config.allow_insecure
+            else "tls.insecureSkipVerify is ignored: the operator runs without --allow-insecure"
+        )
+    return warnings
+
+
+def effective_request(request: TokenRequest, config: OperatorConfig) -> TokenRequest:
+    """The request as the operator sends it: skip-verify only where the admin allows it."""
+    if request.tls.insecure_skip_verify and not config.allow_insecure:
+        tls = dataclasses.replace(request.tls, insecure_skip_verify=False)
+        return dataclasses.replace(request, tls=tls)
+    return request

@@ -1,0 +1,228 @@
+"""kopf wiring only: which events start, wake and stop credential workers.
+
+Why no kopf.daemon: kopf puts a finalizer on every object with a daemon, and a finalizer
+would block namespace deletion once the operator is gone. Instead a spy handler
+(`on.event`, which stores nothing on the object) keeps one asyncio task per credential;
+the managed Secret's ownerReference does the cleanup on deletion.
+
+Referenced Secrets and ConfigMaps are watched with a server-side label selector and held
+in kopf indices; no create/update handler is ever attached to Secrets (kopf would copy
+their data into its last-handled-configuration annotation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kopf
+from aiohttp import web
+
+from tokensync import metrics
+from tokensync.controller import CredentialWorker, OperatorContext
+from tokensync.gates import OperatorConfig
+from tokensync.kube import GROUP, PLURAL, VERSION, Kube, load_configuration
+from tokensync.secret import LABEL_SOURCE
+from tokensync.sources import Source, SourceLookup, source_from_body
+from tokensync.spec import SpecError, parse_spec
+
+log = logging.getLogger("tokensync")
+
+CREDENTIALS = (GROUP, VERSION, PLURAL)
+SOURCE_SELECTOR = f"{LABEL_SOURCE}=true"
+
+
+class Supervisor:
+    """Keeps one worker task per credential, keyed by UID."""
+
+    def __init__(self, ctx: OperatorContext) -> None:
+        self.ctx = ctx
+        self.workers: dict[str, CredentialWorker] = {}
+
+    def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        uid = body["metadata"]["uid"]
+        if event_type == "DELETED":
+            worker = self.workers.pop(uid, None)
+            if worker and worker.task:
+                worker.task.cancel()
+            return
+        worker = self.workers.get(uid)
+        if worker is None:
+            worker = CredentialWorker(self.ctx, dict(body))
+            worker.task = asyncio.create_task(worker.run(), name=f"credential:{uid}")
+            self.workers[uid] = worker
+        else:
+            worker.observe(body)
+
+    def wake(self, uids: Iterator[str]) -> None:
+        for uid in uids:
+            if worker := self.workers.get(uid):
+                worker.wake()
+
+    def samples(self) -> list[metrics.CredentialSample]:
+        return [
+            metrics.CredentialSample(
+                namespace=w.owner.namespace,
+                name=w.owner.name,
+                ready_reason=w.ready_reason,
+                expires_at=w.expires_at,
+            )
+            for w in list(self.workers.values())
+        ]
+
+    async def stop(self) -> None:
+        tasks = [w.task for w in self.workers.values() if w.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf settings that keep data out of the objects and events it writes."""
+    settings.watching.label_selectors["v1", "secrets"] = SOURCE_SELECTOR
+    settings.watching.label_selectors["v1", "configmaps"] = SOURCE_SELECTOR
+    # Events only from explicit kopf.event() calls with messages we built, never from
+    # log lines (which might one day carry an exception's text).
+    settings.posting.enabled = True
+    settings.posting.loggers = False
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "tokensync"
+    # Only on.event/index handlers exist, so kopf persists no progress and no diff-base
+    # on credentials (a test checks their annotations stay clean).
+
+
+def _lookup(secrets: kopf.Index, configmaps: kopf.Index, namespace: str) -> SourceLookup:
+    def lookup(kind: str, name: str) -> Source | None:
+        index = secrets if kind == "Secret" else configmaps
+        for source in index.get((namespace, name), []):
+            return source
+        return None
+
+    return lookup
+
+
+# --- operator lifecycle ---------------------------------------------------------------
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure_kopf(settings)
+    config: OperatorConfig = memo.config
+    executor = ThreadPoolExecutor(max_workers=memo.workers, thread_name_prefix="tokensync")
+    kube = Kube(load_configuration(connection_pool_size=memo.workers))
+    memo.executor = executor
+    memo.supervisor = Supervisor(
+        OperatorContext(
+            config=config,
+            kube=kube,
+            executor=executor,
+            sources=lambda namespace: _lookup(memo.secrets, memo.configmaps, namespace),
+            post_event=_post_event,
+        )
+    )
+    metrics.serve(memo.metrics_port, memo.supervisor.samples)
+    if memo.health_port:
+        memo.health_runner = await _serve_health(memo)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if supervisor := getattr(memo, "supervisor", None):
+        await supervisor.stop()
+    if runner := getattr(memo, "health_runner", None):
+        await runner.cleanup()
+    if executor := getattr(memo, "executor", None):
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(dict(body), type=type_, reason=reason, message=message)
+
+
+async def _serve_health(memo: kopf.Memo) -> web.AppRunner:
+    """/healthz: the event loop answers. /readyz: kopf started and listed everything."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = memo.ready_flag.is_set()
+        return web.Response(text="ok" if ready else "starting", status=200 if ready else 503)
+
+    app = web.Application()
+    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, memo.health_host, memo.health_port).start()
+    return runner
+
+
+# --- sources: labelled Secrets and ConfigMaps -------------------------------------------
+
+
+@kopf.index("v1", "secrets")
+def source_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Source]:
+    source = source_from_body("Secret", body)
+    return {(namespace, name): source} if source else {}
+
+
+@kopf.index("v1", "configmaps")
+def source_configmaps(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Source]:
+    source = source_from_body("ConfigMap", body)
+    return {(namespace, name): source} if source else {}
+
+
+@kopf.index(*CREDENTIALS)
+def credential_references(
+    namespace: str, name: str, uid: str, spec: kopf.Spec, **_: Any
+) -> dict[Any, str]:
+    """(namespace, kind, name) of every referenced object -> credential UID."""
+    try:
+        refs = parse_spec(spec, name=name).references
+    except SpecError:
+        return {}
+    return {(namespace, ref.kind, ref.name): uid for ref in refs}
+
+
+@kopf.on.event("v1", "secrets")
+def source_secret_changed(
+    namespace: str, name: str, memo: kopf.Memo, credential_references: kopf.Index, **_: Any
+) -> None:
+    _wake_referrers(memo, credential_references, (namespace, "Secret", name))
+
+
+@kopf.on.event("v1", "configmaps")
+def source_configmap_changed(
+    namespace: str, name: str, memo: kopf.Memo, credential_references: kopf.Index, **_: Any
+) -> None:
+    _wake_referrers(memo, credential_references, (namespace, "ConfigMap", name))
+
+
+def _wake_referrers(memo: kopf.Memo, references: kopf.Index, key: tuple[str, str, str]) -> None:
+    memo.supervisor.wake(iter(references.get(key, [])))
+
+
+# --- credentials ------------------------------------------------------------------------
+
+
+@kopf.on.event(*CREDENTIALS)
+def credential_event(
+    type: str | None,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    source_secrets: kopf.Index,
+    source_configmaps: kopf.Index,
+    **_: Any,
+) -> None:
+    # The indices are live views; keep them for the workers' source lookups.
+    memo.secrets, memo.configmaps = source_secrets, source_configmaps
+    memo.supervisor.observe(type, _plain(body))
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """A private copy: kopf updates its body views in place."""
+    return copy.deepcopy(dict(body))

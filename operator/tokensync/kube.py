@@ -1,0 +1,132 @@
+"""The few Kubernetes API calls tokensync makes itself (blocking; run them in an executor).
+
+kopf watches credentials and labelled sources; everything written (managed Secrets,
+credential status) and the one metadata probe go through here, with the `kubernetes`
+client returning plain dicts. Errors become `KubeError` carrying the API's status code
+and its Status message only, never a request or response body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from tokensync import __version__
+
+GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "oauth2credentials"
+USER_AGENT = f"tokensync/{__version__}"
+# Distinct agent for the metadata-only probe, so an audit log shows that such a read
+# never returned an object's data.
+METADATA_USER_AGENT = f"tokensync/{__version__} (metadata-only)"
+METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = (10, 30)  # connect, read
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"Kubernetes API {status}: {message}")
+        self.status = status
+
+
+def _api_message(data: bytes | str | None) -> str:
+    """The Status message of an error response, never anything else of the body."""
+    try:
+        return str(json.loads(data or b"{}").get("message", ""))[:300] or "no message"
+    except (ValueError, AttributeError):
+        return "unreadable response"
+
+
+def load_configuration(connection_pool_size: int) -> kubernetes.client.Configuration:
+    """In-cluster config when running in a pod, else the current kubeconfig."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = connection_pool_size
+    return configuration
+
+
+class Kube:
+    def __init__(self, configuration: kubernetes.client.Configuration) -> None:
+        self._client = kubernetes.client.ApiClient(configuration)
+        self._client.user_agent = USER_AGENT
+        self._metadata_client = kubernetes.client.ApiClient(configuration)
+        self._metadata_client.user_agent = METADATA_USER_AGENT
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+        client: kubernetes.client.ApiClient | None = None,
+        missing_ok: bool = False,
+    ) -> dict[str, Any] | None:
+        api = client or self._client
+        method, url, headers, body = api.param_serialize(
+            method,
+            path,
+            header_params={"Content-Type": content_type, "Accept": accept},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = api.call_api(method, url, headers, body, _request_timeout=REQUEST_TIMEOUT)
+            data = response.read()
+        except ApiException as error:  # raised by some client versions for non-2xx
+            status, data = error.status or 0, (error.body or "").encode()
+        else:
+            status = response.status
+        if status == 404 and missing_ok:
+            return None
+        if not 200 <= status < 300:
+            raise KubeError(status, _api_message(data))
+        return json.loads(data or b"{}")
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}", missing_ok=True)
+
+    def create_secret(self, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any]:
+        """POST only: a 409 means a Secret of that name exists and is never overwritten."""
+        result = self._call("POST", f"/api/v1/namespaces/{namespace}/secrets", dict(secret))
+        assert result is not None
+        return result
+
+    def replace_secret(self, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT with the resourceVersion read: a 409 means it changed since."""
+        name = secret["metadata"]["name"]
+        path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
+        result = self._call("PUT", path, dict(secret))
+        assert result is not None
+        return result
+
+    def delete_secret(self, namespace: str, name: str, uid: str, resource_version: str) -> None:
+        """Delete exactly the object that was checked (preconditions), or nothing."""
+        body = {"preconditions": {"uid": uid, "resourceVersion": resource_version}}
+        path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
+        self._call("DELETE", path, body, missing_ok=True)
+
+    def object_metadata(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """Only the metadata of a Secret or ConfigMap: enough to tell a missing source from
+        an unlabelled one without ever receiving its data."""
+        plural = {"Secret": "secrets", "ConfigMap": "configmaps"}[kind]
+        path = f"/api/v1/namespaces/{namespace}/{plural}/{name}"
+        return self._call(
+            "GET", path, accept=METADATA_ACCEPT, client=self._metadata_client, missing_ok=True
+        )
+
+    def patch_credential_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        return self._call(
+            "PATCH", path, {"status": dict(status)}, content_type=MERGE_PATCH, missing_ok=True
+        )
