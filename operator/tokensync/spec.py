@@ -162,6 +162,10 @@ def reserved_key_domain(key: str) -> str | None:
 
 def token_url_problem(url: str, allow_insecure_http: bool) -> str | None:
     """Why a token URL is unacceptable, or None."""
+    # urlsplit silently drops tab/CR/LF, so it would judge a different URL than the one
+    # stored, prefix-checked and sent; no URL contains whitespace or control characters.
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        return "must not contain whitespace or control characters"
     try:
         parts = urlsplit(url)
     except ValueError:

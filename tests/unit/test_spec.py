@@ -499,6 +499,29 @@ def test_token_url_rejected(url, fragment):
     assert_problem(minimal(tokenURL=url, allowInsecureHTTP=True), "spec.tokenURL", fragment)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://login.example/\ttoken",
+        "https://login.example\n/token",
+        "https://login.example/token\r\n",
+        "https://login .example/token",
+        "https://login.example/to ken",
+        "https://exa\x00mple/token",
+        "https://login.example/\x7f",
+        " https://login.example/token",
+    ],
+)
+def test_token_url_with_whitespace_or_control_characters_rejected(url):
+    problem = token_url_problem(url, allow_insecure_http=False)
+    assert problem is not None and "whitespace or control" in problem
+    assert_problem(minimal(tokenURL=url), "spec.tokenURL", "whitespace or control")
+
+
+def test_token_url_may_be_an_international_domain_name():
+    assert token_url_problem("https://bücher.example/token", allow_insecure_http=False) is None
+
+
 def test_userinfo_rejected_even_over_http_with_allow_insecure():
     problem = token_url_problem("http://u:p@login.example/", allow_insecure_http=True)
     assert problem is not None and "user information" in problem
