@@ -1,0 +1,330 @@
+"""The OAuth2Credential CRD, checked without a cluster: the fields of the API contract,
+descriptions everywhere (what `kubectl explain` shows), bounds everywhere (so the CEL rules
+fit the API server's cost budget), constant defaults only, and the CEL rules' messages.
+
+The server-side behaviour of the same CRD is in test_manifests_server.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from manifestlib import crd_schema, load_crd, walk_schema
+
+# The API contract's fields (API.md "spec" and "status"), hard-coded on purpose: a field
+# added to or dropped from the CRD must be a deliberate change of this list too.
+SPEC_FIELDS = {
+    "tokenURL",
+    "allowInsecureHTTP",
+    "grantType",
+    "clientID",
+    "clientIDRef",
+    "clientSecretRef",
+    "clientAuthentication",
+    "contentType",
+    "scope",
+    "scopeObject",
+    "includeScope",
+    "audience",
+    "resource",
+    "extraParameters",
+    "tls",
+    "timeoutSeconds",
+    "suspend",
+    "secret",
+    "refresh",
+}
+NESTED_FIELDS = {
+    "spec.clientIDRef": {"name", "key"},
+    "spec.clientSecretRef": {"name", "key"},
+    "spec.tls": {"caRef", "insecureSkipVerify", "clientCertificateRef"},
+    "spec.tls.caRef": {"kind", "name", "key"},
+    "spec.tls.clientCertificateRef": {"name"},
+    "spec.secret": {"name", "labels", "annotations", "template", "deletionPolicy"},
+    "spec.refresh": {"renewBefore", "renewBeforePercentage", "defaultLifetime"},
+    "status.lastFailure": {"httpStatus", "error", "errorDescription", "reason", "message", "time"},
+}
+STATUS_FIELDS = {
+    "observedGeneration",
+    "conditions",
+    "secretName",
+    "expiresAt",
+    "lastRefreshTime",
+    "nextRefreshTime",
+    "consecutiveFailures",
+    "lastFailure",
+    "lastHandledRefreshRequest",
+    "warnings",
+}
+CONDITION_FIELDS = {
+    "type",
+    "status",
+    "reason",
+    "message",
+    "lastTransitionTime",
+    "observedGeneration",
+}
+
+# Constant defaults only; secret.name and the refresh point are computed by the operator.
+DEFAULTS = {
+    ".spec.allowInsecureHTTP": False,
+    ".spec.grantType": "client_credentials",
+    ".spec.clientAuthentication": "header",
+    ".spec.contentType": "application/x-www-form-urlencoded",
+    ".spec.includeScope": True,
+    ".spec.tls.insecureSkipVerify": False,
+    ".spec.timeoutSeconds": 30,
+    ".spec.suspend": False,
+    # {} so that the nested defaults below apply when the object is omitted.
+    ".spec.secret": {},
+    ".spec.secret.deletionPolicy": "Delete",
+    ".spec.refresh": {},
+    ".spec.refresh.defaultLifetime": "1h",
+}
+ENUMS = {
+    ".spec.grantType": ["client_credentials"],
+    ".spec.clientAuthentication": ["header", "body"],
+    ".spec.contentType": ["application/x-www-form-urlencoded", "application/json"],
+    ".spec.tls.caRef.kind": ["Secret", "ConfigMap"],
+    ".spec.secret.deletionPolicy": ["Delete", "Retain"],
+    ".status.conditions[].status": ["True", "False", "Unknown"],
+}
+DURATION_FIELDS = (".spec.refresh.renewBefore", ".spec.refresh.defaultLifetime")
+DNS_NAME_FIELDS = (
+    ".spec.clientIDRef.name",
+    ".spec.clientSecretRef.name",
+    ".spec.tls.caRef.name",
+    ".spec.tls.clientCertificateRef.name",
+    ".spec.secret.name",
+)
+SECRET_KEY_FIELDS = (".spec.clientIDRef.key", ".spec.clientSecretRef.key", ".spec.tls.caRef.key")
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    return crd_schema()
+
+
+@pytest.fixture(scope="module")
+def fields(schema: dict) -> dict[str, dict]:
+    return dict(walk_schema(schema))
+
+
+def test_names_scope_and_version() -> None:
+    crd = load_crd()
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["metadata"]["name"] == "oauth2credentials.tokensync.dev"
+    spec = crd["spec"]
+    assert spec["group"] == "tokensync.dev"
+    assert spec["scope"] == "Namespaced"
+    names = spec["names"]
+    assert names["kind"] == "OAuth2Credential"
+    assert names["plural"] == "oauth2credentials"
+    assert names["singular"] == "oauth2credential"
+    assert names["shortNames"] == ["o2c", "oauth2cred"]
+    assert names["categories"] == ["tokensync"]
+    (version,) = spec["versions"]
+    assert version["name"] == "v1alpha1"
+    assert version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_printer_columns() -> None:
+    (version,) = load_crd()["spec"]["versions"]
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert list(columns) == ["Ready", "Reason", "Secret", "Expires", "Next Refresh", "Age"]
+    assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert columns["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'
+    assert columns["Reason"]["priority"] == 1
+    assert columns["Secret"]["jsonPath"] == ".status.secretName"
+    assert columns["Expires"]["jsonPath"] == ".status.expiresAt"
+    assert columns["Next Refresh"]["jsonPath"] == ".status.nextRefreshTime"
+    # `date` columns show future times as <invalid>; API.md asks for strings.
+    assert columns["Expires"]["type"] == columns["Next Refresh"]["type"] == "string"
+    assert columns["Age"] == {
+        "name": "Age",
+        "type": "date",
+        "jsonPath": ".metadata.creationTimestamp",
+    }
+
+
+def test_spec_and_status_fields_match_the_api_contract(schema: dict) -> None:
+    props = schema["properties"]
+    assert set(props) == {"apiVersion", "kind", "metadata", "spec", "status"}
+    assert set(props["spec"]["properties"]) == SPEC_FIELDS
+    assert set(props["status"]["properties"]) == STATUS_FIELDS
+    for path, expected in NESTED_FIELDS.items():
+        node = schema
+        for part in path.split("."):
+            node = node["properties"][part]
+        assert set(node["properties"]) == expected, path
+    conditions = props["status"]["properties"]["conditions"]
+    assert set(conditions["items"]["properties"]) == CONDITION_FIELDS
+
+
+def test_required_fields(schema: dict) -> None:
+    spec = schema["properties"]["spec"]
+    assert schema["required"] == ["spec"]
+    assert set(spec["required"]) == {"tokenURL", "clientSecretRef"}
+    props = spec["properties"]
+    assert set(props["clientIDRef"]["required"]) == {"name", "key"}
+    assert set(props["clientSecretRef"]["required"]) == {"name", "key"}
+    assert set(props["tls"]["properties"]["caRef"]["required"]) == {"kind", "name", "key"}
+    assert props["tls"]["properties"]["clientCertificateRef"]["required"] == ["name"]
+
+
+def test_every_field_has_a_description(fields: dict[str, dict]) -> None:
+    # metadata is ObjectMeta: the API server describes it and rejects anything but
+    # name/generateName restrictions there.
+    missing = [
+        path or "(root)"
+        for path, sub in fields.items()
+        if path != ".metadata" and not sub.get("description", "").strip()
+    ]
+    assert missing == []
+
+
+def test_every_string_map_and_list_is_bounded(fields: dict[str, dict]) -> None:
+    unbounded = []
+    for path, sub in fields.items():
+        kind = sub.get("type")
+        if kind == "string" and "maxLength" not in sub:
+            unbounded.append(f"{path}: string without maxLength")
+        is_map = isinstance(sub.get("additionalProperties"), dict) or sub.get(
+            "x-kubernetes-preserve-unknown-fields"
+        )
+        if kind == "object" and is_map and "maxProperties" not in sub:
+            unbounded.append(f"{path}: map without maxProperties")
+        if kind == "array" and "maxItems" not in sub:
+            unbounded.append(f"{path}: list without maxItems")
+    assert unbounded == []
+
+
+def test_scope_object_is_any_json_object(fields: dict[str, dict]) -> None:
+    scope_object = fields[".spec.scopeObject"]
+    assert scope_object["type"] == "object"
+    assert scope_object["x-kubernetes-preserve-unknown-fields"] is True
+
+
+def test_constant_defaults_only(fields: dict[str, dict]) -> None:
+    defaults = {path: sub["default"] for path, sub in fields.items() if "default" in sub}
+    assert defaults == DEFAULTS
+    # Computed by the operator from metadata.name, never a schema default.
+    assert "default" not in fields[".spec.secret.name"]
+
+
+def test_enums(fields: dict[str, dict]) -> None:
+    enums = {path: sub["enum"] for path, sub in fields.items() if "enum" in sub}
+    assert enums == ENUMS
+
+
+def test_bounds_of_numbers(fields: dict[str, dict]) -> None:
+    assert (
+        fields[".spec.timeoutSeconds"]["minimum"],
+        fields[".spec.timeoutSeconds"]["maximum"],
+    ) == (
+        1,
+        120,
+    )
+    percentage = fields[".spec.refresh.renewBeforePercentage"]
+    assert (percentage["minimum"], percentage["maximum"]) == (1, 99)
+
+
+@pytest.mark.parametrize("path", DURATION_FIELDS)
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        ("90s", True),
+        ("5m", True),
+        ("1h30m", True),
+        ("1.5h", True),
+        ("250ms", True),
+        ("0s", True),  # the pattern allows it; a CEL rule demands a non-zero digit
+        ("5 minutes", False),
+        ("5", False),
+        ("-5m", False),
+        ("1d", False),
+        ("", False),
+    ],
+)
+def test_duration_pattern(fields: dict[str, dict], path: str, text: str, valid: bool) -> None:
+    assert bool(re.fullmatch(fields[path]["pattern"], text)) is valid
+
+
+@pytest.mark.parametrize("path", DNS_NAME_FIELDS)
+def test_object_names_are_dns_subdomains(fields: dict[str, dict], path: str) -> None:
+    pattern = fields[path]["pattern"]
+    assert fields[path]["maxLength"] == 253
+    for good in ("lms-client", "a", "a.b-c.d0"):
+        assert re.fullmatch(pattern, good), good
+    for bad in ("Upper", "-lead", "trail-", "under_score", "a..b", "a/b"):
+        assert not re.fullmatch(pattern, bad), bad
+
+
+@pytest.mark.parametrize("path", SECRET_KEY_FIELDS)
+def test_secret_keys_pattern(fields: dict[str, dict], path: str) -> None:
+    pattern = fields[path]["pattern"]
+    for good in ("client_secret", "ca.crt", "CLIENT-ID"):
+        assert re.fullmatch(pattern, good), good
+    for bad in ("a/b", "a b", ""):
+        assert not re.fullmatch(pattern, bad), bad
+
+
+def test_conditions_are_a_list_map_of_metav1_conditions(fields: dict[str, dict]) -> None:
+    conditions = fields[".status.conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    item = conditions["items"]
+    assert set(item["required"]) == {"type", "status", "reason", "message", "lastTransitionTime"}
+    assert item["properties"]["lastTransitionTime"]["format"] == "date-time"
+
+
+@pytest.mark.parametrize(
+    "path", [".status.expiresAt", ".status.lastRefreshTime", ".status.nextRefreshTime"]
+)
+def test_status_times_are_date_time_strings(fields: dict[str, dict], path: str) -> None:
+    assert fields[path]["type"] == "string"
+    assert fields[path]["format"] == "date-time"
+
+
+def test_cel_rules_name_their_field(fields: dict[str, dict]) -> None:
+    """Every rule has a message naming a spec field, and rules on an object that are about
+    one of its fields point there with fieldPath."""
+    rules = [
+        (path, rule)
+        for path, sub in fields.items()
+        for rule in sub.get("x-kubernetes-validations", [])
+    ]
+    assert len(rules) >= 15
+    for path, rule in rules:
+        message = rule.get("message") or rule.get("messageExpression") or ""
+        assert "spec." in message, (path, rule["rule"])
+        if "fieldPath" in rule:
+            target = path + rule["fieldPath"]
+            assert target in fields, (path, rule["fieldPath"])
+            assert target.removeprefix(".") in message, (path, rule["rule"])
+
+
+def test_cross_field_rules_are_present(fields: dict[str, dict]) -> None:
+    """The rules API.md lists, identified by what they refer to."""
+    spec_rules = " ".join(r["rule"] for r in fields[".spec"]["x-kubernetes-validations"])
+    assert "has(self.clientID) != has(self.clientIDRef)" in spec_rules
+    assert "has(self.scope) && has(self.scopeObject)" in spec_rules
+    assert "application/json" in spec_rules
+    assert "http://" in spec_rules and "allowInsecureHTTP" in spec_rules
+    refresh_rules = " ".join(r["rule"] for r in fields[".spec.refresh"]["x-kubernetes-validations"])
+    assert "renewBefore" in refresh_rules and "renewBeforePercentage" in refresh_rules
+    extra = " ".join(r["rule"] for r in fields[".spec.extraParameters"]["x-kubernetes-validations"])
+    for reserved in ("grant_type", "client_id", "client_secret", "scope", "audience", "resource"):
+        assert f"'{reserved}'" in extra
+    assert "client_assertion" in extra
+    for field in (".spec.secret.labels", ".spec.secret.annotations"):
+        text = " ".join(r["rule"] for r in fields[field]["x-kubernetes-validations"])
+        for domain in ("tokensync", "kubernetes", "k8s"):
+            assert domain in text, field
+    template = " ".join(
+        r["rule"] for r in fields[".spec.secret.template"]["x-kubernetes-validations"]
+    )
+    for fixed in ("access_token", "token_type", "authorization", "expires_at"):
+        assert f"'{fixed}'" in template

@@ -1,0 +1,179 @@
+"""deploy/, checked without a cluster: the Deployment's hardening, the operator's RBAC
+rules (exactly the documented set, the same in the ClusterRole and in the namespaced
+Roles), the aggregated user roles, and the overlays' arguments.
+
+Rendering with kustomize and the API server's acceptance: test_manifests_server.py.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from manifestlib import DEPLOY, load_docs
+
+# What the operator does with the API, one rule per line. A change here is a change of the
+# operator's privileges: review it together with deploy/base/rbac-operator.yaml.
+OPERATOR_RULES = [
+    ("tokensync.dev", "oauth2credentials", ["get", "list", "watch", "patch"]),
+    ("tokensync.dev", "oauth2credentials/status", ["get", "patch"]),
+    ("tokensync.dev", "oauth2credentials/finalizers", ["update"]),
+    ("", "secrets", ["get", "list", "watch", "create", "update", "delete"]),
+    ("", "configmaps", ["get", "list", "watch"]),
+    ("", "events", ["create"]),
+]
+
+
+def flat_rules(rules: list[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
+    return [
+        (group, resource, rule["verbs"])
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    ]
+
+
+def by_kind(path: str) -> dict[tuple[str, str], dict[str, Any]]:
+    docs = load_docs(DEPLOY / path)
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+@pytest.fixture(scope="module")
+def deployment() -> dict[str, Any]:
+    return by_kind("base/deployment.yaml")[("Deployment", "tokensync")]
+
+
+@pytest.fixture(scope="module")
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_one_replica_recreated_never_two(deployment: dict[str, Any]) -> None:
+    assert deployment["metadata"]["namespace"] == "tokensync-system"
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_pod_runs_restricted(deployment: dict[str, Any], container: dict[str, Any]) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "tokensync"
+    pod_security = pod["securityContext"]
+    assert pod_security["runAsNonRoot"] is True
+    assert isinstance(pod_security["runAsUser"], int) and pod_security["runAsUser"] != 0
+    assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert container["image"] == "ghcr.io/tokensync/tokensync:0.1.0"
+
+
+def test_memory_backed_tmp(deployment: dict[str, Any], container: dict[str, Any]) -> None:
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts["/tmp"]]["emptyDir"]["medium"] == "Memory"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TOKENSYNC_TMPDIR"] == "/tmp"
+
+
+def test_resources_probes_and_ports(container: dict[str, Any]) -> None:
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"])
+    assert "memory" in resources["limits"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    args = container["args"]
+    assert args[:2] == ["run", "--all-namespaces"]
+    assert "--health-port=8080" in args and "--metrics-port=9090" in args
+
+
+def test_metrics_service_targets_the_operator(deployment: dict[str, Any]) -> None:
+    service = by_kind("base/service.yaml")[("Service", "tokensync-metrics")]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (port,) = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (9090, "metrics")
+
+
+def test_operator_cluster_role_grants_exactly_what_the_operator_uses() -> None:
+    objects = by_kind("base/rbac-operator.yaml")
+    role = objects[("ClusterRole", "tokensync-operator")]
+    assert flat_rules(role["rules"]) == OPERATOR_RULES
+    binding = objects[("ClusterRoleBinding", "tokensync-operator")]
+    assert binding["roleRef"]["name"] == "tokensync-operator"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tokensync", "namespace": "tokensync-system"}
+    ]
+
+
+def test_every_operator_rule_is_explained() -> None:
+    """One comment per rule, saying why (a reviewer reads the file, not this test)."""
+    text = (DEPLOY / "base" / "rbac-operator.yaml").read_text()
+    rules = text.split("rules:", 1)[1].split("---", 1)[0]
+    comments_before = re.findall(r"((?:\n  #[^\n]*)+)\n  - apiGroups:", rules)
+    assert len(comments_before) == len(OPERATOR_RULES)
+
+
+def test_aggregated_user_roles() -> None:
+    objects = by_kind("base/rbac-aggregated.yaml")
+    view = objects[("ClusterRole", "tokensync-view")]
+    edit = objects[("ClusterRole", "tokensync-edit")]
+    view_labels = view["metadata"]["labels"]
+    for role in ("view", "edit", "admin"):
+        assert view_labels[f"rbac.authorization.k8s.io/aggregate-to-{role}"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit["metadata"]["labels"]
+    for role in (view, edit):
+        for _group, resource, _verbs in flat_rules(role["rules"]):
+            assert resource.startswith("oauth2credentials"), "user roles never include Secrets"
+    assert sorted(flat_rules(view["rules"])[0][2]) == ["get", "list", "watch"]
+    assert sorted(flat_rules(edit["rules"])[0][2]) == sorted(
+        ["create", "update", "patch", "delete", "deletecollection"]
+    )
+
+
+def test_namespaced_overlay_has_the_same_rules_per_watched_namespace() -> None:
+    docs = load_docs(DEPLOY / "namespaced" / "rbac-namespaced.yaml")
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    (patch,) = load_docs(DEPLOY / "namespaced" / "deployment-args.yaml")
+    args = patch[0]["value"] if isinstance(patch, list) else patch["value"]
+    watched = [a.removeprefix("--namespace=") for a in args if a.startswith("--namespace=")]
+    assert "--all-namespaces" not in args
+    assert watched == ["team-a", "team-b"]
+    assert sorted(roles) == sorted(bindings) == sorted(watched)
+    for namespace in watched:
+        assert flat_rules(roles[namespace]["rules"]) == OPERATOR_RULES
+        binding = bindings[namespace]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "tokensync-operator",
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "tokensync", "namespace": "tokensync-system"}
+        ]
+
+
+def test_peering_overlay() -> None:
+    (patch,) = load_docs(DEPLOY / "peering" / "deployment-peering.yaml")
+    assert patch["spec"]["replicas"] >= 2
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    assert "--peering=tokensync" in container["args"]
+    (peering,) = load_docs(DEPLOY / "peering" / "clusterkopfpeering.yaml")
+    assert (peering["apiVersion"], peering["kind"]) == ("kopf.dev/v1", "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == "tokensync"
+    crds = {
+        d["spec"]["names"]["kind"] for d in load_docs(DEPLOY / "peering" / "kopf-peering-crds.yaml")
+    }
+    assert crds == {"ClusterKopfPeering", "KopfPeering"}
+    rules = flat_rules(
+        by_kind("peering/rbac-peering.yaml")[("ClusterRole", "tokensync-peering")]["rules"]
+    )
+    verbs = sorted(v for _g, r, vs in rules if r == "clusterkopfpeerings" for v in vs)
+    assert verbs == ["get", "list", "patch", "watch"]
