@@ -37,28 +37,6 @@ def example_files() -> list[Path]:
     return sorted(EXAMPLES.glob("*.yaml"))
 
 
-def plain_manifest_files() -> list[Path]:
-    """YAML files under crds/, deploy/ and examples/ that are manifests (not kustomize
-    configuration or patches)."""
-    files = []
-    for root in (REPO / "crds", DEPLOY, EXAMPLES):
-        for path in sorted(root.rglob("*.yaml")):
-            if path.name == "kustomization.yaml" or is_patch(path):
-                continue
-            files.append(path)
-    return files
-
-
-def is_patch(path: Path) -> bool:
-    """A kustomize patch file of some overlay (not a manifest of its own)."""
-    for kustomization in path.parent.glob("kustomization.yaml"):
-        config = yaml.safe_load(kustomization.read_text())
-        for patch in config.get("patches", []):
-            if patch.get("path") == path.name:
-                return True
-    return False
-
-
 def walk_schema(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     """(path, schema) for the schema and every nested schema (properties, items, map
     values)."""

@@ -177,3 +177,20 @@ def test_peering_overlay() -> None:
     )
     verbs = sorted(v for _g, r, vs in rules if r == "clusterkopfpeerings" for v in vs)
     assert verbs == ["get", "list", "patch", "watch"]
+
+
+def test_every_deploy_file_is_part_of_a_kustomization() -> None:
+    """Every manifest under deploy/ is installed by some kustomization (and so rendered and
+    server-validated by test_manifests_server.py), except the optional deploy/examples/."""
+    used = set()
+    for kustomization in DEPLOY.rglob("kustomization.yaml"):
+        config = load_docs(kustomization)[0]
+        for entry in config.get("resources", []):
+            used.add((kustomization.parent / entry).resolve())
+        for patch in config.get("patches", []):
+            if "path" in patch:
+                used.add((kustomization.parent / patch["path"]).resolve())
+    for path in DEPLOY.rglob("*.yaml"):
+        if path.name == "kustomization.yaml" or path.parent.name == "examples":
+            continue
+        assert path.resolve() in used, f"{path.relative_to(DEPLOY)} is not in any kustomization"

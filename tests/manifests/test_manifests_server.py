@@ -1,0 +1,561 @@
+"""The manifests against a real kube-apiserver (the control plane of tests/fixtures):
+kustomize renders every deploy/ variant, the API server accepts every object of crds/,
+deploy/ and examples/ (server-side dry run: schema, CEL and admission run for real), rejects
+invalid OAuth2Credentials with messages naming the field, serves the descriptions to
+`kubectl explain`, and aggregates the user roles into view/edit/admin.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fixtures.controlplane import ControlPlane
+from manifestlib import CRD_PATH, DEPLOY, REPO, example_files
+
+pytestmark = pytest.mark.envtest
+
+CRD_NAME = "oauth2credentials.tokensync.dev"
+PEERING_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
+NAMESPACED_OVERLAY_NAMESPACES = ("team-a", "team-b")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def exists(cp: ControlPlane, *args: str) -> bool:
+    return cp.kubectl("get", *args, "--ignore-not-found", "-o", "name").stdout.strip() != ""
+
+
+@pytest.fixture(scope="module")
+def installed(control_plane: ControlPlane) -> ControlPlane:
+    """deploy/ applied for real (idempotent): the CRD, namespace, RBAC, Deployment, Service.
+    No kubelet runs, so the Deployment's pod never starts; every object is stored."""
+    control_plane.kubectl("apply", "-k", str(DEPLOY))
+    control_plane.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    return control_plane
+
+
+@pytest.fixture(scope="module")
+def cel_namespace(installed: ControlPlane) -> Iterator[str]:
+    name = installed.create_namespace("manifests-cel")
+    yield name
+    installed.delete_namespace(name)
+
+
+# -- kustomize and the API server accepting everything -----------------------------------
+
+
+@pytest.mark.parametrize("overlay", ["", "namespaced", "peering"])
+def test_kustomize_renders(control_plane: ControlPlane, overlay: str) -> None:
+    rendered = control_plane.kubectl("kustomize", str(DEPLOY / overlay)).stdout
+    objects = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(rendered) if d}
+    assert ("CustomResourceDefinition", CRD_NAME) in objects
+    assert ("Deployment", "tokensync") in objects
+    assert ("Namespace", "tokensync-system") in objects
+    cluster_role = ("ClusterRole", "tokensync-operator") in objects
+    assert cluster_role is (overlay != "namespaced")
+
+
+def test_base_is_accepted_and_installs(installed: ControlPlane) -> None:
+    result = installed.kubectl("apply", "-k", str(DEPLOY), "--dry-run=server")
+    assert "tokensync" in result.stdout
+    for kind_name in (
+        "namespace/tokensync-system",
+        "clusterrole/tokensync-operator",
+        "clusterrolebinding/tokensync-operator",
+        "clusterrole/tokensync-view",
+        "clusterrole/tokensync-edit",
+    ):
+        assert exists(installed, kind_name), kind_name
+    for kind_name in (
+        "serviceaccount/tokensync",
+        "deployment/tokensync",
+        "service/tokensync-metrics",
+    ):
+        assert exists(installed, kind_name, "-n", "tokensync-system"), kind_name
+    # The CRD in the cluster is the file in crds/ (deploy/ includes it, not a copy).
+    stored = json.loads(installed.kubectl("get", f"crd/{CRD_NAME}", "-o", "json").stdout)
+    (version,) = yaml.safe_load(CRD_PATH.read_text())["spec"]["versions"]
+    assert stored["spec"]["versions"][0]["schema"] == version["schema"]
+
+
+def test_namespaced_overlay_is_accepted(installed: ControlPlane) -> None:
+    created = []
+    for namespace in NAMESPACED_OVERLAY_NAMESPACES:
+        if not exists(installed, f"namespace/{namespace}"):
+            installed.kubectl("create", "namespace", namespace)
+            created.append(namespace)
+    try:
+        result = installed.kubectl("apply", "-k", str(DEPLOY / "namespaced"), "--dry-run=server")
+        lines = result.stdout.splitlines()
+        # One Role and one RoleBinding per watched namespace (kubectl prints no namespace).
+        for kind in ("role", "rolebinding"):
+            prefix = f"{kind}.rbac.authorization.k8s.io/tokensync-operator "
+            assert sum(line.startswith(prefix) for line in lines) == len(
+                NAMESPACED_OVERLAY_NAMESPACES
+            ), result.stdout
+        assert "clusterrole.rbac.authorization.k8s.io/tokensync-operator" not in result.stdout
+    finally:
+        for namespace in created:
+            installed.delete_namespace(namespace)
+
+
+def test_peering_overlay_is_accepted(installed: ControlPlane) -> None:
+    """The ClusterKopfPeering object needs its CRD established first (as on a real first
+    install, see deploy/peering/kustomization.yaml), so the CRDs are applied for real and
+    removed afterwards if this test created them."""
+    created = [name for name in PEERING_CRDS if not exists(installed, f"crd/{name}")]
+    try:
+        installed.kubectl("apply", "-f", str(DEPLOY / "peering" / "kopf-peering-crds.yaml"))
+        installed.kubectl(
+            "wait",
+            "--for=condition=Established",
+            *(f"crd/{name}" for name in PEERING_CRDS),
+            "--timeout=60s",
+        )
+        result = installed.kubectl("apply", "-k", str(DEPLOY / "peering"), "--dry-run=server")
+        assert "clusterkopfpeering.kopf.dev/tokensync" in result.stdout
+        assert "poddisruptionbudget.policy/tokensync" in result.stdout
+    finally:
+        for name in created:
+            installed.kubectl("delete", f"crd/{name}", "--wait=false", "--ignore-not-found")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [CRD_PATH, *sorted((DEPLOY / "examples").glob("*.yaml"))],
+    ids=lambda p: str(p.relative_to(REPO)),
+)
+def test_standalone_manifest_is_accepted(installed: ControlPlane, path: Path) -> None:
+    installed.kubectl("apply", "--dry-run=server", "-f", str(path))
+
+
+@pytest.mark.parametrize("path", example_files(), ids=lambda p: p.name)
+def test_example_is_accepted(installed: ControlPlane, namespace: str, path: Path) -> None:
+    result = installed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path))
+    assert "created (server dry run)" in result.stdout
+
+
+def test_all_examples_together_in_one_namespace(installed: ControlPlane, namespace: str) -> None:
+    """For real this time: the objects are stored, and the defaults are the contract's."""
+    for path in example_files():
+        installed.kubectl("apply", "-n", namespace, "-f", str(path))
+    credentials = json.loads(
+        installed.kubectl("get", "oauth2credentials", "-n", namespace, "-o", "json").stdout
+    )["items"]
+    assert len(credentials) == 7
+    by_name = {c["metadata"]["name"]: c["spec"] for c in credentials}
+    cognito = by_name["cognito-my-api"]
+    assert cognito["grantType"] == "client_credentials"
+    assert cognito["timeoutSeconds"] == 30
+    assert cognito["includeScope"] is True
+    assert cognito["suspend"] is False
+    assert cognito["allowInsecureHTTP"] is False
+    assert cognito["secret"]["deletionPolicy"] == "Delete"
+    assert cognito["refresh"] == {"defaultLifetime": "1h"}
+    assert "name" in cognito["secret"]  # set in the example, never defaulted by the schema
+    assert by_name["entra-orders-api"]["clientAuthentication"] == "body"
+    # Short names and the category resolve.
+    for resource in ("o2c", "oauth2cred", "tokensync"):
+        names = installed.kubectl("get", resource, "-n", namespace, "-o", "name").stdout.split()
+        assert len(names) == 7, resource
+
+
+# -- invalid OAuth2Credentials ------------------------------------------------------------
+
+VALID_SPEC: dict[str, Any] = {
+    "tokenURL": "https://idp.example.com/oauth2/token",
+    "clientID": "client",
+    "clientSecretRef": {"name": "client", "key": "client_secret"},
+}
+
+
+def with_changes(**changes: Any) -> dict[str, Any]:
+    """VALID_SPEC with top-level fields replaced; a value of None removes the field."""
+    spec = copy.deepcopy(VALID_SPEC)
+    for key, value in changes.items():
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    return spec
+
+
+# (id, spec, the field the error must be reported on, words the message must contain)
+INVALID = [
+    (
+        "unknown-enum-value",
+        with_changes(clientAuthentication="basic"),
+        "spec.clientAuthentication",
+        ["Unsupported value", "header", "body"],
+    ),
+    (
+        "unknown-content-type",
+        with_changes(contentType="text/plain"),
+        "spec.contentType",
+        ["Unsupported value"],
+    ),
+    (
+        "clientID-and-clientIDRef",
+        with_changes(clientIDRef={"name": "client", "key": "client_id"}),
+        "spec.clientID",
+        ["spec.clientID and spec.clientIDRef", "exactly one"],
+    ),
+    (
+        "neither-clientID-nor-clientIDRef",
+        with_changes(clientID=None),
+        "spec.clientID",
+        ["spec.clientID or spec.clientIDRef", "exactly one"],
+    ),
+    (
+        "http-without-allowInsecureHTTP",
+        with_changes(tokenURL="http://idp.example.com/oauth2/token"),
+        "spec.tokenURL",
+        ["allowInsecureHTTP"],
+    ),
+    (
+        "userinfo-in-tokenURL",
+        with_changes(tokenURL="https://user:pass@idp.example.com/oauth2/token"),
+        "spec.tokenURL",
+        ["userinfo"],
+    ),
+    (
+        "fragment-in-tokenURL",
+        with_changes(tokenURL="https://idp.example.com/oauth2/token#frag"),
+        "spec.tokenURL",
+        ["fragment"],
+    ),
+    (
+        "not-an-http-url",
+        with_changes(tokenURL="ftp://idp.example.com/token"),
+        "spec.tokenURL",
+        ["https://"],
+    ),
+    (
+        "scopeObject-with-form-content-type",
+        with_changes(scopeObject={"userId": "admin1"}),
+        "spec.scopeObject",
+        ["application/json"],
+    ),
+    (
+        "scope-and-scopeObject",
+        with_changes(contentType="application/json", scope="read", scopeObject={"a": "b"}),
+        "spec.scopeObject",
+        ["spec.scope and spec.scopeObject"],
+    ),
+    (
+        "renewBefore-and-renewBeforePercentage",
+        with_changes(refresh={"renewBefore": "5m", "renewBeforePercentage": 20}),
+        "spec.refresh.renewBefore",
+        ["renewBeforePercentage", "mutually exclusive"],
+    ),
+    (
+        "reserved-extraParameters-name",
+        with_changes(extraParameters={"client_secret": "x"}),
+        "spec.extraParameters",
+        ["reserved", "client_secret"],
+    ),
+    (
+        "reserved-extraParameters-client_assertion",
+        with_changes(extraParameters={"client_assertion_type": "x"}),
+        "spec.extraParameters",
+        ["client_assertion"],
+    ),
+    (
+        "reserved-label-prefix",
+        with_changes(secret={"labels": {"tokensync.dev/credential": "other"}}),
+        "spec.secret.labels",
+        ["reserved", "tokensync.dev/"],
+    ),
+    (
+        "reserved-label-subdomain",
+        with_changes(secret={"labels": {"node.kubernetes.io/x": "v"}}),
+        "spec.secret.labels",
+        ["reserved", "kubernetes.io/"],
+    ),
+    (
+        "reserved-annotation-prefix",
+        with_changes(secret={"annotations": {"k8s.io/x": "v"}}),
+        "spec.secret.annotations",
+        ["reserved", "k8s.io/"],
+    ),
+    (
+        "template-key-overrides-access_token",
+        with_changes(secret={"template": {"access_token": "${scope}"}}),
+        "spec.secret.template",
+        ["fixed keys", "access_token"],
+    ),
+    (
+        "template-key-not-a-secret-key",
+        with_changes(secret={"template": {"a/b": "x"}}),
+        "spec.secret.template",
+        ["valid Secret keys"],
+    ),
+    (
+        "template-unknown-placeholder",
+        with_changes(secret={"template": {"x": "${client_secret}"}}),
+        "spec.secret.template",
+        ["placeholders"],
+    ),
+    (
+        "bad-duration",
+        with_changes(refresh={"renewBefore": "5 minutes"}),
+        "spec.refresh.renewBefore",
+        ["should match"],
+    ),
+    (
+        "zero-duration",
+        with_changes(refresh={"defaultLifetime": "0s"}),
+        "spec.refresh.defaultLifetime",
+        ["positive duration"],
+    ),
+    (
+        "timeout-out-of-range",
+        with_changes(timeoutSeconds=121),
+        "spec.timeoutSeconds",
+        ["less than or equal to 120"],
+    ),
+    (
+        "percentage-out-of-range",
+        with_changes(refresh={"renewBeforePercentage": 100}),
+        "spec.refresh.renewBeforePercentage",
+        ["less than or equal to 99"],
+    ),
+    (
+        "caRef-without-kind",
+        with_changes(tls={"caRef": {"name": "ca", "key": "ca.crt"}}),
+        "spec.tls.caRef.kind",
+        ["Required value"],
+    ),
+    (
+        "secret-name-not-a-dns-name",
+        with_changes(secret={"name": "Not_A_Name"}),
+        "spec.secret.name",
+        ["should match"],
+    ),
+    (
+        "missing-clientSecretRef",
+        with_changes(clientSecretRef=None),
+        "spec.clientSecretRef",
+        ["Required value"],
+    ),
+]
+
+
+def credential(spec: dict[str, Any], name: str = "probe") -> str:
+    return json.dumps(
+        {
+            "apiVersion": "tokensync.dev/v1alpha1",
+            "kind": "OAuth2Credential",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
+
+
+def test_the_valid_baseline_is_accepted(installed: ControlPlane, cel_namespace: str) -> None:
+    result = installed.kubectl(
+        "create",
+        "--dry-run=server",
+        "-n",
+        cel_namespace,
+        "-o",
+        "json",
+        "-f",
+        "-",
+        input=credential(VALID_SPEC),
+    )
+    spec = json.loads(result.stdout)["spec"]
+    assert spec["clientAuthentication"] == "header"
+    assert spec["contentType"] == "application/x-www-form-urlencoded"
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [case[1:] for case in INVALID],
+    ids=[case[0] for case in INVALID],
+)
+def test_invalid_credential_is_rejected_naming_the_field(
+    installed: ControlPlane, cel_namespace: str, spec: dict, field: str, words: list[str]
+) -> None:
+    result = installed.kubectl(
+        "create",
+        "--dry-run=server",
+        "-n",
+        cel_namespace,
+        "-f",
+        "-",
+        input=credential(spec),
+        check=False,
+    )
+    assert result.returncode != 0, f"accepted: {spec}"
+    error = result.stderr
+    assert f"{field}:" in error, error
+    for word in words:
+        assert word in error, error
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        with_changes(tokenURL="http://idp.example.com/token", allowInsecureHTTP=True),
+        with_changes(tokenURL="https://[2001:db8::1]:8443/token"),
+        with_changes(tokenURL="https://idp.example.com:8443/token?tenant=a"),
+        with_changes(contentType="application/json", scopeObject={"a": {"b": [1, 2]}}),
+        with_changes(includeScope=False, scope="read write"),
+        with_changes(secret={"labels": {"example.com/team": "a", "team": ""}}),
+        with_changes(secret={"annotations": {"notkubernetes.io/x": "y"}}),
+        with_changes(secret={"template": {"header.txt": "${authorization}", "cost": "$5"}}),
+        with_changes(refresh={"renewBefore": "1h30m", "defaultLifetime": "1.5h"}),
+        with_changes(extraParameters={"tenant": "a", "client_id_hint": "b"}),
+        with_changes(tls={"caRef": {"kind": "Secret", "name": "ca", "key": "ca.crt"}}),
+    ],
+    ids=lambda s: ",".join(k for k in s if k not in VALID_SPEC or s[k] != VALID_SPEC[k]),
+)
+def test_valid_variants_are_accepted(
+    installed: ControlPlane, cel_namespace: str, spec: dict
+) -> None:
+    installed.kubectl(
+        "create", "--dry-run=server", "-n", cel_namespace, "-f", "-", input=credential(spec)
+    )
+
+
+# -- status subresource, printer columns, kubectl explain --------------------------------
+
+
+def test_status_subresource_and_printer_columns(installed: ControlPlane, namespace: str) -> None:
+    installed.kubectl("apply", "-n", namespace, "-f", "-", input=credential(VALID_SPEC, "cols"))
+    status = {
+        "observedGeneration": 1,
+        "secretName": "cols",
+        "expiresAt": "2031-01-01T01:00:00Z",
+        "lastRefreshTime": "2031-01-01T00:00:00Z",
+        "nextRefreshTime": "2031-01-01T00:40:00Z",
+        "consecutiveFailures": 0,
+        "lastHandledRefreshRequest": "2031-01-01",
+        "warnings": ["refresh point clamped to 10% of the lifetime"],
+        "lastFailure": {
+            "httpStatus": 401,
+            "error": "invalid_client",
+            "errorDescription": "bad client",
+            "reason": "TokenRequestFailed",
+            "message": "check the client secret",
+            "time": "2030-12-31T23:00:00Z",
+        },
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "TokenIssued",
+                "message": "token issued",
+                "lastTransitionTime": "2031-01-01T00:00:00Z",
+                "observedGeneration": 1,
+            }
+        ],
+    }
+    installed.kubectl(
+        "patch",
+        "oauth2credential",
+        "cols",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
+    table = installed.kubectl("get", "o2c", "cols", "-n", namespace, "-o", "wide").stdout
+    header, row = table.splitlines()
+    for column in ("NAME", "READY", "REASON", "SECRET", "EXPIRES", "NEXT REFRESH", "AGE"):
+        assert column in header
+    for value in ("True", "TokenIssued", "2031-01-01T01:00:00Z", "2031-01-01T00:40:00Z"):
+        assert value in row
+    assert "REASON" not in installed.kubectl("get", "o2c", "-n", namespace).stdout  # priority 1
+    # A status that breaks the condition schema is refused.
+    bad = copy.deepcopy(status)
+    bad["conditions"][0]["status"] = "Maybe"
+    result = installed.kubectl(
+        "patch",
+        "oauth2credential",
+        "cols",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": bad}),
+        check=False,
+    )
+    assert result.returncode != 0 and "status.conditions[0].status" in result.stderr
+
+
+def test_kubectl_explain_shows_descriptions(installed: ControlPlane) -> None:
+    """kubectl explain matches field names exactly (case-sensitive): `spec.tokenURL`."""
+
+    def explain() -> str:
+        result = installed.kubectl("explain", "oauth2credential.spec.tokenURL", check=False)
+        return result.stdout if result.returncode == 0 else ""
+
+    text = wait_until(explain, 60, "the CRD's OpenAPI to be published")
+    assert "Token endpoint URL" in text
+    assert "allowInsecureHTTP" in text
+    spec = installed.kubectl("explain", "o2c.spec").stdout
+    assert "clientSecretRef" in spec and "-required-" in spec
+
+
+# -- aggregated user roles -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed", "denied"),
+    [
+        (
+            "view",
+            ["get", "list", "watch"],
+            ["create", "update", "patch", "delete", "deletecollection"],
+        ),
+        ("edit", ["get", "list", "create", "update", "patch", "delete", "deletecollection"], []),
+        ("admin", ["get", "list", "create", "update", "patch", "delete", "deletecollection"], []),
+    ],
+)
+def test_builtin_roles_cover_credentials(
+    installed: ControlPlane, namespace: str, role: str, allowed: list[str], denied: list[str]
+) -> None:
+    user = f"user-{role}"
+    installed.kubectl(
+        "create",
+        "rolebinding",
+        f"{role}-binding",
+        f"--clusterrole={role}",
+        f"--user={user}",
+        "-n",
+        namespace,
+    )
+
+    def can(verb: str, resource: str = "oauth2credentials.tokensync.dev") -> bool:
+        result = installed.kubectl(
+            "auth", "can-i", verb, resource, "-n", namespace, f"--as={user}", check=False
+        )
+        return result.stdout.strip() == "yes"
+
+    # The clusterrole-aggregation controller (kube-controller-manager) fills the rules in.
+    wait_until(lambda: all(can(v) for v in allowed), 60, f"{role} to cover credentials")
+    for verb in denied:
+        assert not can(verb), f"{role} may {verb} credentials"
+    if role == "view":
+        assert not can("get", "secrets"), "view must never read Secrets"
