@@ -817,14 +817,26 @@ def _tls_error(exc: BaseException, request: TokenRequest) -> TokenError | None:
     if tls is None and _find(exc, requests.exceptions.SSLError) is None:
         return None
     reason = str(getattr(tls, "reason", "") or "") if tls is not None else ""
-    needs_cert = "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason
     return ConfigurationError(
         f"TLS handshake with {url} failed" + (f": {reason}" if reason else ""),
         reason="TLSHandshakeFailed",
-        hint="the server may require a client certificate: set tls.clientCertificateRef"
-        if needs_cert
-        else "check that tokenURL speaks TLS and the tls settings",
+        hint=_handshake_hint(reason, request.tls),
     )
+
+
+def _handshake_hint(reason: str, tls: TLSSettings) -> str:
+    if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
+        if tls.client_cert_pem is None:
+            return "the server requires a client certificate: set tls.clientCertificateRef"
+        return "the server did not accept the client certificate of tls.clientCertificateRef"
+    if "WRONG_VERSION_NUMBER" in reason:
+        return "the endpoint does not speak TLS on this port: check the scheme and port"
+    if tls.client_cert_pem is None:
+        return (
+            "check that tokenURL speaks TLS; if the server requires a client certificate, "
+            "set tls.clientCertificateRef"
+        )
+    return "check that tokenURL speaks TLS and that the server accepts the client certificate"
 
 
 def _transport_error(exc: BaseException, request: TokenRequest) -> TokenError:
