@@ -130,7 +130,11 @@ def run(args: argparse.Namespace) -> int:
         health_port=args.health_port,
         health_host=args.health_host,
         ready_flag=ready_flag,
+        indices={},
     )
+    if not args.verbose:
+        # kopf reports every handled event at INFO; at a thousand credentials that is noise.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.allow_insecure:
         logging.getLogger("tokensync").warning(
             "--allow-insecure: specs may disable TLS verification or use plain http"

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -124,10 +125,11 @@ class CredentialWorker:
                 raise
             except Exception as error:  # keep the loop alive; never log data
                 log.error(
-                    "%s/%s: unexpected %s; retrying in %ss",
+                    "%s/%s: unexpected %s at %s; retrying in %ss",
                     self.owner.namespace,
                     self.owner.name,
                     type(error).__name__,
+                    _where(error),
                     UNEXPECTED_ERROR_RETRY.seconds,
                 )
                 wake_at = self.ctx.now() + UNEXPECTED_ERROR_RETRY
@@ -220,7 +222,7 @@ class CredentialWorker:
         attempt_key = (generation, fingerprint, requested)
         if self.retry_key == attempt_key and self.retry_at and now < self.retry_at:
             return self.retry_at
-        not_before = schedule.earliest_request_at(self.last_request_at)
+        not_before = schedule.earliest_request_at(self.last_request_at, trigger.reason)
         if not_before and now < not_before:
             return not_before
 
@@ -492,6 +494,16 @@ class CredentialWorker:
             return
         self.last_event = key
         self.ctx.post_event(self.body, type_, reason, message[:1024])
+
+
+def _where(error: BaseException) -> str:
+    """file:line (function) where an exception was raised: enough to find the bug, and,
+    unlike the exception's text, it cannot carry data."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "unknown location"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} ({last.name})"
 
 
 def _refresh_request(metadata: Mapping[str, Any]) -> str | None:

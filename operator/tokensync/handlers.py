@@ -83,6 +83,8 @@ class Supervisor:
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     """kopf settings that keep data out of the objects and events it writes."""
+    # The resources are fixed: no need to watch CRDs and namespaces (nor the RBAC for it).
+    settings.scanning.disabled = True
     settings.watching.label_selectors["v1", "secrets"] = SOURCE_SELECTOR
     settings.watching.label_selectors["v1", "configmaps"] = SOURCE_SELECTOR
     # Events only from explicit kopf.event() calls with messages we built, never from
@@ -115,12 +117,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     executor = ThreadPoolExecutor(max_workers=memo.workers, thread_name_prefix="tokensync")
     kube = Kube(load_configuration(connection_pool_size=memo.workers))
     memo.executor = executor
+    # kopf gives each object a shallow copy of memo: share the indices through a dict.
+    indices: dict[str, kopf.Index] = memo.indices
     memo.supervisor = Supervisor(
         OperatorContext(
             config=config,
             kube=kube,
             executor=executor,
-            sources=lambda namespace: _lookup(memo.secrets, memo.configmaps, namespace),
+            sources=lambda namespace: _lookup(indices["secrets"], indices["configmaps"], namespace),
             post_event=_post_event,
         )
     )
@@ -165,19 +169,21 @@ async def _serve_health(memo: kopf.Memo) -> web.AppRunner:
 
 
 @kopf.index("v1", "secrets")
-def source_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Source]:
+async def source_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Source]:
     source = source_from_body("Secret", body)
     return {(namespace, name): source} if source else {}
 
 
 @kopf.index("v1", "configmaps")
-def source_configmaps(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Source]:
+async def source_configmaps(
+    namespace: str, name: str, body: kopf.Body, **_: Any
+) -> dict[Any, Source]:
     source = source_from_body("ConfigMap", body)
     return {(namespace, name): source} if source else {}
 
 
 @kopf.index(*CREDENTIALS)
-def credential_references(
+async def credential_references(
     namespace: str, name: str, uid: str, spec: kopf.Spec, **_: Any
 ) -> dict[Any, str]:
     """(namespace, kind, name) of every referenced object -> credential UID."""
@@ -189,14 +195,14 @@ def credential_references(
 
 
 @kopf.on.event("v1", "secrets")
-def source_secret_changed(
+async def source_secret_changed(
     namespace: str, name: str, memo: kopf.Memo, credential_references: kopf.Index, **_: Any
 ) -> None:
     _wake_referrers(memo, credential_references, (namespace, "Secret", name))
 
 
 @kopf.on.event("v1", "configmaps")
-def source_configmap_changed(
+async def source_configmap_changed(
     namespace: str, name: str, memo: kopf.Memo, credential_references: kopf.Index, **_: Any
 ) -> None:
     _wake_referrers(memo, credential_references, (namespace, "ConfigMap", name))
@@ -210,7 +216,7 @@ def _wake_referrers(memo: kopf.Memo, references: kopf.Index, key: tuple[str, str
 
 
 @kopf.on.event(*CREDENTIALS)
-def credential_event(
+async def credential_event(
     type: str | None,
     body: kopf.Body,
     memo: kopf.Memo,
@@ -219,7 +225,7 @@ def credential_event(
     **_: Any,
 ) -> None:
     # The indices are live views; keep them for the workers' source lookups.
-    memo.secrets, memo.configmaps = source_secrets, source_configmaps
+    memo.indices.update(secrets=source_secrets, configmaps=source_configmaps)
     memo.supervisor.observe(type, _plain(body))
 
 

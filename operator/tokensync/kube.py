@@ -71,7 +71,7 @@ class Kube:
         missing_ok: bool = False,
     ) -> dict[str, Any] | None:
         api = client or self._client
-        method, url, headers, body = api.param_serialize(
+        method, url, headers, body, post_params = api.param_serialize(
             method,
             path,
             header_params={"Content-Type": content_type, "Accept": accept},
@@ -79,7 +79,9 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         try:
-            response = api.call_api(method, url, headers, body, _request_timeout=REQUEST_TIMEOUT)
+            response = api.call_api(
+                method, url, headers, body, post_params, _request_timeout=REQUEST_TIMEOUT
+            )
             data = response.read()
         except ApiException as error:  # raised by some client versions for non-2xx
             status, data = error.status or 0, (error.body or "").encode()

@@ -91,9 +91,20 @@ def next_attempt_at(
     return at
 
 
-def earliest_request_at(last_request_at: datetime | None) -> datetime | None:
-    """Rate limit: at most one token request per credential per 10 s, except the first."""
-    return None if last_request_at is None else last_request_at + MIN_REQUEST_INTERVAL
+# Triggers that come from outside (spec, data, Secret edits, refresh requests) are rate
+# limited; the renew window is not: its spacing is the token lifetime, and the 10% clamp
+# already keeps it from firing right after issue.
+SCHEDULED_REASONS = frozenset({"RenewWindow", "TokenExpired"})
+
+
+def earliest_request_at(
+    last_request_at: datetime | None, reason: str | None = None
+) -> datetime | None:
+    """Rate limit: at most one token request per credential per 10 s, except the first
+    and scheduled renewals."""
+    if last_request_at is None or reason in SCHEDULED_REASONS:
+        return None
+    return last_request_at + MIN_REQUEST_INTERVAL
 
 
 # --- "why fetch now?" ---------------------------------------------------------------

@@ -146,7 +146,13 @@ def managed_secret(
         key: base64.b64encode(value.encode()).decode()
         for key, value in secret_data(token, spec.secret.template).items()
     }
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata, "data": data}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": metadata,
+        "data": data,
+    }
 
 
 def owned_by(secret: Mapping[str, Any], owner: Owner) -> bool:

@@ -1,0 +1,168 @@
+"""Fixtures for the operator tests: the real operator (`tokensync run` as a subprocess)
+against the real control plane, authenticated as the ServiceAccount that deploy/ installs
+with exactly the RBAC deploy/ grants, talking to a scriptable HTTPS token endpoint."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import trustme
+from operator_helpers import Cluster
+from token_endpoint import TokenEndpoint
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR_SA = ("tokensync-system", "tokensync")
+OPERATOR_USER = "system:serviceaccount:tokensync-system:tokensync"
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def token_endpoint(ca: trustme.CA) -> Iterator[TokenEndpoint]:
+    endpoint = TokenEndpoint(ca)
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture(scope="session")
+def installed(control_plane: Any) -> Any:
+    """tokensync installed from deploy/ (CRD, RBAC, ServiceAccount; no pods run here)."""
+    control_plane.kubectl("apply", "-k", str(REPO / "deploy"))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "crd/oauth2credentials.tokensync.dev"
+    )
+    return control_plane
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(installed: Any) -> Path:
+    return installed.service_account_kubeconfig(*OPERATOR_SA)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Operator:
+    """A running `tokensync run`; its whole output goes to a log file."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    health_port: int
+    metrics_port: int
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/readyz", timeout=1
+            ) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_operator(kubeconfig: Path, log_path: Path, *extra: str) -> Operator:
+    health, metrics = _free_port(), _free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "tokensync",
+        "run",
+        "--health-host=127.0.0.1",
+        f"--health-port={health}",
+        f"--metrics-port={metrics}",
+        *extra,
+    ]
+    if not any(a.startswith(("--namespace", "-n", "--all-namespaces")) for a in extra):
+        args.append("--all-namespaces")
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    env.pop("REQUESTS_CA_BUNDLE", None)
+    log = log_path.open("ab")
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    operator = Operator(process, log_path, health, metrics)
+    deadline = time.monotonic() + 60
+    while not operator.ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            operator.stop()
+            raise AssertionError("operator did not become ready:\n" + operator.log()[-4000:])
+        time.sleep(0.2)
+    return operator
+
+
+@pytest.fixture(scope="session")
+def operator_factory(
+    operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Operator]]:
+    """Start extra operators (restart and flag tests); all are stopped at the end."""
+    started: list[Operator] = []
+
+    def start(*extra: str, kubeconfig: Path | None = None) -> Operator:
+        log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+        operator = start_operator(kubeconfig or operator_kubeconfig, log_path, *extra)
+        started.append(operator)
+        return operator
+
+    yield start
+    for operator in started:
+        operator.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(operator_factory: Callable[..., Operator]) -> Operator:
+    """The shared operator: loopback token endpoints, so the private-network guard is off."""
+    return operator_factory("--no-deny-private-networks")
+
+
+@pytest.fixture(scope="session")
+def admin_api(installed: Any) -> kubernetes.client.ApiClient:
+    return installed.api_client()
+
+
+@pytest.fixture
+def cluster(
+    installed: Any,
+    admin_api: kubernetes.client.ApiClient,
+    namespace: str,
+    ca: trustme.CA,
+    token_endpoint: TokenEndpoint,
+) -> Cluster:
+    return Cluster(installed, admin_api, namespace, ca, token_endpoint)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

@@ -1,0 +1,148 @@
+"""A scriptable HTTPS client-credentials token endpoint for the operator tests.
+
+Each test registers its own client (random id and secret), so tests sharing one server
+stay independent. Per client the test can set the token lifetime, rotate the secret
+(the old one is revoked at once), or make the endpoint fail (500, 429 with Retry-After).
+Every issued token and every request is logged with its time, so tests can check what
+the operator asked for and when.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote_plus
+
+import trustme
+
+
+@dataclass
+class Issue:
+    client_id: str
+    token: str
+    issued_at: float
+    expires_at: float
+
+
+@dataclass
+class Client:
+    client_id: str
+    secret: str
+    lifetime: int = 60
+    failure: tuple[int, dict[str, str]] | None = None  # status and headers while failing
+    requests: list[float] = field(default_factory=list)  # time of every request
+    issued: list[Issue] = field(default_factory=list)
+
+
+class TokenEndpoint:
+    def __init__(self, ca: trustme.CA) -> None:
+        self.ca = ca
+        self.clients: dict[str, Client] = {}
+        self.lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self._server.server_address[1]}/oauth2/token"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # --- test controls --------------------------------------------------------------
+
+    def add_client(self, lifetime: int = 60) -> Client:
+        client = Client(
+            client_id="cid-" + secrets.token_hex(6),
+            secret="sec-" + secrets.token_urlsafe(24),
+            lifetime=lifetime,
+        )
+        with self.lock:
+            self.clients[client.client_id] = client
+        return client
+
+    def rotate(self, client: Client) -> str:
+        """A new secret; the old one stops working at once."""
+        with self.lock:
+            client.secret = "sec-" + secrets.token_urlsafe(24)
+        return client.secret
+
+    def fail(self, client: Client, status: int, retry_after: int | None = None) -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        with self.lock:
+            client.failure = (status, headers)
+
+    def heal(self, client: Client) -> None:
+        with self.lock:
+            client.failure = None
+
+    def all_tokens(self) -> list[str]:
+        with self.lock:
+            return [i.token for c in self.clients.values() for i in c.issued]
+
+    # --- the endpoint ---------------------------------------------------------------
+
+    def token_response(self, client_id: str, secret: str) -> tuple[int, dict[str, str], bytes]:
+        with self.lock:
+            client = self.clients.get(client_id)
+            if client is None or client.secret != secret:
+                if client is not None:
+                    client.requests.append(time.time())
+                body = {"error": "invalid_client", "error_description": "bad client credentials"}
+                return 401, {}, json.dumps(body).encode()
+            client.requests.append(time.time())
+            if client.failure:
+                status, headers = client.failure
+                return status, headers, b'{"error":"temporarily_unavailable"}'
+            now = time.time()
+            issue = Issue(client_id, "tok-" + secrets.token_urlsafe(32), now, now + client.lifetime)
+            client.issued.append(issue)
+        body = {"access_token": issue.token, "token_type": "Bearer", "expires_in": client.lifetime}
+        return 200, {}, json.dumps(body).encode()
+
+
+def _handler(endpoint: TokenEndpoint) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # keep test output quiet
+            pass
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            form = parse_qs(self.rfile.read(length).decode())
+            client_id, secret = _basic(self.headers.get("Authorization", ""))
+            if client_id is None:
+                client_id = form.get("client_id", [""])[0]
+                secret = form.get("client_secret", [""])[0]
+            if form.get("grant_type") != ["client_credentials"]:
+                status, headers, body = 400, {}, b'{"error":"unsupported_grant_type"}'
+            else:
+                status, headers, body = endpoint.token_response(client_id, secret or "")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+def _basic(header: str) -> tuple[str | None, str | None]:
+    if not header.startswith("Basic "):
+        return None, None
+    decoded = base64.b64decode(header[6:]).decode()
+    client_id, _, secret = decoded.partition(":")
+    return unquote_plus(client_id), unquote_plus(secret)
