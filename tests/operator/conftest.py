@@ -21,6 +21,7 @@ import pytest
 import trustme
 from operator_helpers import Cluster
 from token_endpoint import TokenEndpoint
+from tokensync.redact import secret_variants
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_SA = ("tokensync-system", "tokensync")
@@ -124,28 +125,87 @@ def start_operator(kubeconfig: Path, log_path: Path, *extra: str) -> Operator:
     return operator
 
 
+class OperatorPool:
+    """The shared operator (all namespaces, private-network guard off for the loopback
+    token endpoint) plus operators that tests start for themselves. Two operators must
+    never serve the same namespace, so a test that starts its own stops the shared one
+    first; the next test that needs it restarts it."""
+
+    def __init__(self, kubeconfig: Path, tmp: pytest.TempPathFactory) -> None:
+        self.kubeconfig = kubeconfig
+        self.tmp = tmp
+        self.shared: Operator | None = None
+        self.started: list[Operator] = []
+
+    def start(self, *extra: str, kubeconfig: Path | None = None) -> Operator:
+        log_path = self.tmp.mktemp("operator") / "operator.log"
+        operator = start_operator(kubeconfig or self.kubeconfig, log_path, *extra)
+        self.started.append(operator)
+        return operator
+
+    def get_shared(self) -> Operator:
+        if self.shared is None or self.shared.process.poll() is not None:
+            self.shared = self.start("--no-deny-private-networks")
+        return self.shared
+
+    def stop_shared(self) -> None:
+        if self.shared is not None:
+            self.shared.stop()
+            self.shared = None
+
+    def logs(self) -> str:
+        return "\n".join(o.log() for o in self.started)
+
+    def stop_all(self) -> None:
+        for operator in self.started:
+            operator.stop()
+
+
 @pytest.fixture(scope="session")
-def operator_factory(
-    operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., Operator]]:
-    """Start extra operators (restart and flag tests); all are stopped at the end."""
-    started: list[Operator] = []
+def operators(
+    operator_kubeconfig: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    token_endpoint: TokenEndpoint,
+) -> Iterator[OperatorPool]:
+    pool = OperatorPool(operator_kubeconfig, tmp_path_factory)
+    yield pool
+    pool.stop_all()
+    # Redaction, over every line any operator wrote in the whole session: no client
+    # secret and no token, in any encoding, ever.
+    leaked = find_secrets(pool.logs(), token_endpoint)
+    assert not leaked, f"operator logs contain {len(leaked)} secret or token spellings"
+
+
+def find_secrets(text: str, endpoint: TokenEndpoint) -> list[str]:
+    """Every secret spelling (raw, base64, URL-encoded, base64 of id:secret) in text."""
+    found = []
+    for client in list(endpoint.clients.values()):
+        for secret in client.all_secrets:
+            found += [v for v in secret_variants(secret, client_id=client.client_id) if v in text]
+    for token in endpoint.all_tokens():
+        found += [v for v in secret_variants(token) if v in text]
+    return found
+
+
+@pytest.fixture
+def operator(operators: OperatorPool) -> Operator:
+    return operators.get_shared()
+
+
+@pytest.fixture
+def own_operator(operators: OperatorPool) -> Iterator[Callable[..., Operator]]:
+    """Start operators for this test alone (the shared one is stopped meanwhile)."""
+    operators.stop_shared()
+    mine: list[Operator] = []
 
     def start(*extra: str, kubeconfig: Path | None = None) -> Operator:
-        log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-        operator = start_operator(kubeconfig or operator_kubeconfig, log_path, *extra)
-        started.append(operator)
+        operator = operators.start(*extra, kubeconfig=kubeconfig)
+        mine.append(operator)
         return operator
 
     yield start
-    for operator in started:
+    for operator in mine:
         operator.stop()
-
-
-@pytest.fixture(scope="session")
-def operator(operator_factory: Callable[..., Operator]) -> Operator:
-    """The shared operator: loopback token endpoints, so the private-network guard is off."""
-    return operator_factory("--no-deny-private-networks")
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,10 @@ class Client:
     failure: tuple[int, dict[str, str]] | None = None  # status and headers while failing
     requests: list[float] = field(default_factory=list)  # time of every request
     issued: list[Issue] = field(default_factory=list)
+    all_secrets: list[str] = field(default_factory=list)  # every secret it ever had
+
+    def __post_init__(self) -> None:
+        self.all_secrets.append(self.secret)
 
 
 class TokenEndpoint:
@@ -77,6 +81,7 @@ class TokenEndpoint:
         """A new secret; the old one stops working at once."""
         with self.lock:
             client.secret = "sec-" + secrets.token_urlsafe(24)
+            client.all_secrets.append(client.secret)
         return client.secret
 
     def fail(self, client: Client, status: int, retry_after: int | None = None) -> None:
@@ -100,7 +105,11 @@ class TokenEndpoint:
             if client is None or client.secret != secret:
                 if client is not None:
                     client.requests.append(time.time())
-                body = {"error": "invalid_client", "error_description": "bad client credentials"}
+                # Some real servers echo what they got; the operator must never repeat it.
+                body = {
+                    "error": "invalid_client",
+                    "error_description": f"client {client_id} with secret {secret} is unknown",
+                }
                 return 401, {}, json.dumps(body).encode()
             client.requests.append(time.time())
             if client.failure:
