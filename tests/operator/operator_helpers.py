@@ -156,7 +156,8 @@ class Cluster:
         try:
             return wait_for(probe, timeout, f"{name} Ready={status} {reason or ''}")
         except AssertionError as error:
-            raise AssertionError(f"{error}; last status: {self.credential(name).get('status')}")
+            status = self.credential(name).get("status")
+            raise AssertionError(f"{error}; last status: {status}") from None
 
     # --- managed Secrets and events -----------------------------------------------------
 

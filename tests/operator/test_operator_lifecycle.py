@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -62,7 +63,7 @@ def test_short_tokens_are_renewed_before_they_expire(cluster, operator, token_en
 
     wait_for(four_tokens_seen, timeout=30, what="four tokens in a row")
     issued = client.issued[:4]
-    for previous, new in zip(issued, issued[1:], strict=False):
+    for previous, new in itertools.pairwise(issued):
         assert new.issued_at < previous.expires_at, "a token expired before the next was issued"
     assert {i.token for i in issued} <= seen_tokens | {client.issued[-1].token}
     assert decode(cluster.secret("short"))["token.txt"] in {i.token for i in client.issued}
