@@ -337,11 +337,7 @@ def _status_hint(request: TokenRequest, status: int, oauth_error: str | None) ->
     json_body = request.content_type == JSON
     if oauth_error == "invalid_scope" and json_body and isinstance(request.scope_sent, str):
         hints.append("this endpoint may expect the scope as a JSON object: set scopeObject")
-    elif (
-        json_body
-        and status in (400, 401, 415)
-        and oauth_error in (None, "invalid_request", "invalid_client", "unsupported_grant_type")
-    ):
+    elif json_body and _json_not_understood(request, status, oauth_error):
         hints.append(f"this endpoint may need {FORM} (set contentType: {FORM})")
     if not json_body and status == 415:
         hints.append(f"this endpoint may need {JSON} (set contentType: {JSON})")
@@ -350,6 +346,16 @@ def _status_hint(request: TokenRequest, status: int, oauth_error: str | None) ->
     if status in (404, 405):
         hints.append("check tokenURL: it must be the token endpoint itself")
     return "; ".join(hints) or None
+
+
+def _json_not_understood(request: TokenRequest, status: int, oauth_error: str | None) -> bool:
+    """Whether a refusal looks like a server that did not read the JSON body: a bare
+    400/401/415 (Cognito), or an error about parameters that were in fact sent."""
+    if oauth_error is None:
+        return status in (400, 401, 415)
+    if oauth_error in ("invalid_request", "unsupported_grant_type"):
+        return True
+    return oauth_error == "invalid_client" and request.client_authentication == "body"
 
 
 def _auth_hint(request: TokenRequest) -> str:
