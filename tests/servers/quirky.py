@@ -263,6 +263,9 @@ class TokenServer:
         self.issuance_log = Path(issuance_log) if issuance_log else None
         self.received: list[Received] = []
         self.issued: list[Issued] = []
+        # Raw issued tokens, in memory only (the log file holds hashes): tests grep output
+        # for them to prove that no token ever leaks.
+        self.tokens: list[str] = []
         self.tls_failures = 0
         self.stopping = threading.Event()
         self._fault: tuple[str, dict[str, Any]] | None = None
@@ -420,6 +423,7 @@ class TokenServer:
         if "expires_in" not in data and jwt:
             numeric = lifetime  # the exp claim
         self._log(
+            token,
             Issued(
                 server=self.name,
                 client_id=client_id,
@@ -428,12 +432,13 @@ class TokenServer:
                 expires_at=now + numeric if numeric is not None else None,
                 expires_in=numeric,
                 scope=scope,
-            )
+            ),
         )
         return json_reply(200, data, {"Cache-Control": "no-store"})
 
-    def _log(self, issued: Issued) -> None:
+    def _log(self, token: str, issued: Issued) -> None:
         with self._changed:
+            self.tokens.append(token)
             self.issued.append(issued)
             if self.issuance_log is not None:
                 with self.issuance_log.open("a") as log:
@@ -475,7 +480,9 @@ class TokenServer:
         return Reply(200, body.encode(), {"Content-Type": JSON}, content_length=content_length)
 
     def _fault_no_access_token(self, received: Received) -> Reply:
-        return json_reply(200, {"token": secrets.token_urlsafe(16), "expires_in": 60})
+        token = secrets.token_urlsafe(16)
+        self.tokens.append(token)
+        return json_reply(200, {"token": token, "expires_in": 60})
 
     def _fault_expires_in_string(self, received: Received) -> Reply:
         return self.issue(None, expires_in=str(int(self.lifetime)))
