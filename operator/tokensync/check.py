@@ -1,0 +1,665 @@
+"""`tokensync check`: request one token exactly as a credential would, and say what happened.
+
+The connectivity test SAP Cloud Integration users know, for an OAuth2Credential manifest.
+References are resolved from local files (`--client-secret-file`, `--ref`), from Secrets
+and ConfigMaps in the manifest itself, and with `--from-cluster` from the current
+kubeconfig, with the user's own permissions. It honours allowInsecureHTTP and
+insecureSkipVerify as written and applies none of the operator's gates; where the
+operator would behave differently it says so in a note.
+
+Exit codes: 0 token issued; 2 usage error or invalid spec; 3 a reference cannot be
+resolved; 4 configuration error; 5 transient error; 6 protocol error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import ipaddress
+import json
+import os
+import socket
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+import yaml
+
+from tokensync import oauth2
+from tokensync.gates import OperatorConfig, gate_problem
+from tokensync.secret import ANNOTATION_ALLOWED_URLS, LABEL_SOURCE, url_allowed
+from tokensync.sources import (
+    TLS_SECRET_TYPE,
+    ReferenceProblem,
+    Source,
+    Unresolved,
+    describe,
+    resolve_references,
+)
+from tokensync.spec import CredentialSpec, Ref, SpecError, parse_spec, to_token_request
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_REFERENCE = 3
+EXIT_CONFIGURATION = 4
+EXIT_TRANSIENT = 5
+EXIT_PROTOCOL = 6
+EXIT_CODES = {
+    "configuration": EXIT_CONFIGURATION,
+    "transient": EXIT_TRANSIENT,
+    "protocol": EXIT_PROTOCOL,
+}
+KIND = "OAuth2Credential"
+SOURCE_KINDS = ("Secret", "ConfigMap")
+
+EPILOG = """\
+exit codes:
+  0  a token was issued
+  2  usage error or invalid spec
+  3  a referenced Secret/ConfigMap key could not be resolved
+  4  configuration error (the endpoint refused the request as configured, TLS failure)
+  5  transient error (timeout, connection failure, 429, 5xx)
+  6  protocol error (the endpoint answered with something that is not a token)
+"""
+
+
+class CheckFailed(Exception):
+    """The check stops before any token request."""
+
+    def __init__(self, exit_code: int, stage: str, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.exit_code = exit_code
+        self.stage = stage
+        self.problems = problems
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Request one token as an OAuth2Credential would and print what happened. The token "
+        "itself is never printed unless --show-token is given."
+    )
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "-f", "--file", required=True, help="OAuth2Credential manifest (YAML; '-' for stdin)"
+    )
+    parser.add_argument(
+        "--name", help="which OAuth2Credential of the manifest (when it holds several)"
+    )
+    parser.add_argument(
+        "--client-secret-file",
+        metavar="FILE",
+        help="file holding the client secret, byte for byte ('-' for stdin)",
+    )
+    parser.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        metavar="[KIND/]NAME/KEY=FILE",
+        help="file holding key KEY of the referenced Secret or ConfigMap NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--from-cluster",
+        action="store_true",
+        help="read whatever no file gives from the cluster of the current kubeconfig",
+    )
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig for --from-cluster (default: $KUBECONFIG, ~/.kube/config)"
+    )
+    parser.add_argument("--context", help="kubeconfig context for --from-cluster")
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        help="namespace for --from-cluster (default: the manifest's, else the context's)",
+    )
+    parser.add_argument("--output", "-o", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--show-token", action="store_true", help="also print the access token itself"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Loading the manifest
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    namespace: str | None
+    spec: Mapping[str, Any]
+    sources: tuple[Mapping[str, Any], ...]  # Secrets and ConfigMaps in the same file
+
+
+def _read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise CheckFailed(EXIT_USAGE, "usage", [f"{path}: {error.strerror}"]) from None
+
+
+def load_manifest(text: bytes, name: str | None, origin: str) -> Manifest:
+    """The OAuth2Credential of a (multi-document) YAML file, with its sibling sources."""
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise CheckFailed(EXIT_USAGE, "manifest", [f"{origin}: not valid YAML{where}"]) from None
+    objects = [d for d in documents if isinstance(d, Mapping)]
+    credentials = [d for d in objects if d.get("kind") == KIND]
+    if name is not None:
+        credentials = [d for d in credentials if (d.get("metadata") or {}).get("name") == name]
+    if len(credentials) != 1:
+        found = "no" if not credentials else str(len(credentials))
+        which = f" named {name!r}" if name else ""
+        hint = "" if credentials == [] else "; choose one with --name"
+        raise CheckFailed(EXIT_USAGE, "manifest", [f"{origin}: {found} {KIND}{which} found{hint}"])
+    credential = credentials[0]
+    metadata = credential.get("metadata") or {}
+    return Manifest(
+        name=str(metadata.get("name") or "credential"),
+        namespace=metadata.get("namespace"),
+        spec=credential.get("spec") or {},
+        sources=tuple(d for d in objects if d.get("kind") in SOURCE_KINDS),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Resolving references: files, then the manifest, then (optionally) the cluster
+
+
+@dataclass
+class FoundObject:
+    """A referenced object as check found it: which keys came from where."""
+
+    kind: str
+    name: str
+    data: dict[str, bytes] = field(default_factory=dict, repr=False)
+    origins: dict[str, str] = field(default_factory=dict)
+    type: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    metadata_known: bool = False  # labels/annotations are real (manifest or cluster)
+
+
+@dataclass(frozen=True)
+class FileRef:
+    kind: str | None  # None: a Secret or ConfigMap of that name
+    name: str
+    key: str
+    content: bytes = field(repr=False)
+    origin: str
+
+
+def parse_ref_argument(value: str) -> tuple[str | None, str, str, str]:
+    """`[KIND/]NAME/KEY=FILE` -> (kind or None, name, key, file)."""
+    target, sep, path = value.partition("=")
+    parts = target.split("/")
+    if not sep or not path or len(parts) not in (2, 3) or not all(parts):
+        raise CheckFailed(EXIT_USAGE, "usage", [f"--ref {value!r}: expected [KIND/]NAME/KEY=FILE"])
+    if len(parts) == 3 and parts[0] not in SOURCE_KINDS:
+        raise CheckFailed(EXIT_USAGE, "usage", [f"--ref {value!r}: KIND is Secret or ConfigMap"])
+    kind = parts[0] if len(parts) == 3 else None
+    return kind, parts[-2], parts[-1], path
+
+
+def _object_data(body: Mapping[str, Any]) -> dict[str, bytes]:
+    """Data of a Secret or ConfigMap manifest/API object, decoded to bytes."""
+    data: dict[str, bytes] = {}
+    try:
+        for key, value in (body.get("data") or {}).items():
+            if body.get("kind") == "Secret":
+                data[key] = base64.b64decode(str(value), validate=True)
+            else:
+                data[key] = str(value).encode()
+        for key, value in (body.get("binaryData") or {}).items():
+            data[key] = base64.b64decode(str(value), validate=True)
+    except ValueError:
+        raise CheckFailed(
+            EXIT_REFERENCE, "reference", [f"{body.get('kind')} data is not valid base64"]
+        ) from None
+    for key, value in (body.get("stringData") or {}).items():
+        data[key] = str(value).encode()
+    return data
+
+
+class Resolver:
+    """Looks up referenced objects for sources.resolve_references: files first, then the
+    manifest, then the cluster (only for keys still missing), recording where each key
+    came from."""
+
+    def __init__(
+        self,
+        needed: tuple[Ref, ...],
+        files: list[FileRef],
+        manifest_sources: tuple[Mapping[str, Any], ...],
+        cluster: Callable[[str, str], Mapping[str, Any] | None] | None,
+    ) -> None:
+        self._needed = needed
+        self._files = files
+        self._manifest = manifest_sources
+        self._cluster = cluster
+        self.found: dict[tuple[str, str], FoundObject] = {}
+
+    def lookup(self, kind: str, name: str) -> Source | None:
+        if (kind, name) not in self.found:
+            self.found[(kind, name)] = self._find(kind, name)
+        found = self.found[(kind, name)]
+        if not found.data and not found.metadata_known:
+            return None
+        # No allowed_token_urls: check applies no operator gates (see operator_notes).
+        return Source(kind=kind, name=name, data=found.data, type=found.type)
+
+    def _missing(self, found: FoundObject) -> bool:
+        keys = {r.key for r in self._needed if (r.kind, r.name) == (found.kind, found.name)}
+        return not keys <= found.data.keys()
+
+    def _find(self, kind: str, name: str) -> FoundObject:
+        found = FoundObject(kind, name)
+        for ref in self._files:
+            if ref.name == name and ref.kind in (None, kind):
+                found.data[ref.key] = ref.content
+                found.origins[ref.key] = ref.origin
+        if found.data and kind == "Secret":
+            found.type = TLS_SECRET_TYPE  # files cannot say; trust the user
+        manifest = next((o for o in self._manifest if _is(o, kind, name)), None)
+        self._merge(found, manifest, "the manifest")
+        if self._cluster is not None and self._missing(found):
+            self._merge(found, self._cluster(kind, name), "the cluster")
+        return found
+
+    @staticmethod
+    def _merge(found: FoundObject, body: Mapping[str, Any] | None, where: str) -> None:
+        if body is None:
+            return
+        if not found.metadata_known:
+            metadata = body.get("metadata") or {}
+            found.type = body.get("type") if found.kind == "Secret" else None
+            found.labels = metadata.get("labels") or {}
+            found.annotations = metadata.get("annotations") or {}
+            found.metadata_known = True
+        for key, value in _object_data(body).items():
+            if key not in found.data:
+                found.data[key] = value
+                found.origins[key] = f"{found.kind} {found.name!r} in {where}"
+
+
+def _is(body: Mapping[str, Any], kind: str, name: str) -> bool:
+    return body.get("kind") == kind and (body.get("metadata") or {}).get("name") == name
+
+
+def cluster_reader(
+    kubeconfig: str | None, context: str | None, namespace: str | None
+) -> tuple[Callable[[str, str], Mapping[str, Any] | None], str]:
+    """Reads Secrets and ConfigMaps with the current kubeconfig, and the namespace used."""
+    import kubernetes
+    from kubernetes.client.exceptions import ApiException
+
+    # The kubernetes package reads $KUBECONFIG once, at import; read it now.
+    config_file = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    try:
+        client = kubernetes.config.new_client_from_config(config_file=config_file, context=context)
+        if namespace is None:
+            contexts, active = kubernetes.config.list_kube_config_contexts(config_file)
+            if context is not None:
+                active = next((c for c in contexts if c["name"] == context), active)
+            namespace = (active or {}).get("context", {}).get("namespace") or "default"
+    except (kubernetes.config.ConfigException, OSError, TypeError) as error:
+        raise CheckFailed(
+            EXIT_REFERENCE, "reference", [f"--from-cluster: no usable kubeconfig ({error})"]
+        ) from None
+    api = kubernetes.client.CoreV1Api(client)
+
+    def read(kind: str, name: str) -> Mapping[str, Any] | None:
+        reader = api.read_namespaced_secret if kind == "Secret" else api.read_namespaced_config_map
+        try:
+            body = client.sanitize_for_serialization(reader(name, namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise CheckFailed(
+                EXIT_REFERENCE,
+                "reference",
+                [f"cannot read {kind} {namespace}/{name}: HTTP {error.status} {error.reason}"],
+            ) from None
+        except Exception as error:  # connection problems: the kubernetes client's text
+            raise CheckFailed(
+                EXIT_REFERENCE,
+                "reference",
+                [f"cannot read {kind} {namespace}/{name}: {type(error).__name__}"],
+            ) from None
+        return {**body, "kind": kind}
+
+    return read, namespace
+
+
+# --------------------------------------------------------------------------------------
+# What the operator would do differently (check itself applies no gates)
+
+
+def _denied_addresses(url: str) -> list[str]:
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    addresses = {str(ipaddress.ip_address(info[4][0].split("%")[0])) for info in infos}
+    return sorted(a for a in addresses if oauth2.is_denied_address(a))
+
+
+def operator_notes(spec: CredentialSpec, found: list[FoundObject]) -> list[str]:
+    notes = []
+    problem = gate_problem(spec, OperatorConfig())
+    if problem is not None:
+        notes.append(f"the operator without --allow-insecure refuses this: {problem.message}")
+    if spec.tls.insecure_skip_verify:
+        notes.append("the operator ignores tls.insecureSkipVerify unless run with --allow-insecure")
+    denied = _denied_addresses(spec.token_url)
+    if denied:
+        notes.append(
+            f"the operator's private-network guard (on by default) refuses this endpoint: "
+            f"it resolves to {', '.join(denied)}"
+        )
+    for obj in found:
+        if not obj.metadata_known:
+            continue
+        if obj.labels.get(LABEL_SOURCE) != "true":
+            notes.append(
+                f"the operator does not read {obj.kind} {obj.name!r}: it lacks the label "
+                f'{LABEL_SOURCE}: "true"'
+            )
+        allowed = obj.annotations.get(ANNOTATION_ALLOWED_URLS)
+        if not url_allowed(spec.token_url, allowed):
+            notes.append(
+                f"the operator does not send {obj.kind} {obj.name!r} to this tokenURL: "
+                f"its annotation {ANNOTATION_ALLOWED_URLS} allows only {allowed}"
+            )
+    return notes
+
+
+# --------------------------------------------------------------------------------------
+# The report
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _format_seconds(seconds: float) -> str:
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes or hours else "")
+    return text + f"{secs}s"
+
+
+def _auth_style(auth: str) -> str:
+    if auth == "header":
+        return "header (HTTP Basic; client id and secret form-urlencoded, client_secret_basic)"
+    return "body (client_id and client_secret in the request body, client_secret_post)"
+
+
+def _secret_origin(spec: CredentialSpec, resolver: Resolver) -> str:
+    ref = spec.client_secret_ref
+    found = resolver.found.get((ref.kind, ref.name))
+    return (found.origins.get(ref.key) if found else None) or describe(ref)
+
+
+def describe_request(
+    spec: CredentialSpec, request: oauth2.TokenRequest, resolver: Resolver
+) -> dict[str, Any]:
+    client_id_origin = "spec.clientID"
+    if spec.client_id_ref is not None:
+        found = resolver.found.get((spec.client_id_ref.kind, spec.client_id_ref.name))
+        client_id_origin = (found.origins.get(spec.client_id_ref.key) if found else None) or ""
+    https = urlsplit(request.token_url).scheme == "https"
+    cert = spec.tls.client_certificate_secret
+    return {
+        "endpoint": oauth2.display_url(request.token_url),
+        "clientAuthentication": request.client_authentication,
+        "authStyle": _auth_style(request.client_authentication),
+        "contentType": request.content_type,
+        "scope": request.scope_sent,
+        "includeScope": request.include_scope,
+        "audience": request.audience,
+        "resource": request.resource,
+        "extraParameters": dict(request.extra_parameters),
+        "clientID": request.client_id,
+        "clientIDFrom": client_id_origin,
+        "clientSecretFrom": _secret_origin(spec, resolver),
+        "clientSecretLength": len(request.client_secret),
+        "tlsVerification": request.tls.verification if https else "none (plain http)",
+        "clientCertificate": f"Secret {cert!r}" if cert and https else None,
+        "timeoutSeconds": request.timeout_seconds,
+    }
+
+
+def token_result(token: oauth2.Token, show_token: bool) -> dict[str, Any]:
+    result = {
+        "ok": True,
+        "exitCode": EXIT_OK,
+        "httpStatus": token.http_status,
+        "tokenType": token.token_type,
+        "issuedAt": _format_time(token.issued_at),
+        "expiresAt": _format_time(token.expires_at),
+        "lifetimeSeconds": round(token.lifetime_seconds, 3),
+        "lifetimeSource": token.lifetime_source,
+        "grantedScope": token.scope,
+    }
+    if show_token:
+        result["accessToken"] = token.access_token
+    return result
+
+
+def error_result(error: oauth2.TokenError) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "exitCode": EXIT_CODES[error.kind],
+        "errorClass": error.kind,
+        "reason": error.reason,
+        "summary": error.message,
+        "httpStatus": error.http_status,
+        "error": error.oauth_error,
+        "errorDescription": error.oauth_error_description,
+        "message": str(error),
+        "hint": error.hint,
+        "retryAfterSeconds": error.retry_after,
+    }
+
+
+def secret_warnings(values: Any) -> list[str]:
+    warnings_ = []
+    for what, value in (("client secret", values.client_secret), ("client id", values.client_id)):
+        if value != value.rstrip("\r\n"):
+            warnings_.append(
+                f"the {what} ends in a newline, which is sent as part of it; a common "
+                "mistake is `echo` without -n when creating the Secret"
+            )
+        elif value != value.strip():
+            warnings_.append(f"the {what} starts or ends with whitespace")
+    return warnings_
+
+
+# --------------------------------------------------------------------------------------
+# Rendering
+
+
+def _scope_text(request: Mapping[str, Any]) -> str:
+    scope = request["scope"]
+    if scope is None:
+        return "(none; includeScope: false)" if not request["includeScope"] else "(none)"
+    return scope if isinstance(scope, str) else json.dumps(scope, ensure_ascii=False)
+
+
+def request_rows(request: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    rows = [
+        ("endpoint", request["endpoint"]),
+        ("auth style", request["authStyle"]),
+        ("content type", request["contentType"]),
+        ("scope sent", _scope_text(request)),
+        ("audience", request["audience"]),
+        ("resource", request["resource"]),
+        ("extra parameters", request["extraParameters"] or None),
+        ("client id", f"{request['clientID']} ({request['clientIDFrom']})"),
+        (
+            "client secret",
+            f"{request['clientSecretFrom']} ({request['clientSecretLength']} characters)",
+        ),
+        ("TLS verification", request["tlsVerification"]),
+        ("client certificate", request["clientCertificate"]),
+        ("timeout", f"{request['timeoutSeconds']:g}s"),
+    ]
+    return [(label, value) for label, value in rows if value is not None]
+
+
+def result_rows(result: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    if result["ok"]:
+        lifetime = f"{_format_seconds(result['lifetimeSeconds'])} (from {result['lifetimeSource']})"
+        token = result.get("accessToken") or "(hidden; --show-token prints it)"
+        return [
+            ("HTTP status", result["httpStatus"]),
+            ("token type", result["tokenType"]),
+            ("lifetime", lifetime),
+            ("expires at", result["expiresAt"]),
+            ("granted scope", result["grantedScope"] or "(not returned)"),
+            ("access token", token),
+        ]
+    retry = result["retryAfterSeconds"]
+    rows = [
+        ("what happened", result["summary"]),
+        ("reason", result["reason"]),
+        ("HTTP status", result["httpStatus"]),
+        ("OAuth2 error", result["error"]),
+        ("description", result["errorDescription"]),
+        ("retry after", f"{retry:g}s" if retry is not None else None),
+        ("hint", result["hint"]),
+    ]
+    return [(label, value) for label, value in rows if value is not None]
+
+
+def _result_title(result: Mapping[str, Any]) -> str:
+    if result["ok"]:
+        return "result: token issued"
+    kind = result.get("stage") or result["errorClass"]
+    what = "problem" if "stage" in result else "error"
+    return f"result: {kind} {what} (exit code {result['exitCode']})"
+
+
+def render_text(report: Mapping[str, Any], out: TextIO, err: TextIO) -> None:
+    for warning in report["warnings"]:
+        err.write(f"warning: {warning}\n")
+    credential = report["credential"]
+    where = f"{credential['namespace']}/" if credential.get("namespace") else ""
+    name = credential["name"] or "?"
+    out.write(f"{KIND} {where}{name} ({credential['file']})\n")
+    sections = []
+    if "request" in report:
+        sections.append(("request:", request_rows(report["request"])))
+    result = report["result"]
+    problems = [(None, p) for p in result.get("problems", [])]
+    sections.append((_result_title(result), problems or result_rows(result)))
+    for title, rows in sections:
+        out.write(title + "\n")
+        for label, value in rows:
+            out.write(f"  {label + ':':<20}{value}\n" if label else f"  {value}\n")
+    for note in report["notes"]:
+        out.write(f"note: {note}\n")
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+
+
+def _file_refs(args: argparse.Namespace, spec: CredentialSpec) -> list[FileRef]:
+    refs = []
+    if args.client_secret_file:
+        ref = spec.client_secret_ref
+        path = args.client_secret_file
+        refs.append(FileRef(ref.kind, ref.name, ref.key, _read_input(path), f"file {path}"))
+    for value in args.ref:
+        kind, name, key, path = parse_ref_argument(value)
+        refs.append(FileRef(kind, name, key, _read_input(path), f"file {path}"))
+    return refs
+
+
+def _resolve(
+    spec: CredentialSpec, manifest: Manifest, args: argparse.Namespace
+) -> tuple[Any, Resolver, str | None]:
+    files = _file_refs(args, spec)
+    cluster, namespace = None, args.namespace or manifest.namespace
+    if args.from_cluster:
+        cluster, namespace = cluster_reader(args.kubeconfig, args.context, namespace)
+    resolver = Resolver(spec.references, files, manifest.sources, cluster)
+    resolved = resolve_references(spec, resolver.lookup, lambda _url, _allowed: True)
+    if isinstance(resolved, Unresolved):
+        ref = resolved.ref
+        advice = f"pass --ref {ref.name}/{ref.key}=FILE"
+        advice += "" if args.from_cluster else " or use --from-cluster"
+        where = f" in namespace {namespace}" if args.from_cluster else ""
+        raise CheckFailed(
+            EXIT_REFERENCE, "reference", [f"{describe(ref)}{where} is not available: {advice}"]
+        )
+    if isinstance(resolved, ReferenceProblem):
+        raise CheckFailed(EXIT_REFERENCE, "reference", [f"{resolved.reason}: {resolved.message}"])
+    return resolved, resolver, namespace
+
+
+def check(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the check and return the report (never printing anything)."""
+    report: dict[str, Any] = {
+        "credential": {"file": args.file, "name": None, "namespace": None},
+        "warnings": [],
+        "notes": [],
+    }
+    try:
+        manifest = load_manifest(_read_input(args.file), args.name, args.file)
+        report["credential"].update(name=manifest.name, namespace=manifest.namespace)
+        try:
+            spec = parse_spec(manifest.spec, name=manifest.name)
+        except SpecError as error:
+            raise CheckFailed(EXIT_USAGE, "spec", list(error.problems)) from None
+        values, resolver, namespace = _resolve(spec, manifest, args)
+    except CheckFailed as failure:
+        report["result"] = {
+            "ok": False,
+            "exitCode": failure.exit_code,
+            "stage": failure.stage,
+            "problems": failure.problems,
+        }
+        return report
+    if namespace:
+        report["credential"]["namespace"] = namespace
+    request = to_token_request(spec, values)
+    report["request"] = describe_request(spec, request, resolver)
+    report["warnings"] = secret_warnings(values)
+    if spec.tls.insecure_skip_verify:
+        report["warnings"].append("tls.insecureSkipVerify: the server certificate is not checked")
+    if urlsplit(spec.token_url).scheme == "http":
+        report["warnings"].append("plain http: the client secret and token travel unencrypted")
+    report["notes"] = operator_notes(spec, list(resolver.found.values()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # urllib3's InsecureRequestWarning: warned above
+        try:
+            token = oauth2.fetch_token(request, deny_private_networks=False)
+        except oauth2.TokenError as error:
+            report["result"] = error_result(error)
+        else:
+            report["result"] = token_result(token, args.show_token)
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    report = check(args)
+    if args.output == "json":
+        sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    else:
+        render_text(report, sys.stdout, sys.stderr)
+    sys.stdout.flush()
+    return int(report["result"]["exitCode"])
