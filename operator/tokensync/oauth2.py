@@ -335,14 +335,18 @@ def _status_hint(request: TokenRequest, status: int, oauth_error: str | None) ->
     """Advice for a refused request, where the likely cause is known."""
     hints = []
     json_body = request.content_type == JSON
+    body_not_read = json_body and _json_not_understood(request, status, oauth_error)
     if oauth_error == "invalid_scope" and json_body and isinstance(request.scope_sent, str):
         hints.append("this endpoint may expect the scope as a JSON object: set scopeObject")
-    elif json_body and _json_not_understood(request, status, oauth_error):
+    elif body_not_read:
         hints.append(f"this endpoint may need {FORM} (set contentType: {FORM})")
     if not json_body and status == 415:
         hints.append(f"this endpoint may need {JSON} (set contentType: {JSON})")
     if status == 401 or oauth_error == "invalid_client":
-        hints.append(_auth_hint(request))
+        auth_hint = _auth_hint(request)
+        # With the body format as the likely cause, only the Basic-encoding caveat adds to it.
+        if not body_not_read or auth_hint == _BASIC_DECODING_HINT:
+            hints.append(auth_hint)
     if status in (404, 405):
         hints.append("check tokenURL: it must be the token endpoint itself")
     return "; ".join(hints) or None
@@ -358,6 +362,13 @@ def _json_not_understood(request: TokenRequest, status: int, oauth_error: str | 
     return oauth_error == "invalid_client" and request.client_authentication == "body"
 
 
+_BASIC_DECODING_HINT = (
+    "the client id or secret contains characters that HTTP Basic credentials carry "
+    "form-urlencoded (RFC 6749 2.3.1), and some servers don't decode them; "
+    "try clientAuthentication: body"
+)
+
+
 def _auth_hint(request: TokenRequest) -> str:
     if request.client_authentication == "body":
         return (
@@ -365,11 +376,7 @@ def _auth_hint(request: TokenRequest) -> str:
             "clientAuthentication: header (HTTP Basic)"
         )
     if _BASIC_ENCODED_CHARS.search(request.client_id + request.client_secret):
-        return (
-            "the client id or secret contains characters that HTTP Basic credentials carry "
-            "form-urlencoded (RFC 6749 2.3.1), and some servers don't decode them; "
-            "try clientAuthentication: body"
-        )
+        return _BASIC_DECODING_HINT
     return (
         "check clientID and the client secret; the endpoint may expect clientAuthentication: body"
     )

@@ -194,3 +194,21 @@ def test_netrc_credentials_are_never_sent(token_server, credentials, tmp_path, m
     monkeypatch.setenv("NETRC", str(netrc))
     fetch_token(request_for(token_server, credentials, client_authentication="body"))
     assert token_server.received[-1].header("Authorization") is None
+
+
+def test_the_request_on_the_wire(token_server, credentials):
+    fetch_token(request_for(token_server, credentials, scope="a b"))
+    sent = token_server.received[-1]
+    assert {k.lower() for k in sent.headers} <= {
+        "host",
+        "accept",
+        "accept-encoding",
+        "authorization",
+        "content-length",
+        "content-type",
+        "connection",
+        "user-agent",
+    }
+    assert sent.header("Content-Type") == "application/x-www-form-urlencoded"
+    assert sent.header("Authorization").startswith("Basic ")
+    assert sent.body == b"grant_type=client_credentials&scope=a+b"

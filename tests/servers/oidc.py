@@ -96,6 +96,11 @@ class OIDCProvider:
         stderr.close()
         try:
             ready = _wait_ready(process, START_TIMEOUT)
+        except OIDCStartError as error:
+            process.kill()
+            process.wait()
+            log_tail = (work_dir / "oidc-stderr.log").read_text()[-2000:]
+            raise OIDCStartError(f"{error}; its stderr:\n{log_tail}") from None
         except BaseException:
             process.kill()
             process.wait()

@@ -496,3 +496,9 @@ def test_invalid_client_certificate(cert, key, tmp_path, monkeypatch):
         ssl_context_for(TLSSettings(client_cert_pem=cert, client_key_pem=key))
     assert caught.value.reason == "InvalidClientCertificate"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hint_json_refusal_drops_the_generic_credentials_advice():
+    hint = hint_for(content_type=JSON, client_id="c", client_secret="plain")
+    assert "form-urlencoded" in hint
+    assert "clientAuthentication" not in hint
