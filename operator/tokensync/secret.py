@@ -191,15 +191,16 @@ def held_token(secret: Mapping[str, Any] | None) -> HeldToken | None:
 def url_allowed(token_url: str, allowed_prefixes: str | None) -> bool:
     """The allowed-token-urls annotation binds a source's data to its real endpoints.
 
-    Plain prefix matching, except that a prefix naming only scheme and host must end
-    there: `https://login.example` must not admit `https://login.example.attacker.net`.
+    Plain prefix matching, except that a prefix ending inside the host name must end at
+    the host's end: `https://login.example` must not admit `https://login.example.evil`.
     """
     if allowed_prefixes is None:
         return True
     for prefix in (p.strip() for p in allowed_prefixes.split(",")):
         if not prefix or not token_url.startswith(prefix):
             continue
-        host_only = prefix.count("/") == 2  # "scheme://host[:port]"
-        if not host_only or token_url[len(prefix) : len(prefix) + 1] in ("", "/", "?"):
+        authority = prefix.split("://", 1)[-1]
+        host_open = "/" not in authority and ":" not in authority.rsplit("]", 1)[-1]
+        if not host_open or token_url[len(prefix) : len(prefix) + 1] in ("", "/", "?", ":"):
             return True
     return False
