@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import random
 import sys
 from collections.abc import Sequence
 
@@ -57,6 +58,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="coordinate several replicas through kopf peering object NAME "
         "(default: standalone, one replica)",
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority; the highest-priority replica serves, the others stand by "
+        "(default with --peering: random, so replicas never tie and freeze each other)",
     )
     parser.add_argument(
         "--workers",
@@ -139,12 +146,17 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("tokensync").warning(
             "--allow-insecure: specs may disable TLS verification or use plain http"
         )
+    priority = args.priority
+    if args.peering and priority is None:
+        # kopf pauses every peer when priorities tie; a random one elects a single leader.
+        priority = random.randint(1, 2**31 - 1)
     asyncio.run(
         kopf.operator(
             clusterwide=args.all_namespaces,
             namespaces=args.namespace,
             standalone=args.peering is None,
             peering_name=args.peering,
+            priority=priority,
             ready_flag=ready_flag,
             memo=memo,
         )
