@@ -43,7 +43,15 @@ NESTED_FIELDS = {
     "spec.tls.clientCertificateRef": {"name"},
     "spec.secret": {"name", "labels", "annotations", "template", "deletionPolicy"},
     "spec.refresh": {"renewBefore", "renewBeforePercentage", "defaultLifetime"},
-    "status.lastFailure": {"httpStatus", "error", "errorDescription", "reason", "message", "time"},
+    "status.lastFailure": {
+        "httpStatus",
+        "error",
+        "errorDescription",
+        "reason",
+        "kind",
+        "message",
+        "time",
+    },
 }
 STATUS_FIELDS = {
     "observedGeneration",
@@ -89,6 +97,7 @@ ENUMS = {
     ".spec.tls.caRef.kind": ["Secret", "ConfigMap"],
     ".spec.secret.deletionPolicy": ["Delete", "Retain"],
     ".status.conditions[].status": ["True", "False", "Unknown"],
+    ".status.lastFailure.kind": ["transient", "configuration", "protocol"],
 }
 DURATION_FIELDS = (".spec.refresh.renewBefore", ".spec.refresh.defaultLifetime")
 DNS_NAME_FIELDS = (
