@@ -103,7 +103,7 @@ def test_no_secret_or_token_leaks(scenario, auth, content_type, start_server, ca
         client_secret=credentials.client_secret,
         client_authentication=auth,
         content_type=content_type,
-        timeout_seconds=1 if scenario == "drip timeout" else 5,
+        timeout_seconds=0.5 if scenario == "drip timeout" else 5,
     )
     text = ""
     try:
