@@ -307,7 +307,7 @@ def test_audit_log_records_requests_by_user(control_plane, namespace):
     assert event["responseStatus"]["code"] == 403
     assert event["stage"] == "ResponseComplete"
     # The token came from the TokenRequest API, recorded as the admin's create.
-    admin_events = control_plane.audit_events(user="envtest-admin", since=since)
+    admin_events = control_plane.audit_events(user=control_plane.admin_user, since=since)
     assert any(
         e["verb"] == "create"
         and e.get("objectRef", {}).get("subresource") == "token"
