@@ -191,8 +191,10 @@ def held_token(secret: Mapping[str, Any] | None) -> HeldToken | None:
 def url_allowed(token_url: str, allowed_prefixes: str | None) -> bool:
     """The allowed-token-urls annotation binds a source's data to its real endpoints.
 
-    Plain prefix matching, except that a prefix ending inside the host name must end at
-    the host's end: `https://login.example` must not admit `https://login.example.evil`.
+    Plain prefix matching, except that a prefix without a path must name a whole
+    authority: `https://login.example` must not admit `https://login.example.evil` nor
+    `https://login.example:8443`, `https://h:84` not `https://h:8443`. A prefix ending
+    in `:` (`https://127.0.0.1:`) admits any port of that host.
     """
     if allowed_prefixes is None:
         return True
@@ -200,7 +202,8 @@ def url_allowed(token_url: str, allowed_prefixes: str | None) -> bool:
         if not prefix or not token_url.startswith(prefix):
             continue
         authority = prefix.split("://", 1)[-1]
-        host_open = "/" not in authority and ":" not in authority.rsplit("]", 1)[-1]
-        if not host_open or token_url[len(prefix) : len(prefix) + 1] in ("", "/", "?", ":"):
+        if "/" in authority or authority.endswith(":"):
+            return True
+        if token_url[len(prefix) : len(prefix) + 1] in ("", "/", "?"):
             return True
     return False
