@@ -16,8 +16,8 @@ from manifestlib import DEPLOY, load_docs
 # What the operator does with the API, one rule per line. A change here is a change of the
 # operator's privileges: review it together with deploy/base/rbac-operator.yaml.
 OPERATOR_RULES = [
-    ("tokensync.dev", "oauth2credentials", ["get", "list", "watch", "patch"]),
-    ("tokensync.dev", "oauth2credentials/status", ["get", "patch"]),
+    ("tokensync.dev", "oauth2credentials", ["list", "watch"]),
+    ("tokensync.dev", "oauth2credentials/status", ["patch"]),
     ("tokensync.dev", "oauth2credentials/finalizers", ["update"]),
     ("", "secrets", ["get", "list", "watch", "create", "update", "delete"]),
     ("", "configmaps", ["get", "list", "watch"]),
