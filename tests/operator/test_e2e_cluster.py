@@ -35,7 +35,14 @@ def e2e_cluster(ca, token_endpoint, tmp_path: Path):
         pytest.skip("kubectl is not on PATH")
     kubeconfig = str(Path(KUBECONFIG).expanduser())
     subprocess.run(
-        [kubectl, f"--kubeconfig={kubeconfig}", "apply", "-f", str(REPO / "crds" / "oauth2credential.yaml")], check=True
+        [
+            kubectl,
+            f"--kubeconfig={kubeconfig}",
+            "apply",
+            "-f",
+            str(REPO / "crds" / "oauth2credential.yaml"),
+        ],
+        check=True,
     )
     api = kubernetes.config.new_client_from_config(config_file=kubeconfig)
     core = kubernetes.client.CoreV1Api(api)
