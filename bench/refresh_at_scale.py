@@ -1,0 +1,1295 @@
+#!/usr/bin/env python3
+"""Refresh at scale: the real operator, N credentials with short-lived tokens, several lifetimes.
+
+Starts the test control plane (etcd, kube-apiserver, kube-controller-manager from
+tests/envtest), an HTTPS client-credentials endpoint that logs every issued token, installs
+tokensync from deploy/, runs `tokensync run` as ServiceAccount tokensync-system/tokensync,
+creates N OAuth2Credentials (one OAuth2 client each, so every credential has its own token
+history) and observes them for K token lifetimes after the last managed Secret appeared.
+
+It measures and prints (never asserts; see ENGINEERING.md "Benchmarks"):
+- time until all managed Secrets exist, and create-to-Secret latency per credential;
+- token requests made versus the ideal count of API.md's refresh schedule;
+- seconds during which a managed Secret held an expired token, from the endpoint's
+  issuance log and the Secret update times seen by a watch started before the creates;
+- CPU seconds and peak RSS of the operator, kube-apiserver, etcd, kube-controller-manager
+  and this script, from /proc, and the operator's Kubernetes API calls from the audit log.
+
+Everything listens on 127.0.0.1 only (the operator's metrics server, which would bind every
+interface, is disabled). Everything started is stopped on exit, error, Ctrl-C or SIGTERM.
+
+    .venv/bin/python bench/refresh_at_scale.py                      # 500 x 60 s x 3
+    .venv/bin/python bench/refresh_at_scale.py --credentials 20 --lifetime 30 --lifetimes 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime
+import importlib.util
+import itertools
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "operator")]
+
+import kubernetes  # noqa: E402
+import trustme  # noqa: E402
+from fixtures.controlplane import ControlPlane, _remove_state, start_control_plane  # noqa: E402
+from token_endpoint import Client, Issue, TokenEndpoint  # noqa: E402
+
+
+def _load_operator_conftest() -> Any:
+    """tests/operator/conftest.py under a private name (`conftest` is ambiguous here)."""
+    path = REPO / "tests" / "operator" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("tokensync_bench_operator_conftest", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+_operator_fixtures = _load_operator_conftest()
+start_operator = _operator_fixtures.start_operator
+OPERATOR_SA: tuple[str, str] = _operator_fixtures.OPERATOR_SA
+OPERATOR_USER: str = _operator_fixtures.OPERATOR_USER
+
+GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "oauth2credentials"
+SOURCE_LABEL = {"tokensync.dev/credential-source": "true"}
+MANAGED_LABEL = "tokensync.dev/credential"  # on every managed Secret (API.md)
+
+# API.md, "Default refresh point".
+KUBELET_PROPAGATION = 120.0
+JITTER_SHARE = 0.05
+MIN_AGE_SHARE = 0.10
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ENDPOINT_BACKLOG = 1024
+LOG_PROBLEM_WORDS = ("error", "fail", "retry", "traceback", "unexpected")
+# The Secret's issued-at/expires-at annotations have second precision, so an operator that
+# reads them back (after a restart) may refresh up to 1 s before the exact refresh point.
+EARLY_TOLERANCE = 1.0
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- the schedule API.md promises ------------------------------------------------------
+
+
+def renew_before(lifetime: float) -> float:
+    """Refresh when this much of the token's life remains (before jitter)."""
+    return max(lifetime / 3, min(KUBELET_PROPAGATION, lifetime / 2))
+
+
+def refresh_age(lifetime: float, jitter: float) -> float:
+    """Token age at its refresh point for a jitter fraction in [0, 1], with the 10% clamp."""
+    age = lifetime - renew_before(lifetime) - jitter * JITTER_SHARE * lifetime
+    return max(age, MIN_AGE_SHARE * lifetime)
+
+
+def ideal_tokens(window: float, lifetime: float, jitter: float) -> int:
+    """Tokens one credential needs over `window` seconds after its first issue: the first
+    one plus one per refresh point inside the window."""
+    if window < 0:
+        return 0
+    return 1 + math.floor(window / refresh_age(lifetime, jitter))
+
+
+# --- /proc ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    cpu: float  # user + system seconds since the process started
+    rss_mb: float
+    hwm_mb: float  # peak RSS (VmHWM)
+    threads: int
+
+
+def proc_sample(pid: int) -> ProcSample | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    values = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        values[key] = value.split()
+    return ProcSample(
+        cpu=cpu,
+        rss_mb=int(values.get("VmRSS", ["0"])[0]) / 1024,
+        hwm_mb=int(values.get("VmHWM", ["0"])[0]) / 1024,
+        threads=int(values.get("Threads", ["0"])[0]),
+    )
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, all cores, from /proc/stat."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(v) for v in first[:8]]  # user nice system idle iowait irq softirq steal
+    total = sum(ticks)
+    idle = ticks[3] + ticks[4]
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+@dataclass
+class Snapshot:
+    at: float
+    procs: dict[str, ProcSample | None]
+    machine: tuple[float, float]
+
+
+class Processes:
+    """The processes whose cost is reported, by display name."""
+
+    def __init__(self) -> None:
+        self.pids: dict[str, int] = {}
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            time.time(), {name: proc_sample(pid) for name, pid in self.pids.items()}, machine_cpu()
+        )
+
+
+# --- the watch on managed Secrets ----------------------------------------------------------
+
+
+@dataclass
+class SecretEvent:
+    at: float  # time.time() when the watch delivered it
+    type: str  # ADDED, MODIFIED, DELETED, or RELIST after a lost watch
+    namespace: str
+    name: str
+    token: str | None
+
+
+class SecretWatch(threading.Thread):
+    """Records every change of a managed Secret with its arrival time and the token it holds.
+
+    A raw watch (list, then watch from its resourceVersion, resumed on timeouts) with
+    bookmarks; a 410 Gone relists and records the listed state as RELIST events.
+    """
+
+    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+        super().__init__(name="secret-watch", daemon=True)
+        self.core = kubernetes.client.CoreV1Api(api)
+        self.events: list[SecretEvent] = []
+        self.first_seen: dict[tuple[str, str], float] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.started_ok = threading.Event()
+        self.relists = 0
+        self.reconnects = 0
+        self.error: str | None = None
+        self._response: Any = None
+        self._rv = ""
+
+    def _record(self, etype: str, obj: dict[str, Any], at: float) -> None:
+        meta = obj.get("metadata") or {}
+        raw = (obj.get("data") or {}).get("access_token")
+        token = base64.b64decode(raw).decode() if raw else None
+        event = SecretEvent(at, etype, meta.get("namespace", ""), meta.get("name", ""), token)
+        with self.lock:
+            self.events.append(event)
+            self.first_seen.setdefault((event.namespace, event.name), at)
+
+    def _list(self, record: bool) -> None:
+        listed = self.core.list_secret_for_all_namespaces(
+            label_selector=MANAGED_LABEL, _preload_content=False
+        )
+        body = json.loads(listed.data)
+        self._rv = body["metadata"]["resourceVersion"]
+        now = time.time()
+        for item in body.get("items") or []:
+            if record:
+                self._record("RELIST", item, now)
+
+    def run(self) -> None:
+        try:
+            self._list(record=False)
+            self.started_ok.set()
+            failures = 0
+            while not self.stopping.is_set():
+                try:
+                    self._watch_once()
+                    failures = 0
+                except Exception:
+                    # A dropped connection: resume from the last resourceVersion (nothing is
+                    # lost); give up after a few failures in a row.
+                    failures += 1
+                    if failures > 5 or self.stopping.is_set():
+                        raise
+                    self.reconnects += 1
+                    time.sleep(1)
+        except Exception as error:  # reported, never raised into the benchmark
+            if not self.stopping.is_set():
+                self.error = f"{type(error).__name__}: {error}"
+        finally:
+            self.started_ok.set()
+
+    def _watch_once(self) -> None:
+        response = self.core.list_secret_for_all_namespaces(
+            label_selector=MANAGED_LABEL,
+            watch=True,
+            allow_watch_bookmarks=True,
+            resource_version=self._rv,
+            timeout_seconds=300,
+            _preload_content=False,
+            _request_timeout=(10, 330),
+        )
+        self._response = response
+        buffer = b""
+        try:
+            for chunk in response.stream(amt=None, decode_content=False):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        self._handle(json.loads(line), time.time())
+        except Exception:
+            if self.stopping.is_set():
+                return
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                response.release_conn()
+        self.reconnects += 1
+
+    def _handle(self, event: dict[str, Any], at: float) -> None:
+        etype, obj = event.get("type", ""), event.get("object") or {}
+        if etype == "ERROR":
+            if obj.get("code") == 410:  # resourceVersion too old: relist
+                self.relists += 1
+                self._list(record=True)
+                return
+            raise RuntimeError(f"watch error: {obj.get('message')}")
+        self._rv = (obj.get("metadata") or {}).get("resourceVersion", self._rv)
+        if etype != "BOOKMARK":
+            self._record(etype, obj, at)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()  # interrupts a blocking read (urllib3 >= 2.3)
+            with contextlib.suppress(Exception):
+                response.close()
+        self.join(timeout=10)
+
+    def count_seen(self) -> int:
+        with self.lock:
+            return len(self.first_seen)
+
+
+# --- setup ---------------------------------------------------------------------------------
+
+
+def build_binaries() -> Path:
+    result = subprocess.run(
+        ["bash", str(REPO / "tests" / "envtest" / "build.sh")],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise SystemExit(f"tests/envtest/build.sh failed (exit {result.returncode})")
+    return Path(lines[-1])
+
+
+def admin_client(cp: ControlPlane, pool: int) -> kubernetes.client.ApiClient:
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(
+        config_file=str(cp.kubeconfig), client_configuration=configuration
+    )
+    configuration.connection_pool_maxsize = pool
+    return kubernetes.client.ApiClient(configuration)
+
+
+@dataclass
+class Credential:
+    namespace: str
+    name: str
+    client: Client
+    create_sent: float = 0.0
+    created: float = 0.0  # the create call returned: the object exists
+
+
+@dataclass
+class Timeline:
+    first_create: float = 0.0
+    last_created: float = 0.0
+    all_exist: float | None = None
+    end: float = 0.0
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+
+
+def create_sources(
+    core: kubernetes.client.CoreV1Api,
+    namespaces: list[str],
+    credentials: list[Credential],
+    ca: trustme.CA,
+    allowed_urls: str,
+    concurrency: int,
+) -> None:
+    for ns in namespaces:
+        core.create_namespaced_config_map(
+            ns,
+            {
+                "metadata": {"name": "token-endpoint-ca", "labels": dict(SOURCE_LABEL)},
+                "data": {"ca.crt": ca.cert_pem.bytes().decode()},
+            },
+        )
+
+    def source(cred: Credential) -> None:
+        core.create_namespaced_secret(
+            cred.namespace,
+            {
+                "metadata": {
+                    "name": f"client-{cred.name}",
+                    "labels": dict(SOURCE_LABEL),
+                    "annotations": {"tokensync.dev/allowed-token-urls": allowed_urls},
+                },
+                "stringData": {"client_secret": cred.client.secret},
+            },
+        )
+
+    run_all(source, credentials, concurrency)
+
+
+def credential_body(cred: Credential, token_url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "OAuth2Credential",
+        "metadata": {"name": cred.name},
+        "spec": {
+            "tokenURL": token_url,
+            "clientID": cred.client.client_id,
+            "clientSecretRef": {"name": f"client-{cred.name}", "key": "client_secret"},
+            "tls": {"caRef": {"kind": "ConfigMap", "name": "token-endpoint-ca", "key": "ca.crt"}},
+        },
+    }
+
+
+def run_all(fn: Callable[[Credential], None], items: list[Credential], concurrency: int) -> None:
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for future in [pool.submit(fn, item) for item in items]:
+            future.result()
+
+
+# --- analysis ------------------------------------------------------------------------------
+
+
+def pct(values: Iterable[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(math.ceil(q / 100 * len(ordered)) - 1, 0)
+    return ordered[min(rank, len(ordered) - 1)]
+
+
+def dist(values: list[float], unit: str = "s", digits: int = 2) -> str:
+    if not values:
+        return "n/a"
+    f = f"{{:.{digits}f}}{unit}"
+    return (
+        f"min {f.format(min(values))}  p50 {f.format(pct(values, 50))}  "
+        f"p95 {f.format(pct(values, 95))}  max {f.format(max(values))}"
+    )
+
+
+def merged_length(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, -math.inf
+    for start, stop in sorted(intervals):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+@dataclass
+class SecretHistory:
+    expired_seconds: float = 0.0
+    expired_intervals: list[tuple[float, float]] = field(default_factory=list)
+    unknown_tokens: int = 0
+    headroom: list[float] = field(default_factory=list)  # life left when replaced
+    issue_to_secret: list[float] = field(default_factory=list)
+    changes: int = 0
+
+
+def secret_history(
+    events: list[SecretEvent], issues: dict[str, Issue], end: float
+) -> SecretHistory:
+    """What one managed Secret held, and when, from its watch events up to `end`."""
+    h = SecretHistory()
+    states = [(e.at, e.token) for e in events if e.at <= end and e.type != "DELETED"]
+    previous: str | None = None
+    for i, (at, token) in enumerate(states):
+        stop = states[i + 1][0] if i + 1 < len(states) else end
+        issue = issues.get(token or "")
+        if token != previous:
+            h.changes += 1
+            if issue is not None:
+                h.issue_to_secret.append(at - issue.issued_at)
+            old = issues.get(previous or "")
+            if old is not None:
+                h.headroom.append(old.expires_at - at)
+        previous = token
+        if issue is None:
+            h.unknown_tokens += 1
+            continue
+        expired_from = max(at, issue.expires_at)
+        if stop > expired_from:
+            h.expired_seconds += stop - expired_from
+            h.expired_intervals.append((expired_from, stop))
+    return h
+
+
+def audit_counts(path: Path, windows: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Requests per user (all) and per verb/resource (operator), per window; one pass."""
+    by_user: dict[str, Counter[str]] = {w: Counter() for w in windows}
+    operator: dict[str, Counter[str]] = {w: Counter() for w in windows}
+    seen: set[str] = set()
+    try:
+        handle = path.open()
+    except OSError:
+        return {"by_user": by_user, "operator": operator}
+    with handle:
+        for line in handle:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            audit_id = entry.get("auditID")
+            if audit_id in seen:
+                continue  # a watch logs ResponseStarted and ResponseComplete
+            seen.add(audit_id)
+            received = datetime.datetime.fromisoformat(
+                entry["requestReceivedTimestamp"]
+            ).timestamp()
+            user = entry.get("user", {}).get("username", "?")
+            ref = entry.get("objectRef") or {}
+            what = entry.get("verb", "?") + " " + ref.get("resource", entry.get("requestURI", ""))
+            if ref.get("subresource"):
+                what += "/" + ref["subresource"]
+            for window, (start, stop) in windows.items():
+                if start <= received < stop:
+                    by_user[window][user] += 1
+                    if user == OPERATOR_USER:
+                        operator[window][what] += 1
+    return {"by_user": by_user, "operator": operator}
+
+
+def short_user(user: str) -> str:
+    if user == OPERATOR_USER:
+        return "operator (tokensync SA)"
+    return {
+        "envtest-admin": "bench (admin: creates, watch)",
+        "envtest-kube-controller-manager": "kube-controller-manager",
+    }.get(user, user)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_leftover_children() -> None:
+    """Direct children of this process still alive after cleanup (e.g. an operator whose
+    startup was interrupted before start_operator returned): SIGTERM, then SIGKILL."""
+    me = os.getpid()
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == me and fields[0] != "Z":
+            children.append(int(entry.name))
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for pid in children:
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            time.sleep(0.1)
+        else:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--credentials", type=int, default=500, metavar="N")
+    parser.add_argument("--lifetime", type=int, default=60, metavar="SECONDS")
+    parser.add_argument(
+        "--lifetimes",
+        type=int,
+        default=3,
+        metavar="K",
+        help="lifetimes to observe after the last managed Secret appeared",
+    )
+    parser.add_argument("--namespaces", type=int, default=1)
+    parser.add_argument(
+        "--workers", type=int, help="pass --workers to tokensync run (default: its own)"
+    )
+    parser.add_argument(
+        "--create-concurrency", type=int, default=4, help="parallel create calls (default 4)"
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        help="give up waiting for all Secrets after this many seconds "
+        "(default: 120 + 0.5 s per credential)",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="afterwards restart the operator (tokens in place) and observe one more lifetime",
+    )
+    parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="create the credentials right after /readyz instead of once the operator is "
+        "idle (measures a cold start, when kopf is still processing the listed sources)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the control plane state and operator log"
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
+    args = parser.parse_args(argv)
+    if args.credentials < 1 or args.lifetime < 1 or args.lifetimes < 1 or args.namespaces < 1:
+        parser.error("--credentials, --lifetime, --lifetimes and --namespaces must be >= 1")
+
+    # Also SIGINT: a shell starts background jobs with it ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupt)
+    if args.keep:
+        os.environ["TOKENSYNC_KEEP_CONTROLPLANE"] = "1"
+
+    cleanup = contextlib.ExitStack()
+    try:
+        with cleanup:
+            cleanup.callback(stop_leftover_children)
+            return run(args, cleanup)
+    except KeyboardInterrupt as interrupt:
+        log(f"interrupted ({interrupt or 'Ctrl-C'}); everything started was stopped")
+        return 130
+
+
+def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
+    n, lifetime, k = args.credentials, float(args.lifetime), args.lifetimes
+    load_before = os.getloadavg()
+    procs = Processes()
+    procs.pids["bench (endpoint+watch)"] = os.getpid()
+
+    log("control plane binaries: tests/envtest/build.sh")
+    bin_dir = build_binaries()
+    log("starting the control plane")
+    cp = start_control_plane(bin_dir)
+    cleanup.callback(_remove_state, cp)
+    cleanup.callback(cp.stop)
+    for component in cp._components:
+        if component.process is not None:
+            procs.pids[component.name] = component.process.pid
+    log(f"Kubernetes {cp.version} at {cp.server}, started in {cp.startup_seconds:.1f}s")
+
+    ca = trustme.CA()
+    endpoint = TokenEndpoint(ca)
+    cleanup.callback(endpoint.close)
+    # socketserver listens with a backlog of 5: with dozens of first requests at once the
+    # kernel drops SYNs and clients retry after 1 s, 3 s, ..., which would be measured as
+    # operator latency. Re-listening on Linux only raises the backlog.
+    endpoint._server.socket.listen(ENDPOINT_BACKLOG)
+    allowed = endpoint.url.split("/oauth2")[0] + "/"
+
+    cp.kubectl("apply", "-k", str(REPO / "deploy"))
+    cp.kubectl("wait", "--for=condition=Established", "crd/oauth2credentials.tokensync.dev")
+    operator_kubeconfig = cp.service_account_kubeconfig(*OPERATOR_SA)
+
+    api = admin_client(cp, pool=max(args.create_concurrency, 4) + 2)
+    cleanup.callback(api.close)
+    core = kubernetes.client.CoreV1Api(api)
+    custom = kubernetes.client.CustomObjectsApi(api)
+    namespaces = [cp.create_namespace("bench") for _ in range(args.namespaces)]
+    credentials = [
+        Credential(
+            namespaces[i % len(namespaces)], f"cred-{i:05d}", endpoint.add_client(int(lifetime))
+        )
+        for i in range(n)
+    ]
+    log(f"creating {len(namespaces)} CA ConfigMap(s) and {n} labelled client Secrets")
+    create_sources(core, namespaces, credentials, ca, allowed, args.create_concurrency)
+
+    log_dir = Path(tempfile.mkdtemp(prefix="tokensync-bench-"))
+    cleanup.callback(_keep_or_remove_log, log_dir, args.keep)
+    operator_log = log_dir / "operator.log"
+    extra = ["--no-deny-private-networks", "--metrics-port=0"]  # metrics would bind 0.0.0.0
+    if args.workers:
+        extra.append(f"--workers={args.workers}")
+    log("starting the operator")
+    started = time.monotonic()
+    operator = start_operator(operator_kubeconfig, operator_log, *extra)
+    operator_ready_s = time.monotonic() - started
+    cleanup.callback(operator.stop)
+    procs.pids["operator"] = operator.process.pid
+    # /readyz can answer before kopf's first list of credentials succeeded (e.g. a 429
+    # while the new CRD's storage initializes); creates before its watch would measure
+    # that retry, not the operator. Wait for the watch request in the audit log.
+    ready_at = time.time()
+    cp.wait_for_audit_event(
+        lambda e: e.get("verb") == "watch" and (e.get("objectRef") or {}).get("resource") == PLURAL,
+        user=OPERATOR_USER,
+        since=ready_at - 30,
+        timeout=60,
+    )
+    watch_gap_s = time.time() - ready_at
+    settle = (0.0, 0.0)
+    if not args.no_settle:
+        log("waiting for the operator to go idle after its start")
+        settle = wait_idle(operator.process.pid, since=ready_at)
+
+    watch_api = admin_client(cp, pool=2)
+    cleanup.callback(watch_api.close)
+    watch = SecretWatch(watch_api)
+    watch.start()
+    cleanup.callback(watch.stop)
+    watch.started_ok.wait(30)
+    if watch.error:
+        raise RuntimeError(f"the Secret watch failed to start: {watch.error}")
+
+    tl = Timeline()
+    tl.snapshots["before creates"] = procs.snapshot()
+    log(f"creating {n} credentials ({args.create_concurrency} at a time)")
+
+    def create(cred: Credential) -> None:
+        cred.create_sent = time.time()
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, cred.namespace, PLURAL, credential_body(cred, endpoint.url)
+        )
+        cred.created = time.time()
+
+    tl.first_create = time.time()
+    run_all(create, credentials, args.create_concurrency)
+    tl.last_created = time.time()
+    log(f"created in {tl.last_created - tl.first_create:.1f}s; waiting for the Secrets")
+
+    timeout = args.ready_timeout or 120 + 0.5 * n
+    deadline = time.time() + timeout
+    while watch.count_seen() < n and time.time() < deadline:
+        if operator.process.poll() is not None:
+            raise RuntimeError("the operator exited:\n" + operator.log()[-3000:])
+        time.sleep(0.05)
+    with watch.lock:
+        tl.all_exist = max(watch.first_seen.values()) if len(watch.first_seen) >= n else None
+    observe_from = tl.all_exist or time.time()
+    tl.snapshots["all Secrets exist"] = procs.snapshot()
+    if tl.all_exist is None:
+        log(f"only {watch.count_seen()}/{n} Secrets after {timeout:.0f}s; observing anyway")
+    else:
+        log(f"all {n} Secrets exist after {tl.all_exist - tl.first_create:.1f}s")
+
+    for lap in range(1, k + 1):
+        boundary = observe_from + lap * lifetime
+        while time.time() < boundary:
+            if operator.process.poll() is not None:
+                raise RuntimeError("the operator exited:\n" + operator.log()[-3000:])
+            time.sleep(min(0.5, max(boundary - time.time(), 0.01)))
+        tl.snapshots[f"lifetime {lap}"] = procs.snapshot()
+        issued = sum(len(c.client.issued) for c in credentials)
+        log(f"lifetime {lap}/{k} observed; {issued} tokens issued so far")
+    tl.end = observe_from + k * lifetime
+
+    restart: dict[str, Any] | None = None
+    if args.restart:
+        log("restarting the operator; observing one more lifetime")
+        stop_at = time.time()
+        operator.stop()
+        stopped_at = time.time()
+        operator = start_operator(operator_kubeconfig, operator_log, *extra)
+        cleanup.callback(operator.stop)
+        ready2_at = time.time()
+        restart_end = stop_at + lifetime
+        while time.time() < restart_end:
+            if operator.process.poll() is not None:
+                raise RuntimeError("the restarted operator exited:\n" + operator.log()[-3000:])
+            time.sleep(0.5)
+        restart = {
+            "stop_at": stop_at,
+            "stop_s": stopped_at - stop_at,
+            "ready_at": ready2_at,
+            "ready_s": ready2_at - stopped_at,
+            "end": restart_end,
+            "proc": proc_sample(operator.process.pid),
+        }
+
+    # Read everything that needs the live processes before they are stopped.
+    ready = count_ready(custom, namespaces)
+    events = count_events(core, namespaces)
+    watch.stop()
+    operator_lines = operator.log().splitlines()
+    audit = audit_counts(
+        cp.audit_log,
+        {"ramp": (tl.first_create, observe_from), "steady": (observe_from, tl.end)},
+    )
+    results = analyse(args, credentials, watch, tl, audit, endpoint)
+    if restart is not None:
+        results["restart"] = analyse_restart(args, credentials, watch, restart, endpoint, cp)
+    results.update(
+        kubernetes=cp.version,
+        operator_ready_s=operator_ready_s,
+        operator_watch_gap_s=watch_gap_s,
+        operator_settle=settle,
+        settled=not args.no_settle,
+        ready_at_end=ready,
+        k8s_events=events,
+        load_before=load_before,
+        load_after=os.getloadavg(),
+        operator_log_problems=[
+            ln for ln in operator_lines if any(w in ln.lower() for w in LOG_PROBLEM_WORDS)
+        ],
+        operator_log_lines=len(operator_lines),
+    )
+    print_report(args, results, tl)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def wait_idle(pid: int, since: float, timeout: float = 180.0) -> tuple[float, float]:
+    """Wait until the process used under 5% of a core for a whole second. Returns the
+    seconds since `since` and the CPU seconds the process used while being waited for."""
+    first = proc_sample(pid)
+    start_cpu = first.cpu if first else 0.0
+    previous = start_cpu
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(1.0)
+        sample = proc_sample(pid)
+        if sample is None:
+            break
+        if sample.cpu - previous < 0.05:
+            return time.time() - since, sample.cpu - start_cpu
+        previous = sample.cpu
+    return time.time() - since, (proc_sample(pid) or ProcSample(start_cpu, 0, 0, 0)).cpu - start_cpu
+
+
+def _keep_or_remove_log(log_dir: Path, keep: bool) -> None:
+    if keep:
+        log(f"operator log kept in {log_dir}")
+        return
+    for path in log_dir.iterdir():
+        path.unlink()
+    log_dir.rmdir()
+
+
+def count_ready(custom: kubernetes.client.CustomObjectsApi, namespaces: list[str]) -> dict:
+    reasons: Counter[str] = Counter()
+    for ns in namespaces:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+        for item in items:
+            ready = [
+                c
+                for c in (item.get("status") or {}).get("conditions") or []
+                if c.get("type") == "Ready"
+            ]
+            reasons[f"{ready[0]['status']}/{ready[0]['reason']}" if ready else "none"] += 1
+    return dict(reasons)
+
+
+def count_events(core: kubernetes.client.CoreV1Api, namespaces: list[str]) -> dict:
+    kinds: Counter[str] = Counter()
+    for ns in namespaces:
+        for event in core.list_namespaced_event(ns).items:
+            kinds[f"{event.type}/{event.reason}"] += event.count or 1
+    return dict(kinds)
+
+
+def analyse(
+    args: argparse.Namespace,
+    credentials: list[Credential],
+    watch: SecretWatch,
+    tl: Timeline,
+    audit: dict[str, Any],
+    endpoint: TokenEndpoint,
+) -> dict[str, Any]:
+    lifetime, end = float(args.lifetime), tl.end
+    observe_from = tl.all_exist or end - args.lifetimes * lifetime
+    issues: dict[str, Issue] = {}
+    with endpoint.lock:
+        for c in credentials:
+            for issue in c.client.issued:
+                issues[issue.token] = issue
+    by_secret: dict[tuple[str, str], list[SecretEvent]] = defaultdict(list)
+    with watch.lock:
+        for event in watch.events:
+            by_secret[(event.namespace, event.name)].append(event)
+
+    latencies, histories = [], []
+    to_request: list[float] = []  # create -> first token request at the endpoint
+    request_to_secret: list[float] = []  # first token request -> first Secret event
+    tokens = requests = failed = 0
+    ideal = {"none": 0, "mean": 0, "full": 0}
+    steady_issues = 0
+    over, under, missing = 0, 0, 0
+    ages, late = [], []
+    age_lo, age_hi = refresh_age(lifetime, 1.0), refresh_age(lifetime, 0.0)
+    for c in credentials:
+        issued = [i for i in c.client.issued if i.issued_at <= end]
+        sent = [t for t in c.client.requests if t <= end]
+        tokens += len(issued)
+        requests += len(sent)
+        failed += len(sent) - len(issued)
+        steady_issues += sum(observe_from <= i.issued_at for i in issued)
+        seen = watch.first_seen.get((c.namespace, c.name))
+        if seen is None:
+            missing += 1
+        else:
+            latencies.append(seen - c.created)
+            if sent:
+                to_request.append(sent[0] - c.created)
+                request_to_secret.append(seen - sent[0])
+        if issued:
+            window = end - issued[0].issued_at
+            per = {
+                "none": ideal_tokens(window, lifetime, 0.0),
+                "mean": ideal_tokens(window, lifetime, 0.5),
+                "full": ideal_tokens(window, lifetime, 1.0),
+            }
+            for key, value in per.items():
+                ideal[key] += value
+            over += len(issued) > per["full"]
+            under += len(issued) < per["none"]
+            for previous, current in itertools.pairwise(issued):
+                age = current.issued_at - previous.issued_at
+                ages.append(age)
+                late.append(age - age_hi)
+        histories.append(secret_history(by_secret.get((c.namespace, c.name), []), issues, end))
+
+    expired_intervals = [iv for h in histories for iv in h.expired_intervals]
+    snaps = tl.snapshots
+    costs = {}
+    for name in snaps["before creates"].procs:
+        costs[name] = cost_of(name, snaps)
+    machine = {
+        phase: machine_share(snaps[a], snaps[b])
+        for phase, (a, b) in {
+            "ramp": ("before creates", "all Secrets exist"),
+            "steady": ("all Secrets exist", f"lifetime {args.lifetimes}"),
+        }.items()
+    }
+    return {
+        "credentials": args.credentials,
+        "lifetime_s": lifetime,
+        "lifetimes": args.lifetimes,
+        "namespaces": args.namespaces,
+        "create_s": tl.last_created - tl.first_create,
+        "all_exist_s": None if tl.all_exist is None else tl.all_exist - tl.first_create,
+        "missing_secrets": missing,
+        "latency": latencies,
+        "latency_to_request": to_request,
+        "latency_request_to_secret": request_to_secret,
+        "window_s": end - tl.first_create,
+        "steady_s": end - observe_from,
+        "tokens": tokens,
+        "requests": requests,
+        "failed_requests": failed,
+        "steady_issues": steady_issues,
+        "ideal": ideal,
+        "credentials_over": over,
+        "credentials_under": under,
+        "refresh_ages": ages,
+        "refresh_age_band": (age_lo, age_hi),
+        "late": [x for x in late if x > 0.5],
+        "early": sum(age < age_lo - EARLY_TOLERANCE for age in ages),
+        "expired_seconds": sum(h.expired_seconds for h in histories),
+        "expired_wall_seconds": merged_length(expired_intervals),
+        "secrets_expired": sum(h.expired_seconds > 0 for h in histories),
+        "max_expired": max((h.expired_seconds for h in histories), default=0.0),
+        "unknown_tokens": sum(h.unknown_tokens for h in histories),
+        "headroom": [x for h in histories for x in h.headroom],
+        "issue_to_secret": [x for h in histories for x in h.issue_to_secret],
+        "secret_changes": sum(h.changes for h in histories),
+        "watch_events": len(watch.events),
+        "watch_relists": watch.relists,
+        "watch_reconnects": watch.reconnects,
+        "watch_error": watch.error,
+        "costs": costs,
+        "machine": machine,
+        "audit": audit,
+    }
+
+
+def first_operator_reads(path: Path, since: float) -> dict[tuple[str, str], float]:
+    """When the operator first read each managed Secret (GET) at or after `since`."""
+    first: dict[tuple[str, str], float] = {}
+    with contextlib.suppress(OSError), path.open() as handle:
+        for line in handle:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            ref = entry.get("objectRef") or {}
+            if (
+                entry.get("verb") != "get"
+                or ref.get("resource") != "secrets"
+                or entry.get("user", {}).get("username") != OPERATOR_USER
+            ):
+                continue
+            at = datetime.datetime.fromisoformat(entry["requestReceivedTimestamp"]).timestamp()
+            key = (ref.get("namespace", ""), ref.get("name", ""))
+            if at >= since and key not in first:
+                first[key] = at
+    return first
+
+
+def analyse_restart(
+    args: argparse.Namespace,
+    credentials: list[Credential],
+    watch: SecretWatch,
+    restart: dict[str, Any],
+    endpoint: TokenEndpoint,
+    cp: ControlPlane,
+) -> dict[str, Any]:
+    """The lifetime after an operator restart with every token in place."""
+    lifetime = float(args.lifetime)
+    lo, hi = refresh_age(lifetime, 1.0), refresh_age(lifetime, 0.0)
+    start, end = restart["stop_at"], restart["end"]
+    reads = first_operator_reads(cp.audit_log, restart["stop_at"] + restart["stop_s"])
+    checked = [
+        reads[(c.namespace, c.name)] - restart["ready_at"]
+        for c in credentials
+        if (c.namespace, c.name) in reads
+    ]
+    issues: dict[str, Issue] = {}
+    ages, late, early = [], [], []
+    with endpoint.lock:
+        for c in credentials:
+            for issue in c.client.issued:
+                issues[issue.token] = issue
+            for previous, current in itertools.pairwise(c.client.issued):
+                if not start < current.issued_at <= end:
+                    continue
+                age = current.issued_at - previous.issued_at
+                ages.append(age)
+                if age > hi + 0.5:
+                    late.append(age - hi)
+                if age < lo - EARLY_TOLERANCE:
+                    early.append(age)
+    by_secret: dict[tuple[str, str], list[SecretEvent]] = defaultdict(list)
+    for event in watch.events:
+        by_secret[(event.namespace, event.name)].append(event)
+    expired = 0.0
+    affected = 0
+    for c in credentials:
+        history = secret_history(by_secret.get((c.namespace, c.name), []), issues, end)
+        in_window = sum(
+            max(0.0, stop - max(begin, start)) for begin, stop in history.expired_intervals
+        )
+        expired += in_window
+        affected += in_window > 0
+    proc: ProcSample | None = restart["proc"]
+    return {
+        "stop_s": restart["stop_s"],
+        "ready_s": restart["ready_s"],
+        "window_s": end - start,
+        "checked": checked,
+        "refreshes": len(ages),
+        "late": late,
+        "early": early,
+        "expired_seconds": expired,
+        "secrets_expired": affected,
+        "cpu": proc.cpu if proc else None,
+        "peak_rss_mb": proc.hwm_mb if proc else None,
+    }
+
+
+def cost_of(name: str, snaps: dict[str, Snapshot]) -> dict[str, Any]:
+    def cpu(label: str) -> float | None:
+        sample = snaps[label].procs.get(name)
+        return sample.cpu if sample else None
+
+    labels = list(snaps)
+    last = snaps[labels[-1]].procs.get(name)
+    laps = [label for label in labels if label.startswith("lifetime")]
+    per_lap = []
+    previous = "all Secrets exist"
+    for label in laps:
+        a, b = cpu(previous), cpu(label)
+        per_lap.append(None if a is None or b is None else b - a)
+        previous = label
+    start, exist, end = cpu("before creates"), cpu("all Secrets exist"), cpu(labels[-1])
+    return {
+        "startup_cpu": start,
+        "ramp_cpu": None if start is None or exist is None else exist - start,
+        "steady_cpu": None if exist is None or end is None else end - exist,
+        "per_lifetime_cpu": per_lap,
+        "total_cpu": end,
+        "rss_mb": {
+            label: (s.rss_mb if (s := snaps[label].procs.get(name)) else None) for label in labels
+        },
+        "peak_rss_mb": last.hwm_mb if last else None,
+        "threads": last.threads if last else None,
+    }
+
+
+def machine_share(a: Snapshot, b: Snapshot) -> dict[str, float]:
+    busy = b.machine[0] - a.machine[0]
+    total = b.machine[1] - a.machine[1]
+    ours = sum(
+        (sb.cpu - sa.cpu)
+        for name, sb in b.procs.items()
+        if sb is not None and (sa := a.procs.get(name)) is not None
+    )
+    wall = b.at - a.at
+    return {
+        "wall_s": wall,
+        "cores": os.cpu_count() or 1,
+        "busy_cpu_s": busy,
+        "capacity_cpu_s": total,
+        "ours_cpu_s": ours,
+        "others_cpu_s": max(busy - ours, 0.0),
+    }
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> None:
+    n, lifetime, k = r["credentials"], r["lifetime_s"], r["lifetimes"]
+    out: list[str] = []
+    w = out.append
+    rb = renew_before(lifetime)
+    lo, hi = r["refresh_age_band"]
+    w("")
+    w("=" * 78)
+    w(
+        f"tokensync refresh at scale: {n} credentials, {lifetime:.0f} s tokens, "
+        f"{k} lifetimes observed, {r['namespaces']} namespace(s)"
+    )
+    w("=" * 78)
+    w(
+        f"Kubernetes {r['kubernetes']} (tests/envtest), Python {platform.python_version()}, "
+        f"{os.cpu_count()} cores, load average {r['load_before'][0]:.2f} before / "
+        f"{r['load_after'][0]:.2f} after"
+    )
+    w(f"command: bench/refresh_at_scale.py {' '.join(sys.argv[1:])}".rstrip())
+    w("")
+    w("Creation")
+    w(f"  operator ready (from process start)     {r['operator_ready_s']:.1f} s")
+    w(f"  /readyz -> operator's credential watch  {r['operator_watch_gap_s']:.1f} s")
+    if r["settled"]:
+        idle_s, idle_cpu = r["operator_settle"]
+        w(
+            f"  /readyz -> operator idle                {idle_s:.1f} s, "
+            f"{idle_cpu:.1f} CPU-s after the watch started (creates start after it)"
+        )
+    else:
+        w("  creates started right after /readyz (--no-settle: cold operator)")
+    w(f"  {n} creates ({args.create_concurrency} in parallel) took {r['create_s']:.1f} s")
+    if r["all_exist_s"] is None:
+        w(f"  all managed Secrets exist                NOT REACHED: {r['missing_secrets']} missing")
+    else:
+        w(
+            f"  all managed Secrets exist                {r['all_exist_s']:.1f} s after the "
+            f"first create ({n / r['all_exist_s']:.1f} credentials/s), "
+            f"{r['all_exist_s'] - r['create_s']:.1f} s after the last create returned"
+        )
+    w(f"  create -> first Secret event            {dist(r['latency'])}")
+    w(f"    create -> first token request         {dist(r['latency_to_request'])}")
+    w(f"    first token request -> Secret event   {dist(r['latency_request_to_secret'])}")
+    when = "end (after the restart)" if "restart" in r else "end"
+    w(f"  Ready at the {when:<27}{fmt_counts(r['ready_at_end'])}")
+    w("")
+    ideal = r["ideal"]
+    w(
+        f"Token requests (window: first create + {r['window_s']:.0f} s; "
+        f"steady state {r['steady_s']:.0f} s = {k} x {lifetime:.0f} s)"
+    )
+    w(
+        f"  API.md schedule: renew {rb:.1f} s before expiry, minus jitter up to "
+        f"{JITTER_SHARE * lifetime:.1f} s -> refresh at token age {lo:.1f}..{hi:.1f} s"
+    )
+    w(
+        f"  requests sent            {r['requests']}  (tokens issued {r['tokens']}, "
+        f"failed {r['failed_requests']})"
+    )
+    w("  ideal (per credential, 1 + refresh points from its first token to the end)")
+    w(f"    no jitter {ideal['none']}   mean jitter {ideal['mean']}   full jitter {ideal['full']}")
+    if ideal["mean"]:
+        w(
+            f"  requests / ideal(mean)   {r['requests'] / ideal['mean']:.3f}   "
+            f"(band {ideal['none'] / ideal['mean']:.3f}..{ideal['full'] / ideal['mean']:.3f})"
+        )
+    w(f"  credentials above the band {r['credentials_over']}, below it {r['credentials_under']}")
+    w(f"  token age at refresh     {dist(r['refresh_ages'])}")
+    w(
+        f"  refreshes later than age {hi:.1f} s + 0.5 s: {len(r['late'])} of "
+        f"{len(r['refresh_ages'])}" + (f"  ({dist(r['late'])} late)" if r["late"] else "")
+    )
+    w(f"  refreshes earlier than age {lo:.1f} s - 1 s (not due yet): {r['early']}")
+    w("")
+    w("Expired tokens in Secrets (issuance log x Secret watch events)")
+    w(
+        f"  credential-seconds with an expired token   {r['expired_seconds']:.1f} s  "
+        f"({r['secrets_expired']} Secrets affected, worst {r['max_expired']:.1f} s)"
+    )
+    w(f"  wall-clock seconds any Secret was expired  {r['expired_wall_seconds']:.1f} s")
+    w(f"  life left when a token was replaced        {dist(r['headroom'])}")
+    issue_ms = [x * 1000 for x in r["issue_to_secret"]]
+    w(f"  token issued -> Secret updated             {dist(issue_ms, ' ms', 0)}")
+    w(
+        f"  Secret changes {r['secret_changes']}, watch events {r['watch_events']}, "
+        f"unknown tokens {r['unknown_tokens']}, watch relists {r['watch_relists']}, "
+        f"reconnects {r['watch_reconnects']}"
+        + (f", watch error: {r['watch_error']}" if r["watch_error"] else "")
+    )
+    w("")
+    w("CPU seconds and memory (from /proc; ramp = first create until all Secrets exist)")
+    w(
+        f"  {'process':<24}{'startup':>9}{'ramp':>8}{'steady':>8}{'per lifetime':>22}"
+        f"{'peak RSS':>10}{'RSS end':>9}"
+    )
+    steady_total = 0.0
+    for name, c in r["costs"].items():
+        laps = " ".join(f"{x:.1f}" if x is not None else "?" for x in c["per_lifetime_cpu"])
+        rss_end = list(c["rss_mb"].values())[-1]
+        steady_total += c["steady_cpu"] or 0.0
+        w(
+            f"  {name:<24}{num(c['startup_cpu']):>9}{num(c['ramp_cpu']):>8}"
+            f"{num(c['steady_cpu']):>8}{laps:>22}{num(c['peak_rss_mb'], 0):>7} MB"
+            f"{num(rss_end, 0):>6} MB"
+        )
+    op = r["costs"].get("operator", {})
+    steady = op.get("steady_cpu") or 0.0
+    ramp = op.get("ramp_cpu") or 0.0
+    if steady_total:
+        w(
+            f"  operator share of the listed processes' steady CPU: "
+            f"{100 * steady / steady_total:.0f}%"
+        )
+    w(f"  operator steady CPU per 1000 credentials per lifetime  {steady / (n / 1000) / k:.2f} s")
+    if r["steady_issues"]:
+        w(
+            f"  operator steady CPU per refresh                        "
+            f"{1000 * steady / r['steady_issues']:.1f} ms  ({r['steady_issues']} refreshes)"
+        )
+    w(f"  operator ramp CPU per created credential               {1000 * ramp / n:.1f} ms")
+    w(
+        "  operator RSS over time: "
+        + ", ".join(f"{label} {num(v, 0)} MB" for label, v in op.get("rss_mb", {}).items())
+        + f"; {op.get('threads')} threads at the end"
+    )
+    for phase, m in r["machine"].items():
+        w(
+            f"  machine during {phase}: {m['busy_cpu_s']:.0f} of {m['capacity_cpu_s']:.0f} "
+            f"CPU-s busy ({100 * m['busy_cpu_s'] / max(m['capacity_cpu_s'], 1e-9):.0f}%), "
+            f"{m['others_cpu_s']:.0f} CPU-s by processes outside this benchmark"
+        )
+    w("")
+    w("Kubernetes API requests (audit log, by request time)")
+    for phase in ("ramp", "steady"):
+        users = r["audit"]["by_user"].get(phase, Counter())
+        w(f"  {phase}: " + ", ".join(f"{short_user(u)} {c}" for u, c in users.most_common(6)))
+    op_steady = r["audit"]["operator"].get("steady", Counter())
+    total = sum(op_steady.values())
+    if r["steady_issues"]:
+        w(
+            f"  operator in steady state: {total} requests = "
+            f"{total / r['steady_issues']:.2f} per refresh; "
+            + ", ".join(f"{what} {c}" for what, c in op_steady.most_common(8))
+        )
+    op_ramp = r["audit"]["operator"].get("ramp", Counter())
+    w(
+        f"  operator during ramp: {sum(op_ramp.values())} requests = "
+        f"{sum(op_ramp.values()) / n:.2f} per credential; "
+        + ", ".join(f"{what} {c}" for what, c in op_ramp.most_common(8))
+    )
+    w(f"  Events in the bench namespaces: {fmt_counts(r['k8s_events'])}")
+    problems = r["operator_log_problems"]
+    w(
+        f"  operator log: {r['operator_log_lines']} lines, {len(problems)} mention an error, "
+        "failure or retry"
+    )
+    for line in sorted(set(problems))[:5]:
+        w(f"    {line[:160]}")
+    if "restart" in r:
+        rs = r["restart"]
+        w("")
+        w(f"Operator restart (tokens in place), observed {rs['window_s']:.0f} s from SIGTERM")
+        w(f"  old operator stopped in {rs['stop_s']:.1f} s; new one ready in {rs['ready_s']:.1f} s")
+        w(
+            f"  /readyz -> first look at each Secret    {dist(rs['checked'])}  "
+            f"({len(rs['checked'])} of {n} checked)"
+        )
+        w(
+            f"  refreshes in the window {rs['refreshes']}: later than age {hi:.1f} s + 0.5 s "
+            f"{len(rs['late'])}"
+            + (f" ({dist(rs['late'])} late)" if rs["late"] else "")
+            + f", earlier than {lo:.1f} s - 1 s (not due) {len(rs['early'])}"
+            + (f" (ages {dist(rs['early'])})" if rs["early"] else "")
+        )
+        w(
+            f"  credential-seconds with an expired token {rs['expired_seconds']:.1f} s "
+            f"({rs['secrets_expired']} Secrets)"
+        )
+        w(
+            f"  new operator: {num(rs['cpu'])} CPU-s, peak RSS {num(rs['peak_rss_mb'], 0)} MB "
+            f"over the window"
+        )
+    w("")
+    w("Machines differ: compare the ratios and counts, not absolute seconds. The benchmark")
+    w("process itself (token endpoint, watch) and the control plane share the same cores.")
+    print("\n".join(out), flush=True)
+
+
+def num(value: float | None, digits: int = 1) -> str:
+    return "?" if value is None else f"{value:.{digits}f}"
+
+
+def fmt_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
