@@ -44,12 +44,16 @@ class Client:
         self.all_secrets.append(self.secret)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # bursts of hundreds of credentials must not lose SYNs
+
+
 class TokenEndpoint:
     def __init__(self, ca: trustme.CA) -> None:
         self.ca = ca
         self.clients: dict[str, Client] = {}
         self.lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
