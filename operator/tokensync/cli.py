@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import random
 import sys
 from collections.abc import Sequence
 
@@ -56,14 +55,16 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--peering",
         metavar="NAME",
-        help="coordinate several replicas through kopf peering object NAME "
-        "(default: standalone, one replica)",
+        help="run several replicas: leader election on the coordination.k8s.io Lease NAME; "
+        "only its holder requests tokens and writes Secrets and status, the others stand "
+        "by and take over when it releases the Lease (clean shutdown) or stops renewing "
+        "it (15 s) (default: standalone, one replica)",
     )
     parser.add_argument(
-        "--priority",
-        type=int,
-        help="peering priority; the highest-priority replica serves, the others stand by "
-        "(default with --peering: random, so replicas never tie and freeze each other)",
+        "--leader-election-namespace",
+        metavar="NS",
+        help="namespace of the --peering Lease (default: $POD_NAMESPACE, else the pod's "
+        "own namespace, else 'default')",
     )
     parser.add_argument(
         "--workers",
@@ -110,13 +111,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     import kopf
 
-    from tokensync import handlers  # noqa: F401 - registers the kopf handlers
+    from tokensync import (
+        handlers,  # noqa: F401 - registers the kopf handlers
+        leader,
+    )
     from tokensync.gates import OperatorConfig
 
     if not args.namespace and not args.all_namespaces:
         print(
             "tokensync run: pass --namespace NS (repeatable) or --all-namespaces", file=sys.stderr
         )
+        return 2
+    leader_election = None
+    if args.peering is not None:
+        namespace = args.leader_election_namespace or leader.default_namespace()
+        for what, value in (("--peering", args.peering), ("the Lease namespace", namespace)):
+            if not leader.valid_lease_name(value):
+                print(f"tokensync run: {what} {value!r} is not a valid name", file=sys.stderr)
+                return 2
+        leader_election = (args.peering, namespace, leader.default_identity())
+    elif args.leader_election_namespace:
+        print("tokensync run: --leader-election-namespace needs --peering", file=sys.stderr)
         return 2
     kopf.configure(
         verbose=args.verbose,
@@ -138,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         health_host=args.health_host,
         ready_flag=ready_flag,
         indices={},
+        leader_election=leader_election,  # (lease name, namespace, identity) or None
     )
     if not args.verbose:
         # kopf reports every handled event at INFO; at a thousand credentials that is noise.
@@ -146,17 +162,13 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("tokensync").warning(
             "--allow-insecure: specs may disable TLS verification or use plain http"
         )
-    priority = args.priority
-    if args.peering and priority is None:
-        # kopf pauses every peer when priorities tie; a random one elects a single leader.
-        priority = random.randint(1, 2**31 - 1)
     asyncio.run(
         kopf.operator(
             clusterwide=args.all_namespaces,
             namespaces=args.namespace,
-            standalone=args.peering is None,
-            peering_name=args.peering,
-            priority=priority,
+            # kopf's peering pauses its watchers but not our workers, and needs its own
+            # CRDs; replicas coordinate through tokensync.leader instead (--peering).
+            standalone=True,
             ready_flag=ready_flag,
             memo=memo,
         )

@@ -16,7 +16,7 @@ import logging
 import random
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -65,6 +65,8 @@ class OperatorContext:
     sources: Callable[[str], SourceLookup]  # namespace -> lookup of labelled sources
     post_event: Callable[[Mapping[str, Any], str, str, str], None]  # body, type, reason, msg
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # With leader election (--peering): returns once this replica leads. None: standalone.
+    leadership: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -117,7 +119,18 @@ class CredentialWorker:
         self.wake_event.set()
 
     async def run(self) -> None:
+        """Passes until cancelled. Every pass, the only place that requests tokens and
+        writes anything, runs only while this replica leads."""
+        if self.ctx.leadership is not None:
+            await self.ctx.leadership()
+            # A standby never writes status, so what it holds is the status of the body
+            # it was created with; the leader has written since. Start from the latest
+            # body, as a restarted operator would (a stale observedGeneration or
+            # lastHandledRefreshRequest would cost a needless token request).
+            self.status = dict(self.body.get("status") or {})
         while True:
+            if self.ctx.leadership is not None:
+                await self.ctx.leadership()
             self.wake_event.clear()
             try:
                 wake_at = await self.reconcile()

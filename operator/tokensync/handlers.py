@@ -8,6 +8,10 @@ the managed Secret's ownerReference does the cleanup on deletion.
 Referenced Secrets and ConfigMaps are watched with a server-side label selector and held
 in kopf indices; no create/update handler is ever attached to Secrets (kopf would copy
 their data into its last-handled-configuration annotation).
+
+Several replicas (`--peering NAME`): kopf runs standalone in every replica and keeps
+their views warm; the workers run their passes only while `leader.LeaderElector` holds
+Lease NAME. kopf's own peering would not do: it pauses kopf's watchers, not these tasks.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,6 +31,7 @@ from tokensync import metrics
 from tokensync.controller import CredentialWorker, OperatorContext
 from tokensync.gates import OperatorConfig
 from tokensync.kube import GROUP, PLURAL, VERSION, Kube, load_configuration
+from tokensync.leader import LeaderElector
 from tokensync.secret import LABEL_SOURCE
 from tokensync.sources import Source, SourceLookup, source_from_body
 from tokensync.spec import SpecError, parse_spec
@@ -39,8 +45,9 @@ SOURCE_SELECTOR = f"{LABEL_SOURCE}=true"
 class Supervisor:
     """Keeps one worker task per credential, keyed by UID."""
 
-    def __init__(self, ctx: OperatorContext) -> None:
+    def __init__(self, ctx: OperatorContext, serving: Callable[[], bool] = lambda: True) -> None:
         self.ctx = ctx
+        self.serving = serving  # False on a standby
         self.workers: dict[str, CredentialWorker] = {}
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
@@ -64,6 +71,10 @@ class Supervisor:
                 worker.wake()
 
     def samples(self) -> list[metrics.CredentialSample]:
+        """Per-credential metrics come from the replica that serves; a standby's view of
+        status is not its own."""
+        if not self.serving():
+            return []
         return [
             metrics.CredentialSample(
                 namespace=w.owner.namespace,
@@ -119,6 +130,18 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.executor = executor
     # kopf gives each object a shallow copy of memo: share the indices through a dict.
     indices: dict[str, kopf.Index] = memo.indices
+    elector = None
+    if memo.leader_election is not None:
+        name, namespace, identity = memo.leader_election
+        # Its own API client: renewals never queue behind token-request writes.
+        elector = LeaderElector(
+            Kube(load_configuration(connection_pool_size=2)),
+            name,
+            namespace,
+            identity,
+            on_lost=_exit_after_lost_leadership,
+        )
+        memo.elector = elector
     memo.supervisor = Supervisor(
         OperatorContext(
             config=config,
@@ -126,9 +149,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             executor=executor,
             sources=lambda namespace: _lookup(indices["secrets"], indices["configmaps"], namespace),
             post_event=_post_event,
-        )
+            leadership=elector.wait if elector else None,
+        ),
+        serving=elector.is_leader.is_set if elector else lambda: True,
     )
     metrics.serve(memo.metrics_port, memo.supervisor.samples)
+    if elector is None:
+        metrics.LEADER.set(1)
+    else:
+        elector.start()
     if memo.health_port:
         memo.health_runner = await _serve_health(memo)
 
@@ -137,10 +166,21 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if supervisor := getattr(memo, "supervisor", None):
         await supervisor.stop()
+    # After the workers: nothing of ours writes any more when a standby takes over.
+    if elector := getattr(memo, "elector", None):
+        await elector.stop()
     if runner := getattr(memo, "health_runner", None):
         await runner.cleanup()
     if executor := getattr(memo, "executor", None):
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _exit_after_lost_leadership(why: str) -> None:
+    """Another replica may lead by now (or will, once our lease expires): stop at once,
+    with whatever pass is in flight, and let Kubernetes restart us as a clean standby."""
+    log.critical("exiting: leadership lost (%s)", why)
+    logging.shutdown()  # flush the log handlers; os._exit skips that
+    os._exit(1)
 
 
 def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

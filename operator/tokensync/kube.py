@@ -1,9 +1,10 @@
 """The few Kubernetes API calls tokensync makes itself (blocking; run them in an executor).
 
 kopf watches credentials and labelled sources; everything written (managed Secrets,
-credential status) and the one metadata probe go through here, with the `kubernetes`
-client returning plain dicts. Errors become `KubeError` carrying the API's status code
-and its Status message only, never a request or response body.
+credential status, the leader-election Lease) and the one metadata probe go through
+here, with the `kubernetes` client returning plain dicts. Errors become `KubeError`
+carrying the API's status code and its Status message only, never a request or response
+body.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ METADATA_USER_AGENT = f"tokensync/{__version__} (metadata-only)"
 METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = (10, 30)  # connect, read
+# Lease calls must answer well within the leader's 10 s renew deadline.
+LEASE_REQUEST_TIMEOUT = (3, 5)
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
 
 class KubeError(Exception):
@@ -69,6 +73,7 @@ class Kube:
         accept: str = "application/json",
         client: kubernetes.client.ApiClient | None = None,
         missing_ok: bool = False,
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> dict[str, Any] | None:
         api = client or self._client
         method, url, headers, body, post_params = api.param_serialize(
@@ -80,7 +85,7 @@ class Kube:
         )
         try:
             response = api.call_api(
-                method, url, headers, body, post_params, _request_timeout=REQUEST_TIMEOUT
+                method, url, headers, body, post_params, _request_timeout=timeout
             )
             data = response.read()
         except ApiException as error:  # raised by some client versions for non-2xx
@@ -132,3 +137,23 @@ class Kube:
         return self._call(
             "PATCH", path, {"status": dict(status)}, content_type=MERGE_PATCH, missing_ok=True
         )
+
+    # --- leader election (tokensync.leader) -------------------------------------------
+
+    def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        path = LEASES.format(namespace=namespace) + f"/{name}"
+        return self._call("GET", path, missing_ok=True, timeout=LEASE_REQUEST_TIMEOUT)
+
+    def create_lease(self, namespace: str, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """POST: a 409 means another candidate created it first."""
+        path = LEASES.format(namespace=namespace)
+        result = self._call("POST", path, dict(lease), timeout=LEASE_REQUEST_TIMEOUT)
+        assert result is not None
+        return result
+
+    def replace_lease(self, namespace: str, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT with the resourceVersion read: a 409 means someone wrote it since."""
+        path = LEASES.format(namespace=namespace) + f"/{lease['metadata']['name']}"
+        result = self._call("PUT", path, dict(lease), timeout=LEASE_REQUEST_TIMEOUT)
+        assert result is not None
+        return result

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -26,6 +26,11 @@ REFRESH_FAILURES = Counter(
     "tokensync_refresh_failures",
     "Failed token refreshes per credential, by error class.",
     ["namespace", "name", "kind"],
+)
+LEADER = Gauge(
+    "tokensync_leader",
+    "1 while this replica serves credentials (always, without --peering); 0 while it "
+    "stands by for the leader-election Lease.",
 )
 for _result in ("success", "transient", "configuration", "protocol"):
     TOKEN_REQUESTS.labels(_result)

@@ -7,6 +7,7 @@ Rendering with kustomize and the API server's acceptance: test_manifests_server.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -160,23 +161,59 @@ def test_namespaced_overlay_has_the_same_rules_per_watched_namespace() -> None:
         ]
 
 
-def test_peering_overlay() -> None:
+# Leader election for the peering overlay: the one Lease, in the operator's namespace.
+LEADER_ELECTION_RULES = [
+    ("coordination.k8s.io", "leases", ["get", "update"], ["tokensync"]),
+    ("coordination.k8s.io", "leases", ["create"], None),
+]
+
+
+def test_peering_overlay_runs_replicas_with_leader_election() -> None:
     (patch,) = load_docs(DEPLOY / "peering" / "deployment-peering.yaml")
     assert patch["spec"]["replicas"] >= 2
     (container,) = patch["spec"]["template"]["spec"]["containers"]
     assert "--peering=tokensync" in container["args"]
-    (peering,) = load_docs(DEPLOY / "peering" / "clusterkopfpeering.yaml")
-    assert (peering["apiVersion"], peering["kind"]) == ("kopf.dev/v1", "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == "tokensync"
-    crds = {
-        d["spec"]["names"]["kind"] for d in load_docs(DEPLOY / "peering" / "kopf-peering-crds.yaml")
+    assert not any(a.startswith("--leader-election-namespace") for a in container["args"])
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_peering_overlay_grants_only_its_lease() -> None:
+    """A Role in tokensync-system for the one Lease: get/update by name, create (which
+    resourceNames cannot restrict); nothing cluster-wide, no list/watch/patch/delete."""
+    objects = by_kind("peering/rbac-peering.yaml")
+    assert set(objects) == {
+        ("Role", "tokensync-leader-election"),
+        ("RoleBinding", "tokensync-leader-election"),
     }
-    assert crds == {"ClusterKopfPeering", "KopfPeering"}
-    rules = flat_rules(
-        by_kind("peering/rbac-peering.yaml")[("ClusterRole", "tokensync-peering")]["rules"]
-    )
-    verbs = sorted(v for _g, r, vs in rules if r == "clusterkopfpeerings" for v in vs)
-    assert verbs == ["get", "list", "patch", "watch"]
+    role = objects[("Role", "tokensync-leader-election")]
+    assert role["metadata"]["namespace"] == "tokensync-system"
+    rules = [
+        (group, resource, rule["verbs"], rule.get("resourceNames"))
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    ]
+    assert rules == LEADER_ELECTION_RULES
+    binding = objects[("RoleBinding", "tokensync-leader-election")]
+    assert binding["metadata"]["namespace"] == "tokensync-system"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "tokensync-leader-election",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tokensync", "namespace": "tokensync-system"}
+    ]
+
+
+def test_peering_overlay_needs_no_kopf_peering() -> None:
+    """kopf runs standalone in every replica: no kopf.dev CRDs or peering objects."""
+    for path in (DEPLOY / "peering").glob("*.yaml"):
+        assert "kopf" not in json.dumps(load_docs(path)), path.name  # comments may say
+    config = load_docs(DEPLOY / "peering" / "kustomization.yaml")[0]
+    assert config["resources"] == ["../base", "rbac-peering.yaml", "poddisruptionbudget.yaml"]
 
 
 def test_every_deploy_file_is_part_of_a_kustomization() -> None:

@@ -22,7 +22,7 @@ from manifestlib import CRD_PATH, DEPLOY, EXAMPLES, REPO, example_files
 pytestmark = pytest.mark.envtest
 
 CRD_NAME = "oauth2credentials.tokensync.dev"
-PEERING_CRDS = ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
+OPERATOR_USER = "system:serviceaccount:tokensync-system:tokensync"
 NAMESPACED_OVERLAY_NAMESPACES = ("team-a", "team-b")
 
 
@@ -116,24 +116,64 @@ def test_namespaced_overlay_is_accepted(installed: ControlPlane) -> None:
 
 
 def test_peering_overlay_is_accepted(installed: ControlPlane) -> None:
-    """The ClusterKopfPeering object needs its CRD established first (as on a real first
-    install, see deploy/peering/kustomization.yaml), so the CRDs are applied for real and
-    removed afterwards if this test created them."""
-    created = [name for name in PEERING_CRDS if not exists(installed, f"crd/{name}")]
-    try:
-        installed.kubectl("apply", "-f", str(DEPLOY / "peering" / "kopf-peering-crds.yaml"))
-        installed.kubectl(
-            "wait",
-            "--for=condition=Established",
-            *(f"crd/{name}" for name in PEERING_CRDS),
-            "--timeout=60s",
+    result = installed.kubectl("apply", "-k", str(DEPLOY / "peering"), "--dry-run=server")
+    assert "role.rbac.authorization.k8s.io/tokensync-leader-election" in result.stdout
+    assert "rolebinding.rbac.authorization.k8s.io/tokensync-leader-election" in result.stdout
+    assert "poddisruptionbudget.policy/tokensync" in result.stdout
+    assert "kopf" not in result.stdout
+
+
+def can_i(cp: ControlPlane, *args: str) -> bool:
+    result = cp.kubectl("auth", "can-i", *args, f"--as={OPERATOR_USER}", check=False)
+    return result.stdout.strip() == "yes"
+
+
+def test_peering_overlay_grants_the_operator_its_lease_and_nothing_more(
+    installed: ControlPlane,
+) -> None:
+    """The Role and RoleBinding as rendered, applied for real (removed afterwards if this
+    test created them), then asked through the API server's own authorizer."""
+    rendered = installed.kubectl("kustomize", str(DEPLOY / "peering")).stdout
+    rbac = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in ("Role", "RoleBinding")]
+    assert len(rbac) == 2
+    created = [
+        d
+        for d in rbac
+        if not exists(
+            installed,
+            f"{d['kind'].lower()}/{d['metadata']['name']}",
+            "-n",
+            d["metadata"]["namespace"],
         )
-        result = installed.kubectl("apply", "-k", str(DEPLOY / "peering"), "--dry-run=server")
-        assert "clusterkopfpeering.kopf.dev/tokensync" in result.stdout
-        assert "poddisruptionbudget.policy/tokensync" in result.stdout
+    ]
+    installed.kubectl(
+        "apply", "-f", "-", input=json.dumps({"kind": "List", "apiVersion": "v1", "items": rbac})
+    )
+    try:
+        ns = ("-n", "tokensync-system")
+        assert wait_until(lambda: can_i(installed, "get", "leases/tokensync", *ns), 10, "RBAC")
+        assert can_i(installed, "update", "leases/tokensync", *ns)
+        assert can_i(installed, "create", "leases", *ns)
+        for verb, what in [
+            ("get", "leases/other"),
+            ("update", "leases/other"),
+            ("patch", "leases/tokensync"),
+            ("delete", "leases/tokensync"),
+            ("list", "leases"),
+            ("watch", "leases"),
+        ]:
+            assert not can_i(installed, verb, what, *ns), (verb, what)
+        assert not can_i(installed, "get", "leases/tokensync", "-n", "default")
+        assert not can_i(installed, "create", "leases", "-n", "default")
     finally:
-        for name in created:
-            installed.kubectl("delete", f"crd/{name}", "--wait=false", "--ignore-not-found")
+        for d in created:
+            installed.kubectl(
+                "delete",
+                f"{d['kind'].lower()}/{d['metadata']['name']}",
+                "-n",
+                d["metadata"]["namespace"],
+                "--ignore-not-found",
+            )
 
 
 @pytest.mark.parametrize(
