@@ -47,6 +47,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "checked on the address actually connected (default: on)",
     )
     parser.add_argument("--metrics-port", type=int, default=9090, help="0 disables /metrics")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address /metrics listens on")
     parser.add_argument(
         "--health-port", type=int, default=8080, help="/healthz and /readyz; 0 disables"
     )
@@ -152,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         health_port=args.health_port,
         health_host=args.health_host,
         ready_flag=ready_flag,
-        indices={},
+        namespaces=args.namespace or None,
+        metrics_host=args.metrics_host,
         leader_election=leader_election,  # (lease name, namespace, identity) or None
     )
     if not args.verbose:

@@ -52,6 +52,7 @@ T = TypeVar("T")
 RESYNC = timedelta(minutes=30)  # re-check even when nothing woke us; requests nothing by itself
 CONFLICT_RECHECK = timedelta(minutes=5)  # a foreign Secret is not watched: look again later
 UNEXPECTED_ERROR_RETRY = timedelta(seconds=30)
+SOURCE_PENDING_RECHECK = timedelta(seconds=2)
 WRITE_ATTEMPTS = 3
 
 
@@ -67,6 +68,9 @@ class OperatorContext:
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     # With leader election (--peering): returns once this replica leads. None: standalone.
     leadership: Callable[[], Awaitable[None]] | None = None
+    # Returns once the labelled sources are listed: before that, a missing source may
+    # just not have arrived yet.
+    sources_synced: Callable[[], Awaitable[Any]] | None = None
 
 
 @dataclass
@@ -121,6 +125,8 @@ class CredentialWorker:
     async def run(self) -> None:
         """Passes until cancelled. Every pass, the only place that requests tokens and
         writes anything, runs only while this replica leads."""
+        if self.ctx.sources_synced is not None:
+            await self.ctx.sources_synced()
         if self.ctx.leadership is not None:
             await self.ctx.leadership()
             # A standby never writes status, so what it holds is the status of the body
@@ -175,9 +181,12 @@ class CredentialWorker:
             return None
 
         resolved = await self._resolve(spec)
+        if resolved is None:
+            return self.ctx.now() + SOURCE_PENDING_RECHECK
         existing = await self._blocking(
             self.ctx.kube.read_secret, owner.namespace, spec.secret.name
         )
+        self.secret_version = _version(existing)
         if existing is not None and not owned_by(existing, owner):
             await self._report_problem(_conflict(spec))
             return self.ctx.now() + CONFLICT_RECHECK
@@ -189,7 +198,9 @@ class CredentialWorker:
             return None
         return await self._refresh_if_due(spec, resolved, existing)
 
-    async def _resolve(self, spec: CredentialSpec) -> ResolvedValues | ReferenceProblem:
+    async def _resolve(self, spec: CredentialSpec) -> ResolvedValues | ReferenceProblem | None:
+        """The referenced data, a problem to report, or None: a labelled source exists
+        that the watch has not delivered yet (it will, and wake us; look again soon)."""
         lookup = self.ctx.sources(self.owner.namespace)
         result = resolve_references(spec, lookup, url_allowed)
         if isinstance(result, Unresolved):
@@ -259,6 +270,7 @@ class CredentialWorker:
             return self.ctx.now() + CONFLICT_RECHECK
         self.retry_key, self.retry_at = None, None
         self.expires_at = token.expires_at
+        self.secret_version = _version(written)
         await self._cleanup_old_secret(spec)
         point = schedule.refresh_point(
             token.issued_at, token.expires_at, spec.refresh, self._jitter_for(token.issued_at)
@@ -507,6 +519,8 @@ class CredentialWorker:
             return
         self.last_event = key
         self.ctx.post_event(self.body, type_, reason, message[:1024])
+        level = logging.WARNING if type_ == "Warning" else logging.INFO
+        log.log(level, "%s/%s: %s: %s", self.owner.namespace, self.owner.name, reason, message)
 
 
 def _where(error: BaseException) -> str:
@@ -517,6 +531,10 @@ def _where(error: BaseException) -> str:
         return "unknown location"
     last = frames[-1]
     return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} ({last.name})"
+
+
+def _version(obj: Mapping[str, Any] | None) -> str | None:
+    return (obj.get("metadata") or {}).get("resourceVersion") if obj else None
 
 
 def _refresh_request(metadata: Mapping[str, Any]) -> str | None:

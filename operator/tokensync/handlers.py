@@ -5,9 +5,11 @@ would block namespace deletion once the operator is gone. Instead a spy handler
 (`on.event`, which stores nothing on the object) keeps one asyncio task per credential;
 the managed Secret's ownerReference does the cleanup on deletion.
 
-Referenced Secrets and ConfigMaps are watched with a server-side label selector and held
-in kopf indices; no create/update handler is ever attached to Secrets (kopf would copy
-their data into its last-handled-configuration annotation).
+Referenced Secrets and ConfigMaps (label `tokensync.dev/credential-source=true`) and
+managed Secrets (label `tokensync.dev/credential`, metadata only) are watched with their
+label selectors sent to the API server, by watches.py rather than kopf: kopf allows one
+selector per resource, and its indices stalled start-up at a thousand credentials. No kopf
+handler is ever attached to Secrets (kopf would copy their data into its annotations).
 
 Several replicas (`--peering NAME`): kopf runs standalone in every replica and keeps
 their views warm; the workers run their passes only while `leader.LeaderElector` holds
@@ -20,7 +22,9 @@ import asyncio
 import copy
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,9 +36,10 @@ from tokensync.controller import CredentialWorker, OperatorContext
 from tokensync.gates import OperatorConfig
 from tokensync.kube import GROUP, PLURAL, VERSION, Kube, load_configuration
 from tokensync.leader import LeaderElector
-from tokensync.secret import LABEL_SOURCE
-from tokensync.sources import Source, SourceLookup, source_from_body
+from tokensync.secret import LABEL_CREDENTIAL, LABEL_SOURCE
+from tokensync.sources import SourceCache
 from tokensync.spec import SpecError, parse_spec
+from tokensync.watches import LISTED, RESET, LabelledWatch, WatchTarget
 
 log = logging.getLogger("tokensync")
 
@@ -45,18 +50,34 @@ SOURCE_SELECTOR = f"{LABEL_SOURCE}=true"
 class Supervisor:
     """Keeps one worker task per credential, keyed by UID."""
 
-    def __init__(self, ctx: OperatorContext, serving: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        ctx: OperatorContext,
+        sources: SourceCache,
+        serving: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.ctx = ctx
+        self.sources = sources
         self.serving = serving  # False on a standby
         self.workers: dict[str, CredentialWorker] = {}
+        self.by_name: dict[tuple[str, str], str] = {}  # (namespace, name) -> UID
+        # (namespace, kind, name) of each referenced object -> UIDs of its credentials
+        self.referrers: dict[tuple[str, str, str], set[str]] = defaultdict(set)
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        uid = body["metadata"]["uid"]
+        """A credential was listed, added, changed or deleted."""
+        metadata = body["metadata"]
+        uid = metadata["uid"]
+        self._forget_references(uid)
         if event_type == "DELETED":
+            self.by_name.pop((metadata["namespace"], metadata["name"]), None)
             worker = self.workers.pop(uid, None)
             if worker and worker.task:
                 worker.task.cancel()
             return
+        self.by_name[metadata["namespace"], metadata["name"]] = uid
+        for key in _referenced(body):
+            self.referrers[key].add(uid)
         worker = self.workers.get(uid)
         if worker is None:
             worker = CredentialWorker(self.ctx, dict(body))
@@ -65,10 +86,34 @@ class Supervisor:
         else:
             worker.observe(body)
 
-    def wake(self, uids: Iterator[str]) -> None:
-        for uid in uids:
+    def _forget_references(self, uid: str) -> None:
+        for key in [k for k, uids in self.referrers.items() if uid in uids]:
+            self.referrers[key].discard(uid)
+            if not self.referrers[key]:
+                del self.referrers[key]
+
+    def source_event(self, kind: str, event_type: str, body: Mapping[str, Any]) -> None:
+        """A labelled Secret or ConfigMap changed: wake the credentials that read it,
+        only if what they read changed (a resourceVersion bump alone wakes nobody)."""
+        if event_type == RESET:
+            self.sources.reset(kind, (body.get("metadata") or {}).get("namespace"))
+            return
+        key = self.sources.apply(kind, event_type, body)
+        for uid in list(self.referrers.get(key, ())) if key else ():
             if worker := self.workers.get(uid):
                 worker.wake()
+
+    def managed_secret_event(self, event_type: str, body: Mapping[str, Any]) -> None:
+        """Someone may have deleted or edited a managed Secret: its worker looks again,
+        unless the change is the worker's own write."""
+        metadata = body.get("metadata") or {}
+        credential = (metadata.get("labels") or {}).get(LABEL_CREDENTIAL)
+        uid = self.by_name.get((metadata.get("namespace", ""), credential or ""))
+        worker = self.workers.get(uid or "")
+        if worker is None or event_type in (RESET, LISTED):
+            return
+        if event_type == "DELETED" or metadata.get("resourceVersion") != worker.secret_version:
+            worker.wake()
 
     def samples(self) -> list[metrics.CredentialSample]:
         """Per-credential metrics come from the replica that serves; a standby's view of
@@ -92,30 +137,65 @@ class Supervisor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _referenced(body: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    metadata = body["metadata"]
+    try:
+        refs = parse_spec(body.get("spec") or {}, name=metadata["name"]).references
+    except SpecError:
+        return []
+    return [(metadata["namespace"], ref.kind, ref.name) for ref in refs]
+
+
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     """kopf settings that keep data out of the objects and events it writes."""
     # The resources are fixed: no need to watch CRDs and namespaces (nor the RBAC for it).
     settings.scanning.disabled = True
-    settings.watching.label_selectors["v1", "secrets"] = SOURCE_SELECTOR
-    settings.watching.label_selectors["v1", "configmaps"] = SOURCE_SELECTOR
     # Events only from explicit kopf.event() calls with messages we built, never from
     # log lines (which might one day carry an exception's text).
     settings.posting.enabled = True
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = "tokensync"
-    # Only on.event/index handlers exist, so kopf persists no progress and no diff-base
-    # on credentials (a test checks their annotations stay clean).
+    # Only an on.event handler exists, so kopf persists no progress and no diff-base on
+    # credentials (a test checks their annotations stay clean).
 
 
-def _lookup(secrets: kopf.Index, configmaps: kopf.Index, namespace: str) -> SourceLookup:
-    def lookup(kind: str, name: str) -> Source | None:
-        index = secrets if kind == "Secret" else configmaps
-        for source in index.get((namespace, name), []):
-            return source
-        return None
+def _start_watches(
+    memo: kopf.Memo, kube: Kube, supervisor: Supervisor, synced: asyncio.Event
+) -> list[LabelledWatch]:
+    """Sources and managed Secrets, label-selected; events are handled on the loop."""
+    loop = asyncio.get_running_loop()
 
-    return lookup
+    def on_loop(handler: Callable[..., None], *first: str) -> Callable[[str, dict], None]:
+        return lambda event_type, body: loop.call_soon_threadsafe(handler, *first, event_type, body)
+
+    namespaces = memo.namespaces
+    source_watches = [
+        LabelledWatch(
+            kube.api,
+            WatchTarget(plural, SOURCE_SELECTOR),
+            namespaces,
+            on_loop(supervisor.source_event, kind),
+        )
+        for plural, kind in (("secrets", "Secret"), ("configmaps", "ConfigMap"))
+    ]
+    managed = LabelledWatch(
+        kube.api,
+        WatchTarget("secrets", LABEL_CREDENTIAL, metadata_only=True),
+        namespaces,
+        on_loop(supervisor.managed_secret_event),
+    )
+    watches = [*source_watches, managed]
+    for watch in watches:
+        watch.start()
+
+    def all_synced() -> None:
+        for watch in source_watches:
+            watch.synced.wait()
+        loop.call_soon_threadsafe(synced.set)
+
+    threading.Thread(target=all_synced, name="sources-synced", daemon=True).start()
+    return watches
 
 
 # --- operator lifecycle ---------------------------------------------------------------
@@ -128,8 +208,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     executor = ThreadPoolExecutor(max_workers=memo.workers, thread_name_prefix="tokensync")
     kube = Kube(load_configuration(connection_pool_size=memo.workers))
     memo.executor = executor
-    # kopf gives each object a shallow copy of memo: share the indices through a dict.
-    indices: dict[str, kopf.Index] = memo.indices
+    sources = SourceCache()
+    memo.sources_synced = asyncio.Event()
     elector = None
     if memo.leader_election is not None:
         name, namespace, identity = memo.leader_election
@@ -147,13 +227,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             config=config,
             kube=kube,
             executor=executor,
-            sources=lambda namespace: _lookup(indices["secrets"], indices["configmaps"], namespace),
+            sources=sources.lookup,
             post_event=_post_event,
             leadership=elector.wait if elector else None,
+            sources_synced=memo.sources_synced.wait,
         ),
+        sources,
         serving=elector.is_leader.is_set if elector else lambda: True,
     )
-    metrics.serve(memo.metrics_port, memo.supervisor.samples)
+    memo.watches = _start_watches(memo, kube, memo.supervisor, memo.sources_synced)
+    metrics.serve(memo.metrics_port, memo.supervisor.samples, memo.metrics_host)
     if elector is None:
         metrics.LEADER.set(1)
     else:
@@ -164,6 +247,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    for watch in getattr(memo, "watches", []):
+        watch.stop()
     if supervisor := getattr(memo, "supervisor", None):
         await supervisor.stop()
     # After the workers: nothing of ours writes any more when a standby takes over.
@@ -188,13 +273,13 @@ def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) 
 
 
 async def _serve_health(memo: kopf.Memo) -> web.AppRunner:
-    """/healthz: the event loop answers. /readyz: kopf started and listed everything."""
+    """/healthz: the event loop answers. /readyz: kopf started and the sources are listed."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     async def readyz(_: web.Request) -> web.Response:
-        ready = memo.ready_flag.is_set()
+        ready = memo.ready_flag.is_set() and memo.sources_synced.is_set()
         return web.Response(text="ok" if ready else "starting", status=200 if ready else 503)
 
     app = web.Application()
@@ -205,67 +290,11 @@ async def _serve_health(memo: kopf.Memo) -> web.AppRunner:
     return runner
 
 
-# --- sources: labelled Secrets and ConfigMaps -------------------------------------------
-
-
-@kopf.index("v1", "secrets")
-async def source_secrets(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Source]:
-    source = source_from_body("Secret", body)
-    return {(namespace, name): source} if source else {}
-
-
-@kopf.index("v1", "configmaps")
-async def source_configmaps(
-    namespace: str, name: str, body: kopf.Body, **_: Any
-) -> dict[Any, Source]:
-    source = source_from_body("ConfigMap", body)
-    return {(namespace, name): source} if source else {}
-
-
-@kopf.index(*CREDENTIALS)
-async def credential_references(
-    namespace: str, name: str, uid: str, spec: kopf.Spec, **_: Any
-) -> dict[Any, str]:
-    """(namespace, kind, name) of every referenced object -> credential UID."""
-    try:
-        refs = parse_spec(spec, name=name).references
-    except SpecError:
-        return {}
-    return {(namespace, ref.kind, ref.name): uid for ref in refs}
-
-
-@kopf.on.event("v1", "secrets")
-async def source_secret_changed(
-    namespace: str, name: str, memo: kopf.Memo, credential_references: kopf.Index, **_: Any
-) -> None:
-    _wake_referrers(memo, credential_references, (namespace, "Secret", name))
-
-
-@kopf.on.event("v1", "configmaps")
-async def source_configmap_changed(
-    namespace: str, name: str, memo: kopf.Memo, credential_references: kopf.Index, **_: Any
-) -> None:
-    _wake_referrers(memo, credential_references, (namespace, "ConfigMap", name))
-
-
-def _wake_referrers(memo: kopf.Memo, references: kopf.Index, key: tuple[str, str, str]) -> None:
-    memo.supervisor.wake(iter(references.get(key, [])))
-
-
 # --- credentials ------------------------------------------------------------------------
 
 
 @kopf.on.event(*CREDENTIALS)
-async def credential_event(
-    type: str | None,
-    body: kopf.Body,
-    memo: kopf.Memo,
-    source_secrets: kopf.Index,
-    source_configmaps: kopf.Index,
-    **_: Any,
-) -> None:
-    # The indices are live views; keep them for the workers' source lookups.
-    memo.indices.update(secrets=source_secrets, configmaps=source_configmaps)
+async def credential_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.supervisor.observe(type, _plain(body))
 
 

@@ -59,6 +59,7 @@ def load_configuration(connection_pool_size: int) -> kubernetes.client.Configura
 class Kube:
     def __init__(self, configuration: kubernetes.client.Configuration) -> None:
         self._client = kubernetes.client.ApiClient(configuration)
+        self.api = self._client  # for the label-selected watches (watches.py)
         self._client.user_agent = USER_AGENT
         self._metadata_client = kubernetes.client.ApiClient(configuration)
         self._metadata_client.user_agent = METADATA_USER_AGENT

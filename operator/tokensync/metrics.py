@@ -80,8 +80,8 @@ class CredentialCollector(Collector):
         yield by_reason
 
 
-def serve(port: int, samples: Callable[[], Iterable[CredentialSample]]) -> None:
-    """Expose /metrics on the port (0 disables metrics)."""
+def serve(port: int, samples: Callable[[], Iterable[CredentialSample]], host: str) -> None:
+    """Expose /metrics on host:port (port 0 disables metrics)."""
     REGISTRY.register(CredentialCollector(samples))
     if port:
-        start_http_server(port)
+        start_http_server(port, addr=host)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokensync.secret import ANNOTATION_ALLOWED_URLS, is_managed
+from tokensync.secret import ANNOTATION_ALLOWED_URLS, LABEL_SOURCE, is_managed
 from tokensync.spec import CredentialSpec, Ref, ResolvedValues
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"
@@ -62,6 +62,34 @@ def source_from_body(kind: str, body: Mapping[str, Any]) -> Source | None:
         type=body.get("type"),
         allowed_token_urls=(metadata.get("annotations") or {}).get(ANNOTATION_ALLOWED_URLS),
     )
+
+
+class SourceCache:
+    """The labelled sources the operator has seen, by (namespace, kind, name). Fed by
+    the label-selected watches; read by the credential workers (both on the event loop)."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str, str], Source] = {}
+
+    def apply(
+        self, kind: str, event_type: str, body: Mapping[str, Any]
+    ) -> tuple[str, str, str] | None:
+        """Record a watch event; the key of the object if what a credential reads changed."""
+        metadata = body.get("metadata") or {}
+        key = (metadata.get("namespace", ""), kind, metadata.get("name", ""))
+        source = None if event_type == "DELETED" else source_from_body(kind, body)
+        old = self._items.pop(key, None)
+        if source is not None:
+            self._items[key] = source
+        return key if old != source else None
+
+    def reset(self, kind: str, namespace: str | None) -> None:
+        """Forget one kind in a namespace (None: everywhere) before a re-list."""
+        for key in [k for k in self._items if k[1] == kind and namespace in (None, k[0])]:
+            del self._items[key]
+
+    def lookup(self, namespace: str) -> SourceLookup:
+        return lambda kind, name: self._items.get((namespace, kind, name))
 
 
 def describe(ref: Ref) -> str:
@@ -134,15 +162,18 @@ def _slot(spec: CredentialSpec, ref: Ref) -> str:
     return ref.key  # tls.crt / tls.key of the client certificate Secret
 
 
-def unresolved_problem(ref: Ref, metadata: Mapping[str, Any] | None) -> ReferenceProblem:
+def unresolved_problem(ref: Ref, metadata: Mapping[str, Any] | None) -> ReferenceProblem | None:
     """Turn a reference missing from the labelled sources into the reason users see,
-    from the object's metadata (None: it does not exist)."""
+    from the object's metadata (None: it does not exist). None when the object is
+    labelled after all: the watch has not delivered it yet, and will."""
     if metadata is None:
         return ReferenceProblem("ReferenceNotFound", f"{ref.kind} {ref.name!r} does not exist")
     if is_managed(metadata):
         return ReferenceProblem(
             "ReferenceInvalid", f"{ref.kind} {ref.name!r} is managed by tokensync, not a source"
         )
+    if (metadata.get("labels") or {}).get(LABEL_SOURCE) == "true":
+        return None
     return ReferenceProblem(
         "ReferenceNotLabeled",
         f"{ref.kind} {ref.name!r} lacks the label tokensync.dev/credential-source=true, "

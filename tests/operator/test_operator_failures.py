@@ -32,8 +32,11 @@ def test_unlabelled_source_is_never_read(cluster, operator, token_endpoint, inst
         uri = unquote(event["requestURI"])
         if event["objectRef"].get("name") == "plain":
             assert "(metadata-only)" in event["userAgent"], event  # never its data
-        else:  # lists and watches of Secrets only ever see labelled ones
-            assert "labelSelector=tokensync.dev/credential-source=true" in uri, event
+        elif "labelSelector=tokensync.dev/credential-source=true" not in uri:
+            # Lists and watches of Secrets see sources (labelled) or, metadata only,
+            # managed Secrets.
+            assert "labelSelector=tokensync.dev/credential&" in uri + "&", event
+            assert "(metadata-only)" in event["userAgent"], event
     assert any(e["objectRef"].get("name") == "plain" for e in touching)
 
     cluster.core.patch_namespaced_secret(
