@@ -52,8 +52,9 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "operator")]
 
 import kubernetes  # noqa: E402
 import trustme  # noqa: E402
-from fixtures.controlplane import ControlPlane, _remove_state, start_control_plane  # noqa: E402
 from token_endpoint import Client, Issue, TokenEndpoint  # noqa: E402
+
+from fixtures.controlplane import ControlPlane, _remove_state, start_control_plane  # noqa: E402
 
 
 def _load_operator_conftest() -> Any:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from tokensync import __version__
@@ -111,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     import kopf
+    import urllib3
 
     from tokensync import (
         handlers,  # noqa: F401 - registers the kopf handlers
@@ -160,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # kopf reports every handled event at INFO; at a thousand credentials that is noise.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # An insecureSkipVerify the admin allowed is reported per credential (status, Warning
+    # event); urllib3's warning on every request would only repeat it.
+    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
     if args.allow_insecure:
         logging.getLogger("tokensync").warning(
             "--allow-insecure: specs may disable TLS verification or use plain http"

@@ -52,6 +52,7 @@ T = TypeVar("T")
 RESYNC = timedelta(minutes=30)  # re-check even when nothing woke us; requests nothing by itself
 CONFLICT_RECHECK = timedelta(minutes=5)  # a foreign Secret is not watched: look again later
 UNEXPECTED_ERROR_RETRY = timedelta(seconds=30)
+KUBE_ERROR_RETRY = timedelta(seconds=10)
 SOURCE_PENDING_RECHECK = timedelta(seconds=2)
 WRITE_ATTEMPTS = 3
 
@@ -142,6 +143,15 @@ class CredentialWorker:
                 wake_at = await self.reconcile()
             except asyncio.CancelledError:
                 raise
+            except KubeError as error:  # its text is the API's Status message only
+                log.warning(
+                    "%s/%s: %s; retrying in %ss",
+                    self.owner.namespace,
+                    self.owner.name,
+                    error,
+                    KUBE_ERROR_RETRY.seconds,
+                )
+                wake_at = self.ctx.now() + KUBE_ERROR_RETRY
             except Exception as error:  # keep the loop alive; never log data
                 log.error(
                     "%s/%s: unexpected %s at %s; retrying in %ss",
@@ -158,8 +168,10 @@ class CredentialWorker:
         now = self.ctx.now()
         deadline = now + RESYNC if wake_at is None else min(wake_at, now + RESYNC)
         timeout = max((deadline - now).total_seconds(), 0.0)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake_event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.wake_event.wait()
 
     async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -272,8 +284,12 @@ class CredentialWorker:
         self.expires_at = token.expires_at
         self.secret_version = _version(written)
         await self._cleanup_old_secret(spec)
+        # From the Secret as written (second precision), exactly as later passes and a
+        # restarted operator will compute it, so status does not flap by a second.
+        held_now = held_token(written)
+        assert held_now is not None and held_now.issued_at and held_now.expires_at
         point = schedule.refresh_point(
-            token.issued_at, token.expires_at, spec.refresh, self._jitter_for(token.issued_at)
+            held_now.issued_at, held_now.expires_at, spec.refresh, self._jitter(held_now)
         )
         await self._report_issued(spec, token, point, generation, requested, warnings, trigger)
         return point.at
@@ -401,7 +417,9 @@ class CredentialWorker:
             fields["lastHandledRefreshRequest"] = requested
         message = _issued_message(spec, token.expires_at)
         # Routine renewals are visible in status and metrics; events mark the rest.
-        event = None if trigger.reason == "RenewWindow" else ("Normal", "TokenIssued", message)
+        event = None
+        if trigger.reason != "RenewWindow":
+            event = ("Normal", "TokenIssued", f"{message} (requested because {trigger.message})")
         await self._report(
             Report(ready=Condition("True", "TokenIssued", message), fields=fields), event=event
         )

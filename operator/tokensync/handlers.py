@@ -45,6 +45,7 @@ log = logging.getLogger("tokensync")
 
 CREDENTIALS = (GROUP, VERSION, PLURAL)
 SOURCE_SELECTOR = f"{LABEL_SOURCE}=true"
+OWN_WRITE_SETTLE_SECONDS = 1.0
 
 
 class Supervisor:
@@ -112,7 +113,19 @@ class Supervisor:
         worker = self.workers.get(uid or "")
         if worker is None or event_type in (RESET, LISTED):
             return
-        if event_type == "DELETED" or metadata.get("resourceVersion") != worker.secret_version:
+        if event_type == "DELETED":
+            worker.wake()
+            return
+        # A worker's own write is usually reported before its PUT returns: compare once
+        # the write has settled, so only someone else's change wakes it.
+        version = metadata.get("resourceVersion")
+        asyncio.get_running_loop().call_later(
+            OWN_WRITE_SETTLE_SECONDS, self._wake_if_foreign, worker, version
+        )
+
+    @staticmethod
+    def _wake_if_foreign(worker: CredentialWorker, version: str | None) -> None:
+        if version != worker.secret_version and not (worker.task and worker.task.done()):
             worker.wake()
 
     def samples(self) -> list[metrics.CredentialSample]:

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fixtures.controlplane import ControlPlane
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+
+from fixtures.controlplane import ControlPlane
 
 pytestmark = pytest.mark.envtest
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-from fixtures.controlplane import ControlPlane
 from manifestlib import CRD_PATH, DEPLOY, EXAMPLES, REPO, example_files
+
+from fixtures.controlplane import ControlPlane
 
 pytestmark = pytest.mark.envtest
 

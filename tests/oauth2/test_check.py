@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from fixtures.token_servers import Credentials, run_tokensync
 from servers.kubeapi import FakeKubeAPI
 from servers.oidc import OIDCProvider

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+
 from fixtures.token_servers import Credentials
 from servers.quirky import TokenServer, free_port
 from tokensync.oauth2 import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from servers.oidc import RESOURCE, OIDCClient, OIDCProvider
 from tokensync.oauth2 import ConfigurationError, TokenRequest, fetch_token, jwt_claims
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from fixtures.token_servers import Credentials
 from servers.quirky import SAP_SCOPE_KEYS, TokenServer
 from tokensync.oauth2 import FORM, JSON, ConfigurationError, TokenRequest, fetch_token

@@ -13,6 +13,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 import yaml
+
 from fixtures.token_servers import Credentials, run_tokensync
 from servers.quirky import ServerTLS, free_port
 from tokensync.oauth2 import FORM, JSON, TokenError, TokenRequest, fetch_token

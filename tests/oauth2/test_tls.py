@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fixtures.token_servers import ClientCert, Credentials
 from servers.quirky import TokenServer
 from tokensync.oauth2 import ConfigurationError, TLSSettings, TokenRequest, fetch_token

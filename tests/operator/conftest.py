@@ -21,6 +21,7 @@ import pytest
 import trustme
 from operator_helpers import Cluster
 from token_endpoint import TokenEndpoint
+
 from tokensync.redact import secret_variants
 
 REPO = Path(__file__).resolve().parents[2]

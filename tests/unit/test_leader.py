@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
 from tokensync import leader
 from tokensync.cli import build_parser
 from tokensync.cli import run as cli_run

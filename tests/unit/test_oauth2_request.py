@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import trustme
+
 from tokensync import __version__
 from tokensync.oauth2 import (
     FORM,

@@ -6,6 +6,7 @@ import secrets
 from urllib.parse import quote, quote_plus
 
 import pytest
+
 from tokensync.redact import REDACTED, redact, secret_variants, truncate
 
 

@@ -9,6 +9,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+
 from tokensync.schedule import (
     POLICIES,
     HeldToken,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+
 from tokensync.oauth2 import Token
 from tokensync.schedule import HeldToken, TriggerInput, why_fetch_now
 from tokensync.secret import (

@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+
 from tokensync.spec import (
     FORM,
     JSON,
