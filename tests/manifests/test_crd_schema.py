@@ -298,7 +298,7 @@ def test_status_times_are_date_time_strings(fields: dict[str, dict], path: str) 
 
 
 def test_cel_rules_name_their_field(fields: dict[str, dict]) -> None:
-    """Every rule has a message naming a spec field, and rules on an object that are about
+    """Every rule has a message naming its field (a spec field, or metadata.name), and rules on an object that are about
     one of its fields point there with fieldPath."""
     rules = [
         (path, rule)
@@ -308,7 +308,7 @@ def test_cel_rules_name_their_field(fields: dict[str, dict]) -> None:
     assert len(rules) >= 15
     for path, rule in rules:
         message = rule.get("message") or rule.get("messageExpression") or ""
-        assert "spec." in message, (path, rule["rule"])
+        assert "spec." in message or "metadata.name" in message, (path, rule["rule"])
         if "fieldPath" in rule:
             target = path + rule["fieldPath"]
             assert target in fields, (path, rule["fieldPath"])

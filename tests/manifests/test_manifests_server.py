@@ -606,3 +606,13 @@ def test_builtin_roles_cover_credentials(
         assert not can(verb), f"{role} may {verb} credentials"
     if role == "view":
         assert not can("get", "secrets"), "view must never read Secrets"
+
+
+def test_credential_names_fit_a_label_value(installed: ControlPlane, cel_namespace: str) -> None:
+    """The name becomes the managed Secret's tokensync.dev/credential label value."""
+    create = ("create", "--dry-run=server", "-n", cel_namespace, "-f", "-")
+    ok = installed.kubectl(*create, input=credential(VALID_SPEC, "a" * 63), check=False)
+    assert ok.returncode == 0, ok.stderr
+    long = installed.kubectl(*create, input=credential(VALID_SPEC, "a" * 64), check=False)
+    assert long.returncode != 0
+    assert "metadata.name: must be at most 63 characters" in long.stderr, long.stderr
