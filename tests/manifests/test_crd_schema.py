@@ -298,8 +298,8 @@ def test_status_times_are_date_time_strings(fields: dict[str, dict], path: str) 
 
 
 def test_cel_rules_name_their_field(fields: dict[str, dict]) -> None:
-    """Every rule has a message naming its field (a spec field, or metadata.name), and rules on an object that are about
-    one of its fields point there with fieldPath."""
+    """Every rule has a message naming its field (a spec field, or metadata.name), and
+    rules on an object that are about one of its fields point there with fieldPath."""
     rules = [
         (path, rule)
         for path, sub in fields.items()
