@@ -295,10 +295,7 @@ class CredentialWorker:
         return point.at
 
     def _jitter(self, held: schedule.HeldToken | None) -> float:
-        return self._jitter_for(held.issued_at if held else None)
-
-    def _jitter_for(self, issued_at: datetime | None) -> float:
-        issued = format_time(issued_at) if issued_at else ""
+        issued = format_time(held.issued_at) if held and held.issued_at else ""
         return schedule.stable_jitter(self.owner.uid, issued)
 
     async def _fetch(self, request: oauth2.TokenRequest) -> oauth2.Token:

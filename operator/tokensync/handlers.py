@@ -64,6 +64,7 @@ class Supervisor:
         self.by_name: dict[tuple[str, str], str] = {}  # (namespace, name) -> UID
         # (namespace, kind, name) of each referenced object -> UIDs of its credentials
         self.referrers: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+        self.references: dict[str, list[tuple[str, str, str]]] = {}  # UID -> its keys
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A credential was listed, added, changed or deleted."""
@@ -77,7 +78,8 @@ class Supervisor:
                 worker.task.cancel()
             return
         self.by_name[metadata["namespace"], metadata["name"]] = uid
-        for key in _referenced(body):
+        self.references[uid] = _referenced(body)
+        for key in self.references[uid]:
             self.referrers[key].add(uid)
         worker = self.workers.get(uid)
         if worker is None:
@@ -88,7 +90,7 @@ class Supervisor:
             worker.observe(body)
 
     def _forget_references(self, uid: str) -> None:
-        for key in [k for k, uids in self.referrers.items() if uid in uids]:
+        for key in self.references.pop(uid, []):
             self.referrers[key].discard(uid)
             if not self.referrers[key]:
                 del self.referrers[key]
