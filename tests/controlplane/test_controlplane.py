@@ -18,22 +18,11 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from fixtures.controlplane import ControlPlane
+from fixtures.polling import wait_for
 
 pytestmark = pytest.mark.envtest
 
 CEL_MESSAGE = "minReplicas must not exceed maxReplicas"
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` every 0.2 s until it returns something truthy; fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def status_of(call: Callable[[], Any]) -> int:
@@ -164,7 +153,7 @@ def test_service_account_denied_by_rbac_until_role_binding(control_plane, namesp
     )  # fmt: skip
 
     # The RBAC authorizer reads bindings from an informer: allowed within moments.
-    wait_until(
+    wait_for(
         lambda: status_of(lambda: as_sa.list_namespaced_config_map(namespace)) == 200,
         timeout=30,
         what="the RoleBinding to take effect",
@@ -209,7 +198,7 @@ def test_owner_references_permission_enforcement(control_plane, namespace):
         return 200, ""
 
     # RBAC allows the create once `get` on a missing Secret answers 404, not 403.
-    wait_until(
+    wait_for(
         lambda: status_of(lambda: as_sa.read_namespaced_secret("absent", namespace)) == 404,
         timeout=30,
         what="the secret-writer RoleBinding to take effect",
@@ -226,7 +215,7 @@ def test_owner_references_permission_enforcement(control_plane, namespace):
         "create", "rolebinding", "finalizers", "-n", namespace,
         "--role=owner-finalizers", f"--serviceaccount={namespace}:writer",
     )  # fmt: skip
-    wait_until(
+    wait_for(
         lambda: create_owned_secret("second")[0] == 200,
         timeout=30,
         what="creating the owned Secret once configmaps/finalizers is granted",
@@ -251,7 +240,7 @@ def test_deleting_owner_garbage_collects_owned_secret(control_plane, namespace):
 
     core.delete_namespaced_config_map("owner", namespace)
 
-    wait_until(
+    wait_for(
         lambda: status_of(lambda: core.read_namespaced_secret("owned", namespace)) == 404,
         timeout=60,
         what="the garbage collector to delete the owned Secret",

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +18,13 @@ import yaml
 from manifestlib import CRD_PATH, DEPLOY, EXAMPLES, REPO, example_files
 
 from fixtures.controlplane import ControlPlane
+from fixtures.polling import wait_for
 
 pytestmark = pytest.mark.envtest
 
 CRD_NAME = "oauth2credentials.tokensync.dev"
 OPERATOR_USER = "system:serviceaccount:tokensync-system:tokensync"
 NAMESPACED_OVERLAY_NAMESPACES = ("team-a", "team-b")
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def exists(cp: ControlPlane, *args: str) -> bool:
@@ -152,7 +141,7 @@ def test_peering_overlay_grants_the_operator_its_lease_and_nothing_more(
     )
     try:
         ns = ("-n", "tokensync-system")
-        assert wait_until(lambda: can_i(installed, "get", "leases/tokensync", *ns), 10, "RBAC")
+        assert wait_for(lambda: can_i(installed, "get", "leases/tokensync", *ns), 10, "RBAC")
         assert can_i(installed, "update", "leases/tokensync", *ns)
         assert can_i(installed, "create", "leases", *ns)
         for verb, what in [
@@ -558,7 +547,7 @@ def test_kubectl_explain_shows_descriptions(installed: ControlPlane) -> None:
         result = installed.kubectl("explain", "oauth2credential.spec.tokenURL", check=False)
         return result.stdout if result.returncode == 0 else ""
 
-    text = wait_until(explain, 60, "the CRD's OpenAPI to be published")
+    text = wait_for(explain, 60, "the CRD's OpenAPI to be published")
     assert "Token endpoint URL" in text
     assert "allowInsecureHTTP" in text
     spec = installed.kubectl("explain", "o2c.spec").stdout
@@ -601,7 +590,7 @@ def test_builtin_roles_cover_credentials(
         return result.stdout.strip() == "yes"
 
     # The clusterrole-aggregation controller (kube-controller-manager) fills the rules in.
-    wait_until(lambda: all(can(v) for v in allowed), 60, f"{role} to cover credentials")
+    wait_for(lambda: all(can(v) for v in allowed), 60, f"{role} to cover credentials")
     for verb in denied:
         assert not can(verb), f"{role} may {verb} credentials"
     if role == "view":

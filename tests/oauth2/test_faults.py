@@ -8,8 +8,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from fixtures.token_servers import Credentials
-from servers.quirky import TokenServer, free_port
+from fixtures.token_servers import request_for
+from servers.quirky import free_port
 from tokensync.oauth2 import (
     ConfigurationError,
     ProtocolError,
@@ -17,16 +17,6 @@ from tokensync.oauth2 import (
     TransientError,
     fetch_token,
 )
-
-
-def request_for(server: TokenServer, credentials: Credentials, **overrides) -> TokenRequest:
-    settings = {
-        "token_url": server.token_url,
-        "client_id": credentials.client_id,
-        "client_secret": credentials.client_secret,
-        "timeout_seconds": 5,
-    }
-    return TokenRequest(**{**settings, **overrides})
 
 
 def test_deadline_covers_a_slowly_dripping_body(token_server, credentials):

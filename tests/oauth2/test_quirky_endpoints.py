@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from fixtures.token_servers import Credentials
-from servers.quirky import SAP_SCOPE_KEYS, TokenServer
-from tokensync.oauth2 import FORM, JSON, ConfigurationError, TokenRequest, fetch_token
+from fixtures.token_servers import Credentials, request_for
+from servers.quirky import SAP_SCOPE_KEYS
+from tokensync.oauth2 import FORM, JSON, ConfigurationError, fetch_token
 
 SAP_SCOPE = {
     "userId": "admin1",
@@ -16,16 +16,6 @@ SAP_SCOPE = {
     "userType": "admin",
     "resourceType": "learning_public_api",
 }
-
-
-def request_for(server: TokenServer, credentials: Credentials, **overrides) -> TokenRequest:
-    settings = {
-        "token_url": server.token_url,
-        "client_id": credentials.client_id,
-        "client_secret": credentials.client_secret,
-        "timeout_seconds": 5,
-    }
-    return TokenRequest(**{**settings, **overrides})
 
 
 # ---- Amazon Cognito: form body and HTTP Basic only

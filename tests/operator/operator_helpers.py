@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import kubernetes
@@ -12,21 +10,11 @@ import trustme
 from kubernetes.client.exceptions import ApiException
 from token_endpoint import Client, TokenEndpoint
 
+from fixtures.polling import wait_for
+
 GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "oauth2credentials"
 SOURCE_LABEL = {"tokensync.dev/credential-source": "true"}
 T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 30, what: str = "condition") -> T:
-    """Poll until `probe` returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def decode(secret: dict[str, Any]) -> dict[str, str]:
