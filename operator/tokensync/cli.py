@@ -10,8 +10,7 @@ import warnings
 from collections.abc import Sequence
 
 from tokensync import __version__
-
-DEFAULT_WORKERS = 64
+from tokensync.limits import DEFAULT_MAX_REQUESTS, DEFAULT_MAX_REQUESTS_PER_HOST
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,12 +68,30 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "own namespace, else 'default')",
     )
     parser.add_argument(
-        "--workers",
-        type=int,
-        default=DEFAULT_WORKERS,
-        help="threads for token requests and API writes (default: %(default)s)",
+        "--max-requests",
+        "--workers",  # its 0.1 name
+        dest="max_requests",
+        type=_positive,
+        default=DEFAULT_MAX_REQUESTS,
+        metavar="N",
+        help="token requests in flight at most, over all endpoints (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-requests-per-host",
+        type=_positive,
+        default=DEFAULT_MAX_REQUESTS_PER_HOST,
+        metavar="N",
+        help="token requests in flight at most per token endpoint (scheme, host and port), "
+        "so one slow endpoint cannot hold every slot (default: %(default)s)",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
             deny_private_networks=args.deny_private_networks,
             allowed_token_hosts=hosts,
         ),
-        workers=args.workers,
+        max_requests=args.max_requests,
+        max_requests_per_host=args.max_requests_per_host,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         health_host=args.health_host,

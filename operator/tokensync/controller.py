@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -25,13 +26,14 @@ from typing import Any, TypeVar
 from tokensync import metrics, oauth2, schedule
 from tokensync.gates import OperatorConfig, effective_request, gate_problem, insecure_warnings
 from tokensync.kube import Kube, KubeError
+from tokensync.limits import PassGate, RequestLimits
+from tokensync.managed import ManagedSecret, managed_state, update_patch
 from tokensync.redact import redact
 from tokensync.secret import (
     ANNOTATION_REFRESH_REQUESTED,
     Owner,
     config_hash,
     format_time,
-    held_token,
     managed_secret,
     owned_by,
     url_allowed,
@@ -52,9 +54,15 @@ T = TypeVar("T")
 RESYNC = timedelta(minutes=30)  # re-check even when nothing woke us; requests nothing by itself
 CONFLICT_RECHECK = timedelta(minutes=5)  # a foreign Secret is not watched: look again later
 UNEXPECTED_ERROR_RETRY = timedelta(seconds=30)
-KUBE_ERROR_RETRY = timedelta(seconds=10)
 SOURCE_PENDING_RECHECK = timedelta(seconds=2)
 WRITE_ATTEMPTS = 3
+# A routine renewal that answers within this long writes no Refreshing=True first.
+REFRESHING_REPORT_DELAY_SECONDS = 2.0
+
+
+class CredentialGone(Exception):
+    """The credential was deleted, is being deleted, or was replaced by a new object of
+    the same name: its worker stops and writes nothing more."""
 
 
 @dataclass
@@ -63,15 +71,56 @@ class OperatorContext:
 
     config: OperatorConfig
     kube: Kube
-    executor: Executor
+    kube_executor: Executor  # Kubernetes API calls: never queued behind token requests
+    token_executor: Executor  # token requests, at most `limits` in flight
     sources: Callable[[str], SourceLookup]  # namespace -> lookup of labelled sources
     post_event: Callable[[Mapping[str, Any], str, str, str], None]  # body, type, reason, msg
+    # (namespace, Secret name) -> what the managed-Secret watch and our writes know of it
+    managed_secrets: dict[tuple[str, str], ManagedSecret] = field(default_factory=dict)
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    pass_gate: PassGate | None = None
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     # With leader election (--peering): returns once this replica leads. None: standalone.
     leadership: Callable[[], Awaitable[None]] | None = None
-    # Returns once the labelled sources are listed: before that, a missing source may
-    # just not have arrived yet.
+    # Returns once the labelled sources and managed Secrets are listed: before that, a
+    # missing object may just not have arrived yet.
     sources_synced: Callable[[], Awaitable[Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the managed Secret was last written for, known even when the status patch
+    that records it failed (so a failing status write never causes a token request)."""
+
+    generation: int
+    refresh_request: str | None
+
+
+@dataclass(frozen=True)
+class Unwritten:
+    """A token fetched for (generation, fingerprint) whose Secret write failed: only the
+    write is retried while the token is valid, never the token request."""
+
+    token: oauth2.Token
+    generation: int
+    fingerprint: str
+    refresh_request: str | None
+    trigger: schedule.Trigger
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pass's snapshot of the credential: every decision of the pass uses these
+    values, read once, so an edit arriving mid-pass is seen by the next pass."""
+
+    generation: int
+    refresh_request: str | None
+    spec: CredentialSpec
+    resolved: ResolvedValues
+    fingerprint: str
+    secret: ManagedSecret | None
+    held: schedule.HeldToken | None
+    warnings: list[str]
 
 
 @dataclass
@@ -83,9 +132,18 @@ class CredentialWorker:
     last_request_at: datetime | None = None
     retry_at: datetime | None = None
     retry_key: tuple[Any, ...] | None = None  # the generation/config a backoff applies to
+    failures_by_kind: dict[str, int] = field(default_factory=dict)  # backoff per error class
     expires_at: datetime | None = None  # of the held token, for metrics
+    next_refresh_at: datetime | None = None  # for metrics
     last_event: tuple[str, str] | None = None
     warned_generation: int | None = None  # insecure-setting warnings are posted once per spec
+    token_warnings: tuple[str, ...] = ()  # from the last token response (capped lifetime)
+    served: Served | None = None
+    unwritten: Unwritten | None = None
+    write_failures: int = 0
+    kube_failures: int = 0
+    secret_version: str | None = None  # resourceVersion of our last Secret write
+    status_version: str | None = None  # resourceVersion of our last status patch
     task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -107,25 +165,32 @@ class CredentialWorker:
         ready = condition_of(self.status, READY)
         return ready.get("reason") if ready else None
 
+    @property
+    def ready_status(self) -> str | None:
+        ready = condition_of(self.status, READY)
+        return ready.get("status") if ready else None
+
     # --- lifecycle ------------------------------------------------------------------
 
     def observe(self, body: Mapping[str, Any]) -> None:
         """A new version of the credential arrived; wake only for what can matter:
-        a spec change (generation) or a refresh request."""
+        a spec change (generation), a refresh request, or its deletion starting."""
         old_meta = self.metadata
         self.body = dict(body)
         new_meta = self.metadata
-        if old_meta.get("generation") != new_meta.get("generation") or _refresh_request(
-            old_meta
-        ) != _refresh_request(new_meta):
+        if (
+            old_meta.get("generation") != new_meta.get("generation")
+            or _refresh_request(old_meta) != _refresh_request(new_meta)
+            or new_meta.get("deletionTimestamp")
+        ):
             self.wake()
 
     def wake(self) -> None:
         self.wake_event.set()
 
     async def run(self) -> None:
-        """Passes until cancelled. Every pass, the only place that requests tokens and
-        writes anything, runs only while this replica leads."""
+        """Passes until cancelled or the credential is gone. Every pass, the only place
+        that requests tokens and writes anything, runs only while this replica leads."""
         if self.ctx.sources_synced is not None:
             await self.ctx.sources_synced()
         if self.ctx.leadership is not None:
@@ -138,20 +203,19 @@ class CredentialWorker:
         while True:
             if self.ctx.leadership is not None:
                 await self.ctx.leadership()
+            if self.ctx.pass_gate is not None:
+                await self.ctx.pass_gate.acquire()
             self.wake_event.clear()
             try:
                 wake_at = await self.reconcile()
+                self.kube_failures = 0
             except asyncio.CancelledError:
                 raise
+            except CredentialGone as gone:
+                log.info("%s/%s: stopping: %s", self.owner.namespace, self.owner.name, gone)
+                return
             except KubeError as error:  # its text is the API's Status message only
-                log.warning(
-                    "%s/%s: %s; retrying in %ss",
-                    self.owner.namespace,
-                    self.owner.name,
-                    error,
-                    KUBE_ERROR_RETRY.seconds,
-                )
-                wake_at = self.ctx.now() + KUBE_ERROR_RETRY
+                wake_at = self._kube_failed(error)
             except Exception as error:  # keep the loop alive; never log data
                 log.error(
                     "%s/%s: unexpected %s at %s; retrying in %ss",
@@ -164,6 +228,22 @@ class CredentialWorker:
                 wake_at = self.ctx.now() + UNEXPECTED_ERROR_RETRY
             await self._sleep_until(wake_at)
 
+    def _kube_failed(self, error: KubeError) -> datetime:
+        """Back off, per worker and with jitter; log the first failure and then only
+        every doubling, so an API outage is a few lines, not one per credential pass."""
+        self.kube_failures += 1
+        delay = schedule.kube_backoff_seconds(self.kube_failures, random.random())
+        if self.kube_failures & (self.kube_failures - 1) == 0:
+            log.warning(
+                "%s/%s: %s; retrying in %.0fs (failure %d)",
+                self.owner.namespace,
+                self.owner.name,
+                error,
+                delay,
+                self.kube_failures,
+            )
+        return self.ctx.now() + timedelta(seconds=delay)
+
     async def _sleep_until(self, wake_at: datetime | None) -> None:
         now = self.ctx.now()
         deadline = now + RESYNC if wake_at is None else min(wake_at, now + RESYNC)
@@ -173,15 +253,20 @@ class CredentialWorker:
             async with asyncio.timeout(timeout):
                 await self.wake_event.wait()
 
-    async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _kube(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.ctx.executor, lambda: fn(*args, **kwargs))
+        return await loop.run_in_executor(self.ctx.kube_executor, lambda: fn(*args))
 
     # --- one pass -------------------------------------------------------------------
 
     async def reconcile(self) -> datetime | None:
         """One pass of the loop; returns when to run again (None: only when woken)."""
         owner = self.owner
+        metadata = self.metadata
+        if metadata.get("deletionTimestamp"):
+            raise CredentialGone("the credential is being deleted")
+        generation = int(metadata.get("generation") or 0)
+        refresh_request = schedule.valid_refresh_request(_refresh_request(metadata))
         try:
             spec = parse_spec(self.body.get("spec") or {}, name=owner.name)
         except SpecError as error:
@@ -195,20 +280,31 @@ class CredentialWorker:
         resolved = await self._resolve(spec)
         if resolved is None:
             return self.ctx.now() + SOURCE_PENDING_RECHECK
-        existing = await self._blocking(
-            self.ctx.kube.read_secret, owner.namespace, spec.secret.name
-        )
-        self.secret_version = _version(existing)
-        if existing is not None and not owned_by(existing, owner):
+        secret = self.ctx.managed_secrets.get((owner.namespace, spec.secret.name))
+        if secret is not None and not secret.owned_by(owner):
             await self._report_problem(_conflict(spec))
             return self.ctx.now() + CONFLICT_RECHECK
         if isinstance(resolved, ReferenceProblem):
             await self._report_problem(resolved)
             return None
         if spec.suspend:
-            await self._report_suspended(existing)
+            await self._report_suspended(secret)
             return None
-        return await self._refresh_if_due(spec, resolved, existing)
+        held = secret.held_token() if secret else None
+        self.expires_at = held.expires_at if held else None
+        current = Pass(
+            generation=generation,
+            refresh_request=refresh_request,
+            spec=spec,
+            resolved=resolved,
+            fingerprint=config_hash(spec, resolved),
+            secret=secret,
+            held=held,
+            warnings=insecure_warnings(spec, self.ctx.config),
+        )
+        if self._unwritten_for(current) is not None:
+            return await self._retry_write(current)
+        return await self._refresh_if_due(current)
 
     async def _resolve(self, spec: CredentialSpec) -> ResolvedValues | ReferenceProblem | None:
         """The referenced data, a problem to report, or None: a labelled source exists
@@ -217,257 +313,366 @@ class CredentialWorker:
         result = resolve_references(spec, lookup, url_allowed)
         if isinstance(result, Unresolved):
             ref = result.ref
-            metadata = await self._blocking(
+            metadata = await self._kube(
                 self.ctx.kube.object_metadata, ref.kind, self.owner.namespace, ref.name
             )
             return unresolved_problem(ref, metadata and metadata.get("metadata"))
         return result
 
-    async def _refresh_if_due(
-        self, spec: CredentialSpec, resolved: ResolvedValues, existing: dict[str, Any] | None
-    ) -> datetime | None:
-        now = self.ctx.now()
-        held = held_token(existing)
-        self.expires_at = held.expires_at if held else None
-        generation = int(self.metadata.get("generation") or 0)
-        fingerprint = config_hash(spec, resolved)
-        requested = _refresh_request(self.metadata)
-        trigger = schedule.why_fetch_now(
+    def _trigger(self, p: Pass, now: datetime) -> schedule.Trigger | None:
+        served_generation = self.status.get("observedGeneration")
+        last_handled = self.status.get("lastHandledRefreshRequest")
+        if self.served is not None:  # what we wrote, even if status could not say so
+            served_generation = self.served.generation
+            last_handled = self.served.refresh_request or last_handled
+        return schedule.why_fetch_now(
             schedule.TriggerInput(
                 now=now,
-                held=held,
-                generation=generation,
-                served_generation=self.status.get("observedGeneration"),
-                config_hash=fingerprint,
-                refresh_requested=requested,
-                last_handled_refresh_request=self.status.get("lastHandledRefreshRequest"),
-                refresh=spec.refresh,
-                jitter=self._jitter(held),
+                held=p.held,
+                generation=p.generation,
+                served_generation=served_generation,
+                config_hash=p.fingerprint,
+                refresh_requested=p.refresh_request,
+                last_handled_refresh_request=last_handled,
+                refresh=p.spec.refresh,
+                jitter=self._jitter(p.held),
             )
         )
-        warnings = insecure_warnings(spec, self.ctx.config)
+
+    async def _refresh_if_due(self, p: Pass) -> datetime | None:
+        now = self.ctx.now()
+        trigger = self._trigger(p, now)
         if trigger is None:
-            assert held is not None and held.issued_at and held.expires_at
-            point = schedule.refresh_point(
-                held.issued_at, held.expires_at, spec.refresh, self._jitter(held)
-            )
-            await self._report_valid(spec, held.expires_at, point, warnings)
+            assert p.held is not None and p.held.issued_at and p.held.expires_at
+            point = self._refresh_point(p.spec, p.held)
+            await self._report_valid(p, p.held.expires_at, point)
             return point.at
 
         # A spec or data change starts over; a retry of the same request waits its turn.
-        attempt_key = (generation, fingerprint, requested)
+        attempt_key = (p.generation, p.fingerprint, p.refresh_request)
+        failed_before = self.retry_key is not None
         if self.retry_key == attempt_key and self.retry_at and now < self.retry_at:
             return self.retry_at
-        not_before = schedule.earliest_request_at(self.last_request_at, trigger.reason)
+        not_before = schedule.earliest_request_at(self.last_request_at, exempt=failed_before)
         if not_before and now < not_before:
+            self.next_refresh_at = not_before
             return not_before
 
-        await self._report(
-            Report(
-                ready=self._current_ready(spec, held, now, trigger),
-                refreshing=Condition("True", trigger.reason, trigger.message),
+        routine = _serves_current(trigger, p.held, now)
+        refreshing = Condition("True", trigger.reason, trigger.message)
+        if not routine:
+            await self._report(
+                Report(ready=self._current_ready(p, now, trigger), refreshing=refreshing)
             )
-        )
-        request = effective_request(to_token_request(spec, resolved), self.ctx.config)
+        request = effective_request(to_token_request(p.spec, p.resolved), self.ctx.config)
         self.last_request_at = now
+        fetch = asyncio.ensure_future(self._fetch(request))
         try:
-            token = await self._fetch(request)
+            if routine:
+                # A renewal that answers quickly costs no Refreshing=True write.
+                done, _ = await asyncio.wait({fetch}, timeout=REFRESHING_REPORT_DELAY_SECONDS)
+                if not done:
+                    await self._report(
+                        Report(ready=self._current_ready(p, now, trigger), refreshing=refreshing)
+                    )
+            token = await fetch
         except oauth2.TokenError as error:
             self.retry_key = attempt_key
-            return await self._report_failure(spec, resolved, held, trigger, error, warnings)
-
-        written = await self._write_secret(spec, token, fingerprint, existing)
-        if written is None:
-            await self._report_problem(_conflict(spec))
-            return self.ctx.now() + CONFLICT_RECHECK
+            return await self._report_failure(p, trigger, error)
+        finally:
+            fetch.cancel()  # no-op once done; a failed report must not orphan the request
         self.retry_key, self.retry_at = None, None
-        self.expires_at = token.expires_at
-        self.secret_version = _version(written)
-        await self._cleanup_old_secret(spec)
+        self.failures_by_kind.clear()
+        self.token_warnings = tuple(getattr(token, "warnings", ()) or ())
+        self.unwritten = Unwritten(token, p.generation, p.fingerprint, p.refresh_request, trigger)
+        return await self._retry_write(p)
+
+    def _unwritten_for(self, p: Pass) -> Unwritten | None:
+        """The fetched-but-unwritten token, if it still serves this spec and is valid."""
+        pending = self.unwritten
+        if pending is None:
+            return None
+        if (pending.generation, pending.fingerprint) != (p.generation, p.fingerprint) or (
+            self.ctx.now() >= pending.token.expires_at
+        ):
+            self.unwritten = None
+            return None
+        return pending
+
+    async def _retry_write(self, p: Pass) -> datetime | None:
+        """Write the fetched token to the Secret and report; on failure keep the token
+        and retry only the write, with backoff."""
+        pending = self.unwritten
+        assert pending is not None
+        old_secret_name = self.status.get("secretName")
+        try:
+            written = await self._write_secret(p, pending.token)
+        except KubeError as error:
+            if error.status in (404, 409) or error.unreachable:
+                raise  # the object changed under us, or the API is down: a normal retry
+            return await self._report_write_failure(p, pending, error)
+        if written is None:
+            await self._report_problem(_conflict(p.spec))
+            return self.ctx.now() + CONFLICT_RECHECK
+        self.unwritten = None
+        self.write_failures = 0
+        self.served = Served(pending.generation, pending.refresh_request)
         # From the Secret as written (second precision), exactly as later passes and a
         # restarted operator will compute it, so status does not flap by a second.
-        held_now = held_token(written)
-        assert held_now is not None and held_now.issued_at and held_now.expires_at
-        point = schedule.refresh_point(
-            held_now.issued_at, held_now.expires_at, spec.refresh, self._jitter(held_now)
-        )
-        await self._report_issued(spec, token, point, generation, requested, warnings, trigger)
+        held_now = written.held_token()
+        self.expires_at = held_now.expires_at
+        assert held_now.issued_at and held_now.expires_at
+        point = self._refresh_point(p.spec, held_now)
+        await self._report_issued(p, pending.token, held_now, point, pending.trigger)
+        # Status names the new Secret before the old one goes (API.md).
+        await self._cleanup_old_secret(p.spec, old_secret_name)
         return point.at
+
+    def _refresh_point(
+        self, spec: CredentialSpec, held: schedule.HeldToken
+    ) -> schedule.RefreshPoint:
+        assert held.issued_at and held.expires_at
+        point = schedule.refresh_point(
+            held.issued_at, held.expires_at, spec.refresh, self._jitter(held)
+        )
+        self.next_refresh_at = point.at
+        return point
 
     def _jitter(self, held: schedule.HeldToken | None) -> float:
         issued = format_time(held.issued_at) if held and held.issued_at else ""
         return schedule.stable_jitter(self.owner.uid, issued)
 
     async def _fetch(self, request: oauth2.TokenRequest) -> oauth2.Token:
-        started = time.monotonic()
-        try:
-            token = await self._blocking(
-                oauth2.fetch_token,
-                request,
-                deny_private_networks=self.ctx.config.deny_private_networks,
-            )
-        except oauth2.TokenError as error:
-            metrics.TOKEN_REQUESTS.labels(error.kind).inc()
-            raise
-        finally:
-            metrics.TOKEN_REQUEST_DURATION.observe(time.monotonic() - started)
+        """One token request, inside the per-endpoint and global limits, on the token
+        executor (never the one Kubernetes calls use)."""
+        loop = asyncio.get_running_loop()
+        deny = self.ctx.config.deny_private_networks
+        async with self.ctx.limits.slot(request.token_url):
+            started = time.monotonic()
+            try:
+                token = await loop.run_in_executor(
+                    self.ctx.token_executor,
+                    lambda: oauth2.fetch_token(request, deny_private_networks=deny),
+                )
+            except oauth2.TokenError as error:
+                metrics.TOKEN_REQUESTS.labels(error.kind).inc()
+                raise
+            finally:
+                metrics.TOKEN_REQUEST_DURATION.observe(time.monotonic() - started)
         metrics.TOKEN_REQUESTS.labels("success").inc()
         return token
 
-    async def _write_secret(
-        self,
-        spec: CredentialSpec,
-        token: oauth2.Token,
-        fingerprint: str,
-        existing: dict[str, Any] | None,
-    ) -> dict[str, Any] | None:
-        """Create or update the managed Secret; None if a foreign Secret holds the name.
+    async def _write_secret(self, p: Pass, token: oauth2.Token) -> ManagedSecret | None:
+        """Create or patch the managed Secret; None if a foreign Secret holds the name.
         A 409 is inspected, never forced: re-read, re-check ownership, try again."""
-        owner, kube = self.owner, self.ctx.kube
+        owner, kube, name = self.owner, self.ctx.kube, p.spec.secret.name
+        current = p.secret
         for _ in range(WRITE_ATTEMPTS):
             try:
-                if existing is None:
-                    body = managed_secret(owner, spec, token, fingerprint)
-                    return await self._blocking(kube.create_secret, owner.namespace, body)
-                version = existing["metadata"]["resourceVersion"]
-                body = managed_secret(owner, spec, token, fingerprint, resource_version=version)
-                return await self._blocking(kube.replace_secret, owner.namespace, body)
+                if current is None:
+                    await self._check_still_exists()
+                    body = managed_secret(owner, p.spec, token, p.fingerprint)
+                    result = await self._kube(kube.create_secret, owner.namespace, body)
+                else:
+                    patch = update_patch(owner, p.spec, token, p.fingerprint, current)
+                    result = await self._kube(kube.patch_secret, owner.namespace, name, patch)
+                return self._remember_secret(managed_state(result))
             except KubeError as error:
                 if error.status not in (404, 409):
                     raise
-            existing = await self._blocking(kube.read_secret, owner.namespace, spec.secret.name)
-            if existing is not None and not owned_by(existing, owner):
+            fresh = await self._kube(kube.read_secret, owner.namespace, name)
+            current = self._remember_secret(managed_state(fresh)) if fresh else None
+            if current is not None and not current.owned_by(owner):
                 return None
-        raise KubeError(409, f"Secret {spec.secret.name!r} kept changing while being written")
+        raise KubeError(409, f"Secret {name!r} kept changing while being written")
 
-    async def _cleanup_old_secret(self, spec: CredentialSpec) -> None:
+    def _remember_secret(self, secret: ManagedSecret) -> ManagedSecret:
+        self.secret_version = secret.resource_version
+        self.ctx.managed_secrets[secret.namespace, secret.name] = secret
+        return secret
+
+    async def _check_still_exists(self) -> None:
+        """Before creating a Secret: the credential still exists, is this very object
+        and is not being deleted. A worker left over from a watch gap (its credential
+        deleted while the watch was down) must not re-create a collected Secret."""
+        owner = self.owner
+        current = await self._kube(self.ctx.kube.credential_metadata, owner.namespace, owner.name)
+        if current is None or current.get("uid") != owner.uid:
+            raise CredentialGone("the credential no longer exists")
+        if current.get("deletionTimestamp"):
+            raise CredentialGone("the credential is being deleted")
+
+    async def _cleanup_old_secret(self, spec: CredentialSpec, old_name: str | None) -> None:
         """After secret.name changed: delete the previous Secret, only if still ours."""
-        old_name = self.status.get("secretName")
         if not old_name or old_name == spec.secret.name:
             return
         owner, kube = self.owner, self.ctx.kube
-        old = await self._blocking(kube.read_secret, owner.namespace, old_name)
+        old = await self._kube(kube.read_secret, owner.namespace, old_name)
         if old is not None and owned_by(old, owner):
             meta = old["metadata"]
-            await self._blocking(
+            await self._kube(
                 kube.delete_secret, owner.namespace, old_name, meta["uid"], meta["resourceVersion"]
             )
 
     # --- reporting ------------------------------------------------------------------
 
-    def _current_ready(
-        self,
-        spec: CredentialSpec,
-        held: schedule.HeldToken | None,
-        now: datetime,
-        trigger: schedule.Trigger,
-    ) -> Condition:
+    def _current_ready(self, p: Pass, now: datetime, trigger: schedule.Trigger) -> Condition:
         """Ready while a refresh is in flight: unchanged if the held token still serves
         the current spec, otherwise Pending."""
         ready = condition_of(self.status, READY)
-        if ready and ready.get("status") == "True" and _serves_current(trigger, held, now):
+        if ready and ready.get("status") == "True" and _serves_current(trigger, p.held, now):
             return Condition("True", ready["reason"], ready.get("message", ""))
-        if held is None:
+        if p.held is None:
             return Condition("False", "Pending", "the first token has not been issued yet")
         return Condition("False", "Pending", f"a new token is needed: {trigger.message}")
 
+    def _warnings(self, p: Pass, point: schedule.RefreshPoint | None = None) -> list[str] | None:
+        warnings = [*p.warnings, *self.token_warnings, *schedule.lifetime_warnings(p.held)]
+        if point is not None and point.clamped:
+            warnings.append("refresh point clamped to 10% of the token lifetime after issue")
+        return warnings or None
+
     async def _report_valid(
-        self,
-        spec: CredentialSpec,
-        expires_at: datetime,
-        point: schedule.RefreshPoint,
-        warnings: list[str],
+        self, p: Pass, expires_at: datetime, point: schedule.RefreshPoint
     ) -> None:
         await self._report(
             Report(
-                ready=Condition("True", "TokenIssued", _issued_message(spec, expires_at)),
+                ready=Condition("True", "TokenIssued", _issued_message(p.spec, expires_at)),
                 fields={
                     "expiresAt": format_time(expires_at),
                     "nextRefreshTime": format_time(point.at),
-                    "secretName": spec.secret.name,
-                    "warnings": _warnings(warnings, point) or None,
+                    "secretName": p.spec.secret.name,
+                    "warnings": self._warnings(p, point),
                 },
             )
         )
 
     async def _report_issued(
         self,
-        spec: CredentialSpec,
+        p: Pass,
         token: oauth2.Token,
+        held: schedule.HeldToken,
         point: schedule.RefreshPoint,
-        generation: int,
-        requested: str | None,
-        warnings: list[str],
         trigger: schedule.Trigger,
     ) -> None:
+        assert held.expires_at and held.issued_at
+        written = dataclasses.replace(p, held=held)
         fields: dict[str, Any] = {
-            "observedGeneration": generation,
-            "secretName": spec.secret.name,
-            "expiresAt": format_time(token.expires_at),
-            "lastRefreshTime": format_time(token.issued_at),
+            "observedGeneration": p.generation,
+            "secretName": p.spec.secret.name,
+            "expiresAt": format_time(held.expires_at),
+            "lastRefreshTime": format_time(held.issued_at),
             "nextRefreshTime": format_time(point.at),
             "consecutiveFailures": 0,
             "lastFailure": None,
-            "warnings": _warnings(warnings, point) or None,
+            "warnings": self._warnings(written, point),
         }
-        if requested:
-            fields["lastHandledRefreshRequest"] = requested
-        message = _issued_message(spec, token.expires_at)
+        if p.refresh_request:
+            fields["lastHandledRefreshRequest"] = p.refresh_request
+        message = _issued_message(p.spec, held.expires_at)
         # Routine renewals are visible in status and metrics; events mark the rest.
         event = None
         if trigger.reason != "RenewWindow":
             event = ("Normal", "TokenIssued", f"{message} (requested because {trigger.message})")
         await self._report(
-            Report(ready=Condition("True", "TokenIssued", message), fields=fields), event=event
+            Report(ready=Condition("True", "TokenIssued", message), fields=fields),
+            event=event,
+            generation=p.generation,
         )
-        if warnings and self.warned_generation != generation:
-            self.warned_generation = generation
-            for warning in warnings:
+        if p.warnings and self.warned_generation != p.generation:
+            self.warned_generation = p.generation
+            for warning in p.warnings:
                 self.ctx.post_event(self.body, "Warning", "InsecureSetting", warning)
 
+    def _ready_while_failing(
+        self, p: Pass, now: datetime, trigger: schedule.Trigger, reason: str, message: str
+    ) -> Condition:
+        """A failed refresh never takes Ready away from a token that still serves."""
+        held = p.held
+        if (
+            held
+            and held.expires_at
+            and now < held.expires_at
+            and _serves_current(trigger, held, now)
+        ):
+            return Condition(
+                "True",
+                "TokenIssued",
+                f"token valid until {format_time(held.expires_at)}; refreshing is failing",
+            )
+        if held and held.expires_at and now >= held.expires_at:
+            return Condition("False", "TokenExpired", f"the token expired and {message}")
+        return Condition("False", reason, message)
+
     async def _report_failure(
-        self,
-        spec: CredentialSpec,
-        resolved: ResolvedValues,
-        held: schedule.HeldToken | None,
-        trigger: schedule.Trigger,
-        error: oauth2.TokenError,
-        warnings: list[str],
+        self, p: Pass, trigger: schedule.Trigger, error: oauth2.TokenError
     ) -> datetime:
         now = self.ctx.now()
         failures = int(self.status.get("consecutiveFailures") or 0) + 1
-        delay = schedule.backoff_seconds(error.kind, failures, random.random(), error.retry_after)
+        # Each error class backs off on its own count: a 401 after five timeouts is a
+        # first configuration failure (1 min), not a sixth failure (16 min).
+        of_kind = self.failures_by_kind.get(error.kind, 0) + 1
+        self.failures_by_kind[error.kind] = of_kind
+        delay = schedule.backoff_seconds(error.kind, of_kind, random.random(), error.retry_after)
+        held = p.held
         valid_until = (
             held.expires_at if held and held.expires_at and now < held.expires_at else None
         )
         self.retry_at = schedule.next_attempt_at(now, delay, valid_until)
-        message = self._sanitize(str(error), resolved)
+        self.next_refresh_at = self.retry_at
+        message = self._sanitize(str(error), p.resolved)
         metrics.REFRESH_FAILURES.labels(self.owner.namespace, self.owner.name, error.kind).inc()
-
-        if valid_until and _serves_current(trigger, held, now):
-            ready = Condition(
-                "True",
-                "TokenIssued",
-                f"token valid until {format_time(valid_until)}; refreshing is failing",
-            )
-        elif held and held.expires_at and now >= held.expires_at:
-            ready = Condition("False", "TokenExpired", f"the token expired and {message}")
-        elif error.reason == "PrivateNetworkDenied":
-            ready = Condition("False", "TokenURLNotAllowed", message)
-        else:
-            ready = Condition("False", "TokenRequestFailed", message)
+        reason = (
+            "TokenURLNotAllowed" if error.reason == "PrivateNetworkDenied" else "TokenRequestFailed"
+        )
         retry_message = f"{message} (attempt {failures}; next at {format_time(self.retry_at)})"
         await self._report(
             Report(
-                ready=ready,
+                ready=self._ready_while_failing(p, now, trigger, reason, message),
                 refreshing=Condition("False", "TokenRequestFailed", retry_message),
                 fields={
                     "consecutiveFailures": failures,
-                    "lastFailure": self._failure_details(error, resolved, now),
-                    "warnings": warnings or None,
+                    "lastFailure": self._failure_details(error, p.resolved, now),
+                    "warnings": self._warnings(p),
                 },
             ),
             event=("Warning", "TokenRequestFailed", message),
+        )
+        return self.retry_at
+
+    async def _report_write_failure(
+        self, p: Pass, pending: Unwritten, error: KubeError
+    ) -> datetime:
+        """The token is good but the Secret write was refused (admission, quota, 422,
+        5xx): keep the token, retry only the write, with backoff, never past the expiry
+        of the token the Secret still holds nor of the one we keep."""
+        now = self.ctx.now()
+        self.write_failures += 1
+        delay = schedule.backoff_seconds("transient", self.write_failures, random.random())
+        held = p.held
+        expiries = [pending.token.expires_at]
+        if held and held.expires_at and now < held.expires_at:
+            expiries.append(held.expires_at)
+        self.retry_at = schedule.next_attempt_at(now, delay, min(expiries))
+        self.next_refresh_at = self.retry_at
+        message = self._sanitize(
+            f"writing Secret {p.spec.secret.name!r} failed: {error}",
+            p.resolved,
+            pending.token.access_token,
+        )
+        retry_message = (
+            f"{message} (attempt {self.write_failures}; the new token is kept and only the "
+            f"write is retried, next at {format_time(self.retry_at)})"
+        )
+        await self._report(
+            Report(
+                ready=self._ready_while_failing(
+                    p, now, pending.trigger, "SecretWriteFailed", message
+                ),
+                refreshing=Condition("False", "SecretWriteFailed", retry_message),
+                fields={"warnings": self._warnings(p)},
+            ),
+            event=("Warning", "SecretWriteFailed", message),
         )
         return self.retry_at
 
@@ -489,12 +694,13 @@ class CredentialWorker:
         return details
 
     @staticmethod
-    def _sanitize(text: str, resolved: ResolvedValues) -> str:
-        """Defence in depth: oauth2 already strips echoes; strip again before publishing."""
-        return redact(text, [resolved.client_secret], client_id=resolved.client_id)[:512]
+    def _sanitize(text: str, resolved: ResolvedValues, *tokens: str) -> str:
+        """Defence in depth: oauth2 already strips echoes; strip again before publishing
+        (redact first, then truncate, so no prefix of a secret survives the cut)."""
+        return redact(text, [resolved.client_secret, *tokens], client_id=resolved.client_id)[:512]
 
-    async def _report_suspended(self, existing: dict[str, Any] | None) -> None:
-        held = held_token(existing)
+    async def _report_suspended(self, secret: ManagedSecret | None) -> None:
+        held = secret.held_token() if secret else None
         until = (
             f"; the current token stays until {format_time(held.expires_at)}"
             if held and held.expires_at
@@ -515,15 +721,34 @@ class CredentialWorker:
             event=("Warning", problem.reason, problem.message),
         )
 
-    async def _report(self, report: Report, event: tuple[str, str, str] | None = None) -> None:
+    async def _report(
+        self,
+        report: Report,
+        event: tuple[str, str, str] | None = None,
+        generation: int | None = None,
+    ) -> None:
+        """Patch status (only what changed; only this very credential, by UID)."""
         owner = self.owner
-        generation = int(self.metadata.get("generation") or 0)
+        if generation is None:
+            generation = int(self.metadata.get("generation") or 0)
         patch = status_patch(self.status, report, generation, self.ctx.now())
         if patch is not None:
-            await self._blocking(
-                self.ctx.kube.patch_credential_status, owner.namespace, owner.name, patch
-            )
+            try:
+                result = await self._kube(
+                    self.ctx.kube.patch_credential_status,
+                    owner.namespace,
+                    owner.name,
+                    owner.uid,
+                    patch,
+                )
+            except KubeError as error:
+                if error.status == 404:
+                    raise CredentialGone("the credential no longer exists") from None
+                if error.status == 409 and "uid" in str(error).lower():
+                    raise CredentialGone("a new credential of that name replaced it") from None
+                raise
             self.status = apply_patch(self.status, patch)
+            self.status_version = (result.get("metadata") or {}).get("resourceVersion")
         if event:
             self._event(*event)
 
@@ -546,10 +771,6 @@ def _where(error: BaseException) -> str:
         return "unknown location"
     last = frames[-1]
     return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} ({last.name})"
-
-
-def _version(obj: Mapping[str, Any] | None) -> str | None:
-    return (obj.get("metadata") or {}).get("resourceVersion") if obj else None
 
 
 def _refresh_request(metadata: Mapping[str, Any]) -> str | None:
@@ -579,9 +800,3 @@ def _conflict(spec: CredentialSpec) -> ReferenceProblem:
 
 def _issued_message(spec: CredentialSpec, expires_at: datetime) -> str:
     return f"Secret {spec.secret.name!r} holds a token valid until {format_time(expires_at)}"
-
-
-def _warnings(warnings: list[str], point: schedule.RefreshPoint) -> list[str]:
-    if point.clamped:
-        return [*warnings, "refresh point clamped to 10% of the token lifetime after issue"]
-    return warnings

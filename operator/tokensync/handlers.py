@@ -19,6 +19,7 @@ Lease NAME. kopf's own peering would not do: it pauses kopf's watchers, not thes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import os
@@ -34,9 +35,11 @@ from aiohttp import web
 from tokensync import metrics
 from tokensync.controller import CredentialWorker, OperatorContext
 from tokensync.gates import OperatorConfig
-from tokensync.kube import GROUP, PLURAL, VERSION, Kube, load_configuration
+from tokensync.kube import GROUP, PLURAL, VERSION, Kube, KubeError, load_configuration
 from tokensync.leader import LeaderElector
-from tokensync.secret import LABEL_CREDENTIAL, LABEL_SOURCE
+from tokensync.limits import PassGate, RequestLimits
+from tokensync.managed import managed_state
+from tokensync.secret import ANNOTATION_REFRESH_REQUESTED, LABEL_CREDENTIAL, LABEL_SOURCE
 from tokensync.sources import SourceCache
 from tokensync.spec import SpecError, parse_spec
 from tokensync.watches import LISTED, RESET, LabelledWatch, WatchTarget
@@ -46,6 +49,11 @@ log = logging.getLogger("tokensync")
 CREDENTIALS = (GROUP, VERSION, PLURAL)
 SOURCE_SELECTOR = f"{LABEL_SOURCE}=true"
 OWN_WRITE_SETTLE_SECONDS = 1.0
+# Workers are compared with a complete list of credentials this often, and after every
+# re-list of a watch: kopf reports no DELETED for credentials deleted during a watch gap.
+SWEEP_INTERVAL_SECONDS = 300.0
+KUBE_THREADS = 16  # Kubernetes API calls: short, never behind token requests
+PASSES_PER_SECOND = 500.0  # mass wake-ups (start, leadership, API back) are paced to this
 
 
 class Supervisor:
@@ -66,16 +74,22 @@ class Supervisor:
         self.referrers: dict[tuple[str, str, str], set[str]] = defaultdict(set)
         self.references: dict[str, list[tuple[str, str, str]]] = {}  # UID -> its keys
 
+    def is_own_echo(self, body: Mapping[str, Any]) -> bool:
+        """Our own status patch coming back through the watch: recognised by its
+        resourceVersion, before anything is copied."""
+        metadata = body.get("metadata") or {}
+        worker = self.workers.get(metadata.get("uid", ""))
+        version = metadata.get("resourceVersion")
+        return worker is not None and version is not None and version == worker.status_version
+
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A credential was listed, added, changed or deleted."""
         metadata = body["metadata"]
         uid = metadata["uid"]
         self._forget_references(uid)
-        if event_type == "DELETED":
-            self.by_name.pop((metadata["namespace"], metadata["name"]), None)
-            worker = self.workers.pop(uid, None)
-            if worker and worker.task:
-                worker.task.cancel()
+        if event_type == "DELETED" or metadata.get("deletionTimestamp"):
+            # Being deleted (foreground deletion, a GitOps prune): nothing more is written.
+            self.stop_worker(uid)
             return
         self.by_name[metadata["namespace"], metadata["name"]] = uid
         self.references[uid] = _referenced(body)
@@ -85,9 +99,42 @@ class Supervisor:
         if worker is None:
             worker = CredentialWorker(self.ctx, dict(body))
             worker.task = asyncio.create_task(worker.run(), name=f"credential:{uid}")
+            worker.task.add_done_callback(lambda _, uid=uid: self._worker_ended(uid))
             self.workers[uid] = worker
         else:
             worker.observe(body)
+
+    def stop_worker(self, uid: str) -> None:
+        self._forget_references(uid)
+        worker = self.workers.pop(uid, None)
+        if worker is None:
+            return
+        if worker.task:
+            worker.task.cancel()
+        self._forget_worker(uid, worker)
+
+    def _worker_ended(self, uid: str) -> None:
+        """A worker returned by itself (its credential is gone): drop it."""
+        worker = self.workers.get(uid)
+        if worker is not None and worker.task is not None and worker.task.done():
+            del self.workers[uid]
+            self._forget_references(uid)
+            self._forget_worker(uid, worker)
+
+    def _forget_worker(self, uid: str, worker: CredentialWorker) -> None:
+        key = (worker.owner.namespace, worker.owner.name)
+        if self.by_name.get(key) == uid:
+            del self.by_name[key]
+        metrics.forget(worker.owner.namespace, worker.owner.name)
+
+    def sweep(self, existing: set[str]) -> int:
+        """Mark and sweep: stop every worker whose credential is not in a complete,
+        current list of UIDs. Returns how many were stopped."""
+        gone = [uid for uid in self.workers if uid not in existing]
+        for uid in gone:
+            log.info("credential %s is gone (missed while a watch was down): worker stopped", uid)
+            self.stop_worker(uid)
+        return len(gone)
 
     def _forget_references(self, uid: str) -> None:
         for key in self.references.pop(uid, []):
@@ -107,20 +154,31 @@ class Supervisor:
                 worker.wake()
 
     def managed_secret_event(self, event_type: str, body: Mapping[str, Any]) -> None:
-        """Someone may have deleted or edited a managed Secret: its worker looks again,
-        unless the change is the worker's own write."""
-        metadata = body.get("metadata") or {}
-        credential = (metadata.get("labels") or {}).get(LABEL_CREDENTIAL)
-        uid = self.by_name.get((metadata.get("namespace", ""), credential or ""))
-        worker = self.workers.get(uid or "")
-        if worker is None or event_type in (RESET, LISTED):
+        """A managed Secret was listed, changed or deleted: remember what the passes need
+        of it; wake its worker unless the change is the worker's own write."""
+        if event_type == RESET:
             return
+        metadata = body.get("metadata") or {}
+        key = (metadata.get("namespace", ""), metadata.get("name", ""))
+        known = self.ctx.managed_secrets.get(key)
         if event_type == "DELETED":
+            if known is not None and known.uid == metadata.get("uid"):
+                del self.ctx.managed_secrets[key]
+            version = None
+        else:
+            version = metadata.get("resourceVersion")
+            if known is not None and known.resource_version == version:
+                return  # our own write, already recorded when it returned
+            self.ctx.managed_secrets[key] = managed_state(body)
+        credential = (metadata.get("labels") or {}).get(LABEL_CREDENTIAL)
+        worker = self.workers.get(self.by_name.get((key[0], credential or ""), ""))
+        if worker is None or event_type == LISTED:
+            return
+        if version is None:
             worker.wake()
             return
-        # A worker's own write is usually reported before its PUT returns: compare once
+        # A worker's own write is usually reported before its write returns: compare once
         # the write has settled, so only someone else's change wakes it.
-        version = metadata.get("resourceVersion")
         asyncio.get_running_loop().call_later(
             OWN_WRITE_SETTLE_SECONDS, self._wake_if_foreign, worker, version
         )
@@ -205,7 +263,7 @@ def _start_watches(
         watch.start()
 
     def all_synced() -> None:
-        for watch in source_watches:
+        for watch in watches:
             watch.synced.wait()
         loop.call_soon_threadsafe(synced.set)
 
@@ -220,9 +278,16 @@ def _start_watches(
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings)
     config: OperatorConfig = memo.config
-    executor = ThreadPoolExecutor(max_workers=memo.workers, thread_name_prefix="tokensync")
-    kube = Kube(load_configuration(connection_pool_size=memo.workers))
-    memo.executor = executor
+    # Two pools: token requests may block for their whole timeout; Kubernetes calls must
+    # never wait behind them (one slow endpoint starved everyone's writes before).
+    token_executor = ThreadPoolExecutor(
+        max_workers=memo.max_requests, thread_name_prefix="tokensync-token"
+    )
+    kube_executor = ThreadPoolExecutor(
+        max_workers=KUBE_THREADS, thread_name_prefix="tokensync-kube"
+    )
+    kube = Kube(load_configuration(connection_pool_size=KUBE_THREADS))
+    memo.executors = [token_executor, kube_executor]
     sources = SourceCache()
     memo.sources_synced = asyncio.Event()
     elector = None
@@ -241,7 +306,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         OperatorContext(
             config=config,
             kube=kube,
-            executor=executor,
+            kube_executor=kube_executor,
+            token_executor=token_executor,
+            limits=RequestLimits(memo.max_requests, memo.max_requests_per_host),
+            pass_gate=PassGate(PASSES_PER_SECOND, burst=int(PASSES_PER_SECOND)),
             sources=sources.lookup,
             post_event=_post_event,
             leadership=elector.wait if elector else None,
@@ -251,6 +319,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         serving=elector.is_leader.is_set if elector else lambda: True,
     )
     memo.watches = _start_watches(memo, kube, memo.supervisor, memo.sources_synced)
+    memo.sweeper = asyncio.create_task(_sweep_forever(memo, kube), name="sweep")
     metrics.serve(memo.metrics_port, memo.supervisor.samples, memo.metrics_host)
     if elector is None:
         metrics.LEADER.set(1)
@@ -271,8 +340,31 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await elector.stop()
     if runner := getattr(memo, "health_runner", None):
         await runner.cleanup()
-    if executor := getattr(memo, "executor", None):
+    if sweeper := getattr(memo, "sweeper", None):
+        sweeper.cancel()
+    for executor in getattr(memo, "executors", []):
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _sweep_forever(memo: kopf.Memo, kube: Kube) -> None:
+    """Mark and sweep the workers against a complete list of credentials, periodically
+    and whenever `memo.sweep_now` is set (after a watch had to list again)."""
+    memo.sweep_now = asyncio.Event()
+    await memo.sources_synced.wait()
+    loop = asyncio.get_running_loop()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SWEEP_INTERVAL_SECONDS):
+                await memo.sweep_now.wait()
+        memo.sweep_now.clear()
+        try:
+            existing = await loop.run_in_executor(
+                memo.executors[1], kube.credential_uids, memo.namespaces
+            )
+        except KubeError as error:
+            log.warning("credential sweep skipped: %s", error)
+            continue
+        memo.supervisor.sweep(existing)
 
 
 def _exit_after_lost_leadership(why: str) -> None:
@@ -310,9 +402,37 @@ async def _serve_health(memo: kopf.Memo) -> web.AppRunner:
 
 @kopf.on.event(*CREDENTIALS)
 async def credential_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.supervisor.observe(type, _plain(body))
+    supervisor: Supervisor = memo.supervisor
+    if type != "DELETED" and supervisor.is_own_echo(body):
+        return
+    supervisor.observe(type, _compact(body))
 
 
-def _plain(body: kopf.Body) -> dict[str, Any]:
-    """A private copy: kopf updates its body views in place."""
-    return copy.deepcopy(dict(body))
+def _compact(body: kopf.Body) -> dict[str, Any]:
+    """A private copy (kopf updates its body views in place) of only what a worker
+    uses: no managedFields, no other annotations or labels."""
+    metadata = body.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    kept_metadata = {
+        key: metadata[key]
+        for key in (
+            "name",
+            "namespace",
+            "uid",
+            "generation",
+            "resourceVersion",
+            "deletionTimestamp",
+        )
+        if key in metadata
+    }
+    if ANNOTATION_REFRESH_REQUESTED in annotations:
+        kept_metadata["annotations"] = {
+            ANNOTATION_REFRESH_REQUESTED: annotations[ANNOTATION_REFRESH_REQUESTED]
+        }
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": kept_metadata,
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }

@@ -10,10 +10,12 @@ body.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from tokensync import __version__
@@ -25,6 +27,10 @@ USER_AGENT = f"tokensync/{__version__}"
 METADATA_USER_AGENT = f"tokensync/{__version__} (metadata-only)"
 METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 MERGE_PATCH = "application/merge-patch+json"
+FIELD_MANAGER = "tokensync"  # = managed.FIELD_MANAGER; kube.py stays free of the token logic
+LIST_PAGE_SIZE = 500
+# The API server could not be reached at all (connection refused, reset, timeout).
+UNREACHABLE = 0
 REQUEST_TIMEOUT = (10, 30)  # connect, read
 # Lease calls must answer well within the leader's 10 s renew deadline.
 LEASE_REQUEST_TIMEOUT = (3, 5)
@@ -33,8 +39,13 @@ LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
 class KubeError(Exception):
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"Kubernetes API {status}: {message}")
+        what = "unreachable" if status == UNREACHABLE else str(status)
+        super().__init__(f"Kubernetes API {what}: {message}")
         self.status = status
+
+    @property
+    def unreachable(self) -> bool:
+        return self.status == UNREACHABLE
 
 
 def _api_message(data: bytes | str | None) -> str:
@@ -54,6 +65,12 @@ def load_configuration(connection_pool_size: int) -> kubernetes.client.Configura
         kubernetes.config.load_kube_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = connection_pool_size
     return configuration
+
+
+def _credentials_path(namespace: str | None) -> str:
+    if namespace:
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    return f"/apis/{GROUP}/{VERSION}/{PLURAL}"
 
 
 class Kube:
@@ -91,6 +108,10 @@ class Kube:
             data = response.read()
         except ApiException as error:  # raised by some client versions for non-2xx
             status, data = error.status or 0, (error.body or "").encode()
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            # The API server is down or restarting: a classified error with backoff, not
+            # an unexpected one. Only the exception's type: its text names the URL.
+            raise KubeError(UNREACHABLE, type(error).__name__) from None
         else:
             status = response.status
         if status == 404 and missing_ok:
@@ -104,15 +125,17 @@ class Kube:
 
     def create_secret(self, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any]:
         """POST only: a 409 means a Secret of that name exists and is never overwritten."""
-        result = self._call("POST", f"/api/v1/namespaces/{namespace}/secrets", dict(secret))
+        path = f"/api/v1/namespaces/{namespace}/secrets?fieldManager={FIELD_MANAGER}"
+        result = self._call("POST", path, dict(secret))
         assert result is not None
         return result
 
-    def replace_secret(self, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any]:
-        """PUT with the resourceVersion read: a 409 means it changed since."""
-        name = secret["metadata"]["name"]
-        path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
-        result = self._call("PUT", path, dict(secret))
+    def patch_secret(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge patch of the fields tokensync owns; the patch carries the resourceVersion
+        read, so a 409 means the Secret changed since (labels, annotations, finalizers and
+        ownerReferences that other tools add are untouched)."""
+        path = f"/api/v1/namespaces/{namespace}/secrets/{name}?fieldManager={FIELD_MANAGER}"
+        result = self._call("PATCH", path, dict(patch), content_type=MERGE_PATCH)
         assert result is not None
         return result
 
@@ -132,12 +155,46 @@ class Kube:
         )
 
     def patch_credential_status(
-        self, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> dict[str, Any] | None:
+        self, namespace: str, name: str, uid: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge patch of .status, only of the credential with this UID: a same-named
+        credential created since answers 409 (UID precondition), a deleted one 404."""
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
-        return self._call(
-            "PATCH", path, {"status": dict(status)}, content_type=MERGE_PATCH, missing_ok=True
-        )
+        body = {"metadata": {"uid": uid}, "status": dict(status)}
+        result = self._call("PATCH", path, body, content_type=MERGE_PATCH)
+        assert result is not None
+        return result
+
+    def credential_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """metadata of the credential of that name now, or None (a list by name, so the
+        operator needs no `get` on credentials)."""
+        selector = quote(f"metadata.name={name}")
+        path = _credentials_path(namespace) + f"?fieldSelector={selector}"
+        accept = METADATA_ACCEPT.replace("PartialObjectMetadata", "PartialObjectMetadataList")
+        page = self._call("GET", path, accept=accept, client=self._metadata_client)
+        items = (page or {}).get("items") or []
+        return items[0]["metadata"] if items else None
+
+    def credential_uids(self, namespaces: list[str] | None) -> set[str]:
+        """UIDs of every credential that exists now (metadata only, paginated): the
+        complete list that worker mark-and-sweep compares against."""
+        uids: set[str] = set()
+        for namespace in namespaces or [None]:
+            for item in self._pages(_credentials_path(namespace)):
+                uids.add(item["metadata"]["uid"])
+        return uids
+
+    def _pages(self, path: str) -> Iterator[dict[str, Any]]:
+        accept = METADATA_ACCEPT.replace("PartialObjectMetadata", "PartialObjectMetadataList")
+        token = ""
+        while True:
+            query = f"?limit={LIST_PAGE_SIZE}" + (f"&continue={quote(token)}" if token else "")
+            page = self._call("GET", path + query, accept=accept, client=self._metadata_client)
+            assert page is not None
+            yield from page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
 
     # --- leader election (tokensync.leader) -------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -85,3 +86,10 @@ def serve(port: int, samples: Callable[[], Iterable[CredentialSample]], host: st
     REGISTRY.register(CredentialCollector(samples))
     if port:
         start_http_server(port, addr=host)
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop a deleted credential's own series, so they do not pile up."""
+    for kind in ("transient", "configuration", "protocol"):
+        with contextlib.suppress(KeyError):
+            REFRESH_FAILURES.remove(namespace, name, kind)

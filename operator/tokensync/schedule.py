@@ -91,20 +91,52 @@ def next_attempt_at(
     return at
 
 
-# Triggers that come from outside (spec, data, Secret edits, refresh requests) are rate
-# limited; the renew window is not: its spacing is the token lifetime, and the 10% clamp
-# already keeps it from firing right after issue.
-SCHEDULED_REASONS = frozenset({"RenewWindow", "TokenExpired"})
-
-
-def earliest_request_at(
-    last_request_at: datetime | None, reason: str | None = None
-) -> datetime | None:
-    """Rate limit: at most one token request per credential per 10 s, except the first
-    and scheduled renewals."""
-    if last_request_at is None or reason in SCHEDULED_REASONS:
+def earliest_request_at(last_request_at: datetime | None, exempt: bool = False) -> datetime | None:
+    """Rate limit: at most one token request per credential per 10 s, whatever the
+    trigger or the token's lifetime. Exempt: the first request, backoff retries (they
+    have their own schedule) and the first request after a spec or data change that
+    follows a failure (a fix is served at once)."""
+    if last_request_at is None or exempt:
         return None
     return last_request_at + MIN_REQUEST_INTERVAL
+
+
+# Kubernetes API errors (unreachable, 5xx, a write that keeps being refused): per-worker
+# backoff with jitter, so thousands of workers don't retry in step when the API returns.
+KUBE_BACKOFF = (1.0, 60.0)
+
+
+def kube_backoff_seconds(consecutive_failures: int, jitter: float) -> float:
+    first, cap = KUBE_BACKOFF
+    exponent = min(max(consecutive_failures, 1) - 1, 32)
+    return min(first * 2**exponent, cap) * (0.5 + 0.5 * jitter)
+
+
+# The annotation is a user's opaque "refresh now" value (kubectl annotate ... =$(date));
+# longer values are ignored rather than echoed into status, whose schema bounds them.
+MAX_REFRESH_REQUEST_LENGTH = 64
+
+
+def valid_refresh_request(value: str | None) -> str | None:
+    if value and len(value) <= MAX_REFRESH_REQUEST_LENGTH:
+        return value
+    return None
+
+
+SHORT_LIFETIME_SECONDS = 30.0
+
+
+def lifetime_warnings(held: HeldToken | None) -> list[str]:
+    """Status warnings about the held token's lifetime itself."""
+    if held is None or held.issued_at is None or held.expires_at is None:
+        return []
+    lifetime = (held.expires_at - held.issued_at).total_seconds()
+    if lifetime < SHORT_LIFETIME_SECONDS:
+        return [
+            f"the token lives {lifetime:.0f}s: requests are at most one per 10 s and a "
+            "mounted Secret cannot keep a token living under 30 s fresh"
+        ]
+    return []
 
 
 # --- "why fetch now?" ---------------------------------------------------------------

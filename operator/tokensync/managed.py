@@ -1,0 +1,155 @@
+"""What the operator knows of a managed Secret without holding its data, and the patch
+that updates it (pure).
+
+Each managed Secret is kept in memory as a `ManagedSecret`: a few metadata fields and
+which data keys, labels and annotations tokensync's field manager owns (from
+`metadata.managedFields`, which the metadata-only watch delivers). That is all a pass
+needs: who owns the Secret, when its token was issued and expires, its config-hash, and
+whether our keys are all there. So a routine renewal reads nothing before it writes, and
+no token is ever kept in memory after it was written.
+
+Updates are merge patches of exactly the fields tokensync owns, with the resourceVersion
+of the object whose ownership was checked: labels, annotations, finalizers and
+ownerReferences that other tools (Reloader, Argo CD, Kyverno, backup tools) add stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tokensync.oauth2 import Token
+from tokensync.schedule import HeldToken, parse_time
+from tokensync.secret import (
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_EXPIRES,
+    ANNOTATION_ISSUED,
+    DOMAIN,
+    LABEL_CREDENTIAL,
+    Owner,
+    managed_secret,
+    owned_by,
+)
+from tokensync.spec import CredentialSpec
+
+FIELD_MANAGER = "tokensync"  # the fieldManager of every Secret write
+
+
+@dataclass(frozen=True)
+class ManagedSecret:
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    # Only tokensync's own labels and annotations (`tokensync.dev/...`): enough for
+    # ownership and the held token, without copying what other tools put there.
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    owner_references: tuple[Mapping[str, Any], ...]
+    # What our field manager set and still owns (someone else's change of a value takes
+    # its ownership away, so an emptied or deleted key shows up as not owned).
+    owned_data: frozenset[str]
+    owned_labels: frozenset[str]
+    owned_annotations: frozenset[str]
+
+    def as_object(self) -> dict[str, Any]:
+        """The metadata view `secret.owned_by` expects."""
+        return {
+            "metadata": {
+                "labels": dict(self.labels),
+                "annotations": dict(self.annotations),
+                "ownerReferences": [dict(r) for r in self.owner_references],
+            }
+        }
+
+    def owned_by(self, owner: Owner) -> bool:
+        return owned_by(self.as_object(), owner)
+
+    def held_token(self) -> HeldToken:
+        return HeldToken(
+            keys=self.owned_data,
+            issued_at=parse_time(self.annotations.get(ANNOTATION_ISSUED)),
+            expires_at=parse_time(self.annotations.get(ANNOTATION_EXPIRES)),
+            config_hash=self.annotations.get(ANNOTATION_CONFIG_HASH),
+        )
+
+    @property
+    def credential(self) -> str | None:
+        return self.labels.get(LABEL_CREDENTIAL)
+
+
+def _ours(values: Mapping[str, str] | None) -> dict[str, str]:
+    return {k: v for k, v in (values or {}).items() if k.startswith(DOMAIN + "/")}
+
+
+def _owned_fields(managed_fields: list[Mapping[str, Any]] | None) -> dict[str, set[str]]:
+    """Keys under data, metadata.labels and metadata.annotations that our field manager
+    owns, from the fieldsV1 sets of its entries on the main resource."""
+    owned: dict[str, set[str]] = {"data": set(), "labels": set(), "annotations": set()}
+    for entry in managed_fields or []:
+        if entry.get("manager") != FIELD_MANAGER or entry.get("subresource"):
+            continue
+        fields = entry.get("fieldsV1") or {}
+        metadata = fields.get("f:metadata") or {}
+        for where, tree in (
+            ("data", fields.get("f:data")),
+            ("labels", metadata.get("f:labels")),
+            ("annotations", metadata.get("f:annotations")),
+        ):
+            owned[where].update(k[2:] for k in (tree or {}) if k.startswith("f:"))
+    return owned
+
+
+def managed_state(body: Mapping[str, Any]) -> ManagedSecret:
+    """Compact a Secret (full or PartialObjectMetadata) to what the operator keeps."""
+    metadata = body.get("metadata") or {}
+    owned = _owned_fields(metadata.get("managedFields"))
+    data = body.get("data")
+    owned_data = owned["data"]
+    if data is not None:  # a full object: an empty value is as good as missing
+        owned_data = {k for k in owned_data if data.get(k)}
+    return ManagedSecret(
+        namespace=metadata.get("namespace", ""),
+        name=metadata.get("name", ""),
+        uid=metadata.get("uid", ""),
+        resource_version=metadata.get("resourceVersion", ""),
+        labels=_ours(metadata.get("labels")),
+        annotations=_ours(metadata.get("annotations")),
+        owner_references=tuple(metadata.get("ownerReferences") or ()),
+        owned_data=frozenset(owned_data),
+        owned_labels=frozenset(owned["labels"]),
+        owned_annotations=frozenset(owned["annotations"]),
+    )
+
+
+def _with_removals(wanted: Mapping[str, Any], owned: frozenset[str]) -> dict[str, Any]:
+    """Merge-patch values: what we want, and null for what we set before and no longer
+    want (a template key or secret.labels entry removed from the spec)."""
+    result: dict[str, Any] = dict(wanted)
+    for key in owned - wanted.keys():
+        result[key] = None
+    return result
+
+
+def update_patch(
+    owner: Owner, spec: CredentialSpec, token: Token, fingerprint: str, current: ManagedSecret
+) -> dict[str, Any]:
+    """Merge patch that brings an owned managed Secret to the new token and spec."""
+    wanted = managed_secret(owner, spec, token, fingerprint)
+    metadata = wanted["metadata"]
+    patch_metadata: dict[str, Any] = {
+        "resourceVersion": current.resource_version,
+        "labels": _with_removals(metadata["labels"], current.owned_labels),
+        "annotations": _with_removals(metadata["annotations"], current.owned_annotations),
+    }
+    # ownerReferences is a list, replaced whole by a merge patch: send it only when our
+    # own reference must change (deletionPolicy flipped), keeping everyone else's.
+    others = [r for r in current.owner_references if r.get("uid") != owner.uid]
+    references = others + list(metadata.get("ownerReferences") or [])
+    if references != list(current.owner_references):
+        patch_metadata["ownerReferences"] = references
+    return {
+        "metadata": patch_metadata,
+        "data": _with_removals(wanted["data"], current.owned_data),
+    }
