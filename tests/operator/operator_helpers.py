@@ -39,6 +39,10 @@ class Cluster:
         self.core = kubernetes.client.CoreV1Api(api)
         self.custom = kubernetes.client.CustomObjectsApi(api)
 
+    def for_namespace(self, namespace: str) -> Cluster:
+        """The same helpers in another namespace."""
+        return Cluster(self.cp, self.core.api_client, namespace, self.ca, self.endpoint)
+
     # --- sources ----------------------------------------------------------------------
 
     def source_secret(

@@ -36,6 +36,8 @@ class Client:
     secret: str
     lifetime: int = 60
     failure: tuple[int, dict[str, str]] | None = None  # status and headers while failing
+    delay: float = 0.0  # seconds before answering (a slow endpoint)
+    expires_in: float | None = None  # sent instead of `lifetime` when set (e.g. 0.001)
     requests: list[float] = field(default_factory=list)  # time of every request
     issued: list[Issue] = field(default_factory=list)
     all_secrets: list[str] = field(default_factory=list)  # every secret it ever had
@@ -49,8 +51,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class TokenEndpoint:
-    def __init__(self, ca: trustme.CA) -> None:
+    def __init__(self, ca: trustme.CA, host: str = "127.0.0.1") -> None:
         self.ca = ca
+        self.host = host  # the name in its URL (always served on 127.0.0.1)
         self.clients: dict[str, Client] = {}
         self.lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _handler(self))
@@ -63,7 +66,7 @@ class TokenEndpoint:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self._server.server_address[1]}/oauth2/token"
+        return f"https://{self.host}:{self._server.server_address[1]}/oauth2/token"
 
     def close(self) -> None:
         self._server.shutdown()
@@ -71,11 +74,15 @@ class TokenEndpoint:
 
     # --- test controls --------------------------------------------------------------
 
-    def add_client(self, lifetime: int = 60) -> Client:
+    def add_client(
+        self, lifetime: int = 60, *, delay: float = 0.0, expires_in: float | None = None
+    ) -> Client:
         client = Client(
             client_id="cid-" + secrets.token_hex(6),
             secret="sec-" + secrets.token_urlsafe(24),
             lifetime=lifetime,
+            delay=delay,
+            expires_in=expires_in,
         )
         with self.lock:
             self.clients[client.client_id] = client
@@ -96,6 +103,10 @@ class TokenEndpoint:
     def heal(self, client: Client) -> None:
         with self.lock:
             client.failure = None
+
+    def all_requests(self) -> list[float]:
+        with self.lock:
+            return [t for c in self.clients.values() for t in c.requests]
 
     def all_tokens(self) -> list[str]:
         with self.lock:
@@ -119,10 +130,15 @@ class TokenEndpoint:
             if client.failure:
                 status, headers = client.failure
                 return status, headers, b'{"error":"temporarily_unavailable"}'
+            delay = client.delay
+        if delay:
+            time.sleep(delay)
+        with self.lock:
             now = time.time()
             issue = Issue(client_id, "tok-" + secrets.token_urlsafe(32), now, now + client.lifetime)
             client.issued.append(issue)
-        body = {"access_token": issue.token, "token_type": "Bearer", "expires_in": client.lifetime}
+            expires_in = client.lifetime if client.expires_in is None else client.expires_in
+        body = {"access_token": issue.token, "token_type": "Bearer", "expires_in": expires_in}
         return 200, {}, json.dumps(body).encode()
 
 

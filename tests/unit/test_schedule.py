@@ -488,3 +488,37 @@ def test_parse_time_rejects_garbage(value):
 
 def test_parse_time_rejects_naive_times():
     assert parse_time("2026-01-02T03:04:05") is None
+
+
+def test_every_scheduled_request_obeys_the_ten_second_floor():
+    # 0.1 made renewals and expiries exempt: a 1 s token meant a request every second.
+    assert earliest_request_at(T0, exempt=False) == T0 + s(10)
+
+
+def test_backoff_retries_and_fixes_after_a_failure_are_exempt():
+    assert earliest_request_at(T0, exempt=True) is None
+
+
+def test_refresh_request_values_are_bounded():
+    from tokensync.schedule import valid_refresh_request
+
+    assert valid_refresh_request("2026-11-30T10:00:00Z") == "2026-11-30T10:00:00Z"
+    assert valid_refresh_request("x" * 65) is None
+    assert valid_refresh_request("") is None
+
+
+def test_short_lifetimes_are_warned_about():
+    from tokensync.schedule import lifetime_warnings
+
+    assert lifetime_warnings(held(issued_at=T0, expires_at=T0 + s(5)))
+    assert not lifetime_warnings(held(issued_at=T0, expires_at=T0 + s(300)))
+    assert not lifetime_warnings(None)
+
+
+def test_kube_backoff_doubles_to_a_minute_with_jitter():
+    from tokensync.schedule import kube_backoff_seconds
+
+    assert kube_backoff_seconds(1, 1.0) == 1.0
+    assert kube_backoff_seconds(3, 1.0) == 4.0
+    assert kube_backoff_seconds(30, 1.0) == 60.0
+    assert kube_backoff_seconds(30, 0.0) == 30.0
