@@ -364,6 +364,10 @@ class CredentialWorker:
             await self._report(
                 Report(ready=self._current_ready(p, now, trigger), refreshing=refreshing)
             )
+        if p.secret is None:
+            # A worker left over from a watch gap (its credential deleted while the watch
+            # was down, its Secret collected since) must neither request nor re-create.
+            await self._check_still_exists()
         request = effective_request(to_token_request(p.spec, p.resolved), self.ctx.config)
         self.last_request_at = now
         fetch = asyncio.ensure_future(self._fetch(request))
@@ -467,10 +471,13 @@ class CredentialWorker:
         A 409 is inspected, never forced: re-read, re-check ownership, try again."""
         owner, kube, name = self.owner, self.ctx.kube, p.spec.secret.name
         current = p.secret
+        checked = current is None  # checked before the token request
         for _ in range(WRITE_ATTEMPTS):
             try:
                 if current is None:
-                    await self._check_still_exists()
+                    if not checked:
+                        await self._check_still_exists()
+                        checked = True
                     body = managed_secret(owner, p.spec, token, p.fingerprint)
                     result = await self._kube(kube.create_secret, owner.namespace, body)
                 else:
@@ -535,15 +542,20 @@ class CredentialWorker:
     async def _report_valid(
         self, p: Pass, expires_at: datetime, point: schedule.RefreshPoint
     ) -> None:
+        fields: dict[str, Any] = {
+            "expiresAt": format_time(expires_at),
+            "nextRefreshTime": format_time(point.at),
+            "secretName": p.spec.secret.name,
+            "warnings": self._warnings(p, point),
+        }
+        if self.served is not None:  # in case the patch after the write failed
+            fields["observedGeneration"] = self.served.generation
+            if self.served.refresh_request:
+                fields["lastHandledRefreshRequest"] = self.served.refresh_request
         await self._report(
             Report(
                 ready=Condition("True", "TokenIssued", _issued_message(p.spec, expires_at)),
-                fields={
-                    "expiresAt": format_time(expires_at),
-                    "nextRefreshTime": format_time(point.at),
-                    "secretName": p.spec.secret.name,
-                    "warnings": self._warnings(p, point),
-                },
+                fields=fields,
             )
         )
 

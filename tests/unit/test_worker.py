@@ -1,0 +1,299 @@
+"""One credential's worker with the token request and the Kubernetes API replaced by
+recording fakes: the sequencing rules that 0.1 got wrong (issue 8, items 7, 9, 10),
+checked without a cluster. The same behaviours run against the real control plane in
+tests/operator/test_isolation.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tokensync import oauth2
+from tokensync.controller import CredentialGone, CredentialWorker, OperatorContext
+from tokensync.gates import OperatorConfig
+from tokensync.handlers import Supervisor
+from tokensync.kube import KubeError
+from tokensync.managed import FIELD_MANAGER
+from tokensync.sources import Source, SourceCache
+
+NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+SECRET = "sec-" + secrets.token_urlsafe(16)
+
+
+class FakeKube:
+    """Records every call; Secrets get managedFields as the API server would add them."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.secrets: dict[str, dict[str, Any]] = {}
+        self.status: dict[str, Any] = {}
+        self.version = 100
+        self.refuse_writes: KubeError | None = None
+        self.status_error: KubeError | None = None
+        self.status_error_when: str | None = None  # only for patches setting this field
+        self.credential_exists = True
+
+    def _stamp(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        meta = body["metadata"]
+        meta["resourceVersion"] = str(self.version)
+        meta.setdefault("uid", "secret-uid")
+        meta["managedFields"] = [
+            {
+                "manager": FIELD_MANAGER,
+                "operation": "Update",
+                "fieldsV1": {
+                    "f:data": {f"f:{k}": {} for k, v in body["data"].items() if v is not None},
+                    "f:metadata": {
+                        "f:labels": {f"f:{k}": {} for k in meta.get("labels") or {}},
+                        "f:annotations": {f"f:{k}": {} for k in meta.get("annotations") or {}},
+                    },
+                },
+            }
+        ]
+        return body
+
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("create_secret")
+        if self.refuse_writes:
+            raise self.refuse_writes
+        stored = self._stamp(
+            {"metadata": dict(body["metadata"]), "data": dict(body["data"]), "type": "Opaque"}
+        )
+        self.secrets[body["metadata"]["name"]] = stored
+        return stored
+
+    def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("patch_secret")
+        if self.refuse_writes:
+            raise self.refuse_writes
+        current = self.secrets[name]
+        if patch["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
+            raise KubeError(409, "conflict")
+        for where in ("labels", "annotations"):
+            merged = {**current["metadata"].get(where, {}), **patch["metadata"][where]}
+            current["metadata"][where] = {k: v for k, v in merged.items() if v is not None}
+        merged = {**current["data"], **patch["data"]}
+        current["data"] = {k: v for k, v in merged.items() if v is not None}
+        return self._stamp(current)
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("read_secret")
+        return self.secrets.get(name)
+
+    def credential_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("credential_metadata")
+        return {"uid": "cred-uid"} if self.credential_exists else None
+
+    def patch_credential_status(
+        self, namespace: str, name: str, uid: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.calls.append("patch_status")
+        if self.status_error and (
+            self.status_error_when is None or self.status_error_when in patch
+        ):
+            raise self.status_error
+        self.status.update(patch)
+        self.version += 1
+        return {"metadata": {"resourceVersion": str(self.version)}}
+
+    def object_metadata(self, *_: Any) -> None:
+        self.calls.append("object_metadata")
+        return None
+
+
+class FakeEndpoint:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.failures: list[oauth2.TokenError] = []
+
+    def __call__(self, request: oauth2.TokenRequest, **_: Any) -> oauth2.Token:
+        self.requests += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return oauth2.Token(
+            access_token="tok-" + secrets.token_urlsafe(16),
+            token_type="Bearer",
+            issued_at=NOW,
+            expires_at=NOW + timedelta(hours=1),
+            scope=None,
+            lifetime_source="expires_in",
+            http_status=200,
+        )
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeKube, FakeEndpoint, OperatorContext]:
+    kube, endpoint = FakeKube(), FakeEndpoint()
+    monkeypatch.setattr(oauth2, "fetch_token", endpoint)
+    source = Source(kind="Secret", name="client", data={"client_secret": SECRET.encode()})
+    clock = [NOW]
+    ctx = OperatorContext(
+        config=OperatorConfig(),
+        kube=kube,  # type: ignore[arg-type]
+        kube_executor=ThreadPoolExecutor(2),
+        token_executor=ThreadPoolExecutor(2),
+        sources=lambda _ns: lambda kind, name: source if name == "client" else None,
+        post_event=lambda *_: None,
+        now=lambda: clock[0],
+    )
+    ctx.clock = clock  # type: ignore[attr-defined]
+    return kube, endpoint, ctx
+
+
+def credential(generation: int = 1, **annotations: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "tokensync.dev/v1alpha1",
+        "kind": "OAuth2Credential",
+        "metadata": {
+            "name": "c",
+            "namespace": "ns",
+            "uid": "cred-uid",
+            "generation": generation,
+            "annotations": annotations,
+        },
+        "spec": {
+            "tokenURL": "https://login.example/token",
+            "clientID": "acme",
+            "clientSecretRef": {"name": "client", "key": "client_secret"},
+        },
+    }
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_refused_secret_write_keeps_the_token_and_retries_only_the_write(world):
+    kube, endpoint, ctx = world
+    worker = CredentialWorker(ctx, credential())
+    kube.refuse_writes = KubeError(403, 'secrets "c" is forbidden: exceeded quota')
+    retry_at = run(worker.reconcile())
+    assert endpoint.requests == 1
+    ready = next(c for c in kube.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "SecretWriteFailed")
+    assert retry_at <= NOW + timedelta(seconds=1)
+    for _ in range(3):  # retries: write only
+        run(worker.reconcile())
+    assert endpoint.requests == 1
+    kube.refuse_writes = None
+    run(worker.reconcile())
+    assert endpoint.requests == 1
+    assert kube.calls.count("create_secret") == 5
+    token = base64.b64decode(kube.secrets["c"]["data"]["access_token"]).decode()
+    assert token.startswith("tok-")
+    ready = next(c for c in kube.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "TokenIssued"
+
+
+def test_a_failing_status_patch_never_causes_another_token_request(world):
+    kube, endpoint, ctx = world
+    worker = CredentialWorker(ctx, credential(generation=3))
+    kube.status_error = KubeError(422, "status.lastHandledRefreshRequest: Too long")
+    kube.status_error_when = "observedGeneration"  # the patch after the Secret write
+    with pytest.raises(KubeError):
+        run(worker.reconcile())
+    assert endpoint.requests == 1 and "c" in kube.secrets
+    for _ in range(3):
+        with pytest.raises(KubeError):
+            run(worker.reconcile())
+    assert endpoint.requests == 1  # the Secret serves generation 3 already
+
+
+def test_a_deleted_or_replaced_credential_stops_its_worker(world):
+    kube, _endpoint, ctx = world
+    worker = CredentialWorker(ctx, credential())
+    kube.status_error = KubeError(404, "not found")
+    with pytest.raises(CredentialGone):
+        run(worker.reconcile())
+    kube.status_error = KubeError(409, "Precondition failed: UID in precondition: x")
+    with pytest.raises(CredentialGone):
+        run(CredentialWorker(ctx, credential()).reconcile())
+
+
+def test_no_secret_is_created_for_a_credential_that_is_gone_or_being_deleted(world):
+    kube, endpoint, ctx = world
+    kube.credential_exists = False
+    with pytest.raises(CredentialGone):
+        run(CredentialWorker(ctx, credential()).reconcile())
+    assert "create_secret" not in kube.calls
+    body = credential()
+    body["metadata"]["deletionTimestamp"] = "2026-11-30T12:00:00Z"
+    with pytest.raises(CredentialGone):
+        run(CredentialWorker(ctx, body).reconcile())
+    assert endpoint.requests == 0
+
+
+def test_each_error_class_backs_off_on_its_own_count(world):
+    _kube, endpoint, ctx = world
+    worker = CredentialWorker(ctx, credential())
+    timeout = oauth2.TransientError("timed out", reason="Timeout")
+    for _ in range(5):
+        endpoint.failures.append(timeout)
+        worker.last_request_at = None
+        worker.retry_at = None
+        run(worker.reconcile())
+    assert worker.failures_by_kind["transient"] == 5
+    endpoint.failures.append(
+        oauth2.ConfigurationError("refused", reason="HTTPError", http_status=401)
+    )
+    worker.retry_at = None
+    retry_at = run(worker.reconcile())
+    # a first configuration failure: about a minute, not 2**5 minutes
+    assert timedelta(seconds=40) <= retry_at - NOW <= timedelta(seconds=60)
+
+
+def test_a_spec_edit_during_a_pass_is_not_recorded_as_served(world):
+    kube, endpoint, ctx = world
+    worker = CredentialWorker(ctx, credential(generation=1))
+    original = endpoint.__call__
+
+    def edit_while_fetching(request: oauth2.TokenRequest, **kw: Any) -> oauth2.Token:
+        worker.body = credential(generation=2)  # arrives while the request is in flight
+        return original(request, **kw)
+
+    ctx.token_executor.submit(lambda: None).result()
+    import tokensync.oauth2 as module
+
+    module.fetch_token = edit_while_fetching  # type: ignore[assignment]
+    run(worker.reconcile())
+    assert kube.status["observedGeneration"] == 1
+    assert {c["observedGeneration"] for c in kube.status["conditions"]} == {1}
+
+
+def test_a_standby_ignores_managed_secret_events_without_errors():
+    # 0.1: each managed-Secret event on a standby raised AttributeError (the worker's
+    # secret_version was set only by a pass, which a standby never runs).
+    async def scenario() -> None:
+        ctx = OperatorContext(
+            config=OperatorConfig(),
+            kube=None,  # type: ignore[arg-type]
+            kube_executor=None,  # type: ignore[arg-type]
+            token_executor=None,  # type: ignore[arg-type]
+            sources=lambda _ns: lambda _kind, _name: None,
+            post_event=lambda *_: None,
+            leadership=asyncio.Event().wait,  # never leads
+        )
+        supervisor = Supervisor(ctx, SourceCache())
+        supervisor.observe("ADDED", credential())
+        secret = {
+            "metadata": {
+                "name": "c",
+                "namespace": "ns",
+                "uid": "s",
+                "resourceVersion": "7",
+                "labels": {"tokensync.dev/credential": "c"},
+            }
+        }
+        supervisor.managed_secret_event("MODIFIED", secret)
+        await asyncio.sleep(1.2)  # past the own-write settle delay
+        assert ctx.managed_secrets["ns", "c"].resource_version == "7"
+        await supervisor.stop()
+
+    run(scenario())
