@@ -38,6 +38,7 @@ class Client:
     failure: tuple[int, dict[str, str]] | None = None  # status and headers while failing
     delay: float = 0.0  # seconds before answering (a slow endpoint)
     expires_in: float | None = None  # sent instead of `lifetime` when set (e.g. 0.001)
+    body: bytes | None = None  # a hostile 200 response instead of a token
     requests: list[float] = field(default_factory=list)  # time of every request
     issued: list[Issue] = field(default_factory=list)
     all_secrets: list[str] = field(default_factory=list)  # every secret it ever had
@@ -75,7 +76,12 @@ class TokenEndpoint:
     # --- test controls --------------------------------------------------------------
 
     def add_client(
-        self, lifetime: int = 60, *, delay: float = 0.0, expires_in: float | None = None
+        self,
+        lifetime: int = 60,
+        *,
+        delay: float = 0.0,
+        expires_in: float | None = None,
+        body: bytes | None = None,
     ) -> Client:
         client = Client(
             client_id="cid-" + secrets.token_hex(6),
@@ -83,6 +89,7 @@ class TokenEndpoint:
             lifetime=lifetime,
             delay=delay,
             expires_in=expires_in,
+            body=body,
         )
         with self.lock:
             self.clients[client.client_id] = client
@@ -130,7 +137,9 @@ class TokenEndpoint:
             if client.failure:
                 status, headers = client.failure
                 return status, headers, b'{"error":"temporarily_unavailable"}'
-            delay = client.delay
+            delay, hostile = client.delay, client.body
+        if hostile is not None:
+            return 200, {}, hostile
         if delay:
             time.sleep(delay)
         with self.lock:
