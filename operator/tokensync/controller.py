@@ -745,21 +745,22 @@ class CredentialWorker:
             generation = int(self.metadata.get("generation") or 0)
         patch = status_patch(self.status, report, generation, self.ctx.now())
         if patch is not None:
+            status = apply_patch(self.status, patch)
             try:
                 result = await self._kube(
                     self.ctx.kube.patch_credential_status,
                     owner.namespace,
                     owner.name,
                     owner.uid,
-                    patch,
+                    status,
                 )
             except KubeError as error:
                 if error.status == 404:
                     raise CredentialGone("the credential no longer exists") from None
-                if error.status == 409 and "uid" in str(error).lower():
-                    raise CredentialGone("a new credential of that name replaced it") from None
+                if error.status == 422:  # the UID test failed, or our status is invalid
+                    await self._check_still_exists()
                 raise
-            self.status = apply_patch(self.status, patch)
+            self.status = status
             self.status_version = (result.get("metadata") or {}).get("resourceVersion")
         if event:
             self._event(*event)

@@ -27,6 +27,7 @@ USER_AGENT = f"tokensync/{__version__}"
 METADATA_USER_AGENT = f"tokensync/{__version__} (metadata-only)"
 METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 FIELD_MANAGER = "tokensync"  # = managed.FIELD_MANAGER; kube.py stays free of the token logic
 LIST_PAGE_SIZE = 500
 # The API server could not be reached at all (connection refused, reset, timeout).
@@ -157,11 +158,16 @@ class Kube:
     def patch_credential_status(
         self, namespace: str, name: str, uid: str, status: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """Merge patch of .status, only of the credential with this UID: a same-named
-        credential created since answers 409 (UID precondition), a deleted one 404."""
+        """Set .status (the whole of it), only on the credential with this UID: a JSON
+        patch whose first operation tests metadata.uid, so a same-named credential
+        created since is never written (a merge patch's metadata is ignored by the
+        status subresource). A deleted credential answers 404."""
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
-        body = {"metadata": {"uid": uid}, "status": dict(status)}
-        result = self._call("PATCH", path, body, content_type=MERGE_PATCH)
+        body = [
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "add", "path": "/status", "value": dict(status)},
+        ]
+        result = self._call("PATCH", path, body, content_type=JSON_PATCH)
         assert result is not None
         return result
 

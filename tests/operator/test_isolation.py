@@ -13,6 +13,8 @@ from kubernetes.client.exceptions import ApiException
 from operator_helpers import decode, wait_for
 from token_endpoint import TokenEndpoint
 
+from tokensync.kube import Kube, KubeError
+
 pytestmark = pytest.mark.envtest
 
 
@@ -344,12 +346,19 @@ def test_no_secret_write_reaches_a_re_created_credential_of_the_same_name(
     old_uid = cluster.credential("phoenix")["metadata"]["uid"]
     cluster.delete_credential("phoenix")
     wait_for(lambda: _gone(cluster, "phoenix"), 20, "deleted")
+    wait_for(lambda: cluster.secret("phoenix") is None, 90, "old Secret collected")
     cluster.create_credential("phoenix", client, source=False)
     cluster.wait_ready("phoenix", reason="TokenIssued")
     credential = cluster.credential("phoenix")
     assert credential["metadata"]["uid"] != old_uid
     owner = cluster.secret("phoenix")["metadata"]["ownerReferences"][0]["uid"]
     assert owner == credential["metadata"]["uid"]
+    # What an orphan worker of the old object would send: refused by the UID precondition.
+    kube = Kube(cluster.core.api_client.configuration)
+    with pytest.raises(KubeError) as refused:
+        kube.patch_credential_status(cluster.ns, "phoenix", old_uid, {"secretName": "x"})
+    assert refused.value.status == 422, refused.value
+    assert cluster.credential("phoenix")["status"]["secretName"] == "phoenix"
 
 
 def _gone(cluster: Any, name: str) -> bool:

@@ -99,7 +99,7 @@ class FakeKube:
             self.status_error_when is None or self.status_error_when in patch
         ):
             raise self.status_error
-        self.status.update(patch)
+        self.status = dict(patch)  # the whole status, as the JSON patch sets it
         self.version += 1
         return {"metadata": {"resourceVersion": str(self.version)}}
 
@@ -212,7 +212,10 @@ def test_a_deleted_or_replaced_credential_stops_its_worker(world):
     kube.status_error = KubeError(404, "not found")
     with pytest.raises(CredentialGone):
         run(worker.reconcile())
-    kube.status_error = KubeError(409, "Precondition failed: UID in precondition: x")
+    kube.status_error = KubeError(422, "the server rejected our request")
+    with pytest.raises(KubeError):  # invalid status of this very credential: retried
+        run(CredentialWorker(ctx, credential()).reconcile())
+    kube.credential_exists = False  # replaced by a same-named object: the UID test failed
     with pytest.raises(CredentialGone):
         run(CredentialWorker(ctx, credential()).reconcile())
 
