@@ -12,6 +12,15 @@ from collections.abc import Sequence
 from tokensync import __version__
 
 DEFAULT_WORKERS = 64
+DEFAULT_MAX_REQUESTS = 64  # = gates.DEFAULT_MAX_REQUESTS (not imported: keeps `version` light)
+DEFAULT_MAX_REQUESTS_PER_HOST = 8
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +55,29 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="refuse token endpoints on loopback, link-local and cloud metadata addresses, "
         "checked on the address actually connected (default: on)",
+    )
+    parser.add_argument(
+        "--deny-cidrs",
+        action="append",
+        default=[],
+        metavar="CIDRS",
+        help="comma-separated IP networks token requests may never reach, in addition to "
+        "the private-network guard (e.g. 10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7); "
+        "checked like it, also through a proxy; repeatable",
+    )
+    parser.add_argument(
+        "--max-requests",
+        type=_positive_int,
+        default=DEFAULT_MAX_REQUESTS,
+        metavar="N",
+        help="token requests in flight at once, in all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-requests-per-host",
+        type=_positive_int,
+        default=DEFAULT_MAX_REQUESTS_PER_HOST,
+        metavar="N",
+        help="token requests in flight at once to one token host (default: %(default)s)",
     )
     parser.add_argument("--metrics-port", type=int, default=9090, help="0 disables /metrics")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address /metrics listens on")
@@ -119,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         leader,
     )
     from tokensync.gates import OperatorConfig
+    from tokensync.transport import parse_cidrs
 
     if not args.namespace and not args.all_namespaces:
         print(
@@ -143,12 +176,20 @@ def run(args: argparse.Namespace) -> int:
     hosts = tuple(
         h.strip() for value in args.allowed_token_hosts for h in value.split(",") if h.strip()
     )
+    try:
+        deny_cidrs = parse_cidrs(args.deny_cidrs)
+    except ValueError as error:
+        print(f"tokensync run: --deny-cidrs: {error}", file=sys.stderr)
+        return 2
     ready_flag = asyncio.Event()
     memo = kopf.Memo(
         config=OperatorConfig(
             allow_insecure=args.allow_insecure,
             deny_private_networks=args.deny_private_networks,
             allowed_token_hosts=hosts,
+            deny_cidrs=deny_cidrs,
+            max_requests=args.max_requests,
+            max_requests_per_host=args.max_requests_per_host,
         ),
         workers=args.workers,
         metrics_port=args.metrics_port,

@@ -305,6 +305,7 @@ class CredentialWorker:
                 oauth2.fetch_token,
                 request,
                 deny_private_networks=self.ctx.config.deny_private_networks,
+                deny_cidrs=self.ctx.config.deny_cidrs,
             )
         except oauth2.TokenError as error:
             metrics.TOKEN_REQUESTS.labels(error.kind).inc()
