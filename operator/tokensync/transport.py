@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -427,9 +427,11 @@ SSL_CONTEXTS = SSLContextCache()
 # Connection pools
 
 
-def _pool_classes(guard: NetworkGuard, idle_timeout: float) -> dict[str, type]:
+def _pool_classes(
+    guard: NetworkGuard, idle_timeout: float, connected: Callable[[], None]
+) -> dict[str, type]:
     """Pools for one Transport: connections that obey the deadline and its guard, and
-    that are dropped after `idle_timeout` seconds unused."""
+    that are dropped after `idle_timeout` seconds unused. `connected` counts sockets."""
 
     class Guarded:
         proxy: Any
@@ -442,7 +444,9 @@ def _pool_classes(guard: NetworkGuard, idle_timeout: float) -> dict[str, type]:
             # before CONNECT (Transport.post).
             direct = self.proxy is None
             try:
-                return _connect(self._dns_host, self.port, guard if direct else None)
+                sock = _connect(self._dns_host, self.port, guard if direct else None)
+                connected()
+                return sock
             except socket.gaierror as e:
                 raise NameResolutionError(self.host, self, e) from e  # type: ignore[arg-type]
             except TimeoutError as e:
@@ -526,7 +530,8 @@ class Transport:
         self.ssl_contexts = ssl_contexts
         self._max_pools = max_pools
         self._pool_kw = {"maxsize": connections_per_pool, "block": False}
-        self._classes = _pool_classes(guard, idle_timeout)
+        self._connects = 0
+        self._classes = _pool_classes(guard, idle_timeout, self._count_connect)
         self._direct = urllib3.PoolManager(num_pools=max_pools, **self._pool_kw)
         self._direct.pool_classes_by_scheme = self._classes
         self._lock = threading.Lock()
@@ -539,14 +544,14 @@ class Transport:
                 proxy.manager.clear()
             self._proxies.clear()
 
+    def _count_connect(self) -> None:
+        with self._lock:
+            self._connects += 1
+
     def connection_count(self) -> int:
-        """Connections opened so far in all pools (for tests and benchmarks)."""
-        managers = [self._direct, *(p.manager for p in list(self._proxies.values()))]
-        return sum(
-            pool.num_connections
-            for manager in managers
-            for pool in list(manager.pools._container.values())
-        )
+        """TCP connections opened so far (tests and benchmarks)."""
+        with self._lock:
+            return self._connects
 
     def _proxy(self, proxy_url: str, target: ParsedURL) -> _Proxy:
         key = proxy_url

@@ -1,0 +1,274 @@
+"""transport.py without servers: the guard's address forms, --deny-cidrs, the SSL context
+cache keys and the request limiter."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+import threading
+import time
+
+import pytest
+import trustme
+
+from tokensync.oauth2 import TLSSettings
+from tokensync.transport import (
+    NetworkGuard,
+    RequestLimiter,
+    SSLContextCache,
+    embedded_ipv4,
+    is_denied_address,
+    parse_cidrs,
+    trust_key,
+)
+
+# --- the private-network guard -----------------------------------------------------------
+
+DENIED = [
+    "127.0.0.1",
+    "127.255.255.254",
+    "0.0.0.0",
+    "0.1.2.3",
+    "::1",
+    "::",
+    "169.254.169.254",
+    "169.254.170.2",  # ECS task metadata (link-local)
+    "fe80::1",
+    "fe80::1%eth0",
+    "168.63.129.16",  # Azure WireServer
+    "100.100.100.200",  # Alibaba Cloud metadata
+    "fd00:ec2::254",  # AWS IMDS IPv6
+    "::ffff:169.254.169.254",  # IPv4-mapped
+    "::ffff:127.0.0.1",
+    "::ffff:a9fe:a9fe",
+    "::ffff:168.63.129.16",
+    "64:ff9b::a9fe:a9fe",  # NAT64 well-known prefix -> 169.254.169.254
+    "64:ff9b::7f00:1",  # NAT64 -> 127.0.0.1
+    "64:ff9b::a83f:8110",  # NAT64 -> 168.63.129.16
+    "64:ff9b:1:a9fe:a9:fe00::",  # RFC 8215 local-use /48 -> 169.254.169.254
+    "2002:a9fe:a9fe::1",  # 6to4 -> 169.254.169.254
+    "::169.254.169.254",  # IPv4-compatible (deprecated)
+]
+ALLOWED = [
+    "93.184.215.14",
+    "10.0.0.1",
+    "172.16.0.1",
+    "192.168.1.1",
+    "100.64.0.1",
+    "100.100.100.201",
+    "168.63.129.17",
+    "2606:4700::6810:84e5",
+    "fd00:ec2::253",
+    "64:ff9b::5db8:d70e",  # NAT64 of a public address
+    "::ffff:93.184.215.14",
+]
+
+
+@pytest.mark.parametrize("address", DENIED)
+def test_denied(address):
+    assert is_denied_address(address) is True
+    assert NetworkGuard().denies(address) is True
+
+
+@pytest.mark.parametrize("address", ALLOWED)
+def test_allowed(address):
+    assert is_denied_address(address) is False
+
+
+@pytest.mark.parametrize("address", DENIED)
+def test_nothing_is_denied_with_the_guard_off(address):
+    assert NetworkGuard(deny_private=False).denies(address) is False
+    assert not NetworkGuard(deny_private=False).active
+
+
+def test_embedded_ipv4():
+    v6 = ipaddress.IPv6Address
+    assert str(embedded_ipv4(v6("64:ff9b::a9fe:a9fe"))) == "169.254.169.254"
+    assert str(embedded_ipv4(v6("64:ff9b:1:a9fe:a9:fe00::"))) == "169.254.169.254"
+    assert str(embedded_ipv4(v6("::ffff:10.1.2.3"))) == "10.1.2.3"
+    assert embedded_ipv4(v6("2606:4700::1")) is None
+    assert embedded_ipv4(v6("::1")) is None
+
+
+RFC1918 = parse_cidrs(["10.0.0.0/8,172.16.0.0/12", "192.168.0.0/16, fc00::/7"])
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["10.0.0.1", "172.31.255.255", "192.168.1.1", "fd12::1", "::ffff:10.0.0.1", "64:ff9b::a00:1"],
+)
+def test_deny_cidrs(address):
+    guard = NetworkGuard(deny_private=False, deny_cidrs=RFC1918)
+    assert guard.active
+    assert guard.denies(address) is True
+    assert NetworkGuard(deny_private=True).denies(address) is False
+
+
+def test_deny_cidrs_leave_other_addresses():
+    guard = NetworkGuard(deny_private=True, deny_cidrs=RFC1918)
+    assert not guard.denies("93.184.215.14")
+    assert not guard.denies("172.32.0.1")
+    assert guard.denies("127.0.0.1")
+
+
+def test_parse_cidrs():
+    assert parse_cidrs([]) == ()
+    assert parse_cidrs(["", " , "]) == ()
+    assert parse_cidrs(["10.1.2.3"]) == (ipaddress.ip_network("10.1.2.3/32"),)
+    assert parse_cidrs(["10.1.2.3/8"]) == (ipaddress.ip_network("10.0.0.0/8"),)
+    with pytest.raises(ValueError, match="not-a-network"):
+        parse_cidrs(["10.0.0.0/8,not-a-network"])
+
+
+def test_guard_checks_every_resolved_address():
+    with pytest.raises(Exception) as caught:
+        NetworkGuard().check_resolved("localhost", 443)
+    assert type(caught.value).__name__ == "PrivateNetworkDenied"
+    NetworkGuard(deny_private=False).check_resolved("localhost", 443)
+
+
+# --- SSL context cache ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+def test_trust_key_holds_digests_not_key_material(ca):
+    leaf = ca.issue_cert("client.test")
+    key_pem = leaf.private_key_pem.bytes()
+    tls = TLSSettings(client_cert_pem=leaf.cert_chain_pems[0].bytes(), client_key_pem=key_pem)
+    assert key_pem.decode() not in repr(trust_key(tls))
+
+
+def test_cache_shares_contexts_per_trust_configuration(ca):
+    cache = SSLContextCache()
+    pem = ca.cert_pem.bytes()
+    first = cache.get(TLSSettings(ca_pem=pem, ca_description="a"))
+    assert cache.get(TLSSettings(ca_pem=bytes(pem), ca_description="b")) is first
+    insecure = cache.get(TLSSettings(ca_pem=pem, insecure_skip_verify=True))
+    assert insecure is not first and insecure.verify_mode == ssl.CERT_NONE
+    system = cache.get(TLSSettings())
+    assert cache.get(TLSSettings()) is system
+    assert system is not first
+    assert cache.builds == 3
+
+
+def test_cache_is_bounded(ca):
+    cache = SSLContextCache(maxsize=2)
+    cas = [trustme.CA() for _ in range(3)]
+    contexts = [cache.get(TLSSettings(ca_pem=c.cert_pem.bytes())) for c in cas]
+    assert cache.get(TLSSettings(ca_pem=cas[2].cert_pem.bytes())) is contexts[2]
+    cache.get(TLSSettings(ca_pem=cas[0].cert_pem.bytes()))  # evicted: built again
+    assert cache.builds == 4
+
+
+def test_system_store_change_builds_a_new_context(ca, tmp_path, monkeypatch):
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(ca.cert_pem.bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    cache = SSLContextCache()
+    first = cache.get(TLSSettings())
+    assert cache.get(TLSSettings()) is first
+    bundle.write_bytes(ca.cert_pem.bytes() + trustme.CA().cert_pem.bytes())
+    assert cache.get(TLSSettings()) is not first
+
+
+# --- request limiter --------------------------------------------------------------------
+
+
+def test_limits_in_threads():
+    limiter = RequestLimiter(max_in_flight=3, max_per_host=2)
+    peak: dict[str, int] = {}
+    peak_total = [0]
+    lock = threading.Lock()
+
+    def work(host: str) -> None:
+        with limiter.slot(host):
+            with lock:
+                peak[host] = max(peak.get(host, 0), limiter.in_flight(host))
+                peak_total[0] = max(peak_total[0], limiter.in_flight())
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=work, args=(h,)) for h in "aaaaaabbbbbbcccc"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert max(peak.values()) == 2
+    assert peak_total[0] == 3
+    assert limiter.in_flight() == 0 and limiter.waiting() == 0
+
+
+def test_a_saturated_host_does_not_block_others():
+    limiter = RequestLimiter(max_in_flight=10, max_per_host=1)
+    with limiter.slot("slow"):
+        blocked = threading.Thread(target=lambda: limiter.slot("slow").__enter__())
+        blocked.start()
+        time.sleep(0.05)
+        assert limiter.waiting() == 1
+        with limiter.slot("other"):  # does not wait behind the queued "slow" request
+            assert limiter.in_flight("other") == 1
+    blocked.join(5)
+    assert limiter.in_flight("slow") == 1  # the queued one got the slot
+    limiter.release("slow")
+    assert limiter.in_flight() == 0
+
+
+def test_async_slots_fifo_and_cancellation():
+    async def scenario() -> list[str]:
+        limiter = RequestLimiter(max_in_flight=1, max_per_host=1)
+        order: list[str] = []
+
+        async def job(name: str) -> None:
+            async with limiter.slot("h"):
+                order.append(name)
+                await asyncio.sleep(0.01)
+
+        holder = limiter.slot("h")
+        await holder.__aenter__()
+        tasks = [asyncio.create_task(job(n)) for n in ("first", "cancelled", "third")]
+        await asyncio.sleep(0.01)
+        assert limiter.waiting() == 3
+        tasks[1].cancel()
+        await asyncio.sleep(0)
+        await holder.__aexit__(None, None, None)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert limiter.in_flight() == 0 and limiter.waiting() == 0
+        return order
+
+    assert asyncio.run(scenario()) == ["first", "third"]
+
+
+def test_async_waiter_woken_from_a_thread():
+    async def scenario() -> None:
+        limiter = RequestLimiter(max_in_flight=1, max_per_host=1)
+        limiter.acquire("h")  # held by "a thread"
+        threading.Timer(0.05, limiter.release, args=("h",)).start()
+        async with limiter.slot("h"):
+            assert limiter.in_flight("h") == 1
+        assert limiter.in_flight() == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_cancelled_after_grant_passes_the_slot_on():
+    async def scenario() -> None:
+        limiter = RequestLimiter(max_in_flight=1, max_per_host=1)
+        await limiter.acquire_async("h")
+        waiter = asyncio.create_task(limiter.acquire_async("h"))
+        await asyncio.sleep(0.01)
+        limiter.release("h")  # granted to the waiter...
+        waiter.cancel()  # ...which is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert limiter.in_flight() == 0
+
+    asyncio.run(scenario())
+
+
+def test_limits_must_be_positive():
+    with pytest.raises(ValueError):
+        RequestLimiter(0, 1)

@@ -1,0 +1,102 @@
+"""A real HTTP CONNECT proxy on 127.0.0.1 (stdlib only), recording every CONNECT it gets.
+
+`with ConnectProxy() as proxy:` listens on a free port; `proxy.url` is what HTTPS_PROXY
+takes; `proxy.connects` lists the `host:port` of every CONNECT received, in order, even
+those it could not serve. Tunnels relay bytes both ways until either side closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+from socketserver import StreamRequestHandler, ThreadingTCPServer
+from typing import Any
+
+
+class _Handler(StreamRequestHandler):
+    server: _Server
+    rbufsize = 0  # unbuffered: nothing of the tunnel's first bytes is kept back in rfile
+
+    def handle(self) -> None:
+        request_line = self.rfile.readline(8192).decode("latin-1").strip()
+        while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+            pass  # headers (Proxy-Authorization, Host): not needed
+        method, _, rest = request_line.partition(" ")
+        target = rest.split(" ")[0]
+        if method != "CONNECT":
+            self.wfile.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            return
+        self.server.owner._record(target)
+        host, _, port = target.rpartition(":")
+        try:
+            upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+        except (OSError, ValueError):
+            self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            return
+        with upstream:
+            self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self.wfile.flush()
+            self._relay(self.connection, upstream)
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        sockets = [client, upstream]
+        while not self.server.owner.stopping.is_set():
+            readable, _, _ = select.select(sockets, [], [], 0.1)
+            for sock in readable:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                (upstream if sock is client else client).sendall(data)
+
+
+class _Server(ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, owner: ConnectProxy) -> None:
+        self.owner = owner
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up mid-tunnel is expected
+
+
+class ConnectProxy:
+    def __init__(self) -> None:
+        self.connects: list[str] = []
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._server = _Server(self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def _record(self, target: str) -> None:
+        with self._lock:
+            self.connects.append(target)
+
+    def start(self) -> ConnectProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> ConnectProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
