@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import trustme  # noqa: E402
+import trustme
 
-from servers.quirky import ServerTLS, TokenServer  # noqa: E402
+from servers.quirky import ServerTLS, TokenServer
 
 
 def main() -> None:

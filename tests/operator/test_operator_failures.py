@@ -115,7 +115,13 @@ def test_unreachable_url_then_fixed(cluster, operator, token_endpoint):
     cluster.core.patch_namespaced_secret(
         "client",
         cluster.ns,
-        {"metadata": {"annotations": {"tokensync.dev/allowed-token-urls": "https://127.0.0.1:"}}},
+        {
+            "metadata": {
+                "annotations": {
+                    "tokensync.dev/allowed-token-urls": f"https://127.0.0.1:9/,{token_endpoint.url}"
+                }
+            }
+        },
     )
     ready = cluster.wait_ready("nowhere", "False", "TokenRequestFailed")
     assert "127.0.0.1:9" in ready["message"]
