@@ -188,6 +188,7 @@ class _Exchange:
 
     end: float
     reused: bool = False
+    answered: bool = False  # a status line arrived: the request must not be sent again
 
     def remaining(self) -> float:
         left = self.end - time.monotonic()
@@ -622,8 +623,11 @@ class Transport:
                     return self._send(pool, target, send_headers, body, exchange, max_body_bytes)
                 except urllib3.exceptions.ProtocolError:
                     # A keep-alive connection the server closed just as we sent: once
-                    # more on a new one. Token requests are safe to repeat.
-                    if attempt == 2 or not exchange.reused or exchange.expired:
+                    # more on a new one (a token request is safe to repeat, but not after
+                    # an answer began: that one may have issued a token).
+                    if attempt == 2 or not exchange.reused or exchange.answered:
+                        raise
+                    if exchange.expired:
                         raise
             raise AssertionError("unreachable")
         finally:
@@ -652,6 +656,7 @@ class Transport:
             release_conn=False,
             decode_content=False,
         )
+        exchange.answered = True
         done = False
         try:
             status, response_headers = response.status, dict(response.headers)

@@ -145,6 +145,78 @@ def test_a_connection_the_server_closed_is_replaced(credentials):
         thread.join(5)
 
 
+def _read_request(conn: socket.socket) -> bytes:
+    """One whole HTTP request (headers and Content-Length body), b"" if none came."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+    return data
+
+
+def _answer(conn: socket.socket, token: str) -> None:
+    body = b'{"access_token":"%s","expires_in":60}' % token.encode()
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+def test_a_request_the_reused_connection_drops_is_sent_once_more(credentials):
+    """The server takes the second request on the kept-alive connection and hangs up
+    without an answer (its idle timeout raced with our send): sent again, once, on a new
+    connection. A new connection that drops a request is not retried."""
+    requests_seen = []
+
+    def serve(listener: socket.socket) -> None:
+        first, _ = listener.accept()
+        requests_seen.append(_read_request(first))
+        _answer(first, "t0")
+        requests_seen.append(_read_request(first))  # the second request...
+        first.close()  # ...dropped
+        second, _ = listener.accept()
+        with second:
+            requests_seen.append(_read_request(second))
+            _answer(second, "t1")
+        third, _ = listener.accept()
+        with third:
+            requests_seen.append(_read_request(third))  # dropped on a new connection
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+        thread.start()
+        sender = Transport(NetworkGuard(deny_private=False), idle_timeout=60)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/token"
+        request = dataclasses.replace(request_for_url(url, credentials), timeout_seconds=5)
+        try:
+            assert fetch_token(request, sender=sender).access_token == "t0"
+            assert fetch_token(request, sender=sender).access_token == "t1"
+            assert sender.connection_count() == 2
+            sender._direct.clear()  # next request on a new connection
+            with pytest.raises(TransientError) as caught:
+                fetch_token(request, sender=sender)
+            assert caught.value.reason == "ConnectionFailed"
+        finally:
+            sender.close()
+        thread.join(5)
+    assert len(requests_seen) == 4
+
+
 def request_for_url(url, credentials):
     from tokensync.oauth2 import TokenRequest
 
@@ -252,6 +324,19 @@ def test_guard_applies_before_connect_through_a_proxy(
     assert caught.value.reason == "PrivateNetworkDenied"
     assert proxy.connects == []  # no CONNECT was ever sent
     assert tls_server.received == []
+
+
+def test_guard_applies_before_a_forwarding_proxy(
+    token_server, credentials, proxy, monkeypatch, no_proxy_env
+):
+    # A plain-http token URL (only with --allow-insecure) goes to HTTP_PROXY as an
+    # absolute-form request: the target is checked before anything is sent.
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    with pytest.raises(ConfigurationError) as caught:
+        fetch_token(request_for(token_server, credentials), deny_private_networks=True)
+    assert caught.value.reason == "PrivateNetworkDenied"
+    assert proxy.requests == []
+    assert token_server.received == []
 
 
 def test_unguarded_requests_go_through_the_proxy(

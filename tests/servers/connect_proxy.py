@@ -2,7 +2,8 @@
 
 `with ConnectProxy() as proxy:` listens on a free port; `proxy.url` is what HTTPS_PROXY
 takes; `proxy.connects` lists the `host:port` of every CONNECT received, in order, even
-those it could not serve. Tunnels relay bytes both ways until either side closes.
+those it could not serve, and `proxy.requests` every request line (other methods are
+answered 405). Tunnels relay bytes both ways until either side closes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class _Handler(StreamRequestHandler):
         request_line = self.rfile.readline(8192).decode("latin-1").strip()
         while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
             pass  # headers (Proxy-Authorization, Host): not needed
+        self.server.owner._record_line(request_line)
         method, _, rest = request_line.partition(" ")
         target = rest.split(" ")[0]
         if method != "CONNECT":
@@ -69,6 +71,7 @@ class _Server(ThreadingTCPServer):
 class ConnectProxy:
     def __init__(self) -> None:
         self.connects: list[str] = []
+        self.requests: list[str] = []
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._server = _Server(self)
@@ -79,6 +82,10 @@ class ConnectProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def _record_line(self, line: str) -> None:
+        with self._lock:
+            self.requests.append(line)
 
     def _record(self, target: str) -> None:
         with self._lock:
