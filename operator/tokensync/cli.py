@@ -158,6 +158,11 @@ def run(args: argparse.Namespace) -> int:
             "tokensync run: pass --namespace NS (repeatable) or --all-namespaces", file=sys.stderr
         )
         return 2
+    try:
+        deny_cidrs = parse_cidrs(args.deny_cidrs)
+    except ValueError as error:
+        print(f"tokensync run: --deny-cidrs: {error}", file=sys.stderr)
+        return 2
     leader_election = None
     if args.peering is not None:
         namespace = args.leader_election_namespace or leader.default_namespace()
@@ -176,11 +181,6 @@ def run(args: argparse.Namespace) -> int:
     hosts = tuple(
         h.strip() for value in args.allowed_token_hosts for h in value.split(",") if h.strip()
     )
-    try:
-        deny_cidrs = parse_cidrs(args.deny_cidrs)
-    except ValueError as error:
-        print(f"tokensync run: --deny-cidrs: {error}", file=sys.stderr)
-        return 2
     ready_flag = asyncio.Event()
     memo = kopf.Memo(
         config=OperatorConfig(

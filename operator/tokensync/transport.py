@@ -497,7 +497,8 @@ def _environment_proxy(url: ParsedURL) -> str | None:
     """HTTPS_PROXY / HTTP_PROXY of this process unless NO_PROXY exempts the URL."""
     text = f"{url.scheme}://{url.authority}{url.request_target}"
     proxies = requests.utils.get_environ_proxies(text)
-    return requests.utils.select_proxy(text, proxies) if proxies else None
+    proxy = requests.utils.select_proxy(text, proxies) if proxies else None
+    return requests.utils.prepend_scheme_if_needed(proxy, "http") if proxy else None
 
 
 @dataclass(frozen=True)

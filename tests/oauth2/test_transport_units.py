@@ -272,3 +272,33 @@ def test_cancelled_after_grant_passes_the_slot_on():
 def test_limits_must_be_positive():
     with pytest.raises(ValueError):
         RequestLimiter(0, 1)
+
+
+# --- flags ------------------------------------------------------------------------------
+
+
+def test_run_flags_for_the_transport():
+    from tokensync.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["run", "-A", "--deny-cidrs", "10.0.0.0/8,192.168.0.0/16", "--deny-cidrs", "fc00::/7"]
+    )
+    assert parse_cidrs(args.deny_cidrs) == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.168.0.0/16"),
+        ipaddress.ip_network("fc00::/7"),
+    )
+    assert (args.max_requests, args.max_requests_per_host) == (64, 8)
+    args = build_parser().parse_args(
+        ["run", "-A", "--max-requests", "5", "--max-requests-per-host", "2"]
+    )
+    assert (args.max_requests, args.max_requests_per_host) == (5, 2)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "-A", "--max-requests", "0"])
+
+
+def test_bad_deny_cidrs_stop_the_operator_before_it_starts(capsys):
+    from tokensync.cli import main
+
+    assert main(["run", "-A", "--deny-cidrs", "10.0.0.0/33"]) == 2
+    assert "10.0.0.0/33" in capsys.readouterr().err
