@@ -424,6 +424,18 @@ class SSLContextCache:
 SSL_CONTEXTS = SSLContextCache()
 
 
+@dataclass(frozen=True)
+class _SystemTrust:
+    ca_pem: bytes | None = None
+    insecure_skip_verify: bool = False
+    client_cert_pem: bytes | None = None
+    client_key_pem: bytes | None = None
+    ca_description: str = "system trust store"
+
+
+SYSTEM_TRUST = _SystemTrust()
+
+
 # --------------------------------------------------------------------------------------
 # Connection pools
 
@@ -566,10 +578,16 @@ class Transport:
                     auth = unquote(parsed.auth)
                     headers = urllib3.util.make_headers(proxy_basic_auth=auth)
                     parsed = parsed._replace(auth=None)
+                # TLS to an https:// proxy: the system store, and our socket class, so
+                # the deadline also covers the proxy's TLS and everything tunnelled in it.
+                proxy_context = (
+                    self.ssl_contexts.get(SYSTEM_TRUST) if parsed.scheme == "https" else None
+                )
                 manager = urllib3.ProxyManager(
                     parsed.url,
                     num_pools=self._max_pools,
                     proxy_headers=headers,
+                    proxy_ssl_context=proxy_context,
                     **self._pool_kw,
                 )
                 manager.pool_classes_by_scheme = self._classes

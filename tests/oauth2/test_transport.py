@@ -13,6 +13,7 @@ import pytest
 
 from fixtures.token_servers import request_for
 from servers.connect_proxy import ConnectProxy
+from servers.quirky import ServerTLS
 from tokensync.oauth2 import (
     ConfigurationError,
     TLSSettings,
@@ -360,6 +361,28 @@ def test_deadline_holds_through_a_proxy_tunnel(
         fetch_token(trusted(tls_server, credentials, token_ca, timeout_seconds=1), sender=transport)
     assert caught.value.reason == "Timeout"
     assert time.monotonic() - started < 2.0
+
+
+def test_https_proxy_tls_and_deadline(
+    tls_server, credentials, token_ca, monkeypatch, no_proxy_env, transport, tmp_path
+):
+    """TLS to the proxy (trusted through the system store, here SSL_CERT_FILE), TLS to
+    the endpoint inside the tunnel, and the deadline across both."""
+    bundle = tmp_path / "system.pem"
+    bundle.write_bytes(token_ca.cert_pem.bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    with ConnectProxy(tls=ServerTLS.for_ca(token_ca).context()) as tls_proxy:
+        monkeypatch.setenv("HTTPS_PROXY", tls_proxy.url)
+        assert fetch_token(trusted(tls_server, credentials, token_ca), sender=transport)
+        assert tls_proxy.connects == [f"127.0.0.1:{tls_server.port}"]
+        tls_server.fail("drip", interval=0.05)
+        started = time.monotonic()
+        with pytest.raises(TransientError) as caught:
+            fetch_token(
+                trusted(tls_server, credentials, token_ca, timeout_seconds=1), sender=transport
+            )
+        assert caught.value.reason == "Timeout"
+        assert time.monotonic() - started < 2.0
 
 
 def test_no_proxy_exempts_the_endpoint(

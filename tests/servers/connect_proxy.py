@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import ssl
 import threading
 from socketserver import StreamRequestHandler, ThreadingTCPServer
 from typing import Any
@@ -45,7 +46,10 @@ class _Handler(StreamRequestHandler):
     def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
         sockets = [client, upstream]
         while not self.server.owner.stopping.is_set():
-            readable, _, _ = select.select(sockets, [], [], 0.1)
+            # TLS may hold decrypted bytes that select() cannot see.
+            readable = [s for s in sockets if isinstance(s, ssl.SSLSocket) and s.pending()]
+            if not readable:
+                readable, _, _ = select.select(sockets, [], [], 0.1)
             for sock in readable:
                 try:
                     data = sock.recv(65536)
@@ -60,28 +64,44 @@ class _Server(ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, owner: ConnectProxy) -> None:
+    def __init__(self, owner: ConnectProxy, tls: ssl.SSLContext | None) -> None:
         self.owner = owner
+        self.tls = tls
         super().__init__(("127.0.0.1", 0), _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # An https:// proxy: TLS first, in the connection's own thread.
+        if self.tls is not None:
+            request.settimeout(10)
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError):
+                return
+            request.settimeout(None)
+        super().finish_request(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that hangs up mid-tunnel is expected
 
 
 class ConnectProxy:
-    def __init__(self) -> None:
+    """`tls`: a server SSLContext makes it an https:// proxy (TLS to the proxy, and the
+    client's TLS to the target inside it)."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.connects: list[str] = []
         self.requests: list[str] = []
         self.stopping = threading.Event()
         self._lock = threading.Lock()
-        self._server = _Server(self)
+        self._server = _Server(self, tls)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self._server.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def _record_line(self, line: str) -> None:
         with self._lock:
