@@ -480,6 +480,16 @@ def _pool_classes(
             stale = idle_since is not None and time.monotonic() - idle_since > idle_timeout
             if conn.sock is not None and stale:
                 conn.close()
+            if conn.sock is not None and conn.proxy is None and guard.active:
+                # Each request checks the address it goes to, new connection or not.
+                try:
+                    peer = conn.sock.getpeername()[0]
+                except OSError:
+                    conn.close()
+                else:
+                    if guard.denies(peer):
+                        conn.close()
+                        raise PrivateNetworkDenied(peer)
             exchange = _EXCHANGE.get()
             if exchange is not None:
                 exchange.reused = conn.sock is not None

@@ -392,3 +392,25 @@ def test_no_proxy_exempts_the_endpoint(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     assert fetch_token(trusted(tls_server, credentials, token_ca), sender=transport)
     assert proxy.connects == []
+
+
+def test_every_request_checks_the_address_of_a_reused_connection(
+    token_server, credentials, monkeypatch
+):
+    """Defence in depth: even a connection that got into the pool unchecked (simulated by
+    a connect that skips the guard) is refused on its next use."""
+    import tokensync.transport as transport_module
+
+    unguarded = transport_module._connect
+    monkeypatch.setattr(
+        transport_module, "_connect", lambda host, port, guard: unguarded(host, port, None)
+    )
+    sender = Transport(NetworkGuard(deny_private=True))
+    try:
+        assert fetch_token(request_for(token_server, credentials), sender=sender)
+        with pytest.raises(ConfigurationError) as caught:
+            fetch_token(request_for(token_server, credentials), sender=sender)
+        assert caught.value.reason == "PrivateNetworkDenied"
+        assert len(token_server.received) == 1
+    finally:
+        sender.close()
