@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from urllib.parse import unquote
 
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url as _urllib3_parse_url
@@ -108,6 +110,18 @@ def _refuse_raw(text: str) -> None:
     _refuse_bad_port(authority)
     if any(_DOT_SEGMENT.fullmatch(segment) for segment in path.split("/")):
         raise URLProblem("must not contain a dot segment (/./ or /../)")
+    if _separator_lookalike(unquote(path, errors="replace")):
+        raise URLProblem("must not contain a character that servers may read as '.', '/' or '\\'")
+
+
+def _separator_lookalike(text: str) -> bool:
+    """A non-ASCII character whose compatibility form holds '.', '/' or '\\' (U+FF0E,
+    U+FF0F, U+FF3C fullwidth, U+2024 one dot leader, ...): servers that "best-fit"
+    Unicode to ASCII read them as path syntax."""
+    return any(
+        not c.isascii() and any(sep in unicodedata.normalize("NFKC", c) for sep in "./\\")
+        for c in text
+    )
 
 
 def _refuse_bad_port(authority: str) -> None:

@@ -128,6 +128,11 @@ def _spec(url: str):
         ("https://h!.example/x", "host name"),
         ("https://a..b/x", "host name"),
         ("https://h.example\u3002evil/x", "URL"),
+        ("https://h.example/legit/\uff0e\uff0e/evil", "read as"),
+        ("https://h.example/legit/\uff0e\uff0e\uff0fevil", "read as"),
+        ("https://h.example/legit/%EF%BC%8E%EF%BC%8E/evil", "read as"),
+        ("https://h.example/legit\uff3cevil", "read as"),
+        ("https://h.example/legit/\u2025/evil", "read as"),
     ],
 )
 def test_refused(url, words):
