@@ -414,3 +414,22 @@ def test_every_request_checks_the_address_of_a_reused_connection(
         assert len(token_server.received) == 1
     finally:
         sender.close()
+
+
+def test_idle_connections_are_closed_without_waiting_for_their_endpoint(start_server, credentials):
+    """An endpoint not asked again does not keep a socket open: a later request to any
+    endpoint sweeps the pools."""
+    quiet = start_server(clients={credentials.client_id: credentials.client_secret})
+    busy = start_server(clients={credentials.client_id: credentials.client_secret})
+    sender = Transport(NetworkGuard(deny_private=False), idle_timeout=0.2)
+    try:
+        fetch_token(request_for(quiet, credentials), sender=sender)
+        (key,) = sender._direct.pools.keys()
+        pool = sender._direct.pools[key]
+        (conn,) = [c for c in pool.pool.queue if c is not None]
+        assert conn.sock is not None
+        time.sleep(0.3)  # idle longer than the idle timeout
+        fetch_token(request_for(busy, credentials), sender=sender)
+        assert conn.sock is None
+    finally:
+        sender.close()
