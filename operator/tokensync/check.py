@@ -42,6 +42,8 @@ from tokensync.sources import (
     resolve_references,
 )
 from tokensync.spec import CredentialSpec, Ref, SpecError, parse_spec, to_token_request
+from tokensync.transport import is_denied_address
+from tokensync.urls import URLProblem, parse_url
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -345,13 +347,13 @@ def cluster_reader(
 
 
 def _denied_addresses(url: str) -> list[str]:
-    host = urlsplit(url).hostname or ""
     try:
+        host = parse_url(url).connect_host
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
+    except (OSError, UnicodeError, URLProblem):
         return []
     addresses = {str(ipaddress.ip_address(info[4][0].split("%")[0])) for info in infos}
-    return sorted(a for a in addresses if oauth2.is_denied_address(a))
+    return sorted(a for a in addresses if is_denied_address(a))
 
 
 def operator_notes(spec: CredentialSpec, found: list[FoundObject]) -> list[str]:

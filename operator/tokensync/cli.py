@@ -46,6 +46,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse token endpoints on loopback, link-local and cloud metadata addresses, "
         "checked on the address actually connected (default: on)",
     )
+    parser.add_argument(
+        "--deny-cidrs",
+        action="append",
+        default=[],
+        metavar="CIDRS",
+        help="comma-separated IP networks token requests may never reach, in addition to "
+        "the private-network guard (e.g. 10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7); "
+        "checked like it, also through a proxy; repeatable",
+    )
     parser.add_argument("--metrics-port", type=int, default=9090, help="0 disables /metrics")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address /metrics listens on")
     parser.add_argument(
@@ -136,11 +145,17 @@ def run(args: argparse.Namespace) -> int:
         leader,
     )
     from tokensync.gates import OperatorConfig
+    from tokensync.transport import parse_cidrs
 
     if not args.namespace and not args.all_namespaces:
         print(
             "tokensync run: pass --namespace NS (repeatable) or --all-namespaces", file=sys.stderr
         )
+        return 2
+    try:
+        deny_cidrs = parse_cidrs(args.deny_cidrs)
+    except ValueError as error:
+        print(f"tokensync run: --deny-cidrs: {error}", file=sys.stderr)
         return 2
     leader_election = None
     if args.peering is not None:
@@ -166,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
             allow_insecure=args.allow_insecure,
             deny_private_networks=args.deny_private_networks,
             allowed_token_hosts=hosts,
+            deny_cidrs=deny_cidrs,
         ),
         max_requests=args.max_requests,
         max_requests_per_host=args.max_requests_per_host,

@@ -450,13 +450,15 @@ class CredentialWorker:
         """One token request, inside the per-endpoint and global limits, on the token
         executor (never the one Kubernetes calls use)."""
         loop = asyncio.get_running_loop()
-        deny = self.ctx.config.deny_private_networks
+        deny, cidrs = self.ctx.config.deny_private_networks, self.ctx.config.deny_cidrs
         async with self.ctx.limits.slot(request.token_url):
             started = time.monotonic()
             try:
                 token = await loop.run_in_executor(
                     self.ctx.token_executor,
-                    lambda: oauth2.fetch_token(request, deny_private_networks=deny),
+                    lambda: oauth2.fetch_token(
+                        request, deny_private_networks=deny, deny_cidrs=cidrs
+                    ),
                 )
             except oauth2.TokenError as error:
                 metrics.TOKEN_REQUESTS.labels(error.kind).inc()

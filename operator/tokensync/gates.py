@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
-from urllib.parse import urlsplit
 
 from tokensync.oauth2 import TokenRequest
 from tokensync.sources import ReferenceProblem
 from tokensync.spec import CredentialSpec
+from tokensync.transport import Network
+from tokensync.urls import URLProblem, host_allowed, parse_url
 
 
 @dataclass(frozen=True)
@@ -17,24 +17,25 @@ class OperatorConfig:
     allow_insecure: bool = False  # honour allowInsecureHTTP and tls.insecureSkipVerify
     deny_private_networks: bool = True
     allowed_token_hosts: tuple[str, ...] = ()  # fnmatch patterns; empty: any host
+    deny_cidrs: tuple[Network, ...] = ()  # refused in addition to the private-network guard
 
 
 def gate_problem(spec: CredentialSpec, config: OperatorConfig) -> ReferenceProblem | None:
     """Why the operator refuses this credential's token URL, or None."""
-    parts = urlsplit(spec.token_url)
-    if parts.scheme == "http" and not config.allow_insecure:
+    try:
+        parsed = parse_url(spec.token_url)
+    except URLProblem as problem:
+        return ReferenceProblem("InvalidSpec", f"spec.tokenURL {problem}")
+    if parsed.scheme == "http" and not config.allow_insecure:
         return ReferenceProblem(
             "InvalidSpec",
             "spec.allowInsecureHTTP is honoured only when the operator runs with "
             "--allow-insecure; use an https:// token URL",
         )
-    host = (parts.hostname or "").lower()
-    if config.allowed_token_hosts and not any(
-        fnmatchcase(host, pattern.lower()) for pattern in config.allowed_token_hosts
-    ):
+    if not host_allowed(parsed, config.allowed_token_hosts):
         return ReferenceProblem(
             "TokenURLNotAllowed",
-            f"token host {host!r} is not in the operator's --allowed-token-hosts",
+            f"token host {parsed.host!r} is not in the operator's --allowed-token-hosts",
         )
     return None
 

@@ -11,28 +11,21 @@ import base64
 import binascii
 import contextlib
 import email.utils
-import ipaddress
+import http.client
 import json
 import math
-import os
 import re
 import socket
 import ssl
-import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import quote_plus, urlencode, urlsplit, urlunsplit
 
-import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from tokensync import __version__
+from tokensync import __version__, transport
 from tokensync.redact import redact, truncate
 
 FORM = "application/x-www-form-urlencoded"
@@ -41,10 +34,6 @@ MAX_BODY_BYTES = 1024 * 1024
 DESCRIPTION_LIMIT = 200
 USER_AGENT = f"tokensync/{__version__}"
 
-# Addresses a token request must never reach when the private-network guard is on.
-_METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
-)
 _TRANSIENT_OAUTH_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 # Characters that RFC 6749 2.3.1 form-encoding changes in Basic credentials; servers that
 # skip the decoding step then see a different secret.
@@ -531,196 +520,23 @@ def _too_large(status: int | None) -> ProtocolError:
 
 
 def ssl_context_for(tls: TLSSettings) -> ssl.SSLContext:
-    """The SSLContext for the token endpoint: caRef replaces the default trust store."""
+    """A new SSLContext for the token endpoint (transport.build_ssl_context); the
+    transport itself reuses one per trust configuration."""
     try:
-        if tls.ca_pem is not None:
-            context = ssl.create_default_context(cadata=tls.ca_pem.decode("ascii"))
-        else:
-            context = ssl.create_default_context()
-    except (ssl.SSLError, ValueError, UnicodeDecodeError):
-        raise ConfigurationError(
-            f"the CA bundle from {tls.ca_description} is not valid PEM",
-            reason="InvalidCABundle",
-            hint="tls.caRef must name PEM certificates (-----BEGIN CERTIFICATE-----)",
-        ) from None
-    if tls.insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if tls.client_cert_pem is not None or tls.client_key_pem is not None:
-        _load_client_certificate(context, tls)
-    return context
+        return transport.build_ssl_context(tls)
+    except transport.TLSMaterialError as error:
+        raise _tls_material_error(error) from None
 
 
-def _load_client_certificate(context: ssl.SSLContext, tls: TLSSettings) -> None:
-    # The ssl module loads certificates only from files: write a private file (mkstemp
-    # creates it with mode 0600) and remove it at once.
-    if not tls.client_cert_pem or not tls.client_key_pem:
-        raise ConfigurationError(
-            "mutual TLS needs both a client certificate and its key",
-            reason="InvalidClientCertificate",
-            hint="tls.clientCertificateRef must name a kubernetes.io/tls Secret",
-        )
-    fd, path = tempfile.mkstemp(
-        prefix="tokensync-", suffix=".pem", dir=os.environ.get("TOKENSYNC_TMPDIR") or None
-    )
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(tls.client_cert_pem.rstrip(b"\n") + b"\n" + tls.client_key_pem)
-        context.load_cert_chain(path)
-    except (ssl.SSLError, ValueError):
-        raise ConfigurationError(
-            "the client certificate or key is not valid PEM, or they do not match",
-            reason="InvalidClientCertificate",
-            hint="tls.clientCertificateRef must name a kubernetes.io/tls Secret with "
-            "tls.crt and tls.key",
-        ) from None
-    finally:
-        os.unlink(path)
+def _tls_material_error(error: transport.TLSMaterialError) -> ConfigurationError:
+    return ConfigurationError(error.message, reason=error.reason, hint=error.hint)
 
 
 # --------------------------------------------------------------------------------------
-# Transport: deadline, private-network guard, adapter
+# Sending (transport.py does the connection work)
 
 
-class _PrivateNetworkDenied(Exception):
-    def __init__(self, address: str) -> None:
-        super().__init__(address)
-        self.address = address
-
-
-class _DeadlineExceeded(Exception):
-    pass
-
-
-def is_denied_address(address: str) -> bool:
-    """Loopback, link-local, unspecified and cloud metadata addresses."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip in _METADATA_ADDRESSES
-
-
-class _Deadline:
-    """The whole-request deadline. At expiry a watchdog shuts down every connection
-    socket, which unblocks any read in progress (a per-read timeout cannot stop a server
-    that sends one byte at a time)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._end = time.monotonic() + seconds
-        self._lock = threading.Lock()
-        self._connections: list[Any] = []
-        self._fired = False
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-
-    def remaining(self) -> float:
-        return max(0.0, self._end - time.monotonic())
-
-    @property
-    def expired(self) -> bool:
-        return self._fired or self.remaining() <= 0
-
-    def check(self) -> None:
-        if self.expired:
-            raise _DeadlineExceeded()
-
-    def watch(self, connection: Any) -> None:
-        with self._lock:
-            self._connections.append(connection)
-            fired = self._fired
-        if fired:
-            self._shutdown(connection)
-
-    def _fire(self) -> None:
-        with self._lock:
-            self._fired = True
-            connections = list(self._connections)
-        for connection in connections:
-            self._shutdown(connection)
-
-    @staticmethod
-    def _shutdown(connection: Any) -> None:
-        sock = getattr(connection, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def __enter__(self) -> _Deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-
-def _pool_classes(deadline: _Deadline, deny_private_networks: bool) -> dict[str, type]:
-    """Connection pools whose connections obey the deadline and, if asked, the guard."""
-
-    class Watched:
-        def _new_conn(self) -> socket.socket:
-            deadline.check()
-            sock = super()._new_conn()  # type: ignore[misc]
-            if deny_private_networks:
-                # Check the address actually connected, not a separate DNS answer.
-                address = sock.getpeername()[0]
-                if is_denied_address(address):
-                    sock.close()
-                    raise _PrivateNetworkDenied(address)
-            deadline.watch(self)
-            return sock
-
-    class Connection(Watched, urllib3.connection.HTTPConnection):
-        pass
-
-    class TLSConnection(Watched, urllib3.connection.HTTPSConnection):
-        pass
-
-    class Pool(HTTPConnectionPool):
-        ConnectionCls = Connection
-
-    class TLSPool(HTTPSConnectionPool):
-        ConnectionCls = TLSConnection
-
-    return {"http": Pool, "https": TLSPool}
-
-
-class _TokenAdapter(HTTPAdapter):
-    """Mounts our SSLContext and connection classes. Direct connections get the private
-    network guard; proxied ones only the deadline (the proxy is the operator's own)."""
-
-    def __init__(
-        self, ssl_context: ssl.SSLContext | None, deadline: _Deadline, deny_private: bool
-    ) -> None:
-        self._ssl_context = ssl_context
-        self._direct_pools = _pool_classes(deadline, deny_private)
-        self._proxied_pools = _pool_classes(deadline, False)
-        super().__init__(max_retries=0)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = self._direct_pools
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = self._proxied_pools
-        return manager
-
-    def build_connection_pool_key_attributes(
-        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        host_params, _ = super().build_connection_pool_key_attributes(request, verify, cert)
-        # Only our context decides trust: no ca_certs from requests (certifi or
-        # REQUESTS_CA_BUNDLE) may be added to it.
-        return host_params, {"ssl_context": self._ssl_context} if self._ssl_context else {}
-
-    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        pass  # see build_connection_pool_key_attributes
-
-
-def _environment_proxies(url: str) -> dict[str, str]:
-    """HTTPS_PROXY / NO_PROXY of this process; never .netrc or REQUESTS_CA_BUNDLE."""
-    return dict(requests.utils.get_environ_proxies(url))
+is_denied_address = transport.is_denied_address
 
 
 @dataclass(frozen=True)
@@ -730,60 +546,27 @@ class _RawResponse:
     body: bytes
 
 
-def _read_body(response: requests.Response, deadline: _Deadline) -> bytes:
-    length = _number(_header(response.headers, "Content-Length"))
-    if length is not None and length > MAX_BODY_BYTES:
-        raise _too_large(response.status_code)
-    chunks, total = [], 0
-    for chunk in response.iter_content(16 * 1024):
-        deadline.check()
-        total += len(chunk)
-        if total > MAX_BODY_BYTES:
-            raise _too_large(response.status_code)
-        chunks.append(chunk)
-    deadline.check()
-    return b"".join(chunks)
-
-
 def _exchange(
-    request: TokenRequest, headers: dict[str, str], body: bytes, deny_private_networks: bool
+    request: TokenRequest,
+    headers: dict[str, str],
+    body: bytes,
+    sender: transport.Transport,
 ) -> _RawResponse:
     """Send the request and read the response, all within the deadline."""
-    https = urlsplit(request.token_url).scheme.lower() == "https"
-    context = ssl_context_for(request.tls) if https else None
-    prepared = requests.Request("POST", request.token_url, headers=headers, data=body).prepare()
-    with _Deadline(request.timeout_seconds) as deadline, requests.Session() as session:
-        session.trust_env = False  # no .netrc, no REQUESTS_CA_BUNDLE
-        adapter = _TokenAdapter(context, deadline, deny_private_networks)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        remaining = deadline.remaining()
-        try:
-            response = session.send(
-                prepared,
-                stream=True,
-                allow_redirects=False,
-                timeout=(remaining, remaining),
-                proxies=_environment_proxies(request.token_url),
-            )
-        except Exception:
-            if deadline.expired:
-                raise _DeadlineExceeded() from None
-            raise
-        with response:
-            if 300 <= response.status_code < 400:
-                return _RawResponse(response.status_code, dict(response.headers), b"")
-            try:
-                content = _read_body(response, deadline)
-            except ProtocolError:
-                if 200 <= response.status_code < 300:
-                    raise
-                content = b""  # an oversized error page: the status says enough
-            except Exception:
-                if deadline.expired:
-                    raise _DeadlineExceeded() from None
-                raise
-            return _RawResponse(response.status_code, dict(response.headers), content)
+    https = request.token_url.lower().startswith("https:")
+    raw = sender.post(
+        request.token_url,
+        headers,
+        body,
+        tls=request.tls if https else None,
+        timeout=request.timeout_seconds,
+        max_body_bytes=MAX_BODY_BYTES,
+    )
+    if raw.oversized:
+        if 200 <= raw.status < 300:
+            raise _too_large(raw.status)
+        return _RawResponse(raw.status, raw.headers, b"")  # an oversized error page
+    return _RawResponse(raw.status, raw.headers, raw.body)
 
 
 # --------------------------------------------------------------------------------------
@@ -827,7 +610,7 @@ def _tls_error(exc: BaseException, request: TokenRequest) -> TokenError | None:
             hint=hint,
         )
     tls = _find(exc, ssl.SSLError)
-    if tls is None and _find(exc, requests.exceptions.SSLError) is None:
+    if tls is None and _find(exc, urllib3.exceptions.SSLError) is None:
         return None
     reason = str(getattr(tls, "reason", "") or "") if tls is not None else ""
     return ConfigurationError(
@@ -856,15 +639,21 @@ def _transport_error(exc: BaseException, request: TokenRequest) -> TokenError:
     """A TokenError for an exception raised while talking to the endpoint; the exception's
     own text is never used (it may hold URLs or bodies)."""
     url = display_url(request.token_url)
-    denied = _find(exc, _PrivateNetworkDenied)
+    denied = _find(exc, transport.PrivateNetworkDenied)
     if denied is not None:
         return ConfigurationError(
-            f"refused to connect to {url}: the connection reached {denied.address}, a "
-            "loopback, link-local or metadata address",
+            f"refused to connect to {url}: its host resolves to {denied.address}, a "
+            "loopback, link-local, metadata or denied address",
             reason="PrivateNetworkDenied",
-            hint="the operator's --deny-private-networks guard refuses such addresses",
+            hint="the operator's --deny-private-networks guard and --deny-cidrs refuse "
+            "such addresses",
         )
-    if _find(exc, _DeadlineExceeded) is None:
+    material = _find(exc, transport.TLSMaterialError)
+    if material is not None:
+        return _tls_material_error(material)
+    if _find(exc, transport.URLProblem) is not None:
+        return ConfigurationError(f"tokenURL {url} is not a valid URL", reason="InvalidURL")
+    if _find(exc, transport.DeadlineExceeded) is None:
         # Checked before timeouts: urllib3's NewConnectionError subclasses its timeout error.
         tls = _tls_error(exc, request)
         if tls is not None:
@@ -891,14 +680,12 @@ def _transport_error(exc: BaseException, request: TokenRequest) -> TokenError:
 
 
 _INVALID_URL_ERRORS = (
-    requests.exceptions.InvalidURL,
-    requests.exceptions.MissingSchema,
-    requests.exceptions.InvalidSchema,
+    transport.URLProblem,
     urllib3.exceptions.LocationParseError,
+    urllib3.exceptions.LocationValueError,
 )
 _TIMEOUT_ERRORS = (
-    _DeadlineExceeded,
-    requests.exceptions.Timeout,
+    transport.DeadlineExceeded,
     TimeoutError,
     urllib3.exceptions.TimeoutError,
 )
@@ -936,12 +723,11 @@ def _token_in(body: bytes) -> list[str]:
 
 
 _TRANSPORT_ERRORS = (
-    requests.RequestException,
     urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
     OSError,
     ValueError,
-    _DeadlineExceeded,
-    _PrivateNetworkDenied,
+    transport.PrivateNetworkDenied,
 )
 
 
@@ -949,15 +735,23 @@ def fetch_token(
     request: TokenRequest,
     *,
     deny_private_networks: bool = False,
+    deny_cidrs: tuple[transport.Network, ...] = (),
     now: Callable[[], datetime] = _utc_now,
+    sender: transport.Transport | None = None,
 ) -> Token:
-    """Make one token request. Raises TokenError (Transient/Configuration/Protocol)."""
+    """Make one token request. Raises TokenError (Transient/Configuration/Protocol).
+
+    Connections are pooled per guard configuration (`deny_private_networks`,
+    `deny_cidrs`) unless a `sender` is given."""
     body_seen = b""
+    if sender is None:
+        guard = transport.NetworkGuard(deny_private_networks, tuple(deny_cidrs))
+        sender = transport.transport_for(guard)
     try:
         headers, body = build_request_parts(request)
         issued_at = now()  # before sending: the token can only be younger than this
         try:
-            raw = _exchange(request, headers, body, deny_private_networks)
+            raw = _exchange(request, headers, body, sender)
         except TokenError:
             raise
         except _TRANSPORT_ERRORS as exc:

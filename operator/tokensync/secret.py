@@ -14,6 +14,7 @@ from typing import Any
 from tokensync.oauth2 import Token
 from tokensync.schedule import HeldToken, parse_time
 from tokensync.spec import CredentialSpec, ResolvedValues
+from tokensync.urls import prefixes_admit
 
 DOMAIN = "tokensync.dev"
 LABEL_CREDENTIAL = f"{DOMAIN}/credential"
@@ -191,19 +192,12 @@ def held_token(secret: Mapping[str, Any] | None) -> HeldToken | None:
 def url_allowed(token_url: str, allowed_prefixes: str | None) -> bool:
     """The allowed-token-urls annotation binds a source's data to its real endpoints.
 
-    Plain prefix matching, except that a prefix without a path must name a whole
-    authority: `https://login.example` must not admit `https://login.example.evil` nor
-    `https://login.example:8443`, `https://h:84` not `https://h:8443`. A prefix ending
-    in `:` (`https://127.0.0.1:`) admits any port of that host.
+    Each comma-separated prefix is parsed by the parser that connects (tokensync.urls):
+    scheme, host and port must be equal (host normalised, default ports filled in) and the
+    prefix's path must be a whole-segment prefix of the URL's (`/a/` admits `/a/token`,
+    never `/ab`); a prefix without a path names the whole authority. URLs or prefixes the
+    parser refuses (dot segments, backslashes, encoded separators) admit nothing.
     """
     if allowed_prefixes is None:
         return True
-    for prefix in (p.strip() for p in allowed_prefixes.split(",")):
-        if not prefix or not token_url.startswith(prefix):
-            continue
-        authority = prefix.split("://", 1)[-1]
-        if "/" in authority or authority.endswith(":"):
-            return True
-        if token_url[len(prefix) : len(prefix) + 1] in ("", "/", "?"):
-            return True
-    return False
+    return prefixes_admit(token_url, allowed_prefixes)

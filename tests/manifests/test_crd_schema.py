@@ -337,3 +337,48 @@ def test_cross_field_rules_are_present(fields: dict[str, dict]) -> None:
     )
     for fixed in ("access_token", "token_type", "authorization", "expires_at"):
         assert f"'{fixed}'" in template
+
+
+def _token_url_refusals(fields: dict[str, dict]) -> list[tuple[str, str]]:
+    """The tokenURL rules of the form `!self.matches('re')` / `!self.contains('s')`, with
+    the CEL string literal unescaped (`\\\\` is one backslash)."""
+    found = []
+    for rule in fields[".spec.tokenURL"]["x-kubernetes-validations"]:
+        match = re.fullmatch(r"!self\.(matches|contains)\('(.*)'\)", rule["rule"].strip())
+        if match:
+            found.append((match[1], re.sub(r"\\(.)", r"\1", match[2])))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("https://localhost\\.okta.com/evil", True),
+        ("https://idp.example/legit/../evil/a3", True),
+        ("https://idp.example/legit/%2e%2e/evil/a3", True),
+        ("https://idp.example/legit/%2E%2e/evil", True),
+        ("https://idp.example/a%2Fb", True),
+        ("https://idp.example/a%5cb", True),
+        ("https://idp.example/./token", True),
+        ("https://idp.example/legit/..", True),
+        ("https://idp.example/legit/..;x/evil", True),
+        ("https://idp.example/legit/..?x", True),
+        ("https://idp.example/token\t", True),
+        ("https://idp.example/legit/token", False),
+        ("https://idp.example/a/.../b?x=../y", False),
+        ("https://idp.example/realms/a/protocol/openid-connect/token", False),
+        ("https://idp.example/v2.0/token?x=%20", False),
+    ],
+)
+def test_token_url_refusals_match_the_url_rules(
+    fields: dict[str, dict], url: str, refused: bool
+) -> None:
+    """What API.md "URLs" refuses and a pattern can express: backslash, encoded separators,
+    dot segments, whitespace (checked here with Python's re, which agrees with RE2 on
+    these patterns; test_manifests_server.py checks the API server itself)."""
+    hits = [
+        kind
+        for kind, arg in _token_url_refusals(fields)
+        if (re.search(arg, url) if kind == "matches" else arg in url)
+    ]
+    assert bool(hits) is refused, hits

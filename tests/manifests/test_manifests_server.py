@@ -277,6 +277,24 @@ INVALID = [
         ["fragment"],
     ),
     (
+        "backslash-in-tokenURL",
+        with_changes(tokenURL="https://localhost\\.okta.com/evil"),
+        "spec.tokenURL",
+        ["backslash"],
+    ),
+    (
+        "dot-segment-in-tokenURL",
+        with_changes(tokenURL="https://idp.example.com/legit/../evil/a3"),
+        "spec.tokenURL",
+        ["dot segment"],
+    ),
+    (
+        "encoded-dot-in-tokenURL",
+        with_changes(tokenURL="https://idp.example.com/legit/%2e%2e/evil/a3"),
+        "spec.tokenURL",
+        ["percent-encoded"],
+    ),
+    (
         "not-an-http-url",
         with_changes(tokenURL="ftp://idp.example.com/token"),
         "spec.tokenURL",

@@ -115,7 +115,13 @@ def test_unreachable_url_then_fixed(cluster, operator, token_endpoint):
     cluster.core.patch_namespaced_secret(
         "client",
         cluster.ns,
-        {"metadata": {"annotations": {"tokensync.dev/allowed-token-urls": "https://127.0.0.1:"}}},
+        {
+            "metadata": {
+                "annotations": {
+                    "tokensync.dev/allowed-token-urls": f"https://127.0.0.1:9/,{token_endpoint.url}"
+                }
+            }
+        },
     )
     ready = cluster.wait_ready("nowhere", "False", "TokenRequestFailed")
     assert "127.0.0.1:9" in ready["message"]
@@ -207,6 +213,15 @@ def test_private_network_guard_refuses_loopback(cluster, own_operator, token_end
     ready = cluster.wait_ready("loopback", "False", "TokenURLNotAllowed")
     assert "127.0.0.1" in ready["message"] or "loopback" in ready["message"].lower()
     assert client.requests == []  # refused after connect, before any byte of the request
+
+
+def test_deny_cidrs_flag_refuses_with_the_guard_off(cluster, own_operator, token_endpoint):
+    own_operator("--no-deny-private-networks", "--deny-cidrs=10.0.0.0/8,127.0.0.0/8")
+    client = token_endpoint.add_client()
+    cluster.create_credential("denied-cidr", client)
+    ready = cluster.wait_ready("denied-cidr", "False", "TokenURLNotAllowed")
+    assert "127.0.0.1" in ready["message"] and "--deny-cidrs" in ready["message"]
+    assert client.requests == []
 
 
 def test_allowed_token_hosts_flag(cluster, own_operator, token_endpoint):

@@ -1,0 +1,803 @@
+"""How token requests reach the endpoint: pooled connections, cached TLS contexts, the
+whole-request deadline, the private-network guard, proxies, and a request limiter.
+
+No OAuth2 and no Kubernetes here; oauth2.py builds the request and classifies what this
+module raises. The rules of API.md hold on every connection, new or reused:
+
+- Deadline (timeoutSeconds, connect to last byte): every blocking socket operation (TCP
+  connect, TLS handshake, CONNECT, send, each recv) first sets the socket's timeout to
+  the time left, so a server that drips one byte at a time still runs out of it. No
+  watchdog thread.
+- Private-network guard: every address a name resolves to is checked before connecting,
+  and the address actually connected after. Through a proxy, the target is resolved
+  and checked before CONNECT is sent. A pooled connection is only ever reused by the
+  Transport (one guard configuration) that checked it.
+- Redirects are never followed; no .netrc; proxies only from this process's
+  HTTPS_PROXY / HTTP_PROXY / NO_PROXY; trust only from the request's own TLS settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import ipaddress
+import os
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+import requests.utils
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util import Timeout
+
+from tokensync.urls import ParsedURL, URLProblem, parse_url
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Connection reuse. A renewal every few minutes per credential keeps a busy endpoint's
+# connections warm; an idle one is dropped before common load balancer and NAT idle
+# timeouts (60 s and more) can silently cut it.
+IDLE_TIMEOUT_SECONDS = 45.0
+MAX_POOLS = 256  # endpoints x trust configurations with a warm connection
+MAX_CONNECTIONS_PER_POOL = 8  # matches --max-requests-per-host's default
+SSL_CONTEXT_CACHE_SIZE = 64  # a system-store context holds ~0.9 MB
+
+
+# --------------------------------------------------------------------------------------
+# Private-network guard
+
+
+class PrivateNetworkDenied(Exception):
+    """A token request would have reached an address the guard refuses."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.address = address
+
+
+# Cloud metadata and platform endpoints; 169.254.169.254 (AWS, GCP, Azure IMDS, OCI) is
+# link-local anyway, the others are not.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",
+        "168.63.129.16",  # Azure WireServer
+        "100.100.100.200",  # Alibaba Cloud
+        "fd00:ec2::254",  # AWS IMDS over IPv6
+    )
+)
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # Linux connects 0.x.y.z to this host
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address leads to: mapped (::ffff:a.b.c.d), NAT64
+    (64:ff9b::/96 and the RFC 8215 /48), 6to4 (2002::/16), or IPv4-compatible (::a.b.c.d)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    raw = ip.packed
+    if ip in _NAT64_WELL_KNOWN:
+        return ipaddress.IPv4Address(raw[12:16])
+    if ip in _NAT64_LOCAL:
+        # RFC 6052 2.2, /48 prefix: IPv4 bits in octets 6-7 and 9-10 (octet 8 is "u").
+        return ipaddress.IPv4Address(raw[6:8] + raw[9:11])
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _IPV4_COMPATIBLE and int(ip) > 1:
+        return ipaddress.IPv4Address(raw[12:16])
+    return None
+
+
+def _private(ip: Address) -> bool:
+    return (
+        ip.is_loopback
+        or ip.is_link_local
+        or ip.is_unspecified
+        or ip in METADATA_ADDRESSES
+        or (isinstance(ip, ipaddress.IPv4Address) and ip in _THIS_NETWORK)
+    )
+
+
+def parse_address(address: str) -> Address:
+    return ipaddress.ip_address(address.split("%", 1)[0])
+
+
+def is_denied_address(
+    address: str, *, deny_private: bool = True, deny_cidrs: Iterable[Network] = ()
+) -> bool:
+    """Whether the guard refuses `address`: loopback, link-local, unspecified, cloud
+    metadata (with `deny_private`), any of `deny_cidrs`; also through an IPv6 form that
+    embeds one of these IPv4 addresses."""
+    ip = parse_address(address)
+    candidates: list[Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address) and (v4 := embedded_ipv4(ip)) is not None:
+        candidates.append(v4)
+    cidrs = tuple(deny_cidrs)
+    return any(
+        (deny_private and _private(c)) or any(c in net for net in cidrs if c.version == net.version)
+        for c in candidates
+    )
+
+
+def parse_cidrs(values: Iterable[str]) -> tuple[Network, ...]:
+    """`--deny-cidrs` values (comma-separated, repeatable); a bare address is a /32 or /128.
+    Raises ValueError naming the bad entry."""
+    networks = []
+    for value in values:
+        for text in value.split(","):
+            if text.strip():
+                try:
+                    networks.append(ipaddress.ip_network(text.strip(), strict=False))
+                except ValueError:
+                    raise ValueError(f"not an IP network: {text.strip()!r}") from None
+    return tuple(networks)
+
+
+@dataclass(frozen=True)
+class NetworkGuard:
+    """Which addresses token requests may not reach (--deny-private-networks,
+    --deny-cidrs)."""
+
+    deny_private: bool = True
+    deny_cidrs: tuple[Network, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.deny_private or bool(self.deny_cidrs)
+
+    def denies(self, address: str) -> bool:
+        return is_denied_address(
+            address, deny_private=self.deny_private, deny_cidrs=self.deny_cidrs
+        )
+
+    def check_resolved(self, host: str, port: int) -> None:
+        """Resolve `host` and refuse it if any address is denied (raises gaierror when
+        the name does not resolve)."""
+        for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            if self.denies(info[4][0]):
+                raise PrivateNetworkDenied(info[4][0])
+
+
+# --------------------------------------------------------------------------------------
+# The deadline: one per request, applied to every blocking socket operation
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request's whole deadline passed."""
+
+
+@dataclass
+class _Exchange:
+    """The request in progress in this thread: its deadline and whether it runs on a
+    reused connection (a stale keep-alive connection may be retried once)."""
+
+    end: float
+    reused: bool = False
+    answered: bool = False  # a status line arrived: the request must not be sent again
+
+    def remaining(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded()
+        return left
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
+
+_EXCHANGE: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar(
+    "tokensync_exchange", default=None
+)
+
+
+def _arm(sock: socket.socket) -> None:
+    exchange = _EXCHANGE.get()
+    if exchange is not None:
+        socket.socket.settimeout(sock, exchange.remaining())
+
+
+class _DeadlineSocket(socket.socket):
+    """A TCP socket whose every blocking call gets only the time the request has left."""
+
+    def recv(self, *args: Any) -> bytes:
+        _arm(self)
+        return super().recv(*args)
+
+    def recv_into(self, *args: Any) -> int:
+        _arm(self)
+        return super().recv_into(*args)
+
+    def send(self, *args: Any) -> int:
+        _arm(self)
+        return super().send(*args)
+
+    def sendall(self, *args: Any) -> None:
+        _arm(self)
+        super().sendall(*args)
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """The same for TLS; every context of this module creates these (sslsocket_class)."""
+
+    def do_handshake(self, *args: Any) -> None:
+        _arm(self)
+        super().do_handshake(*args)
+
+    def recv(self, *args: Any) -> bytes:
+        _arm(self)
+        return super().recv(*args)
+
+    def recv_into(self, *args: Any) -> int:
+        _arm(self)
+        return super().recv_into(*args)
+
+    def send(self, *args: Any) -> int:
+        _arm(self)
+        return super().send(*args)
+
+    def sendall(self, *args: Any) -> None:
+        _arm(self)
+        super().sendall(*args)
+
+
+def _connect(host: str, port: int, guard: NetworkGuard | None) -> socket.socket:
+    """A connected socket; with a guard, every resolved address and the connected peer
+    are checked."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if guard is not None:
+        for info in infos:
+            if guard.denies(info[4][0]):
+                raise PrivateNetworkDenied(info[4][0])
+    error: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = _DeadlineSocket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            exchange = _EXCHANGE.get()
+            sock.settimeout(exchange.remaining() if exchange else None)
+            sock.connect(address)
+            peer = sock.getpeername()[0]
+            if guard is not None and guard.denies(peer):
+                raise PrivateNetworkDenied(peer)
+            return sock
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError) or isinstance(exc, DeadlineExceeded):
+                raise
+            error = exc
+    raise error or OSError(f"no address for {host}")
+
+
+# --------------------------------------------------------------------------------------
+# TLS contexts, one per distinct trust configuration
+
+
+class TrustSettings(Protocol):
+    """What decides trust (oauth2.TLSSettings has these)."""
+
+    ca_pem: bytes | None
+    insecure_skip_verify: bool
+    client_cert_pem: bytes | None
+    client_key_pem: bytes | None
+    ca_description: str
+
+
+class TLSMaterialError(ValueError):
+    """The CA bundle or client certificate cannot be loaded."""
+
+    def __init__(self, message: str, *, reason: str, hint: str) -> None:
+        super().__init__(message)
+        self.message, self.reason, self.hint = message, reason, hint
+
+
+def build_ssl_context(tls: TrustSettings) -> ssl.SSLContext:
+    """A new SSLContext for the token endpoint: caRef replaces the default trust store."""
+    try:
+        if tls.ca_pem is not None:
+            context = ssl.create_default_context(cadata=tls.ca_pem.decode("ascii"))
+        else:
+            context = ssl.create_default_context()
+    except (ssl.SSLError, ValueError, UnicodeDecodeError):
+        raise TLSMaterialError(
+            f"the CA bundle from {tls.ca_description} is not valid PEM",
+            reason="InvalidCABundle",
+            hint="tls.caRef must name PEM certificates (-----BEGIN CERTIFICATE-----)",
+        ) from None
+    if tls.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if tls.client_cert_pem is not None or tls.client_key_pem is not None:
+        _load_client_certificate(context, tls)
+    context.sslsocket_class = _DeadlineSSLSocket
+    return context
+
+
+def _load_client_certificate(context: ssl.SSLContext, tls: TrustSettings) -> None:
+    # The ssl module loads certificates only from files: write a private file (mkstemp
+    # creates it with mode 0600) and remove it at once.
+    if not tls.client_cert_pem or not tls.client_key_pem:
+        raise TLSMaterialError(
+            "mutual TLS needs both a client certificate and its key",
+            reason="InvalidClientCertificate",
+            hint="tls.clientCertificateRef must name a kubernetes.io/tls Secret",
+        )
+    fd, path = tempfile.mkstemp(
+        prefix="tokensync-", suffix=".pem", dir=os.environ.get("TOKENSYNC_TMPDIR") or None
+    )
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(tls.client_cert_pem.rstrip(b"\n") + b"\n" + tls.client_key_pem)
+        context.load_cert_chain(path)
+    except (ssl.SSLError, ValueError):
+        raise TLSMaterialError(
+            "the client certificate or key is not valid PEM, or they do not match",
+            reason="InvalidClientCertificate",
+            hint="tls.clientCertificateRef must name a kubernetes.io/tls Secret with "
+            "tls.crt and tls.key",
+        ) from None
+    finally:
+        os.unlink(path)
+
+
+def _digest(*parts: bytes | None) -> str | None:
+    if all(p is None for p in parts):
+        return None
+    sha = hashlib.sha256()
+    for part in parts:
+        sha.update(b"-" if part is None else len(part).to_bytes(8, "big") + part)
+    return sha.hexdigest()
+
+
+def _system_store_stamp() -> tuple[Any, ...]:
+    """Changes when the default trust store (SSL_CERT_FILE, the system bundle) does, so
+    an updated bundle is loaded without a restart."""
+    paths = ssl.get_default_verify_paths()
+    stamp: list[Any] = [paths.cafile, paths.capath]
+    for path in (paths.cafile, paths.capath):
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        stamp.append((st.st_mtime_ns, st.st_size, st.st_ino) if st else None)
+    return tuple(stamp)
+
+
+def trust_key(tls: TrustSettings) -> tuple[Any, ...]:
+    """What makes two TLS settings trust the same servers and present the same client
+    certificate; the key holds digests, never the key material itself."""
+    return (
+        _digest(tls.ca_pem) if tls.ca_pem is not None else ("system", _system_store_stamp()),
+        _digest(tls.client_cert_pem, tls.client_key_pem),
+        bool(tls.insecure_skip_verify),
+    )
+
+
+class SSLContextCache:
+    """A bounded LRU of SSLContexts by trust_key. Building a context from the system
+    store costs tens of milliseconds of CPU; using a cached one costs nothing. The
+    contexts are never changed after they are built (urllib3 sets the verify mode it
+    already has), so threads share them safely."""
+
+    def __init__(self, maxsize: int = SSL_CONTEXT_CACHE_SIZE) -> None:
+        self.maxsize = maxsize
+        self._lock = threading.Lock()
+        self._contexts: OrderedDict[tuple[Any, ...], ssl.SSLContext] = OrderedDict()
+        self.builds = 0
+
+    def get(self, tls: TrustSettings) -> ssl.SSLContext:
+        key = trust_key(tls)
+        with self._lock:
+            context = self._contexts.get(key)
+            if context is not None:
+                self._contexts.move_to_end(key)
+                return context
+        context = build_ssl_context(tls)  # outside the lock: it may take a while
+        with self._lock:
+            self.builds += 1
+            context = self._contexts.setdefault(key, context)
+            self._contexts.move_to_end(key)
+            while len(self._contexts) > self.maxsize:
+                self._contexts.popitem(last=False)
+        return context
+
+    def clear(self) -> None:
+        with self._lock:
+            self._contexts.clear()
+
+
+SSL_CONTEXTS = SSLContextCache()
+
+
+@dataclass(frozen=True)
+class _SystemTrust:
+    ca_pem: bytes | None = None
+    insecure_skip_verify: bool = False
+    client_cert_pem: bytes | None = None
+    client_key_pem: bytes | None = None
+    ca_description: str = "system trust store"
+
+
+SYSTEM_TRUST = _SystemTrust()
+
+
+# --------------------------------------------------------------------------------------
+# Connection pools
+
+
+def _pool_classes(
+    guard: NetworkGuard, idle_timeout: float, connected: Callable[[], None]
+) -> dict[str, type]:
+    """Pools for one Transport: connections that obey the deadline and its guard, and
+    that are dropped after `idle_timeout` seconds unused. `connected` counts sockets."""
+
+    class Guarded:
+        proxy: Any
+        _dns_host: str
+        port: int
+        host: str
+
+        def _new_conn(self) -> socket.socket:
+            # Connections to the operator's own proxy are not guarded: the target is,
+            # before CONNECT (Transport.post).
+            direct = self.proxy is None
+            try:
+                sock = _connect(self._dns_host, self.port, guard if direct else None)
+                connected()
+                return sock
+            except socket.gaierror as e:
+                raise NameResolutionError(self.host, self, e) from e  # type: ignore[arg-type]
+            except TimeoutError as e:
+                raise ConnectTimeoutError(self, f"connecting to {self.host} timed out") from e
+            except OSError as e:
+                raise NewConnectionError(self, f"failed to connect: {e}") from e  # type: ignore[arg-type]
+
+    class Connection(Guarded, HTTPConnection):
+        pass
+
+    class TLSConnection(Guarded, HTTPSConnection):
+        pass
+
+    class Pooled:
+        def _get_conn(self, timeout: float | None = None) -> Any:
+            conn = super()._get_conn(timeout)  # type: ignore[misc]
+            if _idle_for(conn, time.monotonic()) > idle_timeout:
+                conn.close()
+            if conn.sock is not None and conn.proxy is None and guard.active:
+                # Each request checks the address it goes to, new connection or not.
+                try:
+                    peer = conn.sock.getpeername()[0]
+                except OSError:
+                    conn.close()
+                else:
+                    if guard.denies(peer):
+                        conn.close()
+                        raise PrivateNetworkDenied(peer)
+            exchange = _EXCHANGE.get()
+            if exchange is not None:
+                exchange.reused = conn.sock is not None
+            return conn
+
+        def _put_conn(self, conn: Any) -> None:
+            if conn is not None:
+                conn.idle_since = time.monotonic()
+            pool = self.pool  # type: ignore[attr-defined]
+            if pool is not None:
+                with contextlib.suppress(Exception):
+                    pool.put(conn, block=False)
+                    return
+            if conn is not None:
+                conn.close()  # pool closed or full: quietly, unlike urllib3's warning
+
+    class Pool(Pooled, HTTPConnectionPool):
+        ConnectionCls = Connection
+
+    class TLSPool(Pooled, HTTPSConnectionPool):
+        ConnectionCls = TLSConnection
+
+    return {"http": Pool, "https": TLSPool}
+
+
+def _idle_for(conn: Any, now: float) -> float:
+    """Seconds an open pooled connection has been idle (0 when closed or never used)."""
+    idle_since = getattr(conn, "idle_since", None)
+    if conn is None or conn.sock is None or idle_since is None:
+        return 0.0
+    return now - idle_since
+
+
+def _environment_proxy(url: ParsedURL) -> str | None:
+    """HTTPS_PROXY / HTTP_PROXY of this process unless NO_PROXY exempts the URL."""
+    text = f"{url.scheme}://{url.authority}{url.request_target}"
+    proxies = requests.utils.get_environ_proxies(text)
+    proxy = requests.utils.select_proxy(text, proxies) if proxies else None
+    return requests.utils.prepend_scheme_if_needed(proxy, "http") if proxy else None
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    oversized: bool = False  # the body was over max_body_bytes and was not kept
+
+
+@dataclass
+class _Proxy:
+    manager: urllib3.ProxyManager
+    forwarding: bool  # plain-http targets: absolute-form requests, no CONNECT
+
+
+class Transport:
+    """Sends token requests over pooled keep-alive connections. One per guard
+    configuration (see `transport_for`); thread-safe."""
+
+    def __init__(
+        self,
+        guard: NetworkGuard = NetworkGuard(deny_private=False),
+        *,
+        max_pools: int = MAX_POOLS,
+        connections_per_pool: int = MAX_CONNECTIONS_PER_POOL,
+        idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+        ssl_contexts: SSLContextCache = SSL_CONTEXTS,
+    ) -> None:
+        self.guard = guard
+        self.ssl_contexts = ssl_contexts
+        self._max_pools = max_pools
+        self._pool_kw = {"maxsize": connections_per_pool, "block": False}
+        self._connects = 0
+        self._classes = _pool_classes(guard, idle_timeout, self._count_connect)
+        self._direct = urllib3.PoolManager(num_pools=max_pools, **self._pool_kw)
+        self._direct.pool_classes_by_scheme = self._classes
+        self._lock = threading.Lock()
+        self._proxies: OrderedDict[str, _Proxy] = OrderedDict()
+        self._idle_timeout = idle_timeout
+        self._next_sweep = time.monotonic() + idle_timeout
+
+    def sweep(self) -> int:
+        """Close pooled connections idle longer than the idle timeout (their pools stay);
+        returns how many. Runs from `post` now and then, so idle endpoints do not hold
+        sockets open, without a thread of its own."""
+        now = time.monotonic()
+        managers = [self._direct, *(p.manager for p in list(self._proxies.values()))]
+        closed = 0
+        for manager in managers:
+            for key in list(manager.pools.keys()):
+                pool = manager.pools.get(key)
+                queue = getattr(pool, "pool", None)
+                if queue is None:
+                    continue
+                with queue.mutex:  # queued connections are idle; none is taken meanwhile
+                    for conn in list(queue.queue):
+                        if _idle_for(conn, now) > self._idle_timeout:
+                            conn.close()
+                            closed += 1
+        return closed
+
+    def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_sweep:
+                return
+            self._next_sweep = now + max(self._idle_timeout, 1.0)
+        self.sweep()
+
+    def close(self) -> None:
+        self._direct.clear()
+        with self._lock:
+            for proxy in self._proxies.values():
+                proxy.manager.clear()
+            self._proxies.clear()
+
+    def _count_connect(self) -> None:
+        with self._lock:
+            self._connects += 1
+
+    def connection_count(self) -> int:
+        """TCP connections opened so far (tests and benchmarks)."""
+        with self._lock:
+            return self._connects
+
+    def _proxy(self, proxy_url: str, target: ParsedURL) -> _Proxy:
+        key = proxy_url
+        with self._lock:
+            proxy = self._proxies.get(key)
+            if proxy is None:
+                parsed = urllib3.util.parse_url(proxy_url)
+                headers = None
+                if parsed.auth:
+                    auth = unquote(parsed.auth)
+                    headers = urllib3.util.make_headers(proxy_basic_auth=auth)
+                    parsed = parsed._replace(auth=None)
+                # TLS to an https:// proxy: the system store, and our socket class, so
+                # the deadline also covers the proxy's TLS and everything tunnelled in it.
+                proxy_context = (
+                    self.ssl_contexts.get(SYSTEM_TRUST) if parsed.scheme == "https" else None
+                )
+                manager = urllib3.ProxyManager(
+                    parsed.url,
+                    num_pools=self._max_pools,
+                    proxy_headers=headers,
+                    proxy_ssl_context=proxy_context,
+                    **self._pool_kw,
+                )
+                manager.pool_classes_by_scheme = self._classes
+                proxy = _Proxy(manager, forwarding=False)
+                self._proxies[key] = proxy
+                while len(self._proxies) > 8:
+                    self._proxies.popitem(last=False)[1].manager.clear()
+            self._proxies.move_to_end(key)
+        return _Proxy(proxy.manager, forwarding=target.scheme == "http")
+
+    def post(
+        self,
+        url: ParsedURL | str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        tls: TrustSettings | None,
+        timeout: float,
+        max_body_bytes: int,
+    ) -> RawResponse:
+        """POST `body` to `url` and read the response within `timeout` seconds in all.
+        Raises PrivateNetworkDenied, DeadlineExceeded, TLSMaterialError, URLProblem, or
+        urllib3 / OSError exceptions for connection failures."""
+        parsed = url if isinstance(url, ParsedURL) else parse_url(url)
+        self._maybe_sweep()
+        exchange = _Exchange(time.monotonic() + timeout)
+        reset = _EXCHANGE.set(exchange)
+        try:
+            proxy_url = _environment_proxy(parsed)
+            proxy = self._proxy(proxy_url, parsed) if proxy_url else None
+            if proxy is not None and self.guard.active:
+                # Before CONNECT: the proxy would otherwise reach whatever the name
+                # resolves to from where it runs.
+                self.guard.check_resolved(parsed.connect_host, parsed.port)
+            pool_kw: dict[str, Any] = {}
+            if parsed.scheme == "https":
+                if tls is None:
+                    raise ValueError("an https request needs TLS settings")
+                pool_kw["ssl_context"] = self.ssl_contexts.get(tls)
+                pool_kw["cert_reqs"] = "CERT_NONE" if tls.insecure_skip_verify else "CERT_REQUIRED"
+            manager = proxy.manager if proxy else self._direct
+            pool = manager.connection_from_host(
+                parsed.connect_host, parsed.port, parsed.scheme, pool_kwargs=pool_kw
+            )
+            target = parsed.request_target
+            send_headers = dict(headers)
+            if proxy is not None and proxy.forwarding:
+                target = f"http://{parsed.authority}{parsed.request_target}"
+                send_headers.update(proxy.manager.proxy_headers or {})
+                send_headers.setdefault("Host", parsed.authority)
+            for attempt in (1, 2):
+                try:
+                    return self._send(pool, target, send_headers, body, exchange, max_body_bytes)
+                except urllib3.exceptions.ProtocolError:
+                    # A keep-alive connection the server closed just as we sent: once
+                    # more on a new one (a token request is safe to repeat, but not after
+                    # an answer began: that one may have issued a token).
+                    if attempt == 2 or not exchange.reused or exchange.answered:
+                        raise
+                    if exchange.expired:
+                        raise
+            raise AssertionError("unreachable")
+        finally:
+            _EXCHANGE.reset(reset)
+
+    @staticmethod
+    def _send(
+        pool: HTTPConnectionPool,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        exchange: _Exchange,
+        max_body_bytes: int,
+    ) -> RawResponse:
+        remaining = exchange.remaining()
+        response = pool.urlopen(
+            "POST",
+            target,
+            body=body,
+            headers=dict(headers),
+            retries=False,
+            redirect=False,
+            assert_same_host=False,
+            timeout=Timeout(connect=remaining, read=remaining),
+            preload_content=False,
+            release_conn=False,
+            decode_content=False,
+        )
+        exchange.answered = True
+        done = False
+        try:
+            status, response_headers = response.status, dict(response.headers)
+            if 300 <= status < 400:
+                return RawResponse(status, response_headers, b"")  # never followed
+            body_read = _read_limited(response, max_body_bytes)
+            done = body_read is not None
+            return RawResponse(
+                status, response_headers, body_read or b"", oversized=body_read is None
+            )
+        finally:
+            if not done:
+                response.close()  # unread data: the connection cannot be reused
+            response.release_conn()
+
+
+def _read_limited(response: Any, limit: int) -> bytes | None:
+    """The whole body, or None when it is larger than `limit`."""
+    length = response.headers.get("Content-Length")
+    if length is not None and length.strip().isdigit() and int(length) > limit:
+        return None
+    chunks, total = [], 0
+    while True:
+        chunk = response.read(16 * 1024)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+
+
+_TRANSPORTS: dict[NetworkGuard, Transport] = {}
+_TRANSPORTS_LOCK = threading.Lock()
+
+
+def transport_for(guard: NetworkGuard) -> Transport:
+    """The shared Transport (and so the connection pools) for one guard configuration."""
+    with _TRANSPORTS_LOCK:
+        transport = _TRANSPORTS.get(guard)
+        if transport is None:
+            transport = _TRANSPORTS[guard] = Transport(guard)
+        return transport
+
+
+def reset_transports() -> None:
+    """Close every shared pool (tests; a process that forks)."""
+    with _TRANSPORTS_LOCK:
+        for transport in _TRANSPORTS.values():
+            transport.close()
+        _TRANSPORTS.clear()
+    SSL_CONTEXTS.clear()
+
+
+@contextlib.contextmanager
+def exchange_deadline(seconds: float) -> Iterator[None]:
+    """Run socket operations of this thread under a deadline (tests of the socket layer)."""
+    reset = _EXCHANGE.set(_Exchange(time.monotonic() + seconds))
+    try:
+        yield
+    finally:
+        _EXCHANGE.reset(reset)
+
+
+__all__ = [
+    "DeadlineExceeded",
+    "NetworkGuard",
+    "PrivateNetworkDenied",
+    "RawResponse",
+    "SSLContextCache",
+    "TLSMaterialError",
+    "Transport",
+    "URLProblem",
+    "build_ssl_context",
+    "embedded_ipv4",
+    "is_denied_address",
+    "parse_cidrs",
+    "transport_for",
+]
