@@ -82,6 +82,12 @@ OPERATOR_USER: str = _operator_fixtures.OPERATOR_USER
 GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "oauth2credentials"
 SOURCE_LABEL = {"tokensync.dev/credential-source": "true"}
 MANAGED_LABEL = "tokensync.dev/credential"  # on every managed Secret (API.md)
+ISSUED_ANNOTATION = "tokensync.dev/issued-at"
+# The operator schedules from its own issued-at (taken before it sends the request, then
+# truncated to the second) and the lifetime between the two annotations: a refresh is
+# "before the renew window" by its own view when the request reaches the endpoint this much
+# before the earliest refresh point counted from that annotation.
+OPERATOR_VIEW_TOLERANCE = 0.5
 
 # API.md, "Default refresh point".
 KUBELET_PROPAGATION = 120.0
@@ -94,6 +100,15 @@ LOG_PROBLEM_WORDS = ("error", "fail", "retry", "traceback", "unexpected")
 # The Secret's issued-at/expires-at annotations have second precision, so an operator that
 # reads them back (after a restart) may refresh up to 1 s before the exact refresh point.
 EARLY_TOLERANCE = 1.0
+
+
+def parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def log(message: str) -> None:
@@ -204,6 +219,7 @@ class SecretEvent:
     namespace: str
     name: str
     token: str | None
+    issued_at: float | None = None  # the operator's issued-at annotation (second precision)
 
 
 class SecretWatch(threading.Thread):
@@ -231,7 +247,10 @@ class SecretWatch(threading.Thread):
         meta = obj.get("metadata") or {}
         raw = (obj.get("data") or {}).get("access_token")
         token = base64.b64decode(raw).decode() if raw else None
-        event = SecretEvent(at, etype, meta.get("namespace", ""), meta.get("name", ""), token)
+        issued = (meta.get("annotations") or {}).get(ISSUED_ANNOTATION)
+        event = SecretEvent(
+            at, etype, meta.get("namespace", ""), meta.get("name", ""), token, parse_time(issued)
+        )
         with self.lock:
             self.events.append(event)
             self.first_seen.setdefault((event.namespace, event.name), at)
@@ -1059,7 +1078,10 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         )
         for i in range(n)
     ]
-    log(f"creating {len(namespaces)} CA ConfigMap(s) and {n} labelled client Secrets")
+    log(
+        (f"creating {len(namespaces)} CA ConfigMap(s) and " if args.ca_ref else "creating ")
+        + f"{n} labelled client Secrets"
+    )
     create_sources(core, namespaces, credentials, ca, allowed, args.create_concurrency, args.ca_ref)
 
     operator_log = log_dir / "operator.log"
@@ -1376,6 +1398,9 @@ def analyse(
         "refresh_age_band": (age_lo, age_hi),
         "late": [x for x in late if x > 0.5],
         "early": sum(age < age_lo - EARLY_TOLERANCE for age in ages),
+        "early_operator_view": early_by_operator_view(
+            credentials, watch, lifetime, tl.first_create, end
+        ),
         "expired_seconds": sum(h.expired_seconds for h in histories),
         "expired_wall_seconds": merged_length(expired_intervals),
         "secrets_expired": sum(h.expired_seconds > 0 for h in histories),
@@ -1392,6 +1417,32 @@ def analyse(
         "machine": machine,
         "audit": audit,
     }
+
+
+def early_by_operator_view(
+    credentials: list[Credential], watch: SecretWatch, lifetime: float, start: float, end: float
+) -> list[float]:
+    """Token ages (from the held token's issued-at annotation to the next request's arrival
+    at the endpoint) of refreshes in (start, end] that came before the earliest refresh
+    point by the operator's own clock and annotations."""
+    annotated: dict[str, float] = {}
+    with watch.lock:
+        for event in watch.events:
+            if event.token and event.issued_at is not None:
+                annotated.setdefault(event.token, event.issued_at)
+    lo = refresh_age(lifetime, 1.0)
+    early = []
+    for c in credentials:
+        for previous, current in itertools.pairwise(c.client.issued):
+            if not start < current.issued_at <= end:
+                continue
+            issued = annotated.get(previous.token)
+            if issued is None:
+                continue
+            age = current.issued_at - issued
+            if age < lo - OPERATOR_VIEW_TOLERANCE:
+                early.append(age)
+    return early
 
 
 def connection_counts(
@@ -1471,6 +1522,7 @@ def analyse_restart(
         "refreshes": len(ages),
         "late": late,
         "early": early,
+        "early_operator_view": early_by_operator_view(credentials, watch, lifetime, start, end),
         "expired_seconds": expired,
         "secrets_expired": affected,
         "cpu": proc.cpu if proc else None,
@@ -1625,7 +1677,11 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> s
         f"  refreshes later than age {hi:.1f} s + 0.5 s: {len(r['late'])} of "
         f"{len(r['refresh_ages'])}" + (f"  ({dist(r['late'])} late)" if r["late"] else "")
     )
-    w(f"  refreshes earlier than age {lo:.1f} s - 1 s (not due yet): {r['early']}")
+    w(
+        f"  refreshes earlier than age {lo:.1f} s - 1 s (not due yet): {r['early']} by the "
+        f"endpoint's issue times; {len(r['early_operator_view'])} by the operator's own "
+        f"issued-at annotation (age < {lo:.1f} s - {OPERATOR_VIEW_TOLERANCE} s)"
+    )
     w("")
     w("Expired tokens in Secrets (issuance log x Secret watch events)")
     w(
@@ -1679,11 +1735,14 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> s
         f"  ({steady:.1f} CPU-s over {steady_s:.0f} s)"
     )
     wait = op.get("steady_wait_s")
-    if wait is not None and r["steady_issues"]:
+    if wait is not None:
+        # Runnable but not running: the machine's cores were busy (contention), as
+        # opposed to CPU the operator used.
         w(
-            f"  operator threads waiting for a CPU (run queue, steady) {wait:.1f} s = "
-            f"{1000 * wait / r['steady_issues']:.1f} ms per refresh, "
-            f"{op.get('steady_slices')} times scheduled"
+            f"  operator threads runnable but waiting for a core (schedstat, steady) "
+            f"{wait:.1f} s = {wait / steady_s:.2f} threads waiting on average, "
+            f"{wait / max(steady, 1e-9):.1f} s per CPU-s used; scheduled "
+            f"{op.get('steady_slices')} times"
         )
     rss = op.get("rss_mb", {})
     rss_end = list(rss.values())[-1] if rss else None
@@ -1785,15 +1844,26 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> s
             )
             + (f"; last scrape error: {rs['scrape_error']}" if rs["scrape_error"] else "")
         )
-        outside = len(rs["late"]) + len(rs["early"])
+        early_op = rs["early_operator_view"]
+        outside = len(rs["late"]) + len(early_op)
         w(
             f"  token requests outside the renew window after restart: {outside} "
-            f"(of {rs['requests']} requests, {rs['failed_requests']} failed)"
+            f"(of {rs['requests']} requests, {rs['failed_requests']} failed): "
+            f"{len(early_op)} early, {len(rs['late'])} late"
         )
         w(
-            f"    early (token age < {lo:.1f} s - 1 s: not due) {len(rs['early'])}"
+            f"    early = before the window by the operator's own view (request arrival - "
+            f"issued-at annotation < {lo:.1f} s - {OPERATOR_VIEW_TOLERANCE} s)"
+            + (f": ages {dist(early_op)}" if early_op else "")
+        )
+        w(
+            f"    by the endpoint's issue times (age < {lo:.1f} s - 1 s): {len(rs['early'])}"
             + (f" (ages {dist(rs['early'])})" if rs["early"] else "")
-            + f"; late (age > {hi:.1f} s + 0.5 s) {len(rs['late'])}"
+            + "; the difference is the previous request's latency (the operator's issued-at "
+            "is taken before it sends) plus the annotation's truncation to the second"
+        )
+        w(
+            f"    late (age > {hi:.1f} s + 0.5 s by the endpoint's times) {len(rs['late'])}"
             + (f" ({dist(rs['late'])} late)" if rs["late"] else "")
         )
         restart_api = r["audit"]["operator"].get("restart", Counter())
