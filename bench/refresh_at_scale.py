@@ -540,7 +540,8 @@ class Profiler:
             )
         log(f"py-spy recording the {phase} phase ({self.rate} Hz) into {output}")
 
-    def stop(self) -> dict[str, Any] | None:
+    def stop(self, operations: int | None = None) -> dict[str, Any] | None:
+        """Stop recording; `operations` (renewals in the phase) adds ms per renewal."""
         process, phase = self.process, self.phase
         if process is None:
             return None
@@ -558,7 +559,11 @@ class Profiler:
         summary = None
         if raw.is_file():
             summary = format_summary(
-                summarize(parse_lines(read_profiles([raw]))), 15, f"py-spy profile, {phase} phase"
+                summarize(parse_lines(read_profiles([raw]))),
+                15,
+                f"py-spy profile, {phase} phase",
+                self.rate,
+                operations,
             )
             (self.directory / f"profile-{phase}.txt").write_text(summary + "\n")
         result = {
@@ -1166,7 +1171,7 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         log(f"lifetime {lap}/{k} observed; {issued} tokens issued so far")
     tl.end = observe_from + k * lifetime
     if profiler:
-        profiler.stop()
+        profiler.stop(renewals_between(credentials, observe_from, tl.end))
 
     restart: dict[str, Any] | None = None
     if args.restart:
@@ -1197,7 +1202,7 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
                 raise RuntimeError("the restarted operator exited:\n" + operator.log()[-3000:])
             time.sleep(0.5)
         if profiler:
-            profiler.stop()
+            profiler.stop(renewals_between(credentials, ready2_at, restart_end))
         scraper.stop()
         restart = {
             "stop_at": stop_at,
@@ -1443,6 +1448,10 @@ def early_by_operator_view(
             if age < lo - OPERATOR_VIEW_TOLERANCE:
                 early.append(age)
     return early
+
+
+def renewals_between(credentials: list[Credential], start: float, end: float) -> int:
+    return sum(start <= i.issued_at < end for c in credentials for i in c.client.issued[1:])
 
 
 def connection_counts(

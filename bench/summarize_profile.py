@@ -176,7 +176,11 @@ def summarize(profile: Profile) -> Summary:
     return s
 
 
-def format_summary(s: Summary, top: int = 20, title: str = "") -> str:
+def format_summary(
+    s: Summary, top: int = 20, title: str = "", rate: float | None = None, per: int | None = None
+) -> str:
+    """With the sampling rate and a count of operations (e.g. renewals), each bucket also
+    gets thread-milliseconds per operation, comparable between runs of different sizes."""
     out: list[str] = []
     w = out.append
     if s.total == 0:
@@ -185,17 +189,26 @@ def format_summary(s: Summary, top: int = 20, title: str = "") -> str:
     def share(n: int) -> str:
         return f"{100 * n / s.total:5.1f}%"
 
+    def each(n: int) -> str:
+        return f"{1000 * n / rate / per:9.2f}" if rate and per else ""
+
     if title:
         w(title)
-    w(f"  {s.total} samples (running or runnable threads only)")
-    w("  buckets                                           self  inclusive")
+    w(f"  {s.total} samples (threads running or runnable: waiting for a core counts too)")
+    unit = f"  ms per op ({per} ops)" if rate and per else ""
+    w(f"  buckets                                           self  inclusive{unit}")
     for name in [*(b for b, _ in BUCKETS), OTHER]:
         if s.self_buckets[name] or s.inclusive_buckets[name]:
-            w(f"    {name:<46}{share(s.self_buckets[name])}  {share(s.inclusive_buckets[name])}")
+            w(
+                f"    {name:<46}{share(s.self_buckets[name])}  "
+                f"{share(s.inclusive_buckets[name])}{each(s.self_buckets[name])}"
+            )
+    if rate and per:
+        w(f"    {'all samples':<46}{share(s.total)}  {'':>6}{each(s.total)}")
     if s.tls:
         w("  TLS, by what the ssl module was doing")
         for part, n in s.tls.most_common():
-            w(f"    {part:<46}{share(n)}")
+            w(f"    {part:<46}{share(n)}  {'':>6}{each(n)}")
     if len(s.threads) > 1 or "all threads" not in s.threads:
         w("  threads (grouped by name)")
         for name, n in s.threads.most_common(8):
@@ -222,9 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("raw", type=Path, nargs="+", help="py-spy --format raw output file(s)")
     parser.add_argument("--top", type=int, default=20, help="rows per top list (default 20)")
+    parser.add_argument("--rate", type=float, help="py-spy --rate of the recording (100)")
+    parser.add_argument(
+        "--per", type=int, metavar="N", help="operations in the recording (e.g. renewals)"
+    )
     args = parser.parse_args(argv)
     summary = summarize(parse_lines(read_profiles(args.raw)))
-    print(format_summary(summary, args.top, ", ".join(str(p) for p in args.raw)))
+    title = ", ".join(str(p) for p in args.raw)
+    print(format_summary(summary, args.top, title, args.rate or 100.0, args.per))
     return 0
 
 
