@@ -585,6 +585,9 @@ EXPIRY_SERIES = re.compile(
 )
 
 
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only
+
+
 class FirstPassScraper(threading.Thread):
     """Scrapes the restarted operator's /metrics until every credential has a
     tokensync_token_expiry_seconds series. That series exists once the credential's worker
@@ -604,7 +607,7 @@ class FirstPassScraper(threading.Thread):
         while not self.stopping.is_set() and len(self.first_seen) < len(self.expected):
             started = time.time()
             try:
-                with urllib.request.urlopen(self.url, timeout=60) as response:
+                with NO_PROXY.open(self.url, timeout=60) as response:
                     text = response.read().decode()
             except OSError as error:
                 self.error = f"{type(error).__name__}: {error}"
@@ -859,6 +862,12 @@ def trust_line_of(t: dict[str, Any]) -> str:
 
 def trust_details(t: dict[str, Any]) -> list[str]:
     probe, control = t["probe"], t["control"]
+    if not t["system"]:
+        return [
+            f"CPU to build one SSLContext here: {probe['ca_ref_context_ms']:.2f} ms with "
+            f"tls.caRef's one CA ({probe['default_context_ms']:.2f} ms with the default "
+            "trust store, which this run does not use)"
+        ]
     lines = [
         f"ssl.create_default_context() in the operator's environment: {probe['cas_loaded']} CAs "
         f"loaded, endpoint certificate {probe['handshake']}; without SSL_CERT_FILE: "

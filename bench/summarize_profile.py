@@ -9,11 +9,15 @@ Prints, as shares of all samples:
 - the top functions and files by self and by cumulative share;
 - threads grouped by name (digits removed), with `py-spy record --threads`.
 
-py-spy samples only threads that are running or runnable (no `--idle`), so the shares are
-shares of the CPU the process used while sampled, including time in C code such as
-OpenSSL (the Python frame that called it is the leaf).
+With --per N (operations in the recording, e.g. renewals) and --rate (py-spy's, 100 by
+default), each bucket also gets thread-milliseconds per operation.
 
-    .venv/bin/python bench/summarize_profile.py profile-steady.raw [--top 25]
+py-spy samples only threads that are running or runnable (no `--idle`), including time in
+C code such as OpenSSL (the Python frame that called it is the leaf). Runnable includes
+waiting for a core: on a saturated machine the samples overstate CPU, evenly or not, so
+compare shares within a run and milliseconds only between runs on a quiet machine.
+
+    .venv/bin/python bench/summarize_profile.py profile-steady.raw [--per N] [--top 25]
 """
 
 from __future__ import annotations
@@ -40,11 +44,10 @@ BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("HTTP client (requests, urllib3, http.client)", ("requests/", "urllib3/", "http/client")),
     ("tokensync", ("tokensync/",)),
     ("prometheus_client", ("prometheus_client/",)),
-    ("asyncio", ("asyncio/",)),
+    ("asyncio", ("asyncio/", "selectors.py")),
     ("threads, executors, queues", ("threading.py", "concurrent/futures/", "queue.py")),
 )
 OTHER = "other"
-ROOT_BUCKETS = ("asyncio", "threads, executors, queues")
 TLS_CONTEXT_FUNCS = (
     "create_default_context",
     "load_default_certs",
@@ -118,13 +121,11 @@ def bucket_of(frame: Frame) -> str:
 
 def self_bucket(frames: tuple[Frame, ...]) -> str:
     """The leaf-most frame with a named bucket: a lock wait or socket call made by
-    urllib3 or kopf counts for them, not for `other`. asyncio and threading sit at the
-    root of every stack, so they count only for samples whose leaf is theirs."""
-    if frames and bucket_of(frames[-1]) in ROOT_BUCKETS:
-        return bucket_of(frames[-1])
+    urllib3 or kopf counts for them, a `copy` or `re` call made by tokensync for tokensync,
+    the event loop's own select for asyncio."""
     for frame in reversed(frames):
         bucket = bucket_of(frame)
-        if bucket != OTHER and bucket not in ROOT_BUCKETS:
+        if bucket != OTHER:
             return bucket
     return OTHER
 
