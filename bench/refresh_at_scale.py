@@ -6,20 +6,28 @@ tests/envtest), an HTTPS client-credentials endpoint that logs every issued toke
 tokensync from deploy/, runs `tokensync run` as ServiceAccount tokensync-system/tokensync,
 creates N OAuth2Credentials (one OAuth2 client each, so every credential has its own token
 history) and observes them for K token lifetimes after the last managed Secret appeared.
+By default (--system-trust) credentials have no tls.caRef and the operator trusts the
+endpoint through SSL_CERT_FILE = the system CA bundle plus the endpoint's CA, as it trusts
+a public identity provider in production; --ca-ref is the older one-CA setup.
 
 It measures and prints (never asserts; see ENGINEERING.md "Benchmarks"):
 - time until all managed Secrets exist, and create-to-Secret latency per credential;
-- token requests made versus the ideal count of API.md's refresh schedule;
+- token requests made versus the ideal count of API.md's refresh schedule, and lateness;
 - seconds during which a managed Secret held an expired token, from the endpoint's
   issuance log and the Secret update times seen by a watch started before the creates;
-- CPU seconds and peak RSS of the operator, kube-apiserver, etcd, kube-controller-manager
-  and this script, from /proc, and the operator's Kubernetes API calls from the audit log.
+- CPU (per refresh, cores), run-queue wait, RSS (and bytes per credential) of the operator,
+  kube-apiserver, etcd, kube-controller-manager and this script, from /proc; the
+  operator's Kubernetes API calls per renewal and per creation from the audit log;
+- with --restart: when every worker ran its first pass, requests outside the renew window;
+- with --profile: a py-spy profile of the steady state, summarised (summarize_profile.py).
 
 Everything listens on 127.0.0.1 only (the operator's metrics server, which would bind every
-interface, is disabled). Everything started is stopped on exit, error, Ctrl-C or SIGTERM.
+interface, is disabled, or on 127.0.0.1 after --restart). Everything started is stopped on
+exit, error, Ctrl-C or SIGTERM. See bench/README.md for how each number is obtained.
 
     .venv/bin/python bench/refresh_at_scale.py                      # 500 x 60 s x 3
     .venv/bin/python bench/refresh_at_scale.py --credentials 20 --lifetime 30 --lifetimes 2
+    .venv/bin/python bench/refresh_at_scale.py --credentials 10000 --lifetime 300 --restart
 """
 
 from __future__ import annotations
