@@ -6,20 +6,28 @@ tests/envtest), an HTTPS client-credentials endpoint that logs every issued toke
 tokensync from deploy/, runs `tokensync run` as ServiceAccount tokensync-system/tokensync,
 creates N OAuth2Credentials (one OAuth2 client each, so every credential has its own token
 history) and observes them for K token lifetimes after the last managed Secret appeared.
+By default (--system-trust) credentials have no tls.caRef and the operator trusts the
+endpoint through SSL_CERT_FILE = the system CA bundle plus the endpoint's CA, as it trusts
+a public identity provider in production; --ca-ref is the older one-CA setup.
 
 It measures and prints (never asserts; see ENGINEERING.md "Benchmarks"):
 - time until all managed Secrets exist, and create-to-Secret latency per credential;
-- token requests made versus the ideal count of API.md's refresh schedule;
+- token requests made versus the ideal count of API.md's refresh schedule, and lateness;
 - seconds during which a managed Secret held an expired token, from the endpoint's
   issuance log and the Secret update times seen by a watch started before the creates;
-- CPU seconds and peak RSS of the operator, kube-apiserver, etcd, kube-controller-manager
-  and this script, from /proc, and the operator's Kubernetes API calls from the audit log.
+- CPU (per refresh, cores), run-queue wait, RSS (and bytes per credential) of the operator,
+  kube-apiserver, etcd, kube-controller-manager and this script, from /proc; the
+  operator's Kubernetes API calls per renewal and per creation from the audit log;
+- with --restart: when every worker ran its first pass, requests outside the renew window;
+- with --profile: a py-spy profile of the steady state, summarised (summarize_profile.py).
 
 Everything listens on 127.0.0.1 only (the operator's metrics server, which would bind every
-interface, is disabled). Everything started is stopped on exit, error, Ctrl-C or SIGTERM.
+interface, is disabled, or on 127.0.0.1 after --restart). Everything started is stopped on
+exit, error, Ctrl-C or SIGTERM. See bench/README.md for how each number is obtained.
 
     .venv/bin/python bench/refresh_at_scale.py                      # 500 x 60 s x 3
     .venv/bin/python bench/refresh_at_scale.py --credentials 20 --lifetime 30 --lifetimes 2
+    .venv/bin/python bench/refresh_at_scale.py --credentials 10000 --lifetime 300 --restart
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import datetime
 import importlib.util
 import itertools
@@ -34,24 +43,29 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "operator")]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "operator"), str(REPO / "bench")]
 
 import kubernetes  # noqa: E402
 import trustme  # noqa: E402
+from summarize_profile import format_summary, parse_lines, read_profiles, summarize  # noqa: E402
 from token_endpoint import Client, Issue, TokenEndpoint  # noqa: E402
 
 from fixtures.controlplane import ControlPlane, _remove_state, start_control_plane  # noqa: E402
@@ -76,6 +90,12 @@ OPERATOR_USER: str = _operator_fixtures.OPERATOR_USER
 GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "oauth2credentials"
 SOURCE_LABEL = {"tokensync.dev/credential-source": "true"}
 MANAGED_LABEL = "tokensync.dev/credential"  # on every managed Secret (API.md)
+ISSUED_ANNOTATION = "tokensync.dev/issued-at"
+# The operator schedules from its own issued-at (taken before it sends the request, then
+# truncated to the second) and the lifetime between the two annotations: a refresh is
+# "before the renew window" by its own view when the request reaches the endpoint this much
+# before the earliest refresh point counted from that annotation.
+OPERATOR_VIEW_TOLERANCE = 0.5
 
 # API.md, "Default refresh point".
 KUBELET_PROPAGATION = 120.0
@@ -83,10 +103,20 @@ JITTER_SHARE = 0.05
 MIN_AGE_SHARE = 0.10
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ENDPOINT_BACKLOG = 1024
+ENDPOINT_IDLE_TIMEOUT = 60.0  # keep-alive: an idle connection is closed after this long
 LOG_PROBLEM_WORDS = ("error", "fail", "retry", "traceback", "unexpected")
 # The Secret's issued-at/expires-at annotations have second precision, so an operator that
 # reads them back (after a restart) may refresh up to 1 s before the exact refresh point.
 EARLY_TOLERANCE = 1.0
+
+
+def parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def log(message: str) -> None:
@@ -124,6 +154,10 @@ class ProcSample:
     rss_mb: float
     hwm_mb: float  # peak RSS (VmHWM)
     threads: int
+    # Seconds its live threads spent runnable but waiting for a CPU (schedstat), and the
+    # times they were put on a CPU: contention for the cores, not work done.
+    wait_s: float = 0.0
+    slices: int = 0
 
 
 def proc_sample(pid: int) -> ProcSample | None:
@@ -138,11 +172,20 @@ def proc_sample(pid: int) -> ProcSample | None:
     for line in status.splitlines():
         key, _, value = line.partition(":")
         values[key] = value.split()
+    wait_ns = slices = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                _run, wait, count = (task / "schedstat").read_text().split()[:3]
+                wait_ns += int(wait)
+                slices += int(count)
     return ProcSample(
         cpu=cpu,
         rss_mb=int(values.get("VmRSS", ["0"])[0]) / 1024,
         hwm_mb=int(values.get("VmHWM", ["0"])[0]) / 1024,
         threads=int(values.get("Threads", ["0"])[0]),
+        wait_s=wait_ns / 1e9,
+        slices=slices,
     )
 
 
@@ -184,6 +227,7 @@ class SecretEvent:
     namespace: str
     name: str
     token: str | None
+    issued_at: float | None = None  # the operator's issued-at annotation (second precision)
 
 
 class SecretWatch(threading.Thread):
@@ -211,7 +255,10 @@ class SecretWatch(threading.Thread):
         meta = obj.get("metadata") or {}
         raw = (obj.get("data") or {}).get("access_token")
         token = base64.b64decode(raw).decode() if raw else None
-        event = SecretEvent(at, etype, meta.get("namespace", ""), meta.get("name", ""), token)
+        issued = (meta.get("annotations") or {}).get(ISSUED_ANNOTATION)
+        event = SecretEvent(
+            at, etype, meta.get("namespace", ""), meta.get("name", ""), token, parse_time(issued)
+        )
         with self.lock:
             self.events.append(event)
             self.first_seen.setdefault((event.namespace, event.name), at)
@@ -330,6 +377,280 @@ def admin_client(cp: ControlPlane, pool: int) -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient(configuration)
 
 
+# --- the trust the operator pays for -----------------------------------------------------
+
+# Run by the operator's Python with the operator's environment: what ssl.create_default_
+# context() (the operator's context when a credential has no tls.caRef) trusts there, and
+# what building one costs.
+TRUST_PROBE = r"""
+import json, os, socket, ssl, sys, time
+host, port, ca_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def handshake():
+    context = ssl.create_default_context()
+    try:
+        with socket.create_connection((host, port), timeout=10) as sock:
+            with context.wrap_socket(sock, server_hostname=host):
+                return "accepted"
+    except ssl.SSLCertVerificationError as error:
+        return "rejected (" + str(error.verify_message) + ")"
+def cpu_ms(make, rounds=20):
+    start = time.process_time()
+    for _ in range(rounds):
+        make()
+    return (time.process_time() - start) / rounds * 1000
+ca = open(ca_file).read()
+print(json.dumps({
+    "ssl_cert_file": os.environ.get("SSL_CERT_FILE"),
+    "cas_loaded": ssl.create_default_context().cert_store_stats()["x509_ca"],
+    "handshake": handshake(),
+    "default_context_ms": cpu_ms(ssl.create_default_context),
+    "ca_ref_context_ms": cpu_ms(lambda: ssl.create_default_context(cadata=ca)),
+}))
+"""
+
+
+@dataclass
+class Trust:
+    """How the operator verifies the token endpoint in this run."""
+
+    system: bool  # True: system store + bench CA via SSL_CERT_FILE, no caRef
+    bundle: Path | None = None  # the SSL_CERT_FILE given to the operator
+    source: Path | None = None  # the system bundle it copies
+    source_cas: int = 0
+    probe: dict[str, Any] = field(default_factory=dict)  # with the operator's environment
+    control: dict[str, Any] = field(default_factory=dict)  # without SSL_CERT_FILE
+
+    def operator_env(self) -> dict[str, str]:
+        return {"SSL_CERT_FILE": str(self.bundle)} if self.bundle else {}
+
+
+def system_bundle() -> Path:
+    """The CA file ssl.create_default_context() loads in this environment: $SSL_CERT_FILE
+    if set, else OpenSSL's default file (Debian: /usr/lib/ssl/cert.pem, a link to
+    /etc/ssl/certs/ca-certificates.crt). certifi's bundle is not used by the operator: it
+    hands requests its own SSLContext."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (os.environ.get(paths.openssl_cafile_env), paths.cafile, paths.openssl_cafile):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).resolve()
+    raise SystemExit(
+        "no system CA bundle (ssl.get_default_verify_paths() names none that exists): "
+        "install ca-certificates or set SSL_CERT_FILE, or run with --ca-ref"
+    )
+
+
+def prepare_trust(system: bool, ca: trustme.CA, directory: Path, url: str) -> Trust:
+    ca_file = directory / "bench-ca.pem"
+    ca_file.write_bytes(ca.cert_pem.bytes())
+    trust = Trust(system=system)
+    if system:
+        trust.source = system_bundle()
+        text = trust.source.read_text()
+        trust.source_cas = text.count("-----BEGIN CERTIFICATE-----")
+        trust.bundle = directory / "system-cas-plus-bench-ca.pem"
+        trust.bundle.write_text(text.rstrip("\n") + "\n" + ca.cert_pem.bytes().decode())
+    host, port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    trust.probe = trust_probe(trust.operator_env(), host, int(port), ca_file)
+    trust.control = trust_probe({}, host, int(port), ca_file)
+    if system and not trust.probe["handshake"].startswith("accepted"):
+        raise SystemExit(
+            f"with SSL_CERT_FILE={trust.bundle}, ssl.create_default_context() does not trust "
+            f"the token endpoint: {trust.probe['handshake']}"
+        )
+    return trust
+
+
+def trust_probe(env: dict[str, str], host: str, port: int, ca_file: Path) -> dict[str, Any]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    result = subprocess.run(
+        [sys.executable, "-c", TRUST_PROBE, host, str(port), str(ca_file)],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(result.stdout)
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` while the block runs (the operator inherits it)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def count_connections(
+    endpoint: TokenEndpoint, keep_alive: bool, idle_timeout: float
+) -> list[float]:
+    """Make the endpoint's handler record each accepted TLS connection; with keep_alive
+    it speaks HTTP/1.1 (as identity providers do), so a client that pools connections
+    sends several requests over one, each idle connection closed after idle_timeout."""
+    accepted: list[float] = []
+    base = endpoint._server.RequestHandlerClass
+
+    class Counting(base):  # type: ignore[misc,valid-type]
+        if keep_alive:
+            protocol_version = "HTTP/1.1"
+            timeout = idle_timeout
+
+        def setup(self) -> None:
+            accepted.append(time.time())
+            super().setup()
+
+    endpoint._server.RequestHandlerClass = Counting
+    return accepted
+
+
+# --- the profiler -------------------------------------------------------------------------
+
+
+def find_py_spy() -> Path:
+    for candidate in (Path(sys.executable).parent / "py-spy", shutil.which("py-spy")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise SystemExit("--profile needs py-spy: .venv/bin/pip install -r bench/requirements.txt")
+
+
+class Profiler:
+    """`py-spy record --pid` on one phase: raw collapsed stacks, every thread, without
+    pausing the operator (--nonblocking); stopped by SIGINT, which makes it write."""
+
+    def __init__(self, exe: Path, rate: int, directory: Path) -> None:
+        self.exe, self.rate, self.directory = exe, rate, directory
+        self.process: subprocess.Popen[bytes] | None = None
+        self.phase = ""
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def start(self, pid: int, phase: str) -> None:
+        self.phase = phase
+        output = self.directory / f"profile-{phase}.raw"
+        log_file = (self.directory / f"py-spy-{phase}.log").open("wb")
+        command = [str(self.exe), "record", "--pid", str(pid), "--rate", str(self.rate)]
+        command += ["--format", "raw", "--nonblocking", "--threads", "--output", str(output)]
+        self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        log_file.close()
+        time.sleep(2)
+        if self.process.poll() is not None:
+            text = (self.directory / f"py-spy-{phase}.log").read_text(errors="replace")
+            self.process = None
+            raise SystemExit(
+                f"py-spy could not attach to the operator (pid {pid}):\n{text[-2000:]}\n"
+                "(ptrace refused? needs CAP_SYS_PTRACE or kernel.yama.ptrace_scope 0)"
+            )
+        log(f"py-spy recording the {phase} phase ({self.rate} Hz) into {output}")
+
+    def stop(self, operations: int | None = None) -> dict[str, Any] | None:
+        """Stop recording; `operations` (renewals in the phase) adds ms per renewal."""
+        process, phase = self.process, self.phase
+        if process is None:
+            return None
+        self.process = None
+        cost = proc_sample(process.pid)
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        text = (self.directory / f"py-spy-{phase}.log").read_text(errors="replace")
+        match = re.search(r"Samples: (\d+) Errors: (\d+)", text)
+        raw = self.directory / f"profile-{phase}.raw"
+        summary = None
+        if raw.is_file():
+            summary = format_summary(
+                summarize(parse_lines(read_profiles([raw]))),
+                15,
+                f"py-spy profile, {phase} phase",
+                self.rate,
+                operations,
+            )
+            (self.directory / f"profile-{phase}.txt").write_text(summary + "\n")
+        result = {
+            "raw": str(raw),
+            "samples": int(match[1]) if match else None,
+            "errors": int(match[2]) if match else None,
+            "py_spy_cpu_s": cost.cpu if cost else None,
+            "summary": summary,
+        }
+        self.results[phase] = result
+        return result
+
+
+# --- after a restart: when every worker ran its first pass --------------------------------
+
+EXPIRY_SERIES = re.compile(
+    r'^tokensync_token_expiry_seconds\{(?=[^}]*namespace="(?P<ns>[^"]*)")'
+    r'(?=[^}]*name="(?P<name>[^"]*)")'
+)
+
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only
+
+
+class FirstPassScraper(threading.Thread):
+    """Scrapes the restarted operator's /metrics until every credential has a
+    tokensync_token_expiry_seconds series. That series exists once the credential's worker
+    has run a pass that read the held token (a new worker starts without it), so its first
+    appearance is when the worker "looked at" the Secret, to within one scrape interval."""
+
+    def __init__(self, url: str, expected: set[tuple[str, str]], interval: float) -> None:
+        super().__init__(name="first-pass-scraper", daemon=True)
+        self.url, self.expected, self.interval = url, expected, interval
+        self.first_seen: dict[tuple[str, str], float] = {}
+        self.scrape_seconds: list[float] = []
+        self.present_at_first_scrape = 0
+        self.error: str | None = None
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set() and len(self.first_seen) < len(self.expected):
+            started = time.time()
+            try:
+                with NO_PROXY.open(self.url, timeout=60) as response:
+                    text = response.read().decode()
+            except OSError as error:
+                self.error = f"{type(error).__name__}: {error}"
+                self.stopping.wait(self.interval)
+                continue
+            done = time.time()
+            self.scrape_seconds.append(done - started)
+            for line in text.splitlines():
+                match = EXPIRY_SERIES.match(line)
+                if match:
+                    self.first_seen.setdefault((match["ns"], match["name"]), started)
+            if len(self.scrape_seconds) == 1:
+                self.present_at_first_scrape = len(self.first_seen)
+            self.stopping.wait(max(self.interval - (done - started), 0.0))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=70)
+
+
+def metrics_flags() -> list[str]:
+    """Flags for a plain-HTTP /metrics on 127.0.0.1 with this operator version (later
+    versions serve HTTPS with a TokenReview unless --metrics-insecure)."""
+    usage = subprocess.run(
+        [sys.executable, "-m", "tokensync", "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    flags = ["--metrics-host=127.0.0.1"]
+    if "--metrics-insecure" in usage:
+        flags.append("--metrics-insecure")
+    return flags
+
+
 @dataclass
 class Credential:
     namespace: str
@@ -355,8 +676,9 @@ def create_sources(
     ca: trustme.CA,
     allowed_urls: str,
     concurrency: int,
+    ca_ref: bool,
 ) -> None:
-    for ns in namespaces:
+    for ns in namespaces if ca_ref else ():
         core.create_namespaced_config_map(
             ns,
             {
@@ -381,17 +703,19 @@ def create_sources(
     run_all(source, credentials, concurrency)
 
 
-def credential_body(cred: Credential, token_url: str) -> dict[str, Any]:
+def credential_body(cred: Credential, token_url: str, ca_ref: bool) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "tokenURL": token_url,
+        "clientID": cred.client.client_id,
+        "clientSecretRef": {"name": f"client-{cred.name}", "key": "client_secret"},
+    }
+    if ca_ref:  # otherwise the default trust store, as for a public identity provider
+        spec["tls"] = {"caRef": {"kind": "ConfigMap", "name": "token-endpoint-ca", "key": "ca.crt"}}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "OAuth2Credential",
         "metadata": {"name": cred.name},
-        "spec": {
-            "tokenURL": token_url,
-            "clientID": cred.client.client_id,
-            "clientSecretRef": {"name": f"client-{cred.name}", "key": "client_secret"},
-            "tls": {"caRef": {"kind": "ConfigMap", "name": "token-endpoint-ca", "key": "ca.crt"}},
-        },
+        "spec": spec,
     }
 
 
@@ -505,6 +829,63 @@ def audit_counts(path: Path, windows: dict[str, tuple[float, float]]) -> dict[st
     return {"by_user": by_user, "operator": operator}
 
 
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager")
+
+
+def api_classes(by_what: Counter[str]) -> dict[str, int]:
+    """The operator's requests ("verb resource[/subresource]") by what they are for."""
+    classes: Counter[str] = Counter()
+    for what, count in by_what.items():
+        verb, _, resource = what.partition(" ")
+        if verb == "watch":
+            name = "watch"
+        elif resource == "oauth2credentials/status" and verb in ("patch", "update"):
+            name = "status writes"
+        elif resource == "secrets" and verb in ("create", "patch", "update"):
+            name = "Secret writes"
+        elif verb in ("get", "list"):
+            name = "reads"
+        elif resource == "events":
+            name = "events"
+        elif resource == "leases":
+            name = "leases"
+        else:
+            name = "other"
+        classes[name] += count
+    return dict(classes)
+
+
+def trust_line(trust: Trust) -> str:
+    return trust_line_of(dataclasses.asdict(trust))
+
+
+def trust_line_of(t: dict[str, Any]) -> str:
+    if not t["system"]:
+        return "trust: tls.caRef on every credential (the endpoint's CA only; --ca-ref)"
+    return (
+        f"trust: system store, as for a public identity provider: no tls.caRef; the operator's "
+        f"SSL_CERT_FILE is a copy of {t['source']} ({t['source_cas']} CAs) plus the endpoint's CA"
+    )
+
+
+def trust_details(t: dict[str, Any]) -> list[str]:
+    probe, control = t["probe"], t["control"]
+    if not t["system"]:
+        return [
+            f"CPU to build one SSLContext here: {probe['ca_ref_context_ms']:.2f} ms with "
+            f"tls.caRef's one CA ({probe['default_context_ms']:.2f} ms with the default "
+            "trust store, which this run does not use)"
+        ]
+    lines = [
+        f"ssl.create_default_context() in the operator's environment: {probe['cas_loaded']} CAs "
+        f"loaded, endpoint certificate {probe['handshake']}; without SSL_CERT_FILE: "
+        f"{control['cas_loaded']} CAs, {control['handshake']}",
+        f"CPU to build one SSLContext here: {probe['default_context_ms']:.2f} ms with the "
+        f"default trust store, {probe['ca_ref_context_ms']:.2f} ms with tls.caRef's one CA",
+    ]
+    return lines
+
+
 def short_user(user: str) -> str:
     if user == OPERATOR_USER:
         return "operator (tokensync SA)"
@@ -594,13 +975,68 @@ def main(argv: list[str] | None = None) -> int:
         help="create the credentials right after /readyz instead of once the operator is "
         "idle (measures a cold start, when kopf is still processing the listed sources)",
     )
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--system-trust",
+        dest="ca_ref",
+        action="store_false",
+        help="(default) credentials without tls.caRef; the operator gets SSL_CERT_FILE = a "
+        "copy of the system CA bundle plus the endpoint's CA, so it loads the full system "
+        "trust store as it does for public identity providers",
+    )
+    trust.add_argument(
+        "--ca-ref",
+        dest="ca_ref",
+        action="store_true",
+        help="every credential trusts only the endpoint's CA through tls.caRef (the setup "
+        "of the measurements before issue 10)",
+    )
+    parser.add_argument(
+        "--no-keep-alive",
+        action="store_true",
+        help="the token endpoint closes every connection after one response (HTTP/1.0); "
+        "by default it keeps connections open like an identity provider (HTTP/1.1, closed "
+        f"after {ENDPOINT_IDLE_TIMEOUT:.0f} s idle)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the operator with py-spy (bench/requirements.txt) during the steady "
+        "state (and the window after --restart), summarised in the report",
+    )
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples/s (100)")
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=2.0,
+        help="--restart: seconds between scrapes of the new operator's /metrics (default 2)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where report.txt, results.json and profiles go "
+        "(default bench/results/<UTC time>-<N>x<lifetime>s)",
+    )
     parser.add_argument(
         "--keep", action="store_true", help="keep the control plane state and operator log"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
+    parser.set_defaults(ca_ref=False)
     args = parser.parse_args(argv)
     if args.credentials < 1 or args.lifetime < 1 or args.lifetimes < 1 or args.namespaces < 1:
         parser.error("--credentials, --lifetime, --lifetimes and --namespaces must be >= 1")
+    if args.out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        name = (
+            f"{stamp}-{args.credentials}x{args.lifetime}s-{'ca-ref' if args.ca_ref else 'system'}"
+        )
+        name += "-restart" if args.restart else ""
+        name += "-profile" if args.profile else ""
+        args.out = REPO / "bench" / "results" / name
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        args.py_spy = find_py_spy()
 
     # Also SIGINT: a shell starts background jobs with it ignored.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -642,7 +1078,12 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     # kernel drops SYNs and clients retry after 1 s, 3 s, ..., which would be measured as
     # operator latency. Re-listening on Linux only raises the backlog.
     endpoint._server.socket.listen(ENDPOINT_BACKLOG)
+    accepted = count_connections(endpoint, not args.no_keep_alive, ENDPOINT_IDLE_TIMEOUT)
     allowed = endpoint.url.split("/oauth2")[0] + "/"
+    log_dir = Path(tempfile.mkdtemp(prefix="tokensync-bench-"))
+    cleanup.callback(_keep_or_remove_log, log_dir, args.keep)
+    trust = prepare_trust(not args.ca_ref, ca, log_dir, endpoint.url)
+    log(trust_line(trust))
 
     cp.kubectl("apply", "-k", str(REPO / "deploy"))
     cp.kubectl("wait", "--for=condition=Established", "crd/oauth2credentials.tokensync.dev")
@@ -659,18 +1100,20 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         )
         for i in range(n)
     ]
-    log(f"creating {len(namespaces)} CA ConfigMap(s) and {n} labelled client Secrets")
-    create_sources(core, namespaces, credentials, ca, allowed, args.create_concurrency)
+    log(
+        (f"creating {len(namespaces)} CA ConfigMap(s) and " if args.ca_ref else "creating ")
+        + f"{n} labelled client Secrets"
+    )
+    create_sources(core, namespaces, credentials, ca, allowed, args.create_concurrency, args.ca_ref)
 
-    log_dir = Path(tempfile.mkdtemp(prefix="tokensync-bench-"))
-    cleanup.callback(_keep_or_remove_log, log_dir, args.keep)
     operator_log = log_dir / "operator.log"
     extra = ["--no-deny-private-networks", "--metrics-port=0"]  # metrics would bind 0.0.0.0
     if args.workers:
         extra.append(f"--workers={args.workers}")
     log("starting the operator")
     started = time.monotonic()
-    operator = start_operator(operator_kubeconfig, operator_log, *extra)
+    with environment(trust.operator_env()):
+        operator = start_operator(operator_kubeconfig, operator_log, *extra)
     operator_ready_s = time.monotonic() - started
     cleanup.callback(operator.stop)
     procs.pids["operator"] = operator.process.pid
@@ -706,7 +1149,7 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     def create(cred: Credential) -> None:
         cred.create_sent = time.time()
         custom.create_namespaced_custom_object(
-            GROUP, VERSION, cred.namespace, PLURAL, credential_body(cred, endpoint.url)
+            GROUP, VERSION, cred.namespace, PLURAL, credential_body(cred, endpoint.url, args.ca_ref)
         )
         cred.created = time.time()
 
@@ -729,6 +1172,10 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         log(f"only {watch.count_seen()}/{n} Secrets after {timeout:.0f}s; observing anyway")
     else:
         log(f"all {n} Secrets exist after {tl.all_exist - tl.first_create:.1f}s")
+    profiler = Profiler(args.py_spy, args.profile_rate, args.out) if args.profile else None
+    if profiler:
+        profiler.start(operator.process.pid, "steady")
+        cleanup.callback(profiler.stop)
 
     for lap in range(1, k + 1):
         boundary = observe_from + lap * lifetime
@@ -740,21 +1187,40 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         issued = sum(len(c.client.issued) for c in credentials)
         log(f"lifetime {lap}/{k} observed; {issued} tokens issued so far")
     tl.end = observe_from + k * lifetime
+    if profiler:
+        profiler.stop(renewals_between(credentials, observe_from, tl.end))
 
     restart: dict[str, Any] | None = None
     if args.restart:
         log("restarting the operator; observing one more lifetime")
+        # This one serves /metrics on 127.0.0.1: its per-credential series tell when each
+        # worker ran its first pass (FirstPassScraper).
+        restart_extra = [a for a in extra if not a.startswith("--metrics-port")]
+        restart_extra += metrics_flags()
         stop_at = time.time()
         operator.stop()
         stopped_at = time.time()
-        operator = start_operator(operator_kubeconfig, operator_log, *extra)
+        with environment(trust.operator_env()):
+            operator = start_operator(operator_kubeconfig, operator_log, *restart_extra)
         cleanup.callback(operator.stop)
         ready2_at = time.time()
+        scraper = FirstPassScraper(
+            f"http://127.0.0.1:{operator.metrics_port}/metrics",
+            {(c.namespace, c.name) for c in credentials},
+            args.scrape_interval,
+        )
+        scraper.start()
+        cleanup.callback(scraper.stop)
+        if profiler:
+            profiler.start(operator.process.pid, "restart")
         restart_end = stop_at + lifetime
         while time.time() < restart_end:
             if operator.process.poll() is not None:
                 raise RuntimeError("the restarted operator exited:\n" + operator.log()[-3000:])
             time.sleep(0.5)
+        if profiler:
+            profiler.stop(renewals_between(credentials, ready2_at, restart_end))
+        scraper.stop()
         restart = {
             "stop_at": stop_at,
             "stop_s": stopped_at - stop_at,
@@ -762,6 +1228,7 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
             "ready_s": ready2_at - stopped_at,
             "end": restart_end,
             "proc": proc_sample(operator.process.pid),
+            "scraper": scraper,
         }
 
     # Read everything that needs the live processes before they are stopped.
@@ -769,14 +1236,18 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     events = count_events(core, namespaces)
     watch.stop()
     operator_lines = operator.log().splitlines()
-    audit = audit_counts(
-        cp.audit_log,
-        {"ramp": (tl.first_create, observe_from), "steady": (observe_from, tl.end)},
-    )
-    results = analyse(args, credentials, watch, tl, audit, endpoint)
+    windows = {"ramp": (tl.first_create, observe_from), "steady": (observe_from, tl.end)}
     if restart is not None:
-        results["restart"] = analyse_restart(args, credentials, watch, restart, endpoint, cp)
+        windows["restart"] = (restart["ready_at"], restart["end"])
+    audit = audit_counts(cp.audit_log, windows)
+    results = analyse(args, credentials, watch, tl, audit, endpoint)
+    results["connections"] = connection_counts(accepted, credentials, windows)
+    if restart is not None:
+        results["restart"] = analyse_restart(args, credentials, watch, restart, endpoint)
     results.update(
+        trust=dataclasses.asdict(trust),
+        profiles=profiler.results if profiler else {},
+        out=str(args.out),
         kubernetes=cp.version,
         operator_ready_s=operator_ready_s,
         operator_watch_gap_s=watch_gap_s,
@@ -791,9 +1262,13 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         ],
         operator_log_lines=len(operator_lines),
     )
-    print_report(args, results, tl)
+    report = print_report(args, results, tl)
+    (args.out / "report.txt").write_text(report + "\n")
+    raw = json.dumps(results, indent=2, default=str)
+    (args.out / "results.json").write_text(raw)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+        args.json.write_text(raw)
+    log(f"report, results and profiles in {args.out}")
     return 0
 
 
@@ -871,7 +1346,7 @@ def analyse(
     request_to_secret: list[float] = []  # first token request -> first Secret event
     tokens = requests = failed = 0
     ideal = {"none": 0, "mean": 0, "full": 0}
-    steady_issues = 0
+    steady_issues = ramp_renewals = 0
     over, under, missing = 0, 0, 0
     ages, late = [], []
     age_lo, age_hi = refresh_age(lifetime, 1.0), refresh_age(lifetime, 0.0)
@@ -882,6 +1357,7 @@ def analyse(
         requests += len(sent)
         failed += len(sent) - len(issued)
         steady_issues += sum(observe_from <= i.issued_at for i in issued)
+        ramp_renewals += sum(i.issued_at < observe_from for i in issued[1:])
         seen = watch.first_seen.get((c.namespace, c.name))
         if seen is None:
             missing += 1
@@ -936,6 +1412,7 @@ def analyse(
         "requests": requests,
         "failed_requests": failed,
         "steady_issues": steady_issues,
+        "ramp_renewals": ramp_renewals,
         "ideal": ideal,
         "credentials_over": over,
         "credentials_under": under,
@@ -943,6 +1420,9 @@ def analyse(
         "refresh_age_band": (age_lo, age_hi),
         "late": [x for x in late if x > 0.5],
         "early": sum(age < age_lo - EARLY_TOLERANCE for age in ages),
+        "early_operator_view": early_by_operator_view(
+            credentials, watch, lifetime, tl.first_create, end
+        ),
         "expired_seconds": sum(h.expired_seconds for h in histories),
         "expired_wall_seconds": merged_length(expired_intervals),
         "secrets_expired": sum(h.expired_seconds > 0 for h in histories),
@@ -961,27 +1441,48 @@ def analyse(
     }
 
 
-def first_operator_reads(path: Path, since: float) -> dict[tuple[str, str], float]:
-    """When the operator first read each managed Secret (GET) at or after `since`."""
-    first: dict[tuple[str, str], float] = {}
-    with contextlib.suppress(OSError), path.open() as handle:
-        for line in handle:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
+def early_by_operator_view(
+    credentials: list[Credential], watch: SecretWatch, lifetime: float, start: float, end: float
+) -> list[float]:
+    """Token ages (from the held token's issued-at annotation to the next request's arrival
+    at the endpoint) of refreshes in (start, end] that came before the earliest refresh
+    point by the operator's own clock and annotations."""
+    annotated: dict[str, float] = {}
+    with watch.lock:
+        for event in watch.events:
+            if event.token and event.issued_at is not None:
+                annotated.setdefault(event.token, event.issued_at)
+    lo = refresh_age(lifetime, 1.0)
+    early = []
+    for c in credentials:
+        for previous, current in itertools.pairwise(c.client.issued):
+            if not start < current.issued_at <= end:
                 continue
-            ref = entry.get("objectRef") or {}
-            if (
-                entry.get("verb") != "get"
-                or ref.get("resource") != "secrets"
-                or entry.get("user", {}).get("username") != OPERATOR_USER
-            ):
+            issued = annotated.get(previous.token)
+            if issued is None:
                 continue
-            at = datetime.datetime.fromisoformat(entry["requestReceivedTimestamp"]).timestamp()
-            key = (ref.get("namespace", ""), ref.get("name", ""))
-            if at >= since and key not in first:
-                first[key] = at
-    return first
+            age = current.issued_at - issued
+            if age < lo - OPERATOR_VIEW_TOLERANCE:
+                early.append(age)
+    return early
+
+
+def renewals_between(credentials: list[Credential], start: float, end: float) -> int:
+    return sum(start <= i.issued_at < end for c in credentials for i in c.client.issued[1:])
+
+
+def connection_counts(
+    accepted: list[float], credentials: list[Credential], windows: dict[str, tuple[float, float]]
+) -> dict[str, dict[str, int]]:
+    """TLS connections the endpoint accepted and token requests it received, per window:
+    their ratio shows whether the operator reuses connections."""
+    out = {}
+    for window, (start, stop) in windows.items():
+        out[window] = {
+            "connections": sum(start <= t < stop for t in accepted),
+            "requests": sum(start <= t < stop for c in credentials for t in c.client.requests),
+        }
+    return out
 
 
 def analyse_restart(
@@ -990,24 +1491,27 @@ def analyse_restart(
     watch: SecretWatch,
     restart: dict[str, Any],
     endpoint: TokenEndpoint,
-    cp: ControlPlane,
 ) -> dict[str, Any]:
     """The lifetime after an operator restart with every token in place."""
     lifetime = float(args.lifetime)
     lo, hi = refresh_age(lifetime, 1.0), refresh_age(lifetime, 0.0)
     start, end = restart["stop_at"], restart["end"]
-    reads = first_operator_reads(cp.audit_log, restart["stop_at"] + restart["stop_s"])
-    checked = [
-        reads[(c.namespace, c.name)] - restart["ready_at"]
+    scraper: FirstPassScraper = restart["scraper"]
+    first_pass = [
+        scraper.first_seen[(c.namespace, c.name)] - restart["ready_at"]
         for c in credentials
-        if (c.namespace, c.name) in reads
+        if (c.namespace, c.name) in scraper.first_seen
     ]
     issues: dict[str, Issue] = {}
     ages, late, early = [], [], []
+    requests = failed = 0
     with endpoint.lock:
         for c in credentials:
             for issue in c.client.issued:
                 issues[issue.token] = issue
+            sent = sum(start < t <= end for t in c.client.requests)
+            requests += sent
+            failed += sent - sum(start < i.issued_at <= end for i in c.client.issued)
             for previous, current in itertools.pairwise(c.client.issued):
                 if not start < current.issued_at <= end:
                     continue
@@ -1034,10 +1538,17 @@ def analyse_restart(
         "stop_s": restart["stop_s"],
         "ready_s": restart["ready_s"],
         "window_s": end - start,
-        "checked": checked,
+        "first_pass": first_pass,
+        "first_pass_all_s": max(first_pass) if len(first_pass) == len(credentials) else None,
+        "present_at_first_scrape": scraper.present_at_first_scrape,
+        "scrapes": scraper.scrape_seconds,
+        "scrape_error": scraper.error,
+        "requests": requests,
+        "failed_requests": failed,
         "refreshes": len(ages),
         "late": late,
         "early": early,
+        "early_operator_view": early_by_operator_view(credentials, watch, lifetime, start, end),
         "expired_seconds": expired,
         "secrets_expired": affected,
         "cpu": proc.cpu if proc else None,
@@ -1060,7 +1571,10 @@ def cost_of(name: str, snaps: dict[str, Snapshot]) -> dict[str, Any]:
         per_lap.append(None if a is None or b is None else b - a)
         previous = label
     start, exist, end = cpu("before creates"), cpu("all Secrets exist"), cpu(labels[-1])
+    a, b = snaps["all Secrets exist"].procs.get(name), last
     return {
+        "steady_wait_s": b.wait_s - a.wait_s if a and b else None,
+        "steady_slices": b.slices - a.slices if a and b else None,
         "startup_cpu": start,
         "ramp_cpu": None if start is None or exist is None else exist - start,
         "steady_cpu": None if exist is None or end is None else end - exist,
@@ -1096,7 +1610,7 @@ def machine_share(a: Snapshot, b: Snapshot) -> dict[str, float]:
 # --- the report ------------------------------------------------------------------------------
 
 
-def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> None:
+def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> str:
     n, lifetime, k = r["credentials"], r["lifetime_s"], r["lifetimes"]
     out: list[str] = []
     w = out.append
@@ -1115,6 +1629,22 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> N
         f"{r['load_after'][0]:.2f} after"
     )
     w(f"command: bench/refresh_at_scale.py {' '.join(sys.argv[1:])}".rstrip())
+    w(trust_line_of(r["trust"]))
+    for line in trust_details(r["trust"]):
+        w(f"  {line}")
+    w(
+        "token endpoint: "
+        + (
+            "HTTP/1.0, one connection per request (--no-keep-alive)"
+            if args.no_keep_alive
+            else f"HTTP/1.1 keep-alive (idle connections closed after "
+            f"{ENDPOINT_IDLE_TIMEOUT:.0f} s)"
+        )
+        + "; TLS connections accepted / token requests: "
+        + ", ".join(
+            f"{window} {c['connections']}/{c['requests']}" for window, c in r["connections"].items()
+        )
+    )
     w("")
     w("Creation")
     w(f"  operator ready (from process start)     {r['operator_ready_s']:.1f} s")
@@ -1164,11 +1694,20 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> N
         )
     w(f"  credentials above the band {r['credentials_over']}, below it {r['credentials_under']}")
     w(f"  token age at refresh     {dist(r['refresh_ages'])}")
+    lateness = [max(age - hi, 0.0) for age in r["refresh_ages"]]
+    w(
+        f"  refresh lateness (age beyond {hi:.1f} s, 0 if in time)  {dist(lateness)}; "
+        f"> 0.5 s late: {len(r['late'])}"
+    )
     w(
         f"  refreshes later than age {hi:.1f} s + 0.5 s: {len(r['late'])} of "
         f"{len(r['refresh_ages'])}" + (f"  ({dist(r['late'])} late)" if r["late"] else "")
     )
-    w(f"  refreshes earlier than age {lo:.1f} s - 1 s (not due yet): {r['early']}")
+    w(
+        f"  refreshes earlier than age {lo:.1f} s - 1 s (not due yet): {r['early']} by the "
+        f"endpoint's issue times; {len(r['early_operator_view'])} by the operator's own "
+        f"issued-at annotation (age < {lo:.1f} s - {OPERATOR_VIEW_TOLERANCE} s)"
+    )
     w("")
     w("Expired tokens in Secrets (issuance log x Secret watch events)")
     w(
@@ -1216,6 +1755,49 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> N
             f"{1000 * steady / r['steady_issues']:.1f} ms  ({r['steady_issues']} refreshes)"
         )
     w(f"  operator ramp CPU per created credential               {1000 * ramp / n:.1f} ms")
+    steady_s = r["steady_s"] or 1e-9
+    w(
+        f"  operator steady CPU per second                         {steady / steady_s:.3f} cores"
+        f"  ({steady:.1f} CPU-s over {steady_s:.0f} s)"
+    )
+    wait = op.get("steady_wait_s")
+    if wait is not None:
+        # Runnable but not running: the machine's cores were busy (contention), as
+        # opposed to CPU the operator used.
+        w(
+            f"  operator threads runnable but waiting for a core (schedstat, steady) "
+            f"{wait:.1f} s = {wait / steady_s:.2f} threads waiting on average, "
+            f"{wait / max(steady, 1e-9):.1f} s per CPU-s used; scheduled "
+            f"{op.get('steady_slices')} times"
+        )
+    rss = op.get("rss_mb", {})
+    rss_end = list(rss.values())[-1] if rss else None
+    rss_before = rss.get("before creates")
+    if rss_end is not None:
+        per = rss_end * 2**20 / n
+        line = f"  operator RSS at the end {rss_end:.0f} MB = {per:,.0f} bytes per credential"
+        if rss_before is not None:
+            marginal = (rss_end - rss_before) * 2**20 / n
+            line += (
+                f"; above the idle operator ({rss_before:.0f} MB before the creates): "
+                f"{marginal:,.0f} bytes per credential"
+            )
+        w(line)
+    control = [c for name, c in r["costs"].items() if name in CONTROL_PLANE]
+    cp_steady = sum(c["steady_cpu"] or 0.0 for c in control)
+    cores = os.cpu_count() or 1
+    if control:
+        w(
+            f"  control plane ({', '.join(CONTROL_PLANE)}) in steady state: "
+            f"{cp_steady:.1f} CPU-s = {cp_steady / steady_s:.3f} cores, "
+            f"{100 * cp_steady / (steady_s * cores):.0f}% of the machine's {cores} cores"
+            + (f", {cp_steady / steady:.2f}x the operator's CPU" if steady else "")
+            + (
+                f"; {1000 * cp_steady / r['steady_issues']:.1f} ms per refresh"
+                if r["steady_issues"]
+                else ""
+            )
+        )
     w(
         "  operator RSS over time: "
         + ", ".join(f"{label} {num(v, 0)} MB" for label, v in op.get("rss_mb", {}).items())
@@ -1234,17 +1816,27 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> N
         w(f"  {phase}: " + ", ".join(f"{short_user(u)} {c}" for u, c in users.most_common(6)))
     op_steady = r["audit"]["operator"].get("steady", Counter())
     total = sum(op_steady.values())
-    if r["steady_issues"]:
+    classes = api_classes(op_steady)
+    calls = total - classes.get("watch", 0)
+    renewals = r["steady_issues"]
+    if renewals:
         w(
-            f"  operator in steady state: {total} requests = "
-            f"{total / r['steady_issues']:.2f} per refresh; "
-            + ", ".join(f"{what} {c}" for what, c in op_steady.most_common(8))
+            f"  operator in steady state, per renewal ({renewals} renewals): "
+            f"{calls / renewals:.2f} API calls (watches not counted: {classes.get('watch', 0)}); "
+            + ", ".join(
+                f"{name} {count / renewals:.2f}"
+                for name, count in sorted(classes.items())
+                if name != "watch"
+            )
         )
+        w("    by verb and resource: " + ", ".join(f"{x} {c}" for x, c in op_steady.most_common(8)))
     op_ramp = r["audit"]["operator"].get("ramp", Counter())
+    ramp_classes = api_classes(op_ramp)
+    ramp_calls = sum(op_ramp.values()) - ramp_classes.get("watch", 0)
     w(
-        f"  operator during ramp: {sum(op_ramp.values())} requests = "
-        f"{sum(op_ramp.values()) / n:.2f} per credential; "
-        + ", ".join(f"{what} {c}" for what, c in op_ramp.most_common(8))
+        f"  operator during creation (ramp): {ramp_calls} API calls = {ramp_calls / n:.2f} per "
+        f"created credential (the ramp also held {r['ramp_renewals']} renewals); "
+        + ", ".join(f"{x} {c}" for x, c in op_ramp.most_common(8))
     )
     w(f"  Events in the bench namespaces: {fmt_counts(r['k8s_events'])}")
     problems = r["operator_log_problems"]
@@ -1259,16 +1851,51 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> N
         w("")
         w(f"Operator restart (tokens in place), observed {rs['window_s']:.0f} s from SIGTERM")
         w(f"  old operator stopped in {rs['stop_s']:.1f} s; new one ready in {rs['ready_s']:.1f} s")
+        looked = rs["first_pass"]
+        all_s = rs["first_pass_all_s"]
         w(
-            f"  /readyz -> first look at each Secret    {dist(rs['checked'])}  "
-            f"({len(rs['checked'])} of {n} checked)"
+            "  /readyz -> every Secret looked at (worker's first pass)  "
+            + (f"{all_s:.1f} s" if all_s is not None else f"NOT REACHED ({len(looked)} of {n})")
+            + f"  (+- {args.scrape_interval:.0f} s: /metrics scraped every "
+            f"{args.scrape_interval:.0f} s)"
+        )
+        w(f"    per Secret  {dist(looked)}")
+        scrapes = rs["scrapes"]
+        w(
+            f"    {len(scrapes)} scrapes, {dist(scrapes)} each"
+            + (
+                f"; {rs['present_at_first_scrape']} series already in the first scrape"
+                if rs["present_at_first_scrape"]
+                else ""
+            )
+            + (f"; last scrape error: {rs['scrape_error']}" if rs["scrape_error"] else "")
+        )
+        early_op = rs["early_operator_view"]
+        outside = len(rs["late"]) + len(early_op)
+        w(
+            f"  token requests outside the renew window after restart: {outside} "
+            f"(of {rs['requests']} requests, {rs['failed_requests']} failed): "
+            f"{len(early_op)} early, {len(rs['late'])} late"
         )
         w(
-            f"  refreshes in the window {rs['refreshes']}: later than age {hi:.1f} s + 0.5 s "
-            f"{len(rs['late'])}"
-            + (f" ({dist(rs['late'])} late)" if rs["late"] else "")
-            + f", earlier than {lo:.1f} s - 1 s (not due) {len(rs['early'])}"
+            f"    early = before the window by the operator's own view (request arrival - "
+            f"issued-at annotation < {lo:.1f} s - {OPERATOR_VIEW_TOLERANCE} s)"
+            + (f": ages {dist(early_op)}" if early_op else "")
+        )
+        w(
+            f"    by the endpoint's issue times (age < {lo:.1f} s - 1 s): {len(rs['early'])}"
             + (f" (ages {dist(rs['early'])})" if rs["early"] else "")
+            + "; the difference is the previous request's latency (the operator's issued-at "
+            "is taken before it sends) plus the annotation's truncation to the second"
+        )
+        w(
+            f"    late (age > {hi:.1f} s + 0.5 s by the endpoint's times) {len(rs['late'])}"
+            + (f" ({dist(rs['late'])} late)" if rs["late"] else "")
+        )
+        restart_api = r["audit"]["operator"].get("restart", Counter())
+        w(
+            f"  operator API calls from /readyz to the window's end: {sum(restart_api.values())}; "
+            + ", ".join(f"{x} {c}" for x, c in restart_api.most_common(8))
         )
         w(
             f"  credential-seconds with an expired token {rs['expired_seconds']:.1f} s "
@@ -1278,10 +1905,21 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> N
             f"  new operator: {num(rs['cpu'])} CPU-s, peak RSS {num(rs['peak_rss_mb'], 0)} MB "
             f"over the window"
         )
+    for phase, profile in r["profiles"].items():
+        w("")
+        w(
+            f"py-spy ({phase}): {profile['samples']} samples, {profile['errors']} errors, "
+            f"py-spy itself used {num(profile['py_spy_cpu_s'])} CPU-s; raw stacks: {profile['raw']}"
+        )
+        if profile["summary"]:
+            out.extend(profile["summary"].splitlines()[1:])
     w("")
     w("Machines differ: compare the ratios and counts, not absolute seconds. The benchmark")
     w("process itself (token endpoint, watch) and the control plane share the same cores.")
-    print("\n".join(out), flush=True)
+    w(f"Saved in {r['out']}")
+    text = "\n".join(out)
+    print(text, flush=True)
+    return text
 
 
 def num(value: float | None, digits: int = 1) -> str:
