@@ -136,12 +136,7 @@ class Supervisor:
         if not self.serving():
             return []
         return [
-            metrics.CredentialSample(
-                namespace=w.owner.namespace,
-                name=w.owner.name,
-                ready_reason=w.ready_reason,
-                expires_at=w.expires_at,
-            )
+            metrics.sample_from_status(w.owner.namespace, w.owner.name, w.status, w.expires_at)
             for w in list(self.workers.values())
         ]
 
@@ -251,7 +246,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         serving=elector.is_leader.is_set if elector else lambda: True,
     )
     memo.watches = _start_watches(memo, kube, memo.supervisor, memo.sources_synced)
-    metrics.serve(memo.metrics_port, memo.supervisor.samples, memo.metrics_host)
+    metrics.serve(
+        memo.metrics_port, memo.supervisor.samples, memo.metrics_host, memo.metrics_security
+    )
     if elector is None:
         metrics.LEADER.set(1)
     else:
