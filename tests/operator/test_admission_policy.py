@@ -123,15 +123,11 @@ def test_unlabelled_secret_cannot_be_edited_or_deleted(cluster, as_operator, pol
     assert _policy_denies(
         _denied(as_operator.replace_namespaced_secret, "db-password", cluster.ns, replacement)
     )
-    assert _policy_denies(
-        _denied(as_operator.delete_namespaced_secret, "db-password", cluster.ns)
-    )
+    assert _policy_denies(_denied(as_operator.delete_namespaced_secret, "db-password", cluster.ns))
     assert decode(cluster.secret("db-password")) == {"k": "v"}
 
 
-def test_other_secret_types_and_unlabelled_creates_are_denied(
-    cluster, as_operator, policy_active
-):
+def test_other_secret_types_and_unlabelled_creates_are_denied(cluster, as_operator, policy_active):
     for body in (
         _secret("plain"),
         _secret("wrong-label", labels={"tokensync.dev/credential-source": "true"}),
