@@ -112,19 +112,22 @@ def test_service_account_token_secret_is_denied(cluster, as_operator, installed)
 
 
 def test_unlabelled_secret_cannot_be_edited_or_deleted(cluster, as_operator, policy_active):
+    """The operator writes with PUT (RBAC grants update, not patch)."""
     cluster.core.create_namespaced_secret(cluster.ns, _secret("db-password"))
-    patch = {"metadata": {"labels": {CREDENTIAL_LABEL: "adopted"}}, "stringData": {"k": "x"}}
-    # Editing it, and adopting it by adding the label (the old object has none).
+    edited = cluster.secret("db-password")
+    edited["data"] = {"k": "eA=="}
     assert _policy_denies(
-        _denied(as_operator.patch_namespaced_secret, "db-password", cluster.ns, patch)
+        _denied(as_operator.replace_namespaced_secret, "db-password", cluster.ns, edited)
     )
-    replacement = cluster.secret("db-password")
-    replacement["metadata"]["labels"] = {CREDENTIAL_LABEL: "adopted"}
+    # Adopting it by adding the label: the old object has none.
+    adopted = cluster.secret("db-password")
+    adopted["metadata"]["labels"] = {CREDENTIAL_LABEL: "adopted"}
     assert _policy_denies(
-        _denied(as_operator.replace_namespaced_secret, "db-password", cluster.ns, replacement)
+        _denied(as_operator.replace_namespaced_secret, "db-password", cluster.ns, adopted)
     )
     assert _policy_denies(_denied(as_operator.delete_namespaced_secret, "db-password", cluster.ns))
     assert decode(cluster.secret("db-password")) == {"k": "v"}
+    assert not cluster.secret("db-password")["metadata"].get("labels")
 
 
 def test_other_secret_types_and_unlabelled_creates_are_denied(cluster, as_operator, policy_active):
@@ -145,12 +148,15 @@ def test_labelled_opaque_secret_can_be_written(cluster, as_operator, policy_acti
     as_operator.create_namespaced_secret(
         cluster.ns, _secret("managed", labels={CREDENTIAL_LABEL: "c"})
     )
-    as_operator.patch_namespaced_secret("managed", cluster.ns, {"stringData": {"k": "new"}})
+    updated = cluster.secret("managed")
+    updated["data"] = {"k": "bmV3"}
+    as_operator.replace_namespaced_secret("managed", cluster.ns, updated)
     assert decode(cluster.secret("managed")) == {"k": "new"}
     # Dropping the label would release the Secret from the policy's protection: denied.
-    release = [{"op": "remove", "path": "/metadata/labels"}]
+    released = cluster.secret("managed")
+    released["metadata"]["labels"] = {}
     assert _policy_denies(
-        _denied(as_operator.patch_namespaced_secret, "managed", cluster.ns, release)
+        _denied(as_operator.replace_namespaced_secret, "managed", cluster.ns, released)
     )
     as_operator.delete_namespaced_secret("managed", cluster.ns)
     assert cluster.secret("managed") is None
