@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         leader,
     )
     from tokensync.gates import OperatorConfig
-    from tokensync.metrics_auth import MetricsSecurity
+    from tokensync.metrics_auth import MetricsSecurity, cert_dir_problem
 
     if not args.namespace and not args.all_namespaces:
         print(
@@ -155,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
             "tokensync run: --metrics-cert-dir is for HTTPS, not --metrics-insecure",
             file=sys.stderr,
         )
+        return 2
+    if args.metrics_cert_dir and (problem := cert_dir_problem(args.metrics_cert_dir)):
+        print(f"tokensync run: --metrics-cert-dir {problem}", file=sys.stderr)
         return 2
     kopf.configure(
         verbose=args.verbose,

@@ -307,6 +307,16 @@ def _server_context(cert_pem: bytes | Path, key_pem: bytes | Path) -> ssl.SSLCon
     return context
 
 
+def cert_dir_problem(cert_dir: str) -> str | None:
+    """Why --metrics-cert-dir cannot be served from, or None: checked before the
+    operator starts, so a wrong path fails at once instead of at the first scrape."""
+    try:
+        _server_context(Path(cert_dir, CERT_FILE), Path(cert_dir, KEY_FILE))
+    except (OSError, ssl.SSLError) as error:
+        return f"{cert_dir}: needs {CERT_FILE} and a matching {KEY_FILE} ({error})"
+    return None
+
+
 class ServerCertificate:
     """The SSLContext for each connection: from cert_dir, reloaded when its files change
     (a failed reload keeps the previous certificate), else self-signed once."""

@@ -277,3 +277,22 @@ def test_flags() -> None:
     # A later --no-metrics-insecure wins (the operator tests rely on it).
     again = parser.parse_args(["run", "-A", "--metrics-insecure", "--no-metrics-insecure"])
     assert again.metrics_insecure is False
+
+
+def test_a_wrong_cert_dir_stops_the_operator_before_it_starts(tmp_path, capsys) -> None:
+    from tokensync.cli import run
+
+    assert run(build_parser().parse_args(["run", "-A", f"--metrics-cert-dir={tmp_path}"])) == 2
+    assert "tls.crt" in capsys.readouterr().err
+    both = ["run", "-A", "--metrics-insecure", f"--metrics-cert-dir={tmp_path}"]
+    assert run(build_parser().parse_args(both)) == 2
+
+
+def test_cert_dir_problem_accepts_a_matching_pair(tmp_path) -> None:
+    cert, key = metrics_auth.self_signed_certificate(["localhost"])
+    (tmp_path / "tls.crt").write_bytes(cert)
+    (tmp_path / "tls.key").write_bytes(key)
+    assert metrics_auth.cert_dir_problem(str(tmp_path)) is None
+    _, other_key = metrics_auth.self_signed_certificate(["localhost"])
+    (tmp_path / "tls.key").write_bytes(other_key)
+    assert metrics_auth.cert_dir_problem(str(tmp_path))
