@@ -76,6 +76,7 @@ class Supervisor:
             worker = self.workers.pop(uid, None)
             if worker and worker.task:
                 worker.task.cancel()
+            metrics.forget(metadata["namespace"], metadata["name"])
             return
         self.by_name[metadata["namespace"], metadata["name"]] = uid
         self.references[uid] = _referenced(body)

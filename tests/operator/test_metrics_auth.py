@@ -145,11 +145,40 @@ def test_alerting_gauges_of_a_credential(cluster, own_operator, token_endpoint, 
         series = f'tokensync_credential_ready{{condition="{condition}",{labels}}}'
         assert _value(text, series) == value, series
 
+    # A failing credential: Ready false, and a failure counter series of its own.
+    failing = token_endpoint.add_client(lifetime=3600)
+    token_endpoint.fail(failing, 400)
+    cluster.create_credential("failing", failing, secret_name="failing-client")
+    cluster.wait_ready("failing", "False")
+    failing_labels = f'name="failing",namespace="{cluster.ns}"'
+
+    def failures_counted() -> str | None:
+        text = _scrape(operator.metrics_port, reader)[1]
+        counted = [
+            line
+            for line in text.splitlines()
+            if line.startswith("tokensync_refresh_failures_total{")
+            and f'namespace="{cluster.ns}"' in line
+            and 'name="failing"' in line
+        ]
+        return text if counted else None
+
+    text = wait_for(failures_counted, timeout=20, what="the failing credential's counter")
+    series = f'tokensync_credential_ready{{condition="false",{failing_labels}}}'
+    assert _value(text, series) == 1.0
+
+    # Every series goes with its credential, the failure counter included.
     cluster.delete_credential("alerting")
+    cluster.delete_credential("failing")
     wait_for(
-        lambda: 'name="alerting"' not in _scrape(operator.metrics_port, reader)[1],
+        lambda: (
+            not any(
+                f'name="{n}"' in _scrape(operator.metrics_port, reader)[1]
+                for n in ("alerting", "failing")
+            )
+        ),
         timeout=20,
-        what="the series to go with the credential",
+        what="the series to go with the credentials",
     )
 
 
