@@ -58,6 +58,19 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=9090, help="0 disables /metrics")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address /metrics listens on")
     parser.add_argument(
+        "--metrics-insecure",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="serve /metrics over plain HTTP to anyone (default: HTTPS, only to callers whose "
+        "bearer token passes a TokenReview and a SubjectAccessReview for get on /metrics)",
+    )
+    parser.add_argument(
+        "--metrics-cert-dir",
+        metavar="DIR",
+        help="directory with tls.crt and tls.key for /metrics, reloaded when they change "
+        "(default: a self-signed certificate generated at start)",
+    )
+    parser.add_argument(
         "--health-port", type=int, default=8080, help="/healthz and /readyz; 0 disables"
     )
     parser.add_argument("--health-host", default="0.0.0.0", help=argparse.SUPPRESS)
@@ -145,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         leader,
     )
     from tokensync.gates import OperatorConfig
+    from tokensync.metrics_auth import MetricsSecurity, cert_dir_problem
     from tokensync.transport import parse_cidrs
 
     if not args.namespace and not args.all_namespaces:
@@ -167,6 +181,15 @@ def run(args: argparse.Namespace) -> int:
         leader_election = (args.peering, namespace, leader.default_identity())
     elif args.leader_election_namespace:
         print("tokensync run: --leader-election-namespace needs --peering", file=sys.stderr)
+        return 2
+    if args.metrics_insecure and args.metrics_cert_dir:
+        print(
+            "tokensync run: --metrics-cert-dir is for HTTPS, not --metrics-insecure",
+            file=sys.stderr,
+        )
+        return 2
+    if args.metrics_cert_dir and (problem := cert_dir_problem(args.metrics_cert_dir)):
+        print(f"tokensync run: --metrics-cert-dir {problem}", file=sys.stderr)
         return 2
     kopf.configure(
         verbose=args.verbose,
@@ -191,6 +214,9 @@ def run(args: argparse.Namespace) -> int:
         ready_flag=ready_flag,
         namespaces=args.namespace or None,
         metrics_host=args.metrics_host,
+        metrics_security=MetricsSecurity(
+            insecure=args.metrics_insecure, cert_dir=args.metrics_cert_dir
+        ),
         leader_election=leader_election,  # (lease name, namespace, identity) or None
     )
     if not args.verbose:

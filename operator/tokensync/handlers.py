@@ -194,12 +194,7 @@ class Supervisor:
         if not self.serving():
             return []
         return [
-            metrics.CredentialSample(
-                namespace=w.owner.namespace,
-                name=w.owner.name,
-                ready_reason=w.ready_reason,
-                expires_at=w.expires_at,
-            )
+            metrics.sample_from_status(w.owner.namespace, w.owner.name, w.status, w.expires_at)
             for w in list(self.workers.values())
         ]
 
@@ -320,7 +315,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     memo.watches = _start_watches(memo, kube, memo.supervisor, memo.sources_synced)
     memo.sweeper = asyncio.create_task(_sweep_forever(memo, kube), name="sweep")
-    metrics.serve(memo.metrics_port, memo.supervisor.samples, memo.metrics_host)
+    metrics.serve(
+        memo.metrics_port, memo.supervisor.samples, memo.metrics_host, memo.metrics_security
+    )
     if elector is None:
         metrics.LEADER.set(1)
     else:

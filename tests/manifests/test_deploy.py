@@ -231,3 +231,93 @@ def test_every_deploy_file_is_part_of_a_kustomization() -> None:
         if path.name == "kustomization.yaml" or path.parent.name == "examples":
             continue
         assert path.resolve() in used, f"{path.relative_to(DEPLOY)} is not in any kustomization"
+
+
+# --- the admission policy (issue 9 item 5; enforced for real in
+# tests/operator/test_admission_policy.py) ---------------------------------------------------
+
+
+def operator_username() -> str:
+    (account,) = load_docs(DEPLOY / "base" / "serviceaccount.yaml")
+    return f"system:serviceaccount:{account['metadata']['namespace']}:{account['metadata']['name']}"
+
+
+def test_admission_policy_matches_the_operators_secret_writes() -> None:
+    objects = by_kind("base/admission-policy.yaml")
+    policy = objects[("ValidatingAdmissionPolicy", "tokensync-operator-secrets")]
+    binding = objects[("ValidatingAdmissionPolicyBinding", "tokensync-operator-secrets")]
+    assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert rule["apiGroups"] == [""] and rule["resources"] == ["secrets"]
+    assert sorted(rule["operations"]) == ["CREATE", "DELETE", "UPDATE"]
+    # The ServiceAccount the policy names is the one deploy/ runs the operator as.
+    (condition,) = spec["matchConditions"]
+    assert condition["expression"] == f"request.userInfo.username == '{operator_username()}'"
+    text = json.dumps(spec)
+    for needed in ("'Opaque'", "'tokensync.dev/credential' in", "object", "oldObject"):
+        assert needed in text
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert "Deny" in binding["spec"]["validationActions"]
+    assert "paramRef" not in binding["spec"] and "matchResources" not in binding["spec"]
+
+
+def test_base_and_overlays_keep_the_policy_and_metrics_auth() -> None:
+    base = load_docs(DEPLOY / "base" / "kustomization.yaml")[0]["resources"]
+    assert "admission-policy.yaml" in base and "rbac-metrics.yaml" in base
+    for overlay in ("namespaced", "peering"):
+        for path in (DEPLOY / overlay).glob("*.yaml"):
+            for doc in load_docs(path):
+                if isinstance(doc, dict) and doc.get("$patch") == "delete":
+                    assert doc["metadata"]["name"] == "tokensync-operator", path
+
+
+# --- metrics access (issue 9 item 8) ---------------------------------------------------------
+
+METRICS_AUTH_RULES = [
+    ("authentication.k8s.io", "tokenreviews", ["create"]),
+    ("authorization.k8s.io", "subjectaccessreviews", ["create"]),
+]
+
+
+def test_metrics_rbac() -> None:
+    objects = by_kind("base/rbac-metrics.yaml")
+    auth = objects[("ClusterRole", "tokensync-metrics-auth")]
+    assert flat_rules(auth["rules"]) == METRICS_AUTH_RULES
+    binding = objects[("ClusterRoleBinding", "tokensync-metrics-auth")]
+    assert binding["roleRef"]["name"] == "tokensync-metrics-auth"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tokensync", "namespace": "tokensync-system"}
+    ]
+    reader = objects[("ClusterRole", "tokensync-metrics-reader")]
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+
+
+def test_metrics_are_served_securely_by_default(container: dict[str, Any]) -> None:
+    for path in ("base/deployment.yaml", "peering/deployment-peering.yaml"):
+        assert "--metrics-insecure" not in json.dumps(load_docs(DEPLOY / path))
+    assert "--metrics-insecure" not in json.dumps(
+        load_docs(DEPLOY / "namespaced" / "deployment-args.yaml")
+    )
+
+
+def test_servicemonitor_example_scrapes_https_with_a_token() -> None:
+    objects = by_kind("examples/servicemonitor.yaml")
+    monitor = objects[("ServiceMonitor", "tokensync")]
+    service = by_kind("base/service.yaml")[("Service", "tokensync-metrics")]
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"]
+    assert (endpoint["scheme"], endpoint["path"]) == ("https", "/metrics")
+    assert endpoint.get("bearerTokenFile") or endpoint.get("authorization")
+    assert endpoint["tlsConfig"].get("insecureSkipVerify") or endpoint["tlsConfig"].get("ca")
+    binding = objects[("ClusterRoleBinding", "prometheus-tokensync-metrics")]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "tokensync-metrics-reader",
+    }

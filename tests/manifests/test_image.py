@@ -1,6 +1,7 @@
 """The Dockerfile, checked without building it (no container engine on the test machines):
-pinned slim base, multi-stage, runtime dependencies only, numeric non-root user, and
-`tokensync` as the entrypoint."""
+base images pinned by tag and digest, multi-stage, a distroless final stage (no shell,
+no package manager), runtime dependencies only, numeric non-root user, and `tokensync` as
+the entrypoint."""
 
 from __future__ import annotations
 
@@ -33,15 +34,50 @@ def final_stage() -> list[tuple[str, str]]:
     return steps[last_from:]
 
 
-def test_base_image_is_a_pinned_slim_python() -> None:
-    args = dict(
+DIGEST = r"@sha256:[0-9a-f]{64}"
+
+
+def build_args() -> dict[str, str]:
+    return dict(
         rest.split("=", 1) for word, rest in instructions() if word == "ARG" and "=" in rest
     )
-    image = args["PYTHON_IMAGE"]
-    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-[a-z]+", image), image
-    froms = [rest for word, rest in instructions() if word == "FROM"]
+
+
+def test_base_images_are_pinned_by_tag_and_digest() -> None:
+    """Every FROM resolves to `image:tag@sha256:<digest>`: the digest fixes what is pulled
+    (a moved tag cannot change the image), the tag says what it is (and what to look up
+    when refreshing the digest for security updates)."""
+    args = build_args()
+    froms = [rest.split()[0] for word, rest in instructions() if word == "FROM"]
     assert len(froms) >= 2, "multi-stage build"
-    assert all(f.split()[0] == "${PYTHON_IMAGE}" for f in froms)
+    for image in froms:
+        resolved = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
+        assert re.fullmatch(r"[a-z0-9./-]+:[\w.-]+" + DIGEST, resolved), resolved
+
+
+def test_build_stage_uses_the_runtime_images_python() -> None:
+    """The virtualenv's python links to the build image's interpreter: Debian 12's python3
+    in both stages, so it resolves in the runtime image (/usr/bin/python3)."""
+    args = build_args()
+    assert re.fullmatch(r"debian:12(\.\d+)?-slim" + DIGEST, args["BUILD_IMAGE"])
+    assert args["RUNTIME_IMAGE"].startswith("gcr.io/distroless/python3-debian12:")
+    build_stage = instructions()[: -len(final_stage())]
+    assert any(w == "RUN" and "python3 -m venv /opt/tokensync" in r for w, r in build_stage)
+
+
+def test_runtime_stage_has_no_shell_or_package_manager() -> None:
+    """Distroless: no /bin/sh, apt, dpkg or pip in the final image, so the final stage can
+    have no RUN step (it would need a shell) and only exec-form ENTRYPOINT/CMD."""
+    stage = final_stage()
+    assert stage[0][1].split()[0] == "${RUNTIME_IMAGE}"
+    assert "distroless" in build_args()["RUNTIME_IMAGE"]
+    assert not any(word == "RUN" for word, _ in stage), "RUN needs a shell"
+    for word, rest in stage:
+        if word in ("ENTRYPOINT", "CMD"):
+            assert isinstance(json.loads(rest), list), f"{word} must be exec form"
+    # The virtualenv copied into it carries no installer either.
+    (install,) = [rest for word, rest in instructions() if word == "RUN" and "pip install" in rest]
+    assert "pip uninstall --yes pip setuptools" in install
 
 
 def test_runtime_stage_runs_as_numeric_non_root_user() -> None:
@@ -57,7 +93,7 @@ def test_runtime_stage_runs_as_numeric_non_root_user() -> None:
 def test_entrypoint_is_the_tokensync_console_script() -> None:
     stage = final_stage()
     (entrypoint,) = [json.loads(rest) for word, rest in stage if word == "ENTRYPOINT"]
-    assert entrypoint == ["tokensync"]
+    assert entrypoint == ["/opt/tokensync/bin/tokensync"]
     (cmd,) = [json.loads(rest) for word, rest in stage if word == "CMD"]
     assert cmd == ["run", "--all-namespaces"]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]

@@ -108,6 +108,9 @@ def start_operator(kubeconfig: Path, log_path: Path, *extra: str) -> Operator:
         "--health-host=127.0.0.1",
         f"--health-port={health}",
         f"--metrics-port={metrics}",
+        # Plain HTTP for Operator.metrics(); tests of the secure default pass
+        # --no-metrics-insecure (the later flag wins).
+        "--metrics-insecure",
         *extra,
     ]
     if not any(a.startswith(("--namespace", "-n", "--all-namespaces")) for a in extra):
