@@ -182,7 +182,7 @@ def test_expires_in_forms(expires_in):
     assert token.issued_at == NOW
 
 
-# Non-finite numbers (NaN, Infinity, 1e400) are refused as JSON: tests/oauth2/test_hostile_responses.py
+# Non-finite numbers (NaN, Infinity, 1e400) are refused as JSON (test_hostile_responses.py)
 @pytest.mark.parametrize("expires_in", [0, -5, "0", "-1", "soon", "", True, [60], {"s": 1}])
 def test_invalid_expires_in_is_a_protocol_error(expires_in):
     with pytest.raises(ProtocolError) as caught:
