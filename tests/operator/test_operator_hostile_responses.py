@@ -17,6 +17,7 @@ import pytest
 from operator_helpers import wait_for
 
 from fixtures.token_servers import Credentials
+from tokensync.cli import allow_deep_api_objects
 from tokensync.oauth2 import MAX_JSON_DEPTH
 
 pytestmark = pytest.mark.envtest
@@ -129,3 +130,45 @@ def test_hostile_answers_become_protocol_failures_and_the_operator_keeps_serving
     log = operator.log()
     for word in ("RecursionError", "OverflowError", "Traceback", "unexpected"):
         assert word not in log, word
+
+
+def deep_managed_fields(obj: dict, depth: int) -> str:
+    """`obj` as JSON with a managedFields entry whose fieldsV1 nests `depth` levels, which
+    the API server stores for anyone allowed to update the object."""
+    obj = {**obj, "metadata": dict(obj["metadata"])}
+    obj["metadata"]["managedFields"] = [
+        {
+            "manager": "deep",
+            "operation": "Update",
+            "apiVersion": obj["apiVersion"],
+            "fieldsType": "FieldsV1",
+            "fieldsV1": "DEEP",
+            "time": "2026-01-01T00:00:00Z",
+        }
+    ]
+    return json.dumps(obj).replace('"DEEP"', '{"f:a":' * depth + "{}" + "}" * depth)
+
+
+def test_deeply_nested_managed_fields_do_not_stop_the_operator(
+    cluster, own_operator, token_endpoint, installed
+):
+    """Issue 8 item 1, beyond scopeObject: metadata.managedFields is the one place of any
+    object where the API server keeps arbitrary nesting (up to Go's 10,000 levels)."""
+    allow_deep_api_objects()  # this test's own client reads the deep credential too
+    victim = token_endpoint.add_client()
+    cluster.create_credential("deep", victim)
+    cluster.source_secret("deep-source", {"x": "y"})
+    for kind, name in (("oauth2credential", "deep"), ("secret", "deep-source")):
+        current = json.loads(
+            installed.kubectl("get", kind, name, "-n", cluster.ns, "-o", "json").stdout
+        )
+        installed.kubectl(
+            "replace", "-n", cluster.ns, "-f", "-", input=deep_managed_fields(current, 9000)
+        )
+    operator = own_operator("--no-deny-private-networks")
+    other = token_endpoint.add_client()
+    cluster.create_credential("beside", other, secret_name="beside-client")
+    cluster.wait_ready("beside", reason="TokenIssued")
+    cluster.wait_ready("deep", reason="TokenIssued")
+    assert operator.process.poll() is None, operator.log()[-3000:]
+    assert "RecursionError" not in operator.log()
