@@ -45,6 +45,7 @@ MAX_LIFETIME_SECONDS = 365 * 24 * 3600  # longer lifetimes are capped (Token.war
 # precision, where a sub-second lifetime would be an already expired token.
 MIN_LIFETIME_SECONDS = 1.0
 SHORT_LIFETIME_SECONDS = 30  # below this, Token.warnings says a mounted Secret can't keep up
+MAX_TOKEN_TYPE_LENGTH = 128  # "Bearer", "DPoP", "N_A": a word, not a payload
 DESCRIPTION_LIMIT = 200
 ERROR_CODE_LIMIT = 64
 # Remote text is cut to this before redaction (which then runs in bounded time); the final
@@ -648,17 +649,45 @@ def _parse_token_response(
             hint="tokensync keeps tokens of at most 64 KiB; check tokenURL",
         )
     token_type = data.get("token_type")
+    token_type = token_type if isinstance(token_type, str) and token_type else "Bearer"
+    scope = _granted_scope(data.get("scope"))
+    _check_secret_text(status, access_token=access_token, token_type=token_type, scope=scope)
     expires_at, source, warnings = _lifetime(data, access_token, request, issued_at, status)
     return Token(
         access_token=access_token,
-        token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
+        token_type=token_type,
         issued_at=issued_at,
         expires_at=expires_at,
-        scope=_granted_scope(data.get("scope")),
+        scope=scope,
         lifetime_source=source,
         http_status=status,
         warnings=warnings,
     )
+
+
+def _check_secret_text(status: int, **fields: str | None) -> None:
+    """What goes into the managed Secret must be UTF-8 text (JSON escapes can produce lone
+    surrogates, which cannot be written), and token_type a short word."""
+    for name, text in fields.items():
+        if text is None:
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(
+                f"token endpoint answered HTTP {status} with a {name} field that is not "
+                "valid Unicode text",
+                reason="InvalidTokenText",
+                http_status=status,
+            ) from None
+    token_type = fields.get("token_type") or ""
+    if len(token_type) > MAX_TOKEN_TYPE_LENGTH:
+        raise ProtocolError(
+            f"token endpoint answered HTTP {status} with a token_type longer than "
+            f"{MAX_TOKEN_TYPE_LENGTH} characters",
+            reason="InvalidTokenType",
+            http_status=status,
+        )
 
 
 def _oauth_error_in_2xx(

@@ -43,14 +43,15 @@ def _b64_forms(data: bytes) -> set[str]:
 
 def _spellings(value: str) -> set[str]:
     """The ways one string may be written back to us (case is handled by folding)."""
+    # Bytes, so that text from JSON with lone surrogates ("\ud800") cannot make quote fail.
     raw = value.encode("utf-8", "surrogatepass")
     forms = {
         value,
         value[::-1],
         raw.hex(),
-        quote(value, safe=""),
-        quote(value),
-        quote_plus(value),
+        quote(raw, safe=""),
+        quote(raw),
+        quote_plus(raw),
         json.dumps(value)[1:-1],
         json.dumps(value, ensure_ascii=False)[1:-1],
     }
@@ -61,7 +62,8 @@ def _spellings(value: str) -> set[str]:
 def _basic_forms(client_id: str, value: str) -> set[str]:
     """HTTP Basic credentials, both as RFC 6749 says and as most clients send them."""
     forms: set[str] = set()
-    for pair in (f"{quote_plus(client_id)}:{quote_plus(value)}", f"{client_id}:{value}"):
+    id_raw, value_raw = (t.encode("utf-8", "surrogatepass") for t in (client_id, value))
+    for pair in (f"{quote_plus(id_raw)}:{quote_plus(value_raw)}", f"{client_id}:{value}"):
         forms |= _b64_forms(pair.encode("utf-8", "surrogatepass"))
     return forms
 

@@ -158,3 +158,23 @@ def test_response_key_names_are_not_echoed(token_server, credentials):
     error = expect_protocol_error(token_server, credentials, json.dumps({key: 1}).encode())
     assert error.reason == "MissingAccessToken"
     assert key not in str(error)
+
+
+@pytest.mark.parametrize("field", ["access_token", "token_type", "scope"])
+def test_lone_surrogates_are_refused_not_written(token_server, credentials, field):
+    """JSON can escape a lone surrogate, which no Secret can hold as UTF-8."""
+    fields = {"access_token": "tok-abcdefgh", "expires_in": 60, field: "ab\\ud800cdefghij"}
+    body = json.dumps(fields).replace("\\\\ud800", "\\ud800").encode()
+    error = expect_protocol_error(token_server, credentials, body)
+    assert error.reason == "InvalidTokenText"
+
+
+def test_a_lone_surrogate_in_an_error_is_redacted_without_failing(token_server, credentials):
+    body = b'{"access_token": "tok-\\ud800-abcdefghijkl", "expires_in": "soon"}'
+    error = expect_protocol_error(token_server, credentials, body)
+    assert error.reason in ("InvalidTokenText", "InvalidExpiresIn")
+
+
+def test_long_token_type_is_refused(token_server, credentials):
+    error = expect_protocol_error(token_server, credentials, token_body(token_type="B" * 129))
+    assert error.reason == "InvalidTokenType"

@@ -147,3 +147,8 @@ def test_redaction_of_a_huge_secret_is_cheap():
     assert peak_short < 1024 * 1024, peak_short
     assert peak < 64 * 1024 * 1024, peak
     assert elapsed < 5, elapsed
+
+
+def test_lone_surrogates_do_not_break_redaction():
+    secret = "abc\ud800defghijkl"
+    assert redact(f"x {secret} y", [secret], client_id="id\udc00") == f"x {REDACTED} y"
