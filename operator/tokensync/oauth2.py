@@ -675,8 +675,7 @@ def _check_secret_text(status: int, **fields: str | None) -> None:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise ProtocolError(
-                f"token endpoint answered HTTP {status} with a {name} field that is not "
-                "valid Unicode text",
+                f"token endpoint answered HTTP {status}, but its {name} is not valid Unicode text",
                 reason="InvalidTokenText",
                 http_status=status,
             ) from None
