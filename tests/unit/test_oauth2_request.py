@@ -505,3 +505,35 @@ def test_hint_json_refusal_drops_the_generic_credentials_advice():
     hint = hint_for(content_type=JSON, client_id="c", client_secret="plain")
     assert "form-urlencoded" in hint
     assert "clientAuthentication" not in hint
+
+
+# ---- the nesting scan before json.loads (issue 8 item 3)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'"' + b'\\"' * 300_000,  # unterminated string of escaped quotes
+        b'"' + b"\\" * 600_001,
+        b"[" * 600_000,
+        b'{"a":"' + b"[" * 600_000,
+        b'["' * 300_000,
+    ],
+    ids=["escaped-quotes", "backslashes", "brackets", "open-string", "string-brackets"],
+)
+def test_nesting_scan_is_linear_on_hostile_bodies(body):
+    import time
+
+    from tokensync.oauth2 import json_depth_exceeds
+
+    started = time.monotonic()
+    json_depth_exceeds(body)
+    assert time.monotonic() - started < 1.0
+
+
+def test_nesting_scan_ignores_brackets_in_strings():
+    from tokensync.oauth2 import json_depth_exceeds
+
+    assert not json_depth_exceeds(b'{"a": "[[[[\\"[[[", "b": [[1]]}', limit=3)
+    assert json_depth_exceeds(b'{"a": [[[1]]]}', limit=3)
+    assert not json_depth_exceeds(b'{"a": [[1]]}', limit=3)
