@@ -172,3 +172,29 @@ def test_deeply_nested_managed_fields_do_not_stop_the_operator(
     cluster.wait_ready("deep", reason="TokenIssued")
     assert operator.process.poll() is None, operator.log()[-3000:]
     assert "RecursionError" not in operator.log()
+
+
+def test_cognito_invalid_client_to_json_names_the_form_content_type_first(
+    cluster, own_operator, start_server, credentials
+):
+    """Issue 8 item 12: Cognito answers a JSON body with 401 {"error":"invalid_client"};
+    status and the Warning event name contentType form first."""
+    from servers.quirky import CognitoServer
+
+    own_operator(*INSECURE_OPERATOR)
+    server = start_server(
+        CognitoServer,
+        clients={credentials.client_id: credentials.client_secret},
+        json_answer="invalid_client",
+    )
+    credential(cluster, "cognito", server, credentials, contentType="application/json")
+    ready = cluster.wait_ready("cognito", "False", "TokenRequestFailed")
+    first_hint = "Hint: set contentType: application/x-www-form-urlencoded"
+    assert first_hint in ready["message"], ready["message"]
+    failure = cluster.credential("cognito")["status"]["lastFailure"]
+    assert (failure["httpStatus"], failure["error"]) == (401, "invalid_client")
+    assert first_hint in failure["message"]
+    events = wait_for(
+        lambda: [e for e in cluster.events("cognito") if e["reason"] == "TokenRequestFailed"], 30
+    )
+    assert first_hint in events[0]["message"]
