@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -149,6 +150,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(args)
 
 
+# Go's JSON decoder in the API server accepts objects nested up to 10,000 levels, and
+# anyone who may update an object can nest its metadata.managedFields (fieldsV1) that deep.
+# Python's decoder stops at the recursion limit (1,000): one such credential made kopf's
+# list call raise RecursionError and stopped the operator for the whole cluster.
+API_OBJECT_MAX_DEPTH = 10_000
+
+
+def allow_deep_api_objects() -> None:
+    """Room to decode (and copy) any object the API server stores, on this thread and on
+    every thread started afterwards (executor threads decode watch events)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * API_OBJECT_MAX_DEPTH))
+    threading.stack_size(max(threading.stack_size(), 64 * 1024 * 1024))
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf
     import urllib3
@@ -229,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("tokensync").warning(
             "--allow-insecure: specs may disable TLS verification or use plain http"
         )
+    allow_deep_api_objects()
     asyncio.run(
         kopf.operator(
             clusterwide=args.all_namespaces,

@@ -32,6 +32,7 @@ from tokensync.redact import redact
 from tokensync.secret import (
     ANNOTATION_REFRESH_REQUESTED,
     Owner,
+    SecretTooLarge,
     config_hash,
     format_time,
     managed_secret,
@@ -137,7 +138,6 @@ class CredentialWorker:
     next_refresh_at: datetime | None = None  # for metrics
     last_event: tuple[str, str] | None = None
     warned_generation: int | None = None  # insecure-setting warnings are posted once per spec
-    token_warnings: tuple[str, ...] = ()  # from the last token response (capped lifetime)
     served: Served | None = None
     unwritten: Unwritten | None = None
     write_failures: int = 0
@@ -387,7 +387,6 @@ class CredentialWorker:
             fetch.cancel()  # no-op once done; a failed report must not orphan the request
         self.retry_key, self.retry_at = None, None
         self.failures_by_kind.clear()
-        self.token_warnings = tuple(getattr(token, "warnings", ()) or ())
         self.unwritten = Unwritten(token, p.generation, p.fingerprint, p.refresh_request, trigger)
         return await self._retry_write(p)
 
@@ -411,6 +410,10 @@ class CredentialWorker:
         old_secret_name = self.status.get("secretName")
         try:
             written = await self._write_secret(p, pending.token)
+        except SecretTooLarge as error:  # this token times the template's placeholders
+            self.unwritten = None
+            await self._report_problem(ReferenceProblem("InvalidSpec", str(error)))
+            return None
         except KubeError as error:
             if error.status in (404, 409) or error.unreachable:
                 raise  # the object changed under us, or the API is down: a normal retry
@@ -536,7 +539,7 @@ class CredentialWorker:
         return Condition("False", "Pending", f"a new token is needed: {trigger.message}")
 
     def _warnings(self, p: Pass, point: schedule.RefreshPoint | None = None) -> list[str] | None:
-        warnings = [*p.warnings, *self.token_warnings, *schedule.lifetime_warnings(p.held)]
+        warnings = [*p.warnings, *schedule.lifetime_warnings(p.held)]
         if point is not None and point.clamped:
             warnings.append("refresh point clamped to 10% of the token lifetime after issue")
         return warnings or None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import email.utils
 import http.client
 import json
@@ -26,12 +25,24 @@ from urllib.parse import quote_plus, urlencode, urlsplit, urlunsplit
 import urllib3
 
 from tokensync import __version__, transport
-from tokensync.redact import redact, truncate
+from tokensync.redact import redact, redact_truncate, truncate
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 MAX_BODY_BYTES = 1024 * 1024
+MAX_ACCESS_TOKEN_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32  # arrays and objects; deeper bodies are refused before json.loads
+MAX_LIFETIME_SECONDS = 365 * 24 * 3600  # longer lifetimes are capped (Token.warnings)
+# Shorter lifetimes are raised to this: Secrets and status hold times at second
+# precision, where a sub-second lifetime would be an already expired token.
+MIN_LIFETIME_SECONDS = 1.0
+SHORT_LIFETIME_SECONDS = 30  # below this, Token.warnings says a mounted Secret can't keep up
+MAX_TOKEN_TYPE_LENGTH = 128  # "Bearer", "DPoP", "N_A": a word, not a payload
 DESCRIPTION_LIMIT = 200
+ERROR_CODE_LIMIT = 64
+# Remote text is cut to this before redaction (which then runs in bounded time); the final
+# cut to DESCRIPTION_LIMIT comes after redaction.
+_REMOTE_TEXT_PRECUT = 16 * 1024
 USER_AGENT = f"tokensync/{__version__}"
 
 _TRANSIENT_OAUTH_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
@@ -98,6 +109,8 @@ class Token:
     scope: str | None  # granted scope as returned
     lifetime_source: str  # "expires_in" | "jwt" | "default"
     http_status: int
+    # Lifetimes capped at a year or under 30 s, for status.warnings; never token data.
+    warnings: tuple[str, ...] = ()
 
     @property
     def lifetime_seconds(self) -> float:
@@ -143,21 +156,20 @@ class TokenError(Exception):
         return f"{type(self).__name__}(reason={self.reason!r}, message={str(self)!r})"
 
     def sanitized(
-        self, clean: Callable[[str], str], clean_remote: Callable[[str], str]
+        self, clean: Callable[[str], str], clean_remote: Callable[[str, int], str]
     ) -> TokenError:
-        """A copy with `clean` applied to our own text and the stricter `clean_remote` to
-        the text the endpoint sent."""
-
-        def opt(text: str | None, cleaner: Callable[[str], str]) -> str | None:
-            return None if text is None else cleaner(text)
-
+        """A copy with `clean` applied to our own text and the stricter `clean_remote`
+        (text, length limit) to the text the endpoint sent."""
+        error, description = self.oauth_error, self.oauth_error_description
         return type(self)(
             clean(self.message),
             reason=self.reason,
             http_status=self.http_status,
-            oauth_error=opt(self.oauth_error, clean_remote),
-            oauth_error_description=opt(self.oauth_error_description, clean_remote),
-            hint=opt(self.hint, clean),
+            oauth_error=None if error is None else clean_remote(error, ERROR_CODE_LIMIT),
+            oauth_error_description=None
+            if description is None
+            else clean_remote(description, DESCRIPTION_LIMIT),
+            hint=None if self.hint is None else clean(self.hint),
             retry_after=self.retry_after,
         )
 
@@ -265,15 +277,60 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+class JSONRefused(ValueError):
+    """Remote JSON that is not parsed: too deeply nested, or a non-finite number."""
+
+
+# A JSON string, or an unterminated one to the end: the optional closing quote means a
+# match never fails and backtracks, which keeps the scan linear (with a required quote,
+# `"\"\"\"...` unterminated took quadratic time: 50 s for 80 KB).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def json_depth_exceeds(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether arrays/objects nest deeper than `limit` (brackets inside strings don't
+    count). A cheap scan, run before json.loads so that no RecursionError can occur."""
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    depth = 0
+    for byte in brackets:
+        depth += 1 if byte in b"[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise JSONRefused("number out of range")
+    return number
+
+
+def _no_constant(name: str) -> None:
+    raise JSONRefused(f"{name} is not JSON")
+
+
+def load_json(data: bytes | str) -> Any:
+    """json.loads for remote data: at most MAX_JSON_DEPTH levels, finite numbers only
+    (no NaN, Infinity or 1e400), integers of at most 4300 digits (Python's own limit).
+    Raises ValueError (JSONRefused for the first two)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if json_depth_exceeds(raw):
+        raise JSONRefused(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    return json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+
+
 def jwt_claims(token: str) -> dict[str, Any] | None:
-    """The payload of a JWT, decoded without any signature check; None if not a JWT."""
+    """The payload of a JWT, decoded without any signature check; None if not a JWT (or
+    one whose payload is not plain, bounded JSON)."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
     try:
         payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        claims = json.loads(payload)
-    except (binascii.Error, ValueError):
+        claims = load_json(payload)
+    except (binascii.Error, ValueError, RecursionError):
         return None
     return claims if isinstance(claims, dict) else None
 
@@ -293,17 +350,18 @@ def _number(value: Any) -> float | None:
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str | None]:
-    """OAuth2 `error` and `error_description` of an error response, if it has them."""
+    """OAuth2 `error` and `error_description` of an error response, if it has them. Not
+    cut to their final length yet: that happens after redaction (_sanitize)."""
     try:
-        data = json.loads(body)
-    except ValueError:
+        data = load_json(body)
+    except (ValueError, RecursionError):
         return None, None
     if not isinstance(data, dict):
         return None, None
     error, description = data.get("error"), data.get("error_description")
     return (
-        truncate(error, 64) if isinstance(error, str) and error else None,
-        truncate(description, DESCRIPTION_LIMIT) if isinstance(description, str) else None,
+        error[:_REMOTE_TEXT_PRECUT] if isinstance(error, str) and error else None,
+        description[:_REMOTE_TEXT_PRECUT] if isinstance(description, str) else None,
     )
 
 
@@ -325,10 +383,17 @@ def _status_hint(request: TokenRequest, status: int, oauth_error: str | None) ->
     hints = []
     json_body = request.content_type == JSON
     body_not_read = json_body and _json_not_understood(request, status, oauth_error)
+    if body_not_read:
+        # First, whatever the OAuth2 error: the usual cause of a 400/401 to a JSON body is
+        # an endpoint that reads only form bodies (AWS Cognito: 401 invalid_client).
+        hints.append(
+            f"set contentType: {FORM}: most token endpoints (AWS Cognito, Entra ID, Okta, "
+            "Keycloak) read only form bodies and refuse a JSON body with 400 or 401"
+        )
     if oauth_error == "invalid_scope" and json_body and isinstance(request.scope_sent, str):
-        hints.append("this endpoint may expect the scope as a JSON object: set scopeObject")
-    elif body_not_read:
-        hints.append(f"this endpoint may need {FORM} (set contentType: {FORM})")
+        hints.append(
+            "if the endpoint does read JSON, it may expect the scope as an object: set scopeObject"
+        )
     if not json_body and status == 415:
         hints.append(f"this endpoint may need {JSON} (set contentType: {JSON})")
     if status == 401 or oauth_error == "invalid_client":
@@ -342,10 +407,11 @@ def _status_hint(request: TokenRequest, status: int, oauth_error: str | None) ->
 
 
 def _json_not_understood(request: TokenRequest, status: int, oauth_error: str | None) -> bool:
-    """Whether a refusal looks like a server that did not read the JSON body: a bare
-    400/401/415 (Cognito), or an error about parameters that were in fact sent."""
-    if oauth_error is None:
-        return status in (400, 401, 415)
+    """Whether a refusal of a JSON body may come from a server that did not read it: any
+    400 or 401 (API.md "Failure handling"), a 415, or an error about parameters that
+    were in fact sent."""
+    if status in (400, 401, 415):
+        return True
     if oauth_error in ("invalid_request", "unsupported_grant_type"):
         return True
     return oauth_error == "invalid_client" and request.client_authentication == "body"
@@ -398,39 +464,82 @@ def _error_for_status(
     )
 
 
+def _expires_in_seconds(value: Any) -> float | None:
+    """expires_in (or exp) as sent, an int, a float, or a numeric string; None if it is
+    none of these. Integers too large for a float come back as infinity (capped later)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str) and len(value) <= 4096 and _NUMERIC_TEXT.fullmatch(value):
+        return float(value)  # digits only: float() gives inf, never an error, when huge
+    return None
+
+
+_NUMERIC_TEXT = re.compile(r"\s*-?\d+(\.\d+)?\s*")
+
+
+def bounded_lifetime(seconds: float) -> tuple[float, tuple[str, ...]]:
+    """A positive lifetime as the operator uses it: at least MIN_LIFETIME_SECONDS (a
+    Secret's second-precision times would make a sub-second token expired at once), at
+    most a year; and the warnings that go with it."""
+    if seconds > MAX_LIFETIME_SECONDS:
+        days = MAX_LIFETIME_SECONDS // 86400
+        return float(MAX_LIFETIME_SECONDS), (
+            f"token lifetime capped at one year ({days} days); the endpoint sent a longer one",
+        )
+    if seconds < SHORT_LIFETIME_SECONDS:
+        lifetime = max(seconds, MIN_LIFETIME_SECONDS)
+        return lifetime, (
+            f"the token lives {lifetime:g} s: a mounted Secret cannot keep a token living "
+            f"under {SHORT_LIFETIME_SECONDS} s fresh (the kubelet updates it about once a minute)",
+        )
+    return seconds, ()
+
+
 def _lifetime(
     data: Mapping[str, Any],
     access_token: str,
     request: TokenRequest,
     issued_at: datetime,
     status: int,
-) -> tuple[datetime, str]:
-    """Expiry and where it came from: expires_in, a JWT's exp claim, or the default."""
+) -> tuple[datetime, str, tuple[str, ...]]:
+    """Expiry, where it came from (expires_in, a JWT's exp claim, or the default), and
+    warnings about its length."""
     raw = data.get("expires_in")
     if raw is not None:
-        seconds = _number(raw)
+        seconds = _expires_in_seconds(raw)
         if seconds is None or seconds <= 0:
-            what = "not a number" if seconds is None else "not positive"
+            what = "not a finite number" if seconds is None else "not positive"
             raise ProtocolError(
                 f"token response has an expires_in that is {what}",
                 reason="InvalidExpiresIn",
                 http_status=status,
                 hint="the endpoint's tokens cannot be scheduled for refresh",
             )
-        return issued_at + timedelta(seconds=seconds), "expires_in"
-    claims = jwt_claims(access_token)
-    exp = _number(claims.get("exp")) if claims else None
-    if exp is not None:
-        expires_at = datetime.fromtimestamp(exp, UTC)
-        if expires_at <= issued_at:
-            raise ProtocolError(
-                "token response has no expires_in and the JWT's exp claim is not in the future",
-                reason="InvalidExpiresIn",
-                http_status=status,
-                hint="check the clocks of the token endpoint and of this host",
-            )
-        return expires_at, "jwt"
-    return issued_at + timedelta(seconds=request.default_lifetime_seconds), "default"
+        source = "expires_in"
+    else:
+        claims = jwt_claims(access_token)
+        exp = _expires_in_seconds(claims.get("exp")) if claims else None
+        if exp is not None:
+            seconds = exp - issued_at.timestamp()
+            if seconds <= 0:
+                raise ProtocolError(
+                    "token response has no expires_in and the JWT's exp claim is not in the future",
+                    reason="InvalidExpiresIn",
+                    http_status=status,
+                    hint="check the clocks of the token endpoint and of this host",
+                )
+            source = "jwt"
+        else:
+            seconds, source = request.default_lifetime_seconds, "default"
+    lifetime, warnings = bounded_lifetime(seconds)
+    return issued_at + timedelta(seconds=lifetime), source, warnings
 
 
 def _granted_scope(value: Any) -> str | None:
@@ -448,13 +557,49 @@ def parse_token_response(
     request: TokenRequest,
     issued_at: datetime,
 ) -> Token:
-    """The token of a response, or the classified TokenError it amounts to."""
+    """The token of a response, or the classified TokenError it amounts to. Whatever the
+    body holds, nothing else is raised: any other exception while reading it becomes a
+    ProtocolError (backoff, a status message), never an unhandled error in the worker."""
+    try:
+        return _parse_token_response(status, headers, body, request, issued_at)
+    except TokenError as error:
+        raise _sanitize(error, request, body) from None
+    except Exception as exc:  # a hostile body must never escape unclassified
+        raise ProtocolError(
+            f"token endpoint answered HTTP {status} with a response that could not be read "
+            f"({type(exc).__name__})",
+            reason="UnreadableResponse",
+            http_status=status,
+            hint="check tokenURL",
+        ) from None
+
+
+def _parse_token_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    request: TokenRequest,
+    issued_at: datetime,
+) -> Token:
     if not 200 <= status < 300:
         raise _error_for_status(status, headers, body, request, issued_at)
     if len(body) > MAX_BODY_BYTES:
         raise _too_large(status)
     try:
-        data = json.loads(body)
+        data = load_json(body)
+    except JSONRefused as refused:
+        deep = "nested" in str(refused)
+        raise ProtocolError(
+            f"token endpoint answered HTTP {status} with JSON "
+            + (
+                f"nested more than {MAX_JSON_DEPTH} levels deep"
+                if deep
+                else "holding NaN, Infinity or a number out of range"
+            ),
+            reason="NestedTooDeeply" if deep else "NotJSON",
+            http_status=status,
+            hint="check tokenURL",
+        ) from None
     except ValueError:
         html = _looks_like_html(headers, body)
         what = "HTML" if html else "a body that is not JSON"
@@ -476,24 +621,63 @@ def parse_token_response(
     if not isinstance(access_token, str) or not access_token:
         if isinstance(data.get("error"), str):  # an error reported with a 2xx status
             raise _oauth_error_in_2xx(status, headers, body, request, issued_at)
-        keys = ", ".join(sorted(str(k) for k in data)[:10]) or "none"
+        # Key names are not shown: they are the endpoint's text, and may echo anything.
         raise ProtocolError(
-            f"token endpoint answered HTTP {status} without an access_token (keys: {keys})",
+            f"token endpoint answered HTTP {status} without an access_token "
+            f"(a JSON object with {len(data)} other keys)",
             reason="MissingAccessToken",
             http_status=status,
             hint="check tokenURL and grant type support",
         )
+    if len(access_token) > MAX_ACCESS_TOKEN_BYTES or (
+        len(access_token.encode("utf-8", "surrogatepass")) > MAX_ACCESS_TOKEN_BYTES
+    ):
+        raise ProtocolError(
+            f"token endpoint answered HTTP {status} with an access_token larger than "
+            f"{MAX_ACCESS_TOKEN_BYTES // 1024} KiB",
+            reason="AccessTokenTooLarge",
+            http_status=status,
+            hint="tokensync keeps tokens of at most 64 KiB; check tokenURL",
+        )
     token_type = data.get("token_type")
-    expires_at, source = _lifetime(data, access_token, request, issued_at, status)
+    token_type = token_type if isinstance(token_type, str) and token_type else "Bearer"
+    scope = _granted_scope(data.get("scope"))
+    _check_secret_text(status, access_token=access_token, token_type=token_type, scope=scope)
+    expires_at, source, warnings = _lifetime(data, access_token, request, issued_at, status)
     return Token(
         access_token=access_token,
-        token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
+        token_type=token_type,
         issued_at=issued_at,
         expires_at=expires_at,
-        scope=_granted_scope(data.get("scope")),
+        scope=scope,
         lifetime_source=source,
         http_status=status,
+        warnings=warnings,
     )
+
+
+def _check_secret_text(status: int, **fields: str | None) -> None:
+    """What goes into the managed Secret must be UTF-8 text (JSON escapes can produce lone
+    surrogates, which cannot be written), and token_type a short word."""
+    for name, text in fields.items():
+        if text is None:
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(
+                f"token endpoint answered HTTP {status}, but its {name} is not valid Unicode text",
+                reason="InvalidTokenText",
+                http_status=status,
+            ) from None
+    token_type = fields.get("token_type") or ""
+    if len(token_type) > MAX_TOKEN_TYPE_LENGTH:
+        raise ProtocolError(
+            f"token endpoint answered HTTP {status} with a token_type longer than "
+            f"{MAX_TOKEN_TYPE_LENGTH} characters",
+            reason="InvalidTokenType",
+            http_status=status,
+        )
 
 
 def _oauth_error_in_2xx(
@@ -701,24 +885,29 @@ def _utc_now() -> datetime:
 
 def _sanitize(error: TokenError, request: TokenRequest, body: bytes) -> TokenError:
     """The error with every secret spelling removed; text the endpoint sent loses echoes
-    of the client id as well."""
+    of the client id as well, and is cut to length only after that (a cut through an
+    echo would leave a fragment that no longer matches)."""
     secrets = [request.client_secret, *_token_in(body)]
 
     def clean(text: str) -> str:
         return redact(text, secrets, client_id=request.client_id)
 
-    def clean_remote(text: str) -> str:
-        return truncate(redact(clean(text), [request.client_id]), DESCRIPTION_LIMIT)
+    def clean_remote(text: str, limit: int) -> str:
+        return redact_truncate(
+            text, [*secrets, request.client_id], limit, client_id=request.client_id
+        )
 
     return error.sanitized(clean, clean_remote)
 
 
 def _token_in(body: bytes) -> list[str]:
     """The access token in a response body, if any, so it can be redacted too."""
-    with contextlib.suppress(ValueError):
-        data = json.loads(body)
-        if isinstance(data, dict) and isinstance(data.get("access_token"), str):
-            return [data["access_token"]]
+    try:
+        data = load_json(body)
+    except Exception:  # whatever the body, the error it explains goes on
+        return []
+    if isinstance(data, dict) and isinstance(data.get("access_token"), str):
+        return [data["access_token"]]
     return []
 
 

@@ -124,6 +124,7 @@ def valid_refresh_request(value: str | None) -> str | None:
 
 
 SHORT_LIFETIME_SECONDS = 30.0
+MAX_LIFETIME_SECONDS = 365 * 24 * 3600.0  # = oauth2.MAX_LIFETIME_SECONDS (the cap)
 
 
 def lifetime_warnings(held: HeldToken | None) -> list[str]:
@@ -131,6 +132,8 @@ def lifetime_warnings(held: HeldToken | None) -> list[str]:
     if held is None or held.issued_at is None or held.expires_at is None:
         return []
     lifetime = (held.expires_at - held.issued_at).total_seconds()
+    if lifetime >= MAX_LIFETIME_SECONDS:
+        return ["the endpoint's expires_in was capped at one year"]
     if lifetime < SHORT_LIFETIME_SECONDS:
         return [
             f"the token lives {lifetime:.0f}s: requests are at most one per 10 s and a "

@@ -13,7 +13,7 @@ from typing import Any
 
 from tokensync.oauth2 import Token
 from tokensync.schedule import HeldToken, parse_time
-from tokensync.spec import CredentialSpec, ResolvedValues
+from tokensync.spec import CredentialSpec, ResolvedValues, SpecError
 from tokensync.urls import prefixes_admit
 
 DOMAIN = "tokensync.dev"
@@ -29,6 +29,16 @@ ANNOTATION_REFRESH_REQUESTED = f"{DOMAIN}/refresh-requested-at"
 API_VERSION = f"{DOMAIN}/v1alpha1"
 KIND = "OAuth2Credential"
 _PLACEHOLDER_RE = re.compile(r"\$\{([a-z_]+)\}")
+# The managed Secret's data (keys and values, before base64) at most: a template that
+# repeats a 64 KiB token cannot make the operator build hundreds of MB.
+MAX_SECRET_DATA_BYTES = 256 * 1024
+FIXED_KEYS = ("access_token", "token_type", "authorization", "expires_at")
+
+
+class SecretTooLarge(SpecError):
+    """The rendered managed Secret would exceed MAX_SECRET_DATA_BYTES; found before
+    rendering anything. A spec problem (Ready=False, reason InvalidSpec): the template
+    must repeat the token less. The message holds sizes only, never data."""
 
 
 @dataclass(frozen=True)
@@ -96,11 +106,49 @@ def render_template(text: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER_RE.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def rendered_size(values: Mapping[str, str], template: Mapping[str, str]) -> int:
+    """Bytes of the managed Secret's data (every key and value) once rendered, computed
+    from placeholder counts and value sizes without expanding anything."""
+    sizes = {name: _utf8_size(value) for name, value in values.items()}
+    total = sum(_utf8_size(key) + sizes[key] for key in FIXED_KEYS)
+    for key, text in template.items():
+        total += _utf8_size(key) + _utf8_size(text)
+        for match in _PLACEHOLDER_RE.finditer(text):
+            placeholder = _utf8_size(match.group(0))
+            total += sizes.get(match.group(1), placeholder) - placeholder
+    return total
+
+
+def _check_size(values: Mapping[str, str], template: Mapping[str, str]) -> None:
+    size = rendered_size(values, template)
+    if size <= MAX_SECRET_DATA_BYTES:
+        return
+    uses = sum(
+        text.count("${access_token}") + text.count("${authorization}") for text in template.values()
+    )
+    raise SecretTooLarge(
+        [
+            f"spec.secret.template: the managed Secret would hold {size / 1024:.0f} KiB of "
+            f"data, more than the limit of {MAX_SECRET_DATA_BYTES // 1024} KiB (the token is "
+            f"{_kib(values['access_token'])} KiB and the template uses it {uses} times)"
+        ]
+    )
+
+
+def _kib(text: str) -> str:
+    return f"{_utf8_size(text) / 1024:.1f}"
+
+
 def secret_data(token: Token, template: Mapping[str, str]) -> dict[str, str]:
-    """The managed Secret's keys, as plain strings."""
+    """The managed Secret's keys, as plain strings. Raises SecretTooLarge, before
+    rendering, when they would exceed MAX_SECRET_DATA_BYTES."""
     values = template_values(token)
-    data = {key: values[key] for key in ("access_token", "token_type", "authorization")}
-    data["expires_at"] = values["expires_at"]
+    _check_size(values, template)
+    data = {key: values[key] for key in FIXED_KEYS}
     for key, text in template.items():
         data[key] = render_template(text, values)
     return data

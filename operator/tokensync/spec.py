@@ -8,6 +8,7 @@ reported at once, each naming its field.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,14 @@ RESERVED_PARAMETER_PREFIX = "client_assertion"
 RESERVED_KEY_DOMAINS = ("tokensync.dev", "kubernetes.io", "k8s.io")
 
 DEFAULT_TIMEOUT_SECONDS = 30
+
+# scopeObject is flat (API.md): the CRD refuses anything else, and so does the operator.
+SCOPE_OBJECT_MAX_KEYS = 32
+SCOPE_OBJECT_MAX_ITEMS = 32
+SCOPE_OBJECT_MAX_KEY_LENGTH = 128
+SCOPE_OBJECT_MAX_STRING_LENGTH = 1024
+# Map keys: a qualified label/annotation name is at most 253 + 1 + 63 characters.
+MAX_MAP_KEY_LENGTH = 317
 DEFAULT_LIFETIME = "1h"
 
 _DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+\Z")
@@ -253,12 +262,34 @@ class _Reader:
             return {}
         result = {}
         for k, v in value.items():
-            if not isinstance(v, str):
+            if not isinstance(k, str) or len(k) > MAX_MAP_KEY_LENGTH:
+                self.fail(path, f"every key must be at most {MAX_MAP_KEY_LENGTH} characters")
+            elif not isinstance(v, str):
                 self.fail(f"{path}.{k}", "must be a string")
             elif len(v) > 4096:
                 self.fail(f"{path}.{k}", "must be at most 4096 characters")
             else:
                 result[str(k)] = v
+        return result
+
+    def scope_object(self, value: Any, path: str) -> dict[str, Any] | None:
+        """A flat JSON object: string, finite number, boolean or list of strings values."""
+        if not isinstance(value, Mapping):
+            self.fail(path, "must be a JSON object")
+            return None
+        if len(value) > SCOPE_OBJECT_MAX_KEYS:
+            self.fail(path, f"must have at most {SCOPE_OBJECT_MAX_KEYS} keys")
+            return None
+        result: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not 0 < len(key) <= SCOPE_OBJECT_MAX_KEY_LENGTH:
+                self.fail(path, f"every key must be 1 to {SCOPE_OBJECT_MAX_KEY_LENGTH} characters")
+                continue
+            problem = _scope_value_problem(item)
+            if problem:
+                self.fail(f"{path}.{key}", problem)
+            else:
+                result[key] = list(item) if isinstance(item, list) else item
         return result
 
     def object_name(self, data: Mapping[str, Any], key: str, path: str) -> str | None:
@@ -293,6 +324,28 @@ class _Reader:
         return Ref(name=name, key=ref_key, kind=kind)
 
 
+def _scope_value_problem(value: Any) -> str | None:
+    """Why a scopeObject value is not a string, finite number, boolean or list of strings."""
+    limit = SCOPE_OBJECT_MAX_STRING_LENGTH
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return None if math.isfinite(value) else "must be a finite number"
+    if isinstance(value, str):
+        return None if len(value) <= limit else f"must be at most {limit} characters"
+    if isinstance(value, Mapping):
+        return "must be a string, number, boolean or list of strings: no nested objects"
+    if isinstance(value, list):
+        if len(value) > SCOPE_OBJECT_MAX_ITEMS:
+            return f"must be a list of at most {SCOPE_OBJECT_MAX_ITEMS} strings"
+        if not all(isinstance(item, str) for item in value):
+            return "must be a list of strings (no numbers, lists or objects inside)"
+        if any(len(item) > limit for item in value):
+            return f"list items must be at most {limit} characters"
+        return None
+    return "must be a string, number, boolean or list of strings"
+
+
 def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     """Validate an OAuth2Credential spec and apply every default; raise SpecError."""
     r = _Reader()
@@ -320,10 +373,9 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     )
     content_type = r.enum(spec, "contentType", "spec.contentType", CONTENT_TYPES, FORM)
     scope = r.string(spec, "scope", "spec.scope", max_length=4096)
-    scope_object = spec.get("scopeObject")
-    if scope_object is not None:
-        if not isinstance(scope_object, Mapping):
-            r.fail("spec.scopeObject", "must be a JSON object")
+    scope_object = None
+    if spec.get("scopeObject") is not None:
+        scope_object = r.scope_object(spec["scopeObject"], "spec.scopeObject")
         if scope is not None:
             r.fail("spec.scopeObject", "scope and scopeObject are mutually exclusive")
         if content_type != JSON:

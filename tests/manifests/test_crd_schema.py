@@ -210,10 +210,23 @@ def test_every_string_map_and_list_is_bounded(fields: dict[str, dict]) -> None:
     assert unbounded == []
 
 
-def test_scope_object_is_any_json_object(fields: dict[str, dict]) -> None:
+def test_scope_object_is_flat(fields: dict[str, dict]) -> None:
+    """Issue 8 item 1: at most 32 keys; values string, number, boolean or a list of at
+    most 32 strings, never an object (so nothing can nest deeper than one level)."""
     scope_object = fields[".spec.scopeObject"]
     assert scope_object["type"] == "object"
-    assert scope_object["x-kubernetes-preserve-unknown-fields"] is True
+    assert scope_object["maxProperties"] == 32
+    assert "x-kubernetes-preserve-unknown-fields" not in scope_object
+    value = scope_object["additionalProperties"]
+    assert "type" not in value and value["x-kubernetes-preserve-unknown-fields"] is True
+    # No object satisfies both, so every object value is refused.
+    assert value["minProperties"] > value["maxProperties"]
+    assert (value["maxLength"], value["maxItems"]) == (1024, 32)
+    assert value["items"] == {**value["items"], "type": "string", "maxLength": 1024}
+    # Nothing else in the schema preserves unknown fields: every other field the
+    # operator reads is typed, so the API server prunes or refuses anything nested.
+    preserving = [p for p, sub in fields.items() if sub.get("x-kubernetes-preserve-unknown-fields")]
+    assert preserving == [".spec.scopeObject{}"]
 
 
 def test_constant_defaults_only(fields: dict[str, dict]) -> None:
@@ -319,7 +332,8 @@ def test_cross_field_rules_are_present(fields: dict[str, dict]) -> None:
     """The rules API.md lists, identified by what they refer to."""
     spec_rules = " ".join(r["rule"] for r in fields[".spec"]["x-kubernetes-validations"])
     assert "has(self.clientID) != has(self.clientIDRef)" in spec_rules
-    assert "has(self.scope) && has(self.scopeObject)" in spec_rules
+    # scopeObject is reached through dyn(self): CEL has no type for its untyped values.
+    assert "has(self.scope) && has(dyn(self).scopeObject)" in spec_rules
     assert "application/json" in spec_rules
     assert "http://" in spec_rules and "allowInsecureHTTP" in spec_rules
     refresh_rules = " ".join(r["rule"] for r in fields[".spec.refresh"]["x-kubernetes-validations"])

@@ -472,7 +472,10 @@ def test_invalid_credential_is_rejected_naming_the_field(
         with_changes(tokenURL="http://idp.example.com/token", allowInsecureHTTP=True),
         with_changes(tokenURL="https://[2001:db8::1]:8443/token"),
         with_changes(tokenURL="https://idp.example.com:8443/token?tenant=a"),
-        with_changes(contentType="application/json", scopeObject={"a": {"b": [1, 2]}}),
+        with_changes(
+            contentType="application/json",
+            scopeObject={"s": "x", "n": 1.5, "i": 7, "b": True, "l": ["a", "b"], "e": []},
+        ),
         with_changes(includeScope=False, scope="read write"),
         with_changes(secret={"labels": {"example.com/team": "a", "team": ""}}),
         with_changes(secret={"annotations": {"notkubernetes.io/x": "y"}}),
@@ -625,3 +628,98 @@ def test_credential_names_fit_a_label_value(installed: ControlPlane, cel_namespa
     long = installed.kubectl(*create, input=credential(VALID_SPEC, "a" * 64), check=False)
     assert long.returncode != 0
     assert "metadata.name: must be at most 63 characters" in long.stderr, long.stderr
+
+
+# -- scopeObject is flat (issue 8 item 1) ----------------------------------------------------
+
+
+def deep_json(depth: int) -> str:
+    """`{"a": {"a": ... {"leaf": "x"} ...}}`, written out (json.dumps itself would hit
+    Python's recursion limit)."""
+    return '{"a": ' * (depth - 1) + '{"leaf": "x"}' + "}" * (depth - 1)
+
+
+def create_dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
+    return cp.kubectl(
+        "create",
+        "--dry-run=server",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=credential(spec),
+        check=False,
+    )
+
+
+def test_scope_object_nested_1500_levels_is_refused(
+    installed: ControlPlane, cel_namespace: str
+) -> None:
+    """Such an object once passed the schema and stopped the operator for the whole
+    cluster: kopf could not decode the list response (RecursionError)."""
+    spec = with_changes(contentType="application/json", scopeObject={"marker": "x"})
+    document = credential(spec).replace('{"marker": "x"}', deep_json(1500))
+    result = installed.kubectl(
+        "create", "--dry-run=server", "-n", cel_namespace, "-f", "-", input=document, check=False
+    )
+    assert result.returncode != 0, "a 1,500-level scopeObject was accepted"
+    assert "spec.scopeObject.a" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "scope_object",
+    [
+        {"a": {"b": "c"}},
+        {"a": {}},
+        {"a": ["x", {"b": 1}]},
+        {"a": ["x", ["y"]]},
+        {"a": [1, 2]},
+        {"a": ["x"] * 33},
+        {"a": "x" * 1025},
+        {f"k{i}": "x" for i in range(33)},
+    ],
+    ids=[
+        "object-value",
+        "empty-object-value",
+        "object-in-list",
+        "list-in-list",
+        "numbers-in-list",
+        "33-items",
+        "long-string",
+        "33-keys",
+    ],
+)
+def test_scope_object_that_is_not_flat_is_refused(
+    installed: ControlPlane, cel_namespace: str, scope_object: dict[str, Any]
+) -> None:
+    spec = with_changes(contentType="application/json", scopeObject=scope_object)
+    result = create_dry_run(installed, cel_namespace, spec)
+    assert result.returncode != 0, f"accepted: {scope_object}"
+    assert "spec.scopeObject" in result.stderr, result.stderr
+
+
+def test_flat_scope_object_is_stored_as_sent(installed: ControlPlane, cel_namespace: str) -> None:
+    scope_object = {
+        "userId": "admin1",
+        "companyId": "acme",
+        "userType": "admin",
+        "resourceType": "learning_public_api",
+        "ttl": 3600,
+        "ratio": 0.5,
+        "strict": False,
+        "roles": ["a"] * 32,
+        **{f"k{i}": "v" * 1024 for i in range(24)},
+    }
+    spec = with_changes(contentType="application/json", scopeObject=scope_object)
+    result = installed.kubectl(
+        "create",
+        "--dry-run=server",
+        "-n",
+        cel_namespace,
+        "-o",
+        "json",
+        "-f",
+        "-",
+        input=credential(spec),
+    )
+    assert json.loads(result.stdout)["spec"]["scopeObject"] == scope_object

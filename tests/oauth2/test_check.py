@@ -459,3 +459,23 @@ def test_from_cluster_namespace_and_errors(capsys, kube, token_server, credentia
     code, out, _ = in_process(capsys, "-f", str(path), "--from-cluster", "-n", "other")
     assert code == check.EXIT_REFERENCE
     assert "ReferenceKeyMissing" in out
+
+
+def test_cognito_invalid_client_to_a_json_body_names_the_form_content_type_first(
+    capsys, start_server, credentials, tmp_path, secret_file
+):
+    """Issue 8 item 12: Cognito answers a JSON body with 401 {"error":"invalid_client"}."""
+    server = start_server(
+        CognitoServer,
+        clients={credentials.client_id: credentials.client_secret},
+        json_answer="invalid_client",
+    )
+    path = demo(server, credentials, tmp_path, contentType="application/json")
+    code, out, _ = in_process(capsys, "-f", str(path), "--client-secret-file", str(secret_file))
+    assert code == check.EXIT_CONFIGURATION
+    hint = next(line for line in out.splitlines() if line.strip().startswith("hint:"))
+    assert (
+        hint.split("hint:", 1)[1]
+        .strip()
+        .startswith("set contentType: application/x-www-form-urlencoded")
+    ), out

@@ -112,3 +112,24 @@ def test_standard_server_decodes_non_ascii_basic_credentials(start_server):
                 )
             )
     assert len(server.issued) == 4
+
+
+# ---- issue 8 item 12: Cognito answers a JSON body with 401 {"error": "invalid_client"}
+
+
+def test_cognito_json_body_with_invalid_client_names_the_form_content_type_first(
+    start_server, credentials
+):
+    from servers.quirky import CognitoServer
+
+    server = start_server(
+        CognitoServer,
+        clients={credentials.client_id: credentials.client_secret},
+        json_answer="invalid_client",
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        fetch_token(request_for(server, credentials, content_type=JSON, scope="api/read"))
+    error = caught.value
+    assert (error.http_status, error.oauth_error) == (401, "invalid_client")
+    assert error.hint.startswith(f"set contentType: {FORM}")
+    assert "check clientID" not in error.hint  # the generic advice would mislead here

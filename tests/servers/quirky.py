@@ -7,7 +7,8 @@ answer with a fault (`server.fail("500")`, `server.fail("429", retry_after=3)`,
 
 - `TokenServer`: a standard endpoint; accepts HTTP Basic (RFC 6749 2.3.1 decoding) or
   body credentials, form or JSON bodies.
-- `CognitoServer`: form body with HTTP Basic only; a JSON body gets a bare 401.
+- `CognitoServer`: form body with HTTP Basic only; a JSON body gets a bare 401 (or, with
+  `json_answer="invalid_client"`, `401 {"error": "invalid_client"}` as Cognito sends today).
 - `SAPLearningServer`: JSON body only (415 otherwise), HTTP Basic only, scope must be a
   JSON object naming userId, companyId, userType and resourceType.
 
@@ -52,6 +53,8 @@ FAULTS = (
     "jwt_no_expires_in",  # 200 with a JWT access token (exp = now + lifetime), no expires_in
     "echo_secret",  # 400 whose error_description echoes the secret, Basic header and body
     "error_in_200",  # 200 with an OAuth2 error and no token
+    "raw",  # `status` with `body` (bytes) as `content_type`: hostile or malformed answers
+    "echo_spelling",  # 400 echoing the client secret spelled by `spell` after `pad` chars
 )
 
 
@@ -510,6 +513,28 @@ class TokenServer:
     def _fault_error_in_200(self, received: Received) -> Reply:
         return oauth_error(200, "invalid_client", "client authentication failed")
 
+    def _fault_raw(
+        self, received: Received, body: bytes, status: int = 200, content_type: str = JSON
+    ) -> Reply:
+        return Reply(status, body, {"Content-Type": content_type})
+
+    def _fault_echo_spelling(
+        self,
+        received: Received,
+        spell: Callable[[str], str],
+        pad: int = 0,
+        error: str = "invalid_client",
+        status: int = 400,
+    ) -> Reply:
+        """An error whose error_description (and, spelled again, error) echoes the client
+        secret `pad` characters in, the way a careless endpoint reports what it got."""
+        params = parse_body(received.header("Content-Type"), received.body) or {}
+        basic = basic_credentials(received.header("Authorization"), decode=True)
+        secret = str(basic[1] if basic else params.get("client_secret"))
+        echoed = spell(secret)
+        description = "p" * pad + echoed + " was not accepted"
+        return oauth_error(status, f"{error} {echoed}", description)
+
 
 def _seconds(value: Any) -> float | None:
     if isinstance(value, bool):
@@ -533,15 +558,19 @@ class CognitoServer(TokenServer):
         clients: dict[str, str] | None = None,
         *,
         scopes: Iterable[str] = ("api/read", "api/write"),
+        json_answer: str = "bare",  # or "invalid_client": 401 {"error": "invalid_client"}
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("token_format", "jwt")
         super().__init__(clients, **kwargs)
         self.scopes = frozenset(scopes)
+        self.json_answer = json_answer
 
     def handle(self, received: Received) -> Reply:
         content_type = (received.header("Content-Type") or "").split(";")[0].strip().lower()
         if content_type != FORM:
+            if self.json_answer == "invalid_client":
+                return oauth_error(401, "invalid_client")
             return Reply(401, b"")
         params = parse_body(content_type, received.body) or {}
         client_id, error = self.authenticate(received, params, ("header",))

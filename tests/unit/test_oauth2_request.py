@@ -182,7 +182,8 @@ def test_expires_in_forms(expires_in):
     assert token.issued_at == NOW
 
 
-@pytest.mark.parametrize("expires_in", [0, -5, "0", "-1", "soon", "", True, [60], {"s": 1}, 1e400])
+# Non-finite numbers (NaN, Infinity, 1e400) are refused as JSON (test_hostile_responses.py)
+@pytest.mark.parametrize("expires_in", [0, -5, "0", "-1", "soon", "", True, [60], {"s": 1}])
 def test_invalid_expires_in_is_a_protocol_error(expires_in):
     with pytest.raises(ProtocolError) as caught:
         parse({"access_token": "tok", "expires_in": expires_in})
@@ -388,7 +389,8 @@ def test_hint_string_scope_refused_suggests_scope_object():
     data = {"error": "invalid_scope"}
     hint = hint_for(400, json.dumps(data).encode(), content_type=JSON, scope="a")
     assert "scopeObject" in hint
-    assert "form-urlencoded" not in hint
+    # API.md: any 400/401 to a JSON body names the form content type first.
+    assert hint.startswith("set contentType: application/x-www-form-urlencoded")
 
 
 def test_hint_not_found_points_at_token_url():
@@ -503,3 +505,35 @@ def test_hint_json_refusal_drops_the_generic_credentials_advice():
     hint = hint_for(content_type=JSON, client_id="c", client_secret="plain")
     assert "form-urlencoded" in hint
     assert "clientAuthentication" not in hint
+
+
+# ---- the nesting scan before json.loads (issue 8 item 3)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'"' + b'\\"' * 300_000,  # unterminated string of escaped quotes
+        b'"' + b"\\" * 600_001,
+        b"[" * 600_000,
+        b'{"a":"' + b"[" * 600_000,
+        b'["' * 300_000,
+    ],
+    ids=["escaped-quotes", "backslashes", "brackets", "open-string", "string-brackets"],
+)
+def test_nesting_scan_is_linear_on_hostile_bodies(body):
+    import time
+
+    from tokensync.oauth2 import json_depth_exceeds
+
+    started = time.monotonic()
+    json_depth_exceeds(body)
+    assert time.monotonic() - started < 1.0
+
+
+def test_nesting_scan_ignores_brackets_in_strings():
+    from tokensync.oauth2 import json_depth_exceeds
+
+    assert not json_depth_exceeds(b'{"a": "[[[[\\"[[[", "b": [[1]]}', limit=3)
+    assert json_depth_exceeds(b'{"a": [[[1]]]}', limit=3)
+    assert not json_depth_exceeds(b'{"a": [[1]]}', limit=3)

@@ -522,3 +522,10 @@ def test_kube_backoff_doubles_to_a_minute_with_jitter():
     assert kube_backoff_seconds(3, 1.0) == 4.0
     assert kube_backoff_seconds(30, 1.0) == 60.0
     assert kube_backoff_seconds(30, 0.0) == 30.0
+
+
+def test_a_capped_lifetime_is_warned_about_from_the_held_token_alone():
+    from tokensync.schedule import lifetime_warnings
+
+    year = held(issued_at=T0, expires_at=T0 + s(365 * 24 * 3600))
+    assert "capped at one year" in lifetime_warnings(year)[0]

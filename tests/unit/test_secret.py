@@ -664,3 +664,36 @@ def test_empty_annotation_allows_nothing(allowed):
 
 def test_prefix_without_scheme_matches_nothing():
     assert url_allowed("https://login.example/token", "login.example") is False
+
+
+# --- rendered size (issue 8 item 2) -------------------------------------------------------
+
+
+def test_rendered_size_is_computed_without_rendering():
+    from tokensync.secret import rendered_size
+
+    token = token_of("t" * 1000, scope="read write")
+    template = {"a": "x ${access_token} ${access_token} y", "b": "${scope}${nope}", "c": ""}
+    rendered = secret_data(token, template)
+    expected = sum(len(k.encode()) + len(v.encode()) for k, v in rendered.items())
+    assert rendered_size(template_values(token), template) == expected
+
+
+def test_template_amplification_is_refused_before_rendering():
+    from tokensync.secret import MAX_SECRET_DATA_BYTES, SecretTooLarge
+    from tokensync.spec import SpecError
+
+    token = token_of("t" * 65536)
+    template = {f"k{i}": "${access_token}" * 270 for i in range(32)}  # would be 566 MB
+    with pytest.raises(SecretTooLarge) as caught:
+        managed_secret(OWNER, spec_of(secret={"template": template}), token, "sha256:x")
+    error = caught.value
+    assert isinstance(error, SpecError)  # reported like any spec problem: InvalidSpec
+    assert "256 KiB" in str(error) and "spec.secret.template" in str(error)
+    assert "tttttttt" not in str(error)
+    # Right at the limit is fine.
+    fixed = sum(len(k) + len(v) for k, v in secret_data(token, {}).items())
+    room = MAX_SECRET_DATA_BYTES - fixed - len("pad")
+    assert len(secret_data(token, {"pad": "x" * room})["pad"]) == room
+    with pytest.raises(SecretTooLarge):
+        secret_data(token, {"pad": "x" * (room + 1)})

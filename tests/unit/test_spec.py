@@ -415,8 +415,57 @@ def test_scope_and_scope_object_are_exclusive():
 def test_scope_object_only_with_json():
     assert_problem(minimal(scopeObject={"userId": "x"}), "spec.scopeObject", JSON)
     assert_problem(minimal(contentType=FORM, scopeObject={"userId": "x"}), "spec.scopeObject", JSON)
-    spec = parse(minimal(contentType=JSON, scopeObject={"userId": "x", "n": [1, {"a": None}]}))
-    assert spec.scope_object == {"userId": "x", "n": [1, {"a": None}]}
+    spec = parse(minimal(contentType=JSON, scopeObject={"userId": "x", "n": ["a", "b"]}))
+    assert spec.scope_object == {"userId": "x", "n": ["a", "b"]}
+
+
+# ---- scopeObject is flat (issue 8 item 1; API.md: at most 32 keys; string, number,
+# boolean or a list of at most 32 strings)
+
+
+def test_flat_scope_object_values_are_accepted():
+    value = {"s": "x", "i": 3, "f": 1.5, "b": False, "l": ["a"] * 32, "e": [], "empty": ""}
+    assert parse(minimal(contentType=JSON, scopeObject=value)).scope_object == value
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ({"a": {"b": "c"}}, "no nested objects"),
+        ({"a": [1, 2]}, "list of strings"),
+        ({"a": ["x", ["y"]]}, "list of strings"),
+        ({"a": [{"b": 1}]}, "list of strings"),
+        ({"a": None}, "must be a string"),
+        ({"a": float("nan")}, "finite"),
+        ({"a": float("inf")}, "finite"),
+        ({"a": ["x"] * 33}, "at most 32"),
+        ({"a": "x" * 1025}, "at most 1024"),
+        ({"a": ["x" * 1025]}, "at most 1024"),
+        ({"k" * 129: "x"}, "key"),
+        ({"": "x"}, "key"),
+        ({f"k{i}": "x" for i in range(33)}, "at most 32"),
+    ],
+)
+def test_scope_object_must_be_flat_and_bounded(value, fragment):
+    problems = problems_of(minimal(contentType=JSON, scopeObject=value))
+    assert [p for p in problems if p.startswith("spec.scopeObject") and fragment in p], problems
+
+
+def test_deeply_nested_scope_object_is_refused_without_recursion():
+    deep: dict = {}
+    inner = deep
+    for _ in range(5000):
+        inner["a"] = {}
+        inner = inner["a"]
+    assert_problem(minimal(contentType=JSON, scopeObject=deep), "spec.scopeObject.a", "nested")
+
+
+@pytest.mark.parametrize("field", ["extraParameters", "labels", "annotations", "template"])
+def test_string_maps_bound_their_keys(field):
+    raw = {field: {"k" * 400: "v"}}
+    spec = minimal(**raw) if field == "extraParameters" else minimal(secret=raw)
+    path = f"spec.{field}" if field == "extraParameters" else f"spec.secret.{field}"
+    assert any(p.startswith(path) and "key" in p for p in problems_of(spec)), problems_of(spec)
 
 
 def test_scope_object_must_be_an_object():

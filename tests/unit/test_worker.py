@@ -300,3 +300,22 @@ def test_a_standby_ignores_managed_secret_events_without_errors():
         await supervisor.stop()
 
     run(scenario())
+
+
+def test_a_template_that_would_render_too_large_is_an_invalid_spec(world):
+    kube, endpoint, ctx = world
+    body = credential()
+    body["spec"]["secret"] = {"template": {"amplified": "${access_token}" * 270}}
+    original = endpoint.__call__
+
+    def long_token(request: oauth2.TokenRequest, **kw: Any) -> oauth2.Token:
+        import dataclasses
+
+        return dataclasses.replace(original(request, **kw), access_token="t" * 1024)
+
+    oauth2.fetch_token = long_token  # type: ignore[assignment]
+    assert run(CredentialWorker(ctx, body).reconcile()) is None
+    ready = next(c for c in kube.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "256 KiB" in ready["message"] or "KiB" in ready["message"]
+    assert "create_secret" not in kube.calls
