@@ -45,6 +45,7 @@ from tokensync.sources import (
 )
 from tokensync.spec import CredentialSpec, ResolvedValues, SpecError, parse_spec, to_token_request
 from tokensync.status import READY, Condition, Report, apply_patch, condition_of, status_patch
+from tokensync.status import served_generation as _served_generation
 
 log = logging.getLogger("tokensync.controller")
 T = TypeVar("T")
@@ -237,7 +238,7 @@ class CredentialWorker:
                 now=now,
                 held=held,
                 generation=generation,
-                served_generation=self.status.get("observedGeneration"),
+                served_generation=_served_generation(self.status),
                 config_hash=fingerprint,
                 refresh_requested=requested,
                 last_handled_refresh_request=self.status.get("lastHandledRefreshRequest"),

@@ -55,6 +55,7 @@ NESTED_FIELDS = {
 }
 STATUS_FIELDS = {
     "observedGeneration",
+    "tokenGeneration",
     "conditions",
     "secretName",
     "expiresAt",
