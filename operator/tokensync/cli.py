@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -77,6 +78,27 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
+# Text logs: UTC timestamp (RFC 3339, milliseconds), level, logger, message. JSON logs are
+# kopf's own (timestamp and level are fields there).
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def configure_logging(log_format: str, *, verbose: bool = False) -> None:
+    import kopf
+
+    kopf.configure(
+        verbose=verbose,
+        log_format=kopf.LogFormat.JSON if log_format == "json" else TEXT_LOG_FORMAT,
+    )
+    if log_format == "json":
+        return
+    for handler in logging.getLogger().handlers:
+        if handler.formatter is not None:
+            handler.formatter.converter = time.gmtime
+            handler.formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+            handler.formatter.default_msec_format = "%s.%03dZ"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokensync",
@@ -136,10 +158,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.leader_election_namespace:
         print("tokensync run: --leader-election-namespace needs --peering", file=sys.stderr)
         return 2
-    kopf.configure(
-        verbose=args.verbose,
-        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
-    )
+    configure_logging(args.log_format, verbose=args.verbose)
     hosts = tuple(
         h.strip() for value in args.allowed_token_hosts for h in value.split(",") if h.strip()
     )
