@@ -10,7 +10,7 @@ import time
 import warnings
 from collections.abc import Sequence
 
-from tokensync import __version__
+from tokensync import __version__, statuscmd
 
 DEFAULT_WORKERS = 64
 
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         check.add_arguments(
             commands.add_parser("check", help="request one token as a credential would")
         )
+    statuscmd.add_arguments(commands)
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -129,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tokensync import check
 
         return check.run(args)
+    if args.command in ("status", "refresh"):
+        return statuscmd.run(args)
     return run(args)
 
 

@@ -92,7 +92,10 @@ def event_body(
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": f"{metadata.get('name', 'credential')}.", "namespace": namespace},
+        "metadata": {
+            "generateName": f"{metadata.get('name', 'credential')}.",
+            "namespace": namespace,
+        },
         "involvedObject": {k: v for k, v in involved.items() if v},
         "type": type_,
         "reason": reason[:MAX_FIELD],

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fixtures.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,8 +119,9 @@ def test_the_first_command_installs_the_crd_and_starts_the_operator(
             timeout=360,
             what="the README's first command to serve /readyz",
         )
-        assert process.poll() is None, f"the command exited {process.returncode}:\n" + (
-            log.read_text(errors="replace")[-4000:]
+        assert process.poll() is None, (
+            f"the command exited {process.returncode}:\n"
+            + (log.read_text(errors="replace")[-4000:])
         )
         crd = json.loads(
             control_plane.kubectl(

@@ -149,7 +149,9 @@ def test_unchanged_status_needs_no_write_and_transitions_keep_their_time() -> No
     ready = condition_of(pending, "Ready")
     reconciling = condition_of(pending, "Reconciling")
     assert ready is not None and reconciling is not None
-    assert ready["lastTransitionTime"] == reconciling["lastTransitionTime"] == "2026-11-30T12:05:00Z"
+    assert (
+        ready["lastTransitionTime"] == reconciling["lastTransitionTime"] == "2026-11-30T12:05:00Z"
+    )
 
 
 def test_conditions_are_ordered_ready_refreshing_reconciling_stalled() -> None:
