@@ -1,0 +1,98 @@
+"""The Argo CD health check in Lua, on hand-written statuses (the cases an operator may
+not produce on demand: no status yet, an unobserved generation, an older operator
+without Reconciling/Stalled). tests/operator/test_gitops_health.py runs it on statuses
+the real operator wrote."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from gitops.health import argocd_health
+
+
+def credential(status: dict[str, Any] | None, generation: int = 1, **spec: Any) -> dict:
+    body: dict[str, Any] = {
+        "apiVersion": "tokensync.dev/v1alpha1",
+        "kind": "OAuth2Credential",
+        "metadata": {"name": "c", "namespace": "n", "generation": generation},
+        "spec": spec,
+    }
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def cond(type_: str, status: str, reason: str, message: str = "m") -> dict[str, str]:
+    return {"type": type_, "status": status, "reason": reason, "message": message}
+
+
+@pytest.mark.parametrize(
+    ("obj", "health"),
+    [
+        (credential(None), "Progressing"),
+        (credential({"observedGeneration": 1, "conditions": []}, generation=2), "Progressing"),
+        (
+            credential({"observedGeneration": 2, "conditions": [cond("Ready", "True", "T")]}, 3),
+            "Progressing",
+        ),
+        (
+            credential({"observedGeneration": 1, "conditions": [cond("Ready", "True", "T")]}),
+            "Healthy",
+        ),
+        (
+            credential(
+                {
+                    "observedGeneration": 1,
+                    "conditions": [
+                        cond("Ready", "False", "InvalidSpec"),
+                        cond("Stalled", "True", "InvalidSpec", "spec.x: bad"),
+                    ],
+                }
+            ),
+            "Degraded",
+        ),
+        (
+            credential(
+                {
+                    "observedGeneration": 1,
+                    "conditions": [
+                        cond("Ready", "False", "Pending"),
+                        cond("Reconciling", "True", "Pending"),
+                    ],
+                }
+            ),
+            "Progressing",
+        ),
+        (
+            credential(
+                {"observedGeneration": 1, "conditions": [cond("Ready", "False", "Suspended")]},
+                suspend=True,
+            ),
+            "Suspended",
+        ),
+        # A status from before Reconciling/Stalled existed: not Ready is not healthy.
+        (
+            credential({"observedGeneration": 1, "conditions": [cond("Ready", "False", "X")]}),
+            "Progressing",
+        ),
+    ],
+)
+def test_health(obj: dict, health: str) -> None:
+    assert argocd_health(obj)["status"] == health
+
+
+def test_degraded_says_why() -> None:
+    obj = credential(
+        {
+            "observedGeneration": 1,
+            "conditions": [
+                cond("Ready", "False", "ReferenceNotLabeled", "Secret 'x' lacks the label"),
+                cond("Stalled", "True", "ReferenceNotLabeled", "Secret 'x' lacks the label"),
+            ],
+        }
+    )
+    assert argocd_health(obj) == {
+        "status": "Degraded",
+        "message": "ReferenceNotLabeled: Secret 'x' lacks the label",
+    }
