@@ -5,9 +5,11 @@ the real operator wrote."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
+import yaml
 from gitops.health import argocd_health
 
 
@@ -96,3 +98,45 @@ def test_degraded_says_why() -> None:
         "status": "Degraded",
         "message": "ReferenceNotLabeled: Secret 'x' lacks the label",
     }
+
+
+@pytest.mark.envtest
+def test_the_component_and_the_patch_keep_argocd_cms_other_keys(control_plane, tmp_path):
+    """Both documented ways to install it: the kustomize Component (rendered by kubectl's
+    kustomize) and `kubectl patch --patch-file` on a live argocd-cm."""
+    from gitops.health import ARGOCD_CM, ARGOCD_KEY, REPO
+
+    existing = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "argocd-cm", "namespace": "argocd"},
+        "data": {"url": "https://argocd.example.com"},
+    }
+    (tmp_path / "argocd-cm.yaml").write_text(yaml.safe_dump(existing))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["argocd-cm.yaml"],
+                "components": [os.path.relpath(REPO / "deploy" / "argocd", tmp_path)],
+            }
+        )
+    )
+    rendered = control_plane.kubectl(
+        "kustomize", str(tmp_path), "--load-restrictor=LoadRestrictionsNone"
+    ).stdout
+    (cm,) = [d for d in yaml.safe_load_all(rendered) if d]
+    assert cm["data"]["url"] == "https://argocd.example.com"
+    assert ARGOCD_KEY in cm["data"]
+
+    control_plane.kubectl("create", "namespace", "argocd", check=False)
+    control_plane.kubectl("apply", "-f", str(tmp_path / "argocd-cm.yaml"))
+    control_plane.kubectl(
+        "-n", "argocd", "patch", "configmap", "argocd-cm", "--patch-file", str(ARGOCD_CM)
+    )
+    live = yaml.safe_load(
+        control_plane.kubectl("-n", "argocd", "get", "configmap", "argocd-cm", "-o", "yaml").stdout
+    )
+    assert live["data"]["url"] == "https://argocd.example.com"
+    assert live["data"][ARGOCD_KEY] == cm["data"][ARGOCD_KEY]

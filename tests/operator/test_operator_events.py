@@ -46,5 +46,6 @@ def test_events_carry_controller_instance_and_action(
 
     line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR)\s+\S+: ")
     log_lines = [x for x in operator.log().splitlines() if x.strip()]
-    assert log_lines and all(line.match(x) for x in log_lines if not x.startswith((" ", "\t")))
-    assert any("ReferenceNotLabeled" in x and " WARNING " in x for x in log_lines)
+    assert log_lines and line.match(log_lines[0]), log_lines[:3]
+    (warning,) = [x for x in log_lines if "bad: ReferenceNotLabeled" in x]
+    assert line.match(warning) and " WARNING " in warning, warning
