@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 env=env,
             )  # fmt: skip
         _say(f"operator running (pid {operator.pid}, log {log})")
-        _say(f"try: KUBECONFIG={cp.kubeconfig} kubectl -n {NAMESPACE} get o2c")
+        _say(f"try: export KUBECONFIG={cp.kubeconfig} PATH={cp.bin_dir}:$PATH")
+        _say(f"     kubectl -n {NAMESPACE} get o2c; tokensync status -n {NAMESPACE}")
         _say("Ctrl-C stops everything")
         core = kubernetes.client.CoreV1Api(cp.api_client())
         _watch_secret(core, operator, log)
