@@ -179,3 +179,18 @@ def test_kubectl_wait_times_out_on_a_stalled_credential(cluster, operator, token
         check=False,
     )  # fmt: skip
     assert result.returncode != 0
+
+
+def test_not_current_before_the_operator_has_looked(cluster, own_operator, token_endpoint):
+    """No operator runs (own_operator stopped the shared one): a new credential is not
+    yet observed (the CRD defaults status.observedGeneration to 0), so kstatus does not
+    call it Current; once an operator runs, it is."""
+    client = token_endpoint.add_client(lifetime=3600)
+    cluster.create_credential("unseen", client)
+    obj = cluster.credential("unseen")
+    assert obj["status"] == {"observedGeneration": 0}
+    assert verdicts(obj) == ("InProgress", "Progressing")
+
+    own_operator("--no-deny-private-networks")
+    cluster.wait_ready("unseen", reason="TokenIssued")
+    assert verdicts(cluster.credential("unseen")) == ("Current", "Healthy")
