@@ -29,6 +29,7 @@ SOURCE_COMPONENT = "tokensync"  # the legacy `source.component`, shown by kubect
 MAX_MESSAGE = 1024  # the API's limit for an event's message (note)
 MAX_FIELD = 128  # reason, action and reportingInstance
 MAX_BACKLOG = 1000
+REQUEST_TIMEOUT = (5, 10)  # connect, read (seconds)
 
 # What tokensync was doing when it reported the event, by reason.
 ACTIONS: Mapping[str, str] = {
@@ -171,7 +172,10 @@ def kubernetes_creator(api_client: Any) -> Callable[[str, dict[str, Any]], None]
     core = kubernetes.client.CoreV1Api(api_client)
 
     def create(namespace: str, body: dict[str, Any]) -> None:
-        core.create_namespaced_event(namespace, body, _preload_content=False)
+        # Bounded, so an unreachable API server cannot hold the thread (or shutdown) forever.
+        core.create_namespaced_event(
+            namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+        )
 
     return create
 
