@@ -7,10 +7,11 @@ import asyncio
 import logging
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 
-from tokensync import __version__
+from tokensync import __version__, statuscmd
 from tokensync.limits import DEFAULT_MAX_REQUESTS, DEFAULT_MAX_REQUESTS_PER_HOST
 
 
@@ -117,6 +118,27 @@ def _positive(value: str) -> int:
     return number
 
 
+# Text logs: UTC timestamp (RFC 3339, milliseconds), level, logger, message. JSON logs are
+# kopf's own (timestamp and level are fields there).
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def configure_logging(log_format: str, *, verbose: bool = False) -> None:
+    import kopf
+
+    kopf.configure(
+        verbose=verbose,
+        log_format=kopf.LogFormat.JSON if log_format == "json" else TEXT_LOG_FORMAT,
+    )
+    if log_format == "json":
+        return
+    for handler in logging.getLogger().handlers:
+        if handler.formatter is not None:
+            handler.formatter.converter = time.gmtime
+            handler.formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+            handler.formatter.default_msec_format = "%s.%03dZ"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokensync",
@@ -134,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         check.add_arguments(
             commands.add_parser("check", help="request one token as a credential would")
         )
+    statuscmd.add_arguments(commands)
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -147,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tokensync import check
 
         return check.run(args)
+    if args.command in ("status", "refresh"):
+        return statuscmd.run(args)
     return run(args)
 
 
@@ -206,10 +231,7 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_cert_dir and (problem := cert_dir_problem(args.metrics_cert_dir)):
         print(f"tokensync run: --metrics-cert-dir {problem}", file=sys.stderr)
         return 2
-    kopf.configure(
-        verbose=args.verbose,
-        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
-    )
+    configure_logging(args.log_format, verbose=args.verbose)
     hosts = tuple(
         h.strip() for value in args.allowed_token_hosts for h in value.split(",") if h.strip()
     )

@@ -48,6 +48,7 @@ from tokensync.sources import (
 )
 from tokensync.spec import CredentialSpec, ResolvedValues, SpecError, parse_spec, to_token_request
 from tokensync.status import READY, Condition, Report, apply_patch, condition_of, status_patch
+from tokensync.status import served_generation as _served_generation
 
 log = logging.getLogger("tokensync.controller")
 T = TypeVar("T")
@@ -320,7 +321,7 @@ class CredentialWorker:
         return result
 
     def _trigger(self, p: Pass, now: datetime) -> schedule.Trigger | None:
-        served_generation = self.status.get("observedGeneration")
+        served_generation = _served_generation(self.status)
         last_handled = self.status.get("lastHandledRefreshRequest")
         if self.served is not None:  # what we wrote, even if status could not say so
             served_generation = self.served.generation

@@ -32,7 +32,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from tokensync import metrics
+from tokensync import events, metrics
 from tokensync.controller import CredentialWorker, OperatorContext
 from tokensync.gates import OperatorConfig
 from tokensync.kube import GROUP, PLURAL, VERSION, Kube, KubeError, load_configuration
@@ -373,7 +373,7 @@ def _exit_after_lost_leadership(why: str) -> None:
 
 
 def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    kopf.event(dict(body), type=type_, reason=reason, message=message)
+    events.post(body, type_, reason, message)
 
 
 async def _serve_health(memo: kopf.Memo) -> web.AppRunner:

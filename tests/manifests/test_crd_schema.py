@@ -55,6 +55,7 @@ NESTED_FIELDS = {
 }
 STATUS_FIELDS = {
     "observedGeneration",
+    "tokenGeneration",
     "conditions",
     "secretName",
     "expiresAt",
@@ -89,6 +90,8 @@ DEFAULTS = {
     ".spec.secret.deletionPolicy": "Delete",
     ".spec.refresh": {},
     ".spec.refresh.defaultLifetime": "1h",
+    # "Not yet observed" for kstatus until the operator writes status (test_gitops_health).
+    ".status": {"observedGeneration": 0},
 }
 ENUMS = {
     ".spec.grantType": ["client_credentials"],

@@ -196,7 +196,7 @@ def test_a_failing_status_patch_never_causes_another_token_request(world):
     kube, endpoint, ctx = world
     worker = CredentialWorker(ctx, credential(generation=3))
     kube.status_error = KubeError(422, "status.lastHandledRefreshRequest: Too long")
-    kube.status_error_when = "observedGeneration"  # the patch after the Secret write
+    kube.status_error_when = "tokenGeneration"  # the patch after the Secret write
     with pytest.raises(KubeError):
         run(worker.reconcile())
     assert endpoint.requests == 1 and "c" in kube.secrets

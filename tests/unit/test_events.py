@@ -1,0 +1,96 @@
+"""events.py (the Event body, action, reporting instance, the non-blocking recorder) and
+the text log format of `tokensync run`."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from tokensync import events
+from tokensync.cli import configure_logging
+
+NOW = datetime(2026, 11, 30, 12, 0, 1, 234567, tzinfo=UTC)
+CREDENTIAL = {
+    "apiVersion": "tokensync.dev/v1alpha1",
+    "kind": "OAuth2Credential",
+    "metadata": {"name": "lms", "namespace": "team-a", "uid": "u-1", "resourceVersion": "7"},
+}
+
+
+def test_event_body_names_controller_instance_and_action() -> None:
+    body = events.event_body(
+        CREDENTIAL, "Warning", "ReferenceNotLabeled", "m" * 2000, now=NOW, instance="pod-1"
+    )
+    assert body["reportingComponent"] == "tokensync.dev/operator"
+    assert body["reportingInstance"] == "pod-1"
+    assert body["action"] == "Validate"
+    assert body["involvedObject"] == {
+        "apiVersion": "tokensync.dev/v1alpha1",
+        "kind": "OAuth2Credential",
+        "name": "lms",
+        "namespace": "team-a",
+        "uid": "u-1",
+        "resourceVersion": "7",
+    }
+    assert body["metadata"] == {"generateName": "lms.", "namespace": "team-a"}
+    assert body["eventTime"] == "2026-11-30T12:00:01.234567Z"
+    assert len(body["message"]) == 1024
+
+
+@pytest.mark.parametrize(
+    ("reason", "action"),
+    [
+        ("TokenIssued", "Refresh"),
+        ("TokenRequestFailed", "Refresh"),
+        ("InvalidSpec", "Validate"),
+        ("InsecureSetting", "Validate"),
+        ("SecretConflict", "WriteSecret"),
+        ("Suspended", "Suspend"),
+        ("SomethingNew", "Reconcile"),
+    ],
+)
+def test_actions(reason: str, action: str) -> None:
+    assert events.action_for(reason) == action
+
+
+def test_reporting_instance_is_the_pod_name_else_the_host_name() -> None:
+    assert events.reporting_instance({"POD_NAME": "tokensync-5d9f-abcde"}) == "tokensync-5d9f-abcde"
+    assert events.reporting_instance({}) not in ("", "dev")
+
+
+def test_recorder_posts_on_its_own_thread_and_survives_failures() -> None:
+    sent: list[tuple[str, dict[str, Any], str]] = []
+    caller = threading.current_thread().name
+
+    def create(namespace: str, body: dict[str, Any]) -> None:
+        if body["reason"] == "Boom":
+            raise RuntimeError("api down")
+        sent.append((namespace, body, threading.current_thread().name))
+
+    recorder = events.Recorder(create, instance="pod-1", now=lambda: NOW)
+    recorder.post(CREDENTIAL, "Warning", "Boom", "first")
+    recorder.post(CREDENTIAL, "Normal", "TokenIssued", "second")
+    recorder.flush()
+    assert [(ns, b["reason"]) for ns, b, _ in sent] == [("team-a", "TokenIssued")]
+    assert sent[0][2] != caller
+
+
+def test_text_logs_carry_a_utc_timestamp_and_the_level(capfd: pytest.CaptureFixture[str]) -> None:
+    configure_logging("text")
+    logging.getLogger("tokensync.test").warning("hello %s", "there")
+    line = capfd.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARNING tokensync\.test: hello there", line
+    ), line
+
+
+def test_json_logs_are_kopfs(capfd: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json")
+    logging.getLogger("tokensync.test").warning("hello")
+    line = capfd.readouterr().err.strip().splitlines()[-1]
+    assert '"message": "hello"' in line and '"severity": "warn"' in line
