@@ -1,0 +1,20 @@
+"""The helm CLI for the chart tests, built from the release pinned in tests/helm/go.mod."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fixtures.gotools import GoTool
+
+HELM = GoTool("helm", Path(__file__).resolve().parent / "build.sh", fixture="helm_bin")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    HELM.prebuild(session)
+
+
+@pytest.fixture(scope="session")
+def helm_bin(request: pytest.FixtureRequest) -> Path:
+    return HELM.path(request.config)
