@@ -150,8 +150,9 @@ def test_other_release_names_and_namespaces_follow(helm_bin: Path) -> None:
         {"kind": "ServiceAccount", "name": "acme-tokensync", "namespace": "ops"}
     ]
     policy = objects[("ValidatingAdmissionPolicy", "", "acme-tokensync-operator-secrets")]
-    assert "system:serviceaccount:ops:acme-tokensync" in (
-        policy["spec"]["matchConditions"][0]["expression"]
+    assert (
+        "system:serviceaccount:ops:acme-tokensync"
+        in (policy["spec"]["matchConditions"][0]["expression"])
     )
 
 
