@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Build promtool from the Prometheus release pinned in go.mod
-# (github.com/prometheus/prometheus v0.3MM.P is Prometheus v3.MM.P), into a cache
-# directory keyed by that release:
-# ${TOKENSYNC_PROMTOOL_CACHE:-~/.cache/tokensync/promtool}/<version>/promtool.
+# (github.com/prometheus/prometheus v0.3MM.P is Prometheus v3.MM.P), and promql-names
+# (cmd/promql-names here: Prometheus's PromQL parser listing the metric names an
+# expression selects), into a cache directory keyed by that release:
+# ${TOKENSYNC_PROMTOOL_CACHE:-~/.cache/tokensync/promtool}/<version>/.
 #
-# Same contract as tests/envtest/build.sh: a no-op when the cached binary's stamp
-# (go.mod, go.sum, build flags) is current; prints the directory holding `promtool` on
-# the last line of stdout; progress goes to stderr; exits 3 when a build is needed and
+# Same contract as tests/envtest/build.sh: a no-op when the cached binaries' stamps
+# (go.mod, go.sum, cmd/promql-names, build flags) are current; prints the directory
+# holding both on the last line of stdout; progress goes to stderr; exits 3 when a build is needed and
 # `go` is not installed. Cold build on 2 busy cores: many minutes (promtool links every
 # service-discovery SDK).
 set -euo pipefail
@@ -43,22 +44,27 @@ if command -v flock >/dev/null 2>&1; then
   fi
 fi
 
-want_stamp=$( { cat "$here/go.mod" "$here/go.sum"; printf '%s\n' "${goflags[@]}"; } | sha)
-if [ -x "$out/promtool" ] && [ "$(cat "$out/promtool.stamp" 2>/dev/null)" = "$want_stamp" ]; then
+want_stamp=$( { cat "$here/go.mod" "$here/go.sum" "$here/cmd/promql-names/main.go"
+                printf '%s\n' "${goflags[@]}"; } | sha)
+current() { [ -x "$out/$1" ] && [ "$(cat "$out/$1.stamp" 2>/dev/null)" = "$want_stamp" ]; }
+if current promtool && current promql-names; then
   echo "promtool: $version cached in $out" >&2
 else
   if ! command -v go >/dev/null 2>&1; then
     echo "promtool: need to build promtool $version but 'go' is not installed (go.mod names the minimum)" >&2
     exit 3
   fi
-  echo "promtool: building promtool $version with $(go env GOVERSION) ..." >&2
+  echo "promtool: building promtool and promql-names ($version) with $(go env GOVERSION) ..." >&2
   start=$(date +%s)
   tmp=$(mktemp -d "$out/.build.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
-  (cd "$here" && CGO_ENABLED=0 go build "${goflags[@]}" -o "$tmp/promtool" \
-    github.com/prometheus/prometheus/cmd/promtool)
-  mv -f "$tmp/promtool" "$out/promtool"
-  echo "$want_stamp" > "$out/promtool.stamp"
-  echo "promtool: built promtool $version in $(( $(date +%s) - start ))s" >&2
+  # One `go build` for both: the Prometheus packages compile once.
+  (cd "$here" && CGO_ENABLED=0 go build "${goflags[@]}" -o "$tmp/" \
+    github.com/prometheus/prometheus/cmd/promtool ./cmd/promql-names)
+  for name in promtool promql-names; do
+    mv -f "$tmp/$name" "$out/$name"
+    echo "$want_stamp" > "$out/$name.stamp"
+  done
+  echo "promtool: built promtool and promql-names in $(( $(date +%s) - start ))s" >&2
 fi
 echo "$out"
