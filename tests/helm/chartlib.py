@@ -39,6 +39,7 @@ MODES: dict[str, list[str]] = {
         "--set=replicas=3",
         "--set=workloadIdentity.enabled=true",
     ],
+    "service-monitor": ["--set=metrics.serviceMonitor.enabled=true"],
     "minimal": [
         "--set=admissionPolicy.enabled=false",
         "--set=aggregateRoles=false",

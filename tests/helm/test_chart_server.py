@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from chartlib import MODES, REPO, helm, key_of, render
+from monitoring.promlib import install_monitoring_crds
 
 from fixtures.controlplane import ControlPlane, KubectlError
 from fixtures.polling import wait_for
@@ -23,8 +24,10 @@ CRD_NAME = "oauth2credentials.tokensync.dev"
 
 
 @pytest.fixture(scope="module")
-def cluster(control_plane: ControlPlane) -> ControlPlane:
-    """The CRD installed (as helm does, before everything else) and the release namespace."""
+def cluster(control_plane: ControlPlane, monitoring_crds: Path) -> ControlPlane:
+    """The CRD installed (as helm does, before everything else), the Prometheus Operator's
+    ServiceMonitor CRD (for metrics.serviceMonitor.enabled) and the release namespace."""
+    install_monitoring_crds(control_plane, monitoring_crds)
     control_plane.kubectl("apply", "-f", str(REPO / "crds" / "oauth2credential.yaml"))
     control_plane.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}")
     found = control_plane.kubectl("get", "namespace", "tokensync-system", check=False)

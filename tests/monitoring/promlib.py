@@ -26,6 +26,13 @@ DASHBOARD = MONITORING / "grafana-dashboard.json"
 UNIT_TESTS = sorted(HERE.glob("*.test.yaml"))
 
 PROMTOOL = GoTool("promtool", HERE / "build.sh", fixture="promtool_bin")
+# The Prometheus Operator's ServiceMonitor and PrometheusRule CRDs, generated from its Go
+# API types, to dry-run deploy/monitoring/ and the chart's ServiceMonitor for real.
+MONITORING_CRDS = GoTool(
+    "monitoring.coreos.com_servicemonitors.yaml",
+    HERE / "crds" / "build.sh",
+    fixture="monitoring_crds",
+)
 
 # Metrics that another branch is adding to the operator (issue 13, item 2), with their
 # labels. Until the operator exports them, the scrape test accepts them from this list;
@@ -56,6 +63,16 @@ GRAFANA_VARIABLES = {
     "$job": "job",
     "${job}": "job",
 }
+
+
+def install_monitoring_crds(cp: Any, crds: Path) -> None:
+    """Install the generated ServiceMonitor and PrometheusRule CRDs on a control plane
+    (tests.fixtures.controlplane.ControlPlane); idempotent."""
+    for plural in ("servicemonitors", "prometheusrules"):
+        cp.kubectl(
+            "apply", "--server-side", "-f", str(crds / f"monitoring.coreos.com_{plural}.yaml")
+        )
+        cp.kubectl("wait", "--for=condition=Established", f"crd/{plural}.monitoring.coreos.com")
 
 
 def load_yaml(path: Path) -> Any:
