@@ -115,27 +115,43 @@ def test_helm_install_and_uninstall(
         assert not can_i(cluster, user, "create", "leases", "-n", namespace)
 
         # The admission policy, enforced for the chart's ServiceAccount only.
-        target = ("-n", watched[0], f"--as={user}", "--dry-run=server", "-f", "-")
-        allowed = secret("managed", labels={"tokensync.dev/credential": "c"})
+        credential = {"tokensync.dev/credential": "c"}
 
-        def denied(body: str) -> bool:
+        def as_operator(*args: str, body: str | None = None) -> None:
+            cluster.kubectl(*args, "-n", watched[0], f"--as={user}", "--dry-run=server", input=body)
+
+        def denied(*args: str, body: str | None = None) -> bool:
             try:
-                cluster.kubectl("create", *target, input=body)
+                as_operator(*args, body=body)
             except KubectlError as e:
-                return "tokensync may only write" in e.stderr
+                return "tokensync may only" in e.stderr
             return False
 
         # Policies take effect asynchronously (compiled by the API server): wait for it.
-        assert wait_for(lambda: denied(secret("plain")), 20, "the admission policy to apply")
+        assert wait_for(
+            lambda: denied("create", "-f", "-", body=secret("plain")),
+            20,
+            "the admission policy to apply",
+        )
         sa_token = secret("token", type_="kubernetes.io/service-account-token")
         labelled_token = secret(
-            "labelled-token",
-            type_="kubernetes.io/service-account-token",
-            labels={"tokensync.dev/credential": "c"},
+            "labelled-token", type_="kubernetes.io/service-account-token", labels=credential
         )
-        assert denied(labelled_token)
-        assert denied(sa_token)
-        cluster.kubectl("create", *target, input=allowed)
+        assert denied("create", "-f", "-", body=labelled_token)
+        assert denied("create", "-f", "-", body=sa_token)
+        as_operator("create", "-f", "-", body=secret("managed", labels=credential))
+
+        # Updates and deletes: judged on the Secret as it is, not only as it would be.
+        cluster.kubectl("create", "-n", watched[0], "-f", "-", input=secret("app-config"))
+        cluster.kubectl(
+            "create", "-n", watched[0], "-f", "-", input=secret("issued", labels=credential)
+        )
+        assert denied("replace", "-f", "-", body=secret("app-config", labels=credential))
+        assert denied("delete", "secret/app-config")
+        as_operator("replace", "-f", "-", body=secret("issued", labels=credential))
+        as_operator("delete", "secret/issued")
+        assert denied("replace", "-f", "-", body=secret("issued"))  # may not drop the label
+
         # Other users are not matched: the admin may still create any Secret.
         cluster.kubectl("create", "-n", watched[0], "--dry-run=server", "-f", "-", input=sa_token)
     finally:
