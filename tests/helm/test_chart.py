@@ -179,6 +179,16 @@ def test_service_monitor_toggle(helm_bin: Path) -> None:
         if d
     ]
     assert monitor["spec"] == deploy_monitor["spec"]
+    plain = by_key(
+        render(
+            helm_bin,
+            "--set=metrics.serviceMonitor.enabled=true",
+            "--set=metrics.serviceMonitor.scheme=http",
+        )
+    )
+    (endpoint,) = plain[("ServiceMonitor", "tokensync-system", "tokensync")]["spec"]["endpoints"]
+    assert endpoint["scheme"] == "http"
+    assert "bearerTokenFile" not in endpoint and "tlsConfig" not in endpoint
 
 
 # -- bad values fail at install -----------------------------------------------------------
