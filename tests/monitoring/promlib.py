@@ -147,6 +147,8 @@ def unit_test_series() -> list[str]:
 @dataclass
 class Parsed:
     names: list[set[str]]  # per expression: the metric names it selects
+    matchers: list[dict[str, set[str]]]  # per expression: metric -> labels matched on
+    grouping: list[set[str]]  # per expression: by/without/on/ignoring/group_* labels
     series: list[dict[str, str]]  # per series descriptor: its labels, __name__ included
 
 
@@ -166,15 +168,24 @@ def parse(promql_names: Path, exprs: list[str], series: list[str] = ()) -> Parse
     assert not errors, "Prometheus's parser rejects:\n" + "\n".join(errors)
     return Parsed(
         names=[set(e["names"]) for e in answer["exprs"]],
+        matchers=[{k: set(v) for k, v in e["matchers"].items()} for e in answer["exprs"]],
+        grouping=[set(e["grouping"]) for e in answer["exprs"]],
         series=[s["labels"] for s in answer["series"]],
     )
+
+
+def all_exprs() -> list[tuple[str, str]]:
+    """(where, PromQL) for every rule and dashboard query."""
+    return [("rules", e) for e in rule_exprs()] + [("dashboard", e) for e in dashboard_exprs()]
 
 
 def referenced_metrics(promql_names: Path) -> dict[str, set[str]]:
     """Metric name -> where it is used ('rules', 'dashboard')."""
     used: dict[str, set[str]] = {}
-    for where, exprs in (("rules", rule_exprs()), ("dashboard", dashboard_exprs())):
-        for names in parse(promql_names, exprs).names:
-            for name in names:
-                used.setdefault(name, set()).add(where)
+    exprs = all_exprs()
+    for (where, _), names in zip(
+        exprs, parse(promql_names, [e for _, e in exprs]).names, strict=True
+    ):
+        for name in names:
+            used.setdefault(name, set()).add(where)
     return used

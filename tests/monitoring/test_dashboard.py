@@ -55,3 +55,15 @@ def test_every_query_parses_and_reads_only_exported_metrics(promql_names: Path) 
     # The documented table is read correctly (this test would pass on an empty one).
     assert "tokensync_token_request_duration_seconds_bucket" in documented_metrics()
     assert "tokensync_token_request_duration_seconds_bucket" in used
+
+
+def test_panels_do_not_overlap() -> None:
+    """Grafana lays panels out by gridPos (24 columns): no two may share a cell."""
+    taken: dict[tuple[int, int], str] = {}
+    for panel in panels(dashboard()):
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in taken, (panel["title"], taken.get((x, y)))
+                taken[(x, y)] = panel["title"]

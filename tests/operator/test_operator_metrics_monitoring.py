@@ -17,6 +17,7 @@ from monitoring.promlib import (
     PROMETHEUS_METRICS,
     PROMTOOL,
     TARGET_LABELS,
+    all_exprs,
     parse,
     referenced_metrics,
     unit_test_series,
@@ -76,12 +77,29 @@ def test_monitoring_reads_only_metrics_the_operator_exports(
     }
     assert not unknown, f"read but not exported by the operator: {unknown}"
 
-    # 2. A pending metric, once exported, has the labels the rules were written for.
+    # 2. Every label they match on or group by is one the metric has (or the scrape adds).
+    def labels_of(name: str) -> set[str]:
+        shapes = metrics.get(name) or {PENDING_METRICS.get(name, frozenset())}
+        return set().union(*shapes) | TARGET_LABELS
+
+    exprs = all_exprs()
+    parsed = parse(promql_names, [e for _, e in exprs])
+    for (where, expr), matchers, grouping in zip(
+        exprs, parsed.matchers, parsed.grouping, strict=True
+    ):
+        for name, matched in matchers.items():
+            if name in PROMETHEUS_METRICS:
+                continue
+            assert matched <= labels_of(name), (where, expr, name, matched - labels_of(name))
+        available = set().union(*(labels_of(n) for n in matchers)) if matchers else set()
+        assert grouping <= available, (where, expr, grouping - available)
+
+    # 3. A pending metric, once exported, has the labels the rules were written for.
     for name, labels in PENDING_METRICS.items():
         if name in metrics:
             assert metrics[name] == {labels}, (name, metrics[name])
 
-    # 3. The unit tests' input series: exported names, with exactly the operator's labels
+    # 4. The unit tests' input series: exported names, with exactly the operator's labels
     #    plus the target labels the scrape adds.
     for series in parse(promql_names, [], unit_test_series()).series:
         name = series.pop("__name__")

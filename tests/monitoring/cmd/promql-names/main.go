@@ -2,9 +2,11 @@
 // check alert rules and the Grafana dashboard against the metrics the operator exports.
 //
 // Input (stdin, JSON): {"exprs": ["<PromQL>", ...], "series": ["<promtool series>", ...]}.
-// Output (stdout, JSON): {"exprs": [{"names": [...], "error": "..."}],
-// "series": [{"labels": {...}, "error": "..."}]}, one entry per input, in order: the
-// metric names each expression selects, and the labels (with __name__) of each series
+// Output (stdout, JSON): {"exprs": [{"names": [...], "matchers": {name: [label, ...]},
+// "grouping": [...], "error": "..."}], "series": [{"labels": {...}, "error": "..."}]},
+// one entry per input, in order: the metric names each expression selects, the label
+// names each selector of that metric matches on, the label names used by by/without and
+// on/ignoring/group_left/group_right; and the labels (with __name__) of each series
 // descriptor as written in a promtool unit test's input_series.
 package main
 
@@ -24,8 +26,10 @@ type request struct {
 }
 
 type exprResult struct {
-	Names []string `json:"names"`
-	Error string   `json:"error,omitempty"`
+	Names    []string            `json:"names"`
+	Matchers map[string][]string `json:"matchers"`
+	Grouping []string            `json:"grouping"`
+	Error    string              `json:"error,omitempty"`
 }
 
 type seriesResult struct {
@@ -38,29 +42,63 @@ type response struct {
 	Series []seriesResult `json:"series"`
 }
 
-// names returns every metric name a parsed expression selects: selector names and
-// equality matchers on __name__.
-func names(expr parser.Expr) []string {
-	seen := map[string]bool{}
+func sorted(set map[string]bool) []string {
+	out := make([]string, 0, len(set))
+	for item := range set {
+		out = append(out, item)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// inspect lists what a parsed expression uses: metric names (selector names and
+// equality matchers on __name__), the labels matched per metric, and grouping labels.
+func inspect(expr parser.Expr) exprResult {
+	names := map[string]bool{}
+	matched := map[string]map[string]bool{}
+	grouping := map[string]bool{}
 	parser.Inspect(expr, func(node parser.Node, _ []parser.Node) error {
-		if vs, ok := node.(*parser.VectorSelector); ok {
-			if vs.Name != "" {
-				seen[vs.Name] = true
-			}
-			for _, m := range vs.LabelMatchers {
+		switch n := node.(type) {
+		case *parser.VectorSelector:
+			name := n.Name
+			for _, m := range n.LabelMatchers {
 				if m.Name == labels.MetricName && m.Type == labels.MatchEqual {
-					seen[m.Value] = true
+					name = m.Value
+				}
+			}
+			if name == "" {
+				return nil
+			}
+			names[name] = true
+			if matched[name] == nil {
+				matched[name] = map[string]bool{}
+			}
+			for _, m := range n.LabelMatchers {
+				if m.Name != labels.MetricName {
+					matched[name][m.Name] = true
+				}
+			}
+		case *parser.AggregateExpr:
+			for _, l := range n.Grouping {
+				grouping[l] = true
+			}
+		case *parser.BinaryExpr:
+			if n.VectorMatching != nil {
+				for _, l := range n.VectorMatching.MatchingLabels {
+					grouping[l] = true
+				}
+				for _, l := range n.VectorMatching.Include {
+					grouping[l] = true
 				}
 			}
 		}
 		return nil
 	})
-	out := make([]string, 0, len(seen))
-	for name := range seen {
-		out = append(out, name)
+	result := exprResult{Names: sorted(names), Matchers: map[string][]string{}, Grouping: sorted(grouping)}
+	for name, set := range matched {
+		result.Matchers[name] = sorted(set)
 	}
-	sort.Strings(out)
-	return out
+	return result
 }
 
 func main() {
@@ -74,10 +112,12 @@ func main() {
 	for _, input := range req.Exprs {
 		expr, err := p.ParseExpr(input)
 		if err != nil {
-			resp.Exprs = append(resp.Exprs, exprResult{Names: []string{}, Error: err.Error()})
+			resp.Exprs = append(resp.Exprs, exprResult{
+				Names: []string{}, Matchers: map[string][]string{}, Grouping: []string{}, Error: err.Error(),
+			})
 			continue
 		}
-		resp.Exprs = append(resp.Exprs, exprResult{Names: names(expr)})
+		resp.Exprs = append(resp.Exprs, inspect(expr))
 	}
 	for _, input := range req.Series {
 		lset, _, err := p.ParseSeriesDesc(input)
