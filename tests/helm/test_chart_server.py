@@ -188,3 +188,40 @@ def test_helm_install_server_dry_run_in_namespaced_mode(
     rendered = [key_of(o) for o in render(helm_bin, *values)]
     for ns in watched:
         assert ("Role", ns, "tokensync-workload-identity") in rendered
+
+
+def test_helm_upgrade_between_one_and_several_replicas(
+    cluster: ControlPlane, helm_bin: Path
+) -> None:
+    """Scaling through `helm upgrade` switches Recreate <-> RollingUpdate and adds or
+    removes the Lease Role and PodDisruptionBudget, in both directions."""
+    namespace = cluster.create_namespace("helm-upgrade")
+    kube = [f"--kubeconfig={cluster.kubeconfig}", f"--namespace={namespace}"]
+    chart = str(REPO / "charts" / "tokensync")
+
+    def deployment() -> dict[str, Any]:
+        out = cluster.kubectl("get", "deployment/upgrade-tokensync", "-n", namespace, "-o", "json")
+        return json.loads(out.stdout)
+
+    def exists(what: str) -> bool:
+        out = cluster.kubectl("get", what, "-n", namespace, "--ignore-not-found", "-o", "name")
+        return bool(out.stdout.strip())
+
+    try:
+        helm(helm_bin, "install", "upgrade", chart, *kube)
+        assert deployment()["spec"]["strategy"] == {"type": "Recreate"}
+        helm(helm_bin, "upgrade", "upgrade", chart, *kube, "--set=replicas=2")
+        spec = deployment()["spec"]
+        assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
+        args = spec["template"]["spec"]["containers"][0]["args"]
+        assert "--peering=upgrade-tokensync" in args
+        assert exists("role/upgrade-tokensync-leader-election")
+        assert exists("poddisruptionbudget/upgrade-tokensync")
+        helm(helm_bin, "upgrade", "upgrade", chart, *kube, "--set=replicas=1")
+        spec = deployment()["spec"]
+        assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+        assert not exists("role/upgrade-tokensync-leader-election")
+        assert not exists("poddisruptionbudget/upgrade-tokensync")
+    finally:
+        helm(helm_bin, "uninstall", "upgrade", "--wait", *kube)
+        cluster.delete_namespace(namespace)
