@@ -1,0 +1,272 @@
+"""charts/tokensync: `helm lint`, `helm template` in every mode, values.schema.json
+rejecting bad values, and the chart rendering the same operator as the kustomize
+manifests of deploy/ (default chart = deploy/, namespaced = deploy/namespaced, replicas 2
+= deploy/peering), compared object by object after normalising away helm's own labels.
+
+The server-side checks (every rendered object accepted by the real API server, and a
+real `helm install` / `helm uninstall`) are in test_chart_server.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from chartlib import (
+    CHART,
+    DEPLOY,
+    MODES,
+    OVERLAY_VALUES,
+    PENDING_IN_DEPLOY,
+    REPO,
+    Key,
+    by_key,
+    helm,
+    normalise,
+    render,
+)
+
+from fixtures.controlplane import ControlPlane
+
+
+def test_chart_crd_is_the_crds_file_byte_for_byte() -> None:
+    chart_crd = CHART / "crds" / "oauth2credential.yaml"
+    assert chart_crd.read_bytes() == (REPO / "crds" / "oauth2credential.yaml").read_bytes(), (
+        "charts/tokensync/crds/ is a copy of crds/: cp crds/oauth2credential.yaml "
+        "charts/tokensync/crds/"
+    )
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["oauth2credential.yaml"]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_helm_lint(helm_bin: Path, mode: str) -> None:
+    args = ["lint", str(CHART), "--strict", "--namespace=tokensync-system"]
+    result = helm(helm_bin, *args, *MODES[mode])
+    assert "0 chart(s) failed" in result.stdout, result.stdout
+
+
+# -- every mode renders what it says ----------------------------------------------------
+
+
+def args_of(objects: dict[Key, dict[str, Any]]) -> list[str]:
+    (container,) = objects[("Deployment", "tokensync-system", "tokensync")]["spec"]["template"][
+        "spec"
+    ]["containers"]
+    return container["args"]
+
+
+def test_default_is_cluster_wide_single_replica(helm_bin: Path) -> None:
+    objects = by_key(render(helm_bin))
+    assert args_of(objects)[:2] == ["run", "--all-namespaces"]
+    assert ("ClusterRole", "", "tokensync-operator") in objects
+    assert not [k for k in objects if k[0] in ("Role", "RoleBinding")]
+    deployment = objects[("Deployment", "tokensync-system", "tokensync")]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not any(a.startswith("--peering") for a in args_of(objects))
+    assert ("ValidatingAdmissionPolicy", "", "tokensync-operator-secrets") in objects
+    assert not [k for k in objects if "workload-identity" in k[2]]
+    assert "--enable-workload-identity" not in args_of(objects)
+
+
+def test_namespaced_mode_has_a_role_per_namespace_and_no_cluster_role(helm_bin: Path) -> None:
+    objects = by_key(render(helm_bin, "--set=scope=namespaced", "--set=namespaces={a,b,c}"))
+    assert args_of(objects)[:4] == ["run", "--namespace=a", "--namespace=b", "--namespace=c"]
+    assert "--all-namespaces" not in args_of(objects)
+    cluster_role = by_key(render(helm_bin))[("ClusterRole", "", "tokensync-operator")]
+    for ns in ("a", "b", "c"):
+        role = objects[("Role", ns, "tokensync-operator")]
+        binding = objects[("RoleBinding", ns, "tokensync-operator")]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "tokensync-operator",
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "tokensync", "namespace": "tokensync-system"}
+        ]
+        assert role["rules"] == cluster_role["rules"]
+    assert not [k for k in objects if k[0] == "ClusterRoleBinding"]
+    assert ("ClusterRole", "", "tokensync-operator") not in objects
+
+
+def test_replicas_turn_on_lease_election(helm_bin: Path) -> None:
+    objects = by_key(render(helm_bin, "--set=replicas=3"))
+    deployment = objects[("Deployment", "tokensync-system", "tokensync")]
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert "--peering=tokensync" in args_of(objects)
+    role = objects[("Role", "tokensync-system", "tokensync-leader-election")]
+    assert role["rules"][0]["resourceNames"] == ["tokensync"]
+    assert ("PodDisruptionBudget", "tokensync-system", "tokensync") in objects
+    # The Lease name follows the value, in the flag and in the Role alike.
+    renamed = by_key(render(helm_bin, "--set=replicas=2", "--set=leaderElection.leaseName=x"))
+    assert "--peering=x" in args_of(renamed)
+    role = renamed[("Role", "tokensync-system", "tokensync-leader-election")]
+    assert role["rules"][0]["resourceNames"] == ["x"]
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
+def test_workload_identity_toggle(helm_bin: Path, scope: str) -> None:
+    extra = ["--set=scope=namespaced", "--set=namespaces={a,b}"] if scope == "namespaced" else []
+    objects = by_key(render(helm_bin, "--set=workloadIdentity.enabled=true", *extra))
+    assert "--enable-workload-identity" in args_of(objects)
+    rule = {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}
+    if scope == "cluster":
+        grants = [objects[("ClusterRole", "", "tokensync-workload-identity")]]
+        assert ("ClusterRoleBinding", "", "tokensync-workload-identity") in objects
+    else:
+        grants = [objects[("Role", ns, "tokensync-workload-identity")] for ns in ("a", "b")]
+        assert not [k for k in objects if k[0].startswith("Cluster") and "workload" in k[2]]
+    for grant in grants:
+        assert grant["rules"] == [rule]
+
+
+def test_admission_policy_toggle(helm_bin: Path) -> None:
+    objects = by_key(render(helm_bin))
+    policy = objects[("ValidatingAdmissionPolicy", "", "tokensync-operator-secrets")]
+    (condition,) = policy["spec"]["matchConditions"]
+    assert condition["expression"] == (
+        "request.userInfo.username == 'system:serviceaccount:tokensync-system:tokensync'"
+    )
+    binding = objects[("ValidatingAdmissionPolicyBinding", "", "tokensync-operator-secrets")]
+    assert binding["spec"] == {
+        "policyName": "tokensync-operator-secrets",
+        "validationActions": ["Deny"],
+    }
+    off = by_key(render(helm_bin, "--set=admissionPolicy.enabled=false"))
+    assert not [k for k in off if k[0].startswith("ValidatingAdmissionPolicy")]
+
+
+def test_other_release_names_and_namespaces_follow(helm_bin: Path) -> None:
+    objects = by_key(render(helm_bin, release="acme", namespace="ops", include_crds=False))
+    assert ("Deployment", "ops", "acme-tokensync") in objects
+    assert ("ClusterRole", "", "acme-tokensync-operator") in objects
+    binding = objects[("ClusterRoleBinding", "", "acme-tokensync-operator")]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "acme-tokensync", "namespace": "ops"}
+    ]
+    policy = objects[("ValidatingAdmissionPolicy", "", "acme-tokensync-operator-secrets")]
+    assert (
+        "system:serviceaccount:ops:acme-tokensync"
+        in (policy["spec"]["matchConditions"][0]["expression"])
+    )
+
+
+def test_image_tag_and_digest(helm_bin: Path) -> None:
+    def image(*values: str) -> str:
+        objects = by_key(render(helm_bin, *values))
+        deployment = objects[("Deployment", "tokensync-system", "tokensync")]
+        return deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert image() == f"ghcr.io/tokensync/tokensync:{chart['appVersion']}"
+    assert image("--set=image.tag=9.9.9") == "ghcr.io/tokensync/tokensync:9.9.9"
+    digest = "sha256:" + "ab" * 32
+    assert image(f"--set=image.digest={digest}") == f"ghcr.io/tokensync/tokensync@{digest}"
+
+
+def test_service_monitor_toggle(helm_bin: Path) -> None:
+    assert not [k for k in by_key(render(helm_bin)) if k[0] == "ServiceMonitor"]
+    objects = by_key(render(helm_bin, "--set=metrics.serviceMonitor.enabled=true"))
+    monitor = objects[("ServiceMonitor", "tokensync-system", "tokensync")]
+    (deploy_monitor,) = [
+        d
+        for d in yaml.safe_load_all((DEPLOY / "monitoring" / "servicemonitor.yaml").read_text())
+        if d
+    ]
+    assert monitor["spec"] == deploy_monitor["spec"]
+    plain = by_key(
+        render(
+            helm_bin,
+            "--set=metrics.serviceMonitor.enabled=true",
+            "--set=metrics.serviceMonitor.scheme=http",
+        )
+    )
+    (endpoint,) = plain[("ServiceMonitor", "tokensync-system", "tokensync")]["spec"]["endpoints"]
+    assert endpoint["scheme"] == "http"
+    assert "bearerTokenFile" not in endpoint and "tlsConfig" not in endpoint
+
+
+# -- bad values fail at install -----------------------------------------------------------
+
+BAD_VALUES = {
+    "namespaced-without-namespaces": (["--set=scope=namespaced"], "namespaces"),
+    "namespaces-in-cluster-scope": (["--set=namespaces={a}"], "namespaces"),
+    "unknown-scope": (["--set=scope=everywhere"], "scope"),
+    "zero-replicas": (["--set=replicas=0"], "replicas"),
+    "replicas-not-a-number": (["--set-string=replicas=two"], "replicas"),
+    "bad-namespace-name": (["--set=scope=namespaced", "--set=namespaces={Team_A}"], "namespaces"),
+    "log-format": (["--set=logFormat=xml"], "logFormat"),
+    "misspelt-value": (["--set=replica=2"], "replica"),
+    "metrics-port": (["--set=metrics.port=70000"], "port"),
+    "digest": (["--set=image.digest=latest"], "digest"),
+    "extra-arg-not-a-flag": (["--set=extraArgs={oops}"], "extraArgs"),
+    "toggle-not-boolean": (["--set-string=admissionPolicy.enabled=yes"], "enabled"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_VALUES))
+def test_bad_values_fail_at_install(helm_bin: Path, name: str) -> None:
+    values, field = BAD_VALUES[name]
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        render(helm_bin, *values)
+    message = failed.value.stderr
+    assert "values don't meet the specifications of the schema" in message, message
+    assert field in message, message
+
+
+# -- the same operator as kustomize -------------------------------------------------------
+
+
+def kustomize(cp: ControlPlane, overlay: str) -> list[dict[str, Any]]:
+    rendered = cp.kubectl("kustomize", str(DEPLOY / overlay)).stdout
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def test_every_operator_overlay_has_chart_values() -> None:
+    """A new install variant in deploy/ needs its chart values here (and then is compared)."""
+    overlays = {""} | {
+        p.parent.name
+        for p in DEPLOY.glob("*/kustomization.yaml")
+        if p.parent.name not in ("base", "monitoring", "argocd")  # argocd: a Component
+    }
+    assert overlays <= set(OVERLAY_VALUES), overlays - set(OVERLAY_VALUES)
+
+
+@pytest.mark.envtest
+@pytest.mark.parametrize(
+    "overlay", [o for o in OVERLAY_VALUES if (DEPLOY / o).is_dir()], ids=lambda o: o or "deploy"
+)
+def test_chart_renders_what_kustomize_renders(
+    control_plane: ControlPlane, helm_bin: Path, overlay: str
+) -> None:
+    expected = by_key(kustomize(control_plane, overlay))
+    actual = by_key(render(helm_bin, *OVERLAY_VALUES[overlay]))
+    # The chart does not own its release namespace (helm install --create-namespace).
+    expected.pop(("Namespace", "", "tokensync-system"))
+    # Kinds another branch is adding to deploy/: compared as soon as deploy/ has them.
+    for key in [k for k in actual if k[0] in PENDING_IN_DEPLOY]:
+        if not any(k[0] == key[0] for k in expected):
+            actual.pop(key)
+    assert sorted(actual) == sorted(expected)
+    for key, want in expected.items():
+        got = actual[key]
+        # kustomize's labels are all there; helm adds instance, version, chart, ...
+        for path, labels in label_sets(want):
+            assert labels.items() <= dict_at(got, path).items(), (key, path)
+        assert normalise(got) == normalise(want), key
+
+
+def label_sets(obj: dict[str, Any]) -> list[tuple[tuple[str, ...], dict[str, str]]]:
+    paths = [("metadata", "labels"), ("spec", "template", "metadata", "labels")]
+    return [(p, dict_at(obj, p)) for p in paths if dict_at(obj, p)]
+
+
+def dict_at(obj: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    for part in path:
+        obj = obj.get(part) or {}
+    return obj
