@@ -400,14 +400,24 @@ def _format_seconds(seconds: float) -> str:
     return text + f"{secs}s"
 
 
+_AUTH_STYLES = {
+    "header": "header (HTTP Basic; client id and secret form-urlencoded, client_secret_basic)",
+    "body": "body (client_id and client_secret in the request body, client_secret_post)",
+    "private_key_jwt": "private_key_jwt (RFC 7523 assertion signed with clientAssertion.keyRef)",
+    "client_secret_jwt": "client_secret_jwt (RFC 7523 assertion signed with the client secret)",
+    "tls_client_auth": "tls_client_auth (RFC 8705 mutual TLS, client_id in the body)",
+    "workload_identity": "workload_identity (a ServiceAccount token as the client assertion)",
+}
+
+
 def _auth_style(auth: str) -> str:
-    if auth == "header":
-        return "header (HTTP Basic; client id and secret form-urlencoded, client_secret_basic)"
-    return "body (client_id and client_secret in the request body, client_secret_post)"
+    return _AUTH_STYLES.get(auth, auth)
 
 
-def _secret_origin(spec: CredentialSpec, resolver: Resolver) -> str:
+def _secret_origin(spec: CredentialSpec, resolver: Resolver) -> str | None:
     ref = spec.client_secret_ref
+    if ref is None:
+        return None
     found = resolver.found.get((ref.kind, ref.name))
     return (found.origins.get(ref.key) if found else None) or describe(ref)
 
@@ -434,11 +444,22 @@ def describe_request(
         "clientID": request.client_id,
         "clientIDFrom": client_id_origin,
         "clientSecretFrom": _secret_origin(spec, resolver),
+        "clientAssertionKey": _key_description(spec),
         "clientSecretLength": len(request.client_secret),
         "tlsVerification": request.tls.verification if https else "none (plain http)",
         "clientCertificate": f"Secret {cert!r}" if cert and https else None,
         "timeoutSeconds": request.timeout_seconds,
     }
+
+
+def _key_description(spec: CredentialSpec) -> str | None:
+    settings = spec.client_assertion
+    if spec.client_authentication == "private_key_jwt" and settings.key_ref:
+        cert = " with its certificate (x5t#S256, x5t)" if settings.certificate_ref else ""
+        return f"{describe(settings.key_ref)}{cert}" + (
+            f", kid {settings.key_id}" if settings.key_id else ""
+        )
+    return None
 
 
 def token_result(token: oauth2.Token, show_token: bool) -> dict[str, Any]:
@@ -510,8 +531,11 @@ def request_rows(request: Mapping[str, Any]) -> list[tuple[str, Any]]:
         ("client id", f"{request['clientID']} ({request['clientIDFrom']})"),
         (
             "client secret",
-            f"{request['clientSecretFrom']} ({request['clientSecretLength']} characters)",
+            f"{request['clientSecretFrom']} ({request['clientSecretLength']} characters)"
+            if request["clientSecretFrom"]
+            else None,
         ),
+        ("assertion key", request.get("clientAssertionKey")),
         ("TLS verification", request["tlsVerification"]),
         ("client certificate", request["clientCertificate"]),
         ("timeout", f"{request['timeoutSeconds']:g}s"),
@@ -579,7 +603,7 @@ def render_text(report: Mapping[str, Any], out: TextIO, err: TextIO) -> None:
 
 def _file_refs(args: argparse.Namespace, spec: CredentialSpec) -> list[FileRef]:
     refs = []
-    if args.client_secret_file:
+    if args.client_secret_file and spec.client_secret_ref is not None:
         ref = spec.client_secret_ref
         path = args.client_secret_file
         refs.append(FileRef(ref.kind, ref.name, ref.key, _read_input(path), f"file {path}"))

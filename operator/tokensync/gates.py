@@ -20,8 +20,9 @@ class OperatorConfig:
 
 
 def gate_problem(spec: CredentialSpec, config: OperatorConfig) -> ReferenceProblem | None:
-    """Why the operator refuses this credential's token URL, or None."""
-    parts = urlsplit(spec.token_url)
+    """Why the operator refuses this credential's token URL (before discovery: its issuer
+    URL, which discovery connects to), or None."""
+    parts = urlsplit(spec.token_url or spec.issuer_url or "")
     if parts.scheme == "http" and not config.allow_insecure:
         return ReferenceProblem(
             "InvalidSpec",
@@ -42,7 +43,7 @@ def gate_problem(spec: CredentialSpec, config: OperatorConfig) -> ReferenceProbl
 def insecure_warnings(spec: CredentialSpec, config: OperatorConfig) -> list[str]:
     """Insecure settings in effect (or ignored), for status.warnings and a Warning event."""
     warnings = []
-    if spec.token_url.startswith("http://") and config.allow_insecure:
+    if (spec.token_url or spec.issuer_url or "").startswith("http://") and config.allow_insecure:
         warnings.append("allowInsecureHTTP: the client secret and token travel unencrypted")
     if spec.tls.insecure_skip_verify:
         warnings.append(
