@@ -47,6 +47,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse token endpoints on loopback, link-local and cloud metadata addresses, "
         "checked on the address actually connected (default: on)",
     )
+    parser.add_argument(
+        "--enable-workload-identity",
+        action="store_true",
+        help="allow clientAuthentication: workload_identity, which mints ServiceAccount "
+        "tokens (needs the deploy/workload-identity RBAC overlay; see README)",
+    )
     parser.add_argument("--metrics-port", type=int, default=9090, help="0 disables /metrics")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address /metrics listens on")
     parser.add_argument(
@@ -149,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             allow_insecure=args.allow_insecure,
             deny_private_networks=args.deny_private_networks,
             allowed_token_hosts=hosts,
+            enable_workload_identity=args.enable_workload_identity,
         ),
         workers=args.workers,
         metrics_port=args.metrics_port,

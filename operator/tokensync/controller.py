@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from tokensync import metrics, oauth2, schedule
-from tokensync.gates import OperatorConfig, effective_request, gate_problem, insecure_warnings
+from tokensync import identity, metrics, oauth2, schedule
+from tokensync.gates import OperatorConfig, gate_problem, insecure_warnings
 from tokensync.kube import Kube, KubeError
 from tokensync.redact import redact
 from tokensync.secret import (
@@ -43,7 +43,7 @@ from tokensync.sources import (
     resolve_references,
     unresolved_problem,
 )
-from tokensync.spec import CredentialSpec, ResolvedValues, SpecError, parse_spec, to_token_request
+from tokensync.spec import CredentialSpec, ResolvedValues, SpecError, parse_spec
 from tokensync.status import READY, Condition, Report, apply_patch, condition_of, status_patch
 
 log = logging.getLogger("tokensync.controller")
@@ -268,12 +268,26 @@ class CredentialWorker:
                 refreshing=Condition("True", trigger.reason, trigger.message),
             )
         )
-        request = effective_request(to_token_request(spec, resolved), self.ctx.config)
+        # --- issue 11 hook (identity.py): discovery, workload identity, assertions ---
+        request = await identity.prepare_request(
+            spec,
+            resolved,
+            self.ctx.kube,
+            self.ctx.config,
+            namespace=self.owner.namespace,
+            lookup=self.ctx.sources(self.owner.namespace),
+            blocking=self._blocking,
+        )
+        if isinstance(request, ReferenceProblem):
+            await self._report_problem(request)
+            return self.ctx.now() + timedelta(seconds=identity.RECHECK_SECONDS)
+        # --- end of issue 11 hook ---
         self.last_request_at = now
         try:
             token = await self._fetch(request)
         except oauth2.TokenError as error:
             self.retry_key = attempt_key
+            identity.request_failed(spec, error)  # issue 11: re-discover after 404/connect
             return await self._report_failure(spec, resolved, held, trigger, error, warnings)
 
         written = await self._write_secret(spec, token, fingerprint, existing)

@@ -17,6 +17,7 @@ class OperatorConfig:
     allow_insecure: bool = False  # honour allowInsecureHTTP and tls.insecureSkipVerify
     deny_private_networks: bool = True
     allowed_token_hosts: tuple[str, ...] = ()  # fnmatch patterns; empty: any host
+    enable_workload_identity: bool = False  # mint ServiceAccount tokens (workload_identity)
 
 
 def gate_problem(spec: CredentialSpec, config: OperatorConfig) -> ReferenceProblem | None:
