@@ -520,8 +520,10 @@ def _scope_text(request: Mapping[str, Any]) -> str:
 
 
 def request_rows(request: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    discovered = request.get("discoveredFrom")
     rows = [
         ("endpoint", request["endpoint"]),
+        ("discovered from", f"{discovered} (issuerURL)" if discovered else None),
         ("auth style", request["authStyle"]),
         ("content type", request["contentType"]),
         ("scope sent", _scope_text(request)),
@@ -635,6 +637,21 @@ def _resolve(
     return resolved, resolver, namespace
 
 
+def _discover(spec: CredentialSpec, values: Any) -> CredentialSpec:
+    """With issuerURL: the spec with the discovered token endpoint (and method). Like the
+    rest of check, TLS settings apply as written and the private-network guard does not."""
+    if spec.issuer_url is None:
+        return spec
+    from tokensync import discovery, identity
+
+    config = OperatorConfig(allow_insecure=True, deny_private_networks=False)
+    try:
+        return identity.discover(spec, values, config, discovery.DiscoveryCache())
+    except discovery.DiscoveryFailed as failed:
+        code = EXIT_TRANSIENT if failed.transient else EXIT_CONFIGURATION
+        raise CheckFailed(code, "discovery", [str(failed)]) from None
+
+
 def check(args: argparse.Namespace) -> dict[str, Any]:
     """Run the check and return the report (never printing anything)."""
     report: dict[str, Any] = {
@@ -650,6 +667,17 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         except SpecError as error:
             raise CheckFailed(EXIT_USAGE, "spec", list(error.problems)) from None
         values, resolver, namespace = _resolve(spec, manifest, args)
+        spec = _discover(spec, values)
+        if spec.client_authentication == "workload_identity":
+            raise CheckFailed(
+                EXIT_USAGE,
+                "spec",
+                [
+                    "check does not mint ServiceAccount tokens (workload_identity): only the "
+                    "operator does, after its opt-in checks; check the rest of the spec with "
+                    "another clientAuthentication"
+                ],
+            )
     except CheckFailed as failure:
         report["result"] = {
             "ok": False,
@@ -660,8 +688,11 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         return report
     if namespace:
         report["credential"]["namespace"] = namespace
+    assert spec.token_url is not None
     request = to_token_request(spec, values)
     report["request"] = describe_request(spec, request, resolver)
+    if spec.issuer_url:
+        report["request"]["discoveredFrom"] = spec.issuer_url
     report["warnings"] = secret_warnings(values)
     if spec.tls.insecure_skip_verify:
         report["warnings"].append("tls.insecureSkipVerify: the server certificate is not checked")
