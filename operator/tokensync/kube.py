@@ -165,10 +165,13 @@ class Kube:
     def own_bearer_token(self) -> str | None:
         """The bearer token this client authenticates with (in a pod: the projected
         ServiceAccount token, re-read as it rotates), or None for client certificates."""
-        value = self._client.configuration.get_api_key_with_prefix("authorization")
-        if not value or not value.lower().startswith("bearer "):
-            return None
-        return value[len("bearer ") :].strip() or None
+        configuration = self._client.configuration
+        # The key's name differs between client versions (and in-cluster vs kubeconfig).
+        for identifier in ("BearerToken", "authorization"):
+            value = configuration.get_api_key_with_prefix(identifier)
+            if value and value.lower().startswith("bearer "):
+                return value[len("bearer ") :].strip() or None
+        return None
 
     def service_account_issuer(self) -> str | None:
         """The `issuer` of the API server's ServiceAccount issuer discovery document."""

@@ -1,0 +1,268 @@
+"""Issue 11 end to end through the operator: private_key_jwt against oidc-provider, and
+workload identity against a token endpoint that verifies ServiceAccount tokens with the
+API server's own discovery; every missing opt-in gives its reason and mints nothing (the
+audit log shows no TokenRequest).
+
+The token servers listen on plain http on loopback: the operators here run with
+--allow-insecure and without the private-network guard, and credentials set
+allowInsecureHTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from operator_helpers import SOURCE_LABEL, decode
+
+from servers.federated import FederatedTokenServer
+from tokensync.redact import secret_variants
+
+pytestmark = pytest.mark.envtest
+
+REPO = Path(__file__).resolve().parents[2]
+INSECURE = ("--allow-insecure", "--no-deny-private-networks")
+WI_SA = ("tokensync-system", "tokensync-wi")
+WI_USER = "system:serviceaccount:tokensync-system:tokensync-wi"
+AUDIENCE = "api://tokensync-test"
+API_SERVER_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # the fixture's issuer
+
+
+def create_credential(cluster, name: str, spec: dict[str, Any]) -> None:
+    body = {
+        "apiVersion": "tokensync.dev/v1alpha1",
+        "kind": "OAuth2Credential",
+        "metadata": {"name": name},
+        "spec": {"allowInsecureHTTP": True, **spec},
+    }
+    cluster.custom.create_namespaced_custom_object(
+        "tokensync.dev", "v1alpha1", cluster.ns, "oauth2credentials", body
+    )
+
+
+# ---- private_key_jwt against oidc-provider
+
+
+def test_private_key_jwt_through_the_operator(cluster, own_operator, oidc_provider):
+    operator = own_operator(*INSECURE, "--namespace", cluster.ns)
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = {**jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1"}
+    client = oidc_provider.add_client("private_key_jwt", metadata={"jwks": {"keys": [jwk]}})
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    cluster.source_secret("signing-key", {"key.pem": pem}, allowed_urls=client.token_url)
+    create_credential(
+        cluster,
+        "pkjwt",
+        {
+            "tokenURL": client.token_url,
+            "clientID": client.client_id,
+            "clientAuthentication": "private_key_jwt",
+            "clientAssertion": {
+                "keyRef": {"name": "signing-key", "key": "key.pem"},
+                "keyID": "k1",
+            },
+            "scope": "api:read",
+        },
+    )
+    cluster.wait_ready("pkjwt", reason="TokenIssued")
+    token = decode(cluster.secret("pkjwt"))["access_token"]
+    assert [i for i in oidc_provider.issued() if i["client_id"] == client.client_id]
+    leaks = secret_variants(token) | {pem.splitlines()[1]}
+    assert not [v for v in leaks if v in operator.log()]
+
+
+def test_weak_key_is_reference_invalid(cluster, own_operator, oidc_provider):
+    own_operator(*INSECURE, "--namespace", cluster.ns)
+    client = oidc_provider.add_client("private_key_jwt", metadata={"jwks": {"keys": []}})
+    cluster.source_secret("bad-key", {"key.pem": "not a key"})
+    create_credential(
+        cluster,
+        "weak",
+        {
+            "tokenURL": client.token_url,
+            "clientID": client.client_id,
+            "clientAuthentication": "private_key_jwt",
+            "clientAssertion": {"keyRef": {"name": "bad-key", "key": "key.pem"}},
+        },
+    )
+    ready = cluster.wait_ready("weak", "False", "ReferenceInvalid")
+    assert "Secret 'bad-key'" in ready["message"]
+
+
+# ---- workload identity
+
+
+@pytest.fixture(scope="session")
+def wi_kubeconfig(installed) -> Path:
+    """A ServiceAccount with the base operator role plus the RBAC of the
+    deploy/workload-identity overlay, exactly as rendered (bound to this account instead
+    of the operator's, so the other tests keep their least-privilege operator)."""
+    rendered = installed.kubectl("kustomize", str(REPO / "deploy" / "workload-identity")).stdout
+    objects = []
+    for doc in yaml.safe_load_all(rendered):
+        if doc and doc["metadata"]["name"] == "tokensync-workload-identity":
+            if doc["kind"] == "ClusterRoleBinding":
+                doc["metadata"]["name"] = "tokensync-wi-test"
+                doc["subjects"] = [
+                    {"kind": "ServiceAccount", "name": WI_SA[1], "namespace": WI_SA[0]}
+                ]
+            objects.append(doc)
+    assert [o["kind"] for o in objects] == ["ClusterRole", "ClusterRoleBinding"]
+    objects.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "tokensync-wi-test-operator"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "tokensync-operator",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": WI_SA[1], "namespace": WI_SA[0]}],
+        }
+    )
+    installed.kubectl(
+        "apply", "-f", "-", input=json.dumps({"kind": "List", "apiVersion": "v1", "items": objects})
+    )
+    return installed.service_account_kubeconfig(*WI_SA)
+
+
+@pytest.fixture
+def federated(installed, tmp_path) -> Iterator[FederatedTokenServer]:
+    def fetch(path: str) -> bytes:
+        return installed.kubectl("get", "--raw", path).stdout.encode()
+
+    server = FederatedTokenServer(
+        fetch=fetch,
+        audience=AUDIENCE,
+        federation={},
+        issuance_log=tmp_path / "federated-issued.jsonl",
+    ).start()
+    yield server
+    server.stop()
+
+
+def service_account(cluster, name: str, *, labelled=True, urls=None, audiences=None) -> None:
+    metadata: dict[str, Any] = {"name": name, "labels": dict(SOURCE_LABEL) if labelled else {}}
+    annotations = {}
+    if urls is not None:
+        annotations["tokensync.dev/allowed-token-urls"] = urls
+    if audiences is not None:
+        annotations["tokensync.dev/allowed-audiences"] = audiences
+    metadata["annotations"] = annotations
+    cluster.core.create_namespaced_service_account(cluster.ns, {"metadata": metadata})
+
+
+def workload_credential(cluster, server, name: str, sa: str, audience: str = AUDIENCE) -> str:
+    client_id = f"{name}-client"
+    server.federation[client_id] = f"system:serviceaccount:{cluster.ns}:{sa}"
+    create_credential(
+        cluster,
+        name,
+        {
+            "tokenURL": server.token_url,
+            "clientID": client_id,
+            "clientAuthentication": "workload_identity",
+            "workloadIdentity": {"serviceAccountName": sa, "audience": audience},
+        },
+    )
+    return client_id
+
+
+def token_requests(installed, namespace: str, since: float) -> list[dict]:
+    return [
+        e
+        for e in installed.audit_events(user=WI_USER, since=since)
+        if (e.get("objectRef") or {}).get("subresource") == "token"
+        and (e.get("objectRef") or {}).get("namespace") == namespace
+    ]
+
+
+def test_workload_identity_gets_a_token(cluster, installed, own_operator, wi_kubeconfig, federated):
+    since = time.time() - 1
+    operator = own_operator(
+        *INSECURE, "--enable-workload-identity", "--namespace", cluster.ns, kubeconfig=wi_kubeconfig
+    )
+    service_account(cluster, "app", urls=federated.base_url + "/", audiences=AUDIENCE)
+    client_id = workload_credential(cluster, federated, "wi", "app")
+    cluster.wait_ready("wi", reason="TokenIssued")
+    assert decode(cluster.secret("wi"))["access_token"] in federated.tokens
+    (claims,) = federated.verified_claims
+    assert claims["sub"] == f"system:serviceaccount:{cluster.ns}:app"
+    assert claims["aud"] == [AUDIENCE]
+    assert claims["exp"] - claims["iat"] == 600
+    assert federated.issued[0].client_id == client_id
+    (minted,) = token_requests(installed, cluster.ns, since)
+    assert (minted["verb"], minted["objectRef"]["name"]) == ("create", "app")
+    assert minted["responseStatus"]["code"] == 201
+    assert not [v for t in federated.tokens for v in secret_variants(t) if v in operator.log()]
+
+
+def test_each_missing_opt_in_gives_its_reason_and_mints_nothing(
+    cluster, installed, own_operator, wi_kubeconfig, federated
+):
+    since = time.time() - 1
+    own_operator(
+        *INSECURE, "--enable-workload-identity", "--namespace", cluster.ns, kubeconfig=wi_kubeconfig
+    )
+    urls = federated.base_url + "/"
+    service_account(cluster, "unlabelled", labelled=False, urls=urls, audiences=AUDIENCE)
+    service_account(cluster, "no-urls", audiences=AUDIENCE)
+    service_account(cluster, "other-urls", urls="https://idp.example/", audiences=AUDIENCE)
+    service_account(cluster, "no-audiences", urls=urls)
+    service_account(
+        cluster, "api-audience", urls=urls, audiences=f"{AUDIENCE},{API_SERVER_AUDIENCE}"
+    )
+    cases = {
+        "unlabelled": ("unlabelled", AUDIENCE, "ReferenceNotLabeled"),
+        "no-urls": ("no-urls", AUDIENCE, "TokenURLNotAllowed"),
+        "other-urls": ("other-urls", AUDIENCE, "TokenURLNotAllowed"),
+        "no-audiences": ("no-audiences", AUDIENCE, "ReferenceNotLabeled"),
+        "api-audience": ("api-audience", API_SERVER_AUDIENCE, "InvalidSpec"),
+        "missing-sa": ("does-not-exist", AUDIENCE, "ReferenceNotFound"),
+    }
+    for name, (sa, audience, _) in cases.items():
+        workload_credential(cluster, federated, name, sa, audience)
+    for name, (_, _, reason) in cases.items():
+        cluster.wait_ready(name, "False", reason)
+    assert token_requests(installed, cluster.ns, since) == []
+    assert federated.received == []
+
+
+def test_without_the_operator_flag_nothing_is_minted(
+    cluster, installed, own_operator, wi_kubeconfig, federated
+):
+    since = time.time() - 1
+    own_operator(*INSECURE, "--namespace", cluster.ns, kubeconfig=wi_kubeconfig)
+    service_account(cluster, "app", urls=federated.base_url + "/", audiences=AUDIENCE)
+    workload_credential(cluster, federated, "wi", "app")
+    ready = cluster.wait_ready("wi", "False", "InvalidSpec")
+    assert "--enable-workload-identity" in ready["message"]
+    assert token_requests(installed, cluster.ns, since) == []
+    assert federated.received == []
+
+
+def test_default_install_cannot_mint(installed):
+    """The first opt-in's RBAC half: the default operator role grants no TokenRequest."""
+    result = installed.kubectl(
+        "auth",
+        "can-i",
+        "create",
+        "serviceaccounts/token",
+        "--as=system:serviceaccount:tokensync-system:tokensync",
+        "-n",
+        "default",
+        check=False,
+    )
+    assert result.stdout.strip() == "no"
