@@ -22,7 +22,7 @@ import socket
 import sys
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -120,6 +120,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", choices=("text", "json"), default="text")
     parser.add_argument(
         "--show-token", action="store_true", help="also print the access token itself"
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="if the request as written fails, try the other client authentications "
+        "(header, body) and content types (form, JSON; scope as string and as scopeObject) "
+        f"against the same token URL, at most {MAX_PROBES} requests, stopping at the first "
+        "that works, and print the spec lines that work",
     )
 
 
@@ -595,6 +603,8 @@ def render_text(report: Mapping[str, Any], out: TextIO, err: TextIO) -> None:
         out.write(title + "\n")
         for label, value in rows:
             out.write(f"  {label + ':':<20}{value}\n" if label else f"  {value}\n")
+    if "probe" in report:
+        render_probe(report["probe"], out)
     for note in report["notes"]:
         out.write(f"note: {note}\n")
 
@@ -699,6 +709,8 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     if urlsplit(spec.token_url).scheme == "http":
         report["warnings"].append("plain http: the client secret and token travel unencrypted")
     report["notes"] = operator_notes(spec, list(resolver.found.values()))
+    if getattr(args, "probe", False):
+        return _probe_report(report, spec, request, args.show_token)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # urllib3's InsecureRequestWarning: warned above
         try:
@@ -708,6 +720,143 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         else:
             report["result"] = token_result(token, args.show_token)
     return report
+
+
+# --------------------------------------------------------------------------------------
+# --probe: which combination of auth style and body format does this endpoint accept?
+
+MAX_PROBES = 6
+PROBE_METHODS = ("header", "body")
+
+
+@dataclass(frozen=True)
+class Combination:
+    client_authentication: str
+    content_type: str
+    scope_form: str  # "string" | "object" | "none"
+
+    @property
+    def label(self) -> str:
+        body = "JSON" if self.content_type == oauth2.JSON else "form"
+        return f"{self.client_authentication} + {body} (scope {self.scope_form})"
+
+
+def probe_combinations(request: oauth2.TokenRequest) -> list[Combination]:
+    """At most MAX_PROBES combinations, the request as written first (pure). With a
+    scopeObject, JSON bodies send it both as an object and as a JSON string; a form body
+    can only carry the string."""
+    has_object = request.include_scope and request.scope_object is not None
+    has_scope = request.scope_sent is not None
+    string_form = "string" if has_scope else "none"
+    combos = []
+    for content_type in (oauth2.FORM, oauth2.JSON):
+        for method in PROBE_METHODS:
+            if has_object and content_type == oauth2.JSON:
+                combos.append(Combination(method, content_type, "object"))
+            combos.append(Combination(method, content_type, string_form))
+    own = Combination(
+        request.client_authentication,
+        request.content_type,
+        "object" if has_object and request.content_type == oauth2.JSON else string_form,
+    )
+    ordered = [own, *(c for c in combos if c != own)]
+    return ordered[:MAX_PROBES]
+
+
+def probe_request(request: oauth2.TokenRequest, combo: Combination) -> oauth2.TokenRequest:
+    """The request in one combination; only auth style, body format and scope change."""
+    scope, scope_object = request.scope, request.scope_object
+    if request.scope_object is not None and combo.scope_form == "string":
+        scope = json.dumps(request.scope_object, ensure_ascii=False, separators=(",", ":"))
+        scope_object = None
+    return replace(
+        request,
+        client_authentication=combo.client_authentication,
+        content_type=combo.content_type,
+        scope=scope,
+        scope_object=scope_object,
+    )
+
+
+def spec_lines(request: oauth2.TokenRequest, combo: Combination) -> list[str]:
+    """The spec fields that make the operator send `combo`, as YAML lines."""
+    lines = [
+        f"clientAuthentication: {combo.client_authentication}",
+        f"contentType: {combo.content_type}",
+    ]
+    if combo.scope_form == "object":
+        lines.append("scopeObject:")
+        body = yaml.safe_dump(request.scope_object, sort_keys=False, allow_unicode=True)
+        lines += ["  " + line for line in body.splitlines()]
+    elif combo.scope_form == "string":
+        scope = probe_request(request, combo).scope
+        lines.append("scope: " + json.dumps(scope, ensure_ascii=False))
+    return lines
+
+
+def _probe_report(
+    report: dict[str, Any],
+    spec: CredentialSpec,
+    request: oauth2.TokenRequest,
+    show_token: bool,
+) -> dict[str, Any]:
+    if spec.client_authentication not in PROBE_METHODS:
+        report["result"] = {
+            "ok": False,
+            "exitCode": EXIT_USAGE,
+            "stage": "probe",
+            "problems": [
+                "--probe varies the client secret's auth style (header, body) and the body "
+                f"format; clientAuthentication {spec.client_authentication} has no secret "
+                "to send either way"
+            ],
+        }
+        return report
+    attempts: list[dict[str, Any]] = []
+    working = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for combo in probe_combinations(request):
+            try:
+                token = oauth2.fetch_token(probe_request(request, combo))
+            except oauth2.TokenError as error:
+                result = error_result(error)
+                attempts.append({"combination": combo.label, "outcome": _outcome(result)})
+                report["result"] = result
+                continue
+            report["result"] = token_result(token, show_token)
+            attempts.append({"combination": combo.label, "outcome": "token issued"})
+            working = combo
+            break
+    report["probe"] = {
+        "attempts": attempts,
+        "specLines": spec_lines(request, working) if working else None,
+    }
+    return report
+
+
+def _outcome(result: Mapping[str, Any]) -> str:
+    parts = [f"HTTP {result['httpStatus']}" if result["httpStatus"] else result["reason"]]
+    if result["error"]:
+        parts.append(result["error"])
+    if result["errorDescription"]:
+        parts.append(f"({result['errorDescription']})")
+    return " ".join(parts)
+
+
+def render_probe(probe: Mapping[str, Any], out: TextIO) -> None:
+    attempts = probe["attempts"]
+    width = max(len(a["combination"]) for a in attempts)
+    out.write(f"probe ({len(attempts)} request{'s' if len(attempts) > 1 else ''}):\n")
+    out.write(f"  {'#':<3}{'combination':<{width + 2}}outcome\n")
+    for number, attempt in enumerate(attempts, 1):
+        out.write(f"  {number:<3}{attempt['combination']:<{width + 2}}{attempt['outcome']}\n")
+    if probe["specLines"]:
+        out.write("spec lines that work:\n")
+        for line in probe["specLines"]:
+            out.write(f"  {line}\n")
+    else:
+        out.write("no combination worked: the cause is not the auth style or body format\n")
 
 
 def run(args: argparse.Namespace) -> int:
