@@ -190,7 +190,7 @@ def test_all_examples_together_in_one_namespace(installed: ControlPlane, namespa
     )
     items = json.loads(result.stdout)["items"]
     credentials = [i for i in items if i["kind"] == "OAuth2Credential"]
-    assert len(credentials) == 7
+    assert len(credentials) == 11
     by_name = {c["metadata"]["name"]: c["spec"] for c in credentials}
     cognito = by_name["cognito-my-api"]
     assert cognito["grantType"] == "client_credentials"

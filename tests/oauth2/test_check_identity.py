@@ -164,3 +164,93 @@ def test_spec_problems(capsys, tmp_path, spec, problem):
     code, report = run_check(capsys, path)
     assert code == 2
     assert any(problem in p for p in report["result"]["problems"])
+
+
+# ---- the examples, checked against oidc-provider
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def example_against(tmp_path: Path, name: str, token_url: str, client_id: str) -> Path:
+    docs = list(yaml.safe_load_all((EXAMPLES / name).read_text()))
+    for doc in docs:
+        if doc["kind"] == "OAuth2Credential":
+            doc["spec"].update(tokenURL=token_url, clientID=client_id, allowInsecureHTTP=True)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return path
+
+
+def pem_file(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("example", "key_name", "kid", "make_key"),
+    [
+        ("okta-private-key-jwt.yaml", "okta-signing-key/private.pem", "tokensync-2026", "rsa"),
+        ("keycloak-signed-jwt.yaml", "keycloak-signing-key/private.pem", None, "p256"),
+    ],
+)
+def test_key_examples(capsys, tmp_path, oidc_provider, example, key_name, kid, make_key):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if make_key == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        jwk = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    if kid:
+        jwk["kid"] = kid
+    client = oidc_provider.add_client(
+        "private_key_jwt", metadata={"jwks": {"keys": [jwk]}}, scope="api:read"
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path = example_against(tmp_path, example, client.token_url, client.client_id)
+    # The examples' scope is the IdP's; oidc-provider knows api:read only.
+    docs = list(yaml.safe_load_all(path.read_text()))
+    for doc in docs:
+        if doc["kind"] == "OAuth2Credential":
+            doc["spec"]["scope"] = "api:read"
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    key_file = pem_file(tmp_path, "key.pem", pem)
+    code, report = run_check(capsys, path, "--ref", f"{key_name}={key_file}")
+    assert code == 0, report["result"]["message"]
+    assert report["request"]["clientAuthentication"] == "private_key_jwt"
+
+
+def test_entra_certificate_example(capsys, tmp_path, oidc_provider):
+    import trustme
+
+    rsa_ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    leaf = rsa_ca.issue_cert("orders-sync.example", key_type=trustme.KeyType.RSA)
+    key_pem = leaf.private_key_pem.bytes()
+    cert_pem = leaf.cert_chain_pems[0].bytes()
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    jwk = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    client = oidc_provider.add_client("private_key_jwt", metadata={"jwks": {"keys": [jwk]}})
+    path = example_against(
+        tmp_path, "entra-id-certificate.yaml", client.token_url, client.client_id
+    )
+    docs = list(yaml.safe_load_all(path.read_text()))
+    for doc in docs:
+        if doc["kind"] == "OAuth2Credential":
+            doc["spec"]["scope"] = "api:read"
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    code, report = run_check(
+        capsys,
+        path,
+        "--ref",
+        f"entra-orders-cert/tls.key={pem_file(tmp_path, 'tls.key', key_pem)}",
+        "--ref",
+        f"entra-orders-cert/tls.crt={pem_file(tmp_path, 'tls.crt', cert_pem)}",
+    )
+    assert code == 0, report
+    assert "x5t#S256" in report["request"]["clientAssertionKey"]
