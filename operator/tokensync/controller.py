@@ -423,6 +423,7 @@ class CredentialWorker:
             "consecutiveFailures": 0,
             "lastFailure": None,
             "warnings": _warnings(warnings, point) or None,
+            "tokenURL": identity.token_url_in_use(spec),  # issue 11: discovered or spec's
         }
         if requested:
             fields["lastHandledRefreshRequest"] = requested

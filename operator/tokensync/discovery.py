@@ -269,6 +269,12 @@ class DiscoveryCache:
             self._items[key] = (self._clock(), metadata)
         return metadata
 
+    def token_endpoint(self, issuer: str) -> str | None:
+        """The token endpoint of the newest cached document of `issuer`, if any."""
+        with self._lock:
+            items = [v for k, v in self._items.items() if k[0] == issuer]
+        return max(items, key=lambda item: item[0])[1].token_endpoint if items else None
+
     def invalidate(self, issuer: str) -> None:
         with self._lock:
             for key in [k for k in self._items if k[0] == issuer]:

@@ -141,6 +141,15 @@ async def prepare_request(
     return effective_request(request, config)
 
 
+def token_url_in_use(
+    spec: CredentialSpec, cache: discovery.DiscoveryCache = DISCOVERY
+) -> str | None:
+    """For status.tokenURL: spec.tokenURL, or the endpoint last discovered for issuerURL."""
+    if spec.token_url is not None or spec.issuer_url is None:
+        return spec.token_url
+    return cache.token_endpoint(spec.issuer_url)
+
+
 def request_failed(
     spec: CredentialSpec, error: TokenError, cache: discovery.DiscoveryCache = DISCOVERY
 ) -> None:

@@ -69,6 +69,7 @@ STATUS_FIELDS = {
     "consecutiveFailures",
     "lastFailure",
     "lastHandledRefreshRequest",
+    "tokenURL",
     "warnings",
 }
 CONDITION_FIELDS = {

@@ -266,3 +266,29 @@ def test_default_install_cannot_mint(installed):
         check=False,
     )
     assert result.stdout.strip() == "no"
+
+
+# ---- discovery
+
+
+def test_issuer_url_discovers_the_endpoint_and_method(cluster, own_operator, oidc_provider):
+    own_operator(*INSECURE, "--namespace", cluster.ns)
+    client = oidc_provider.add_client("client_secret_basic", scope="api:read")
+    cluster.source_secret(
+        "oidc-client",
+        {"client_secret": client.client_secret},
+        allowed_urls=oidc_provider.issuer + "/",
+    )
+    spec = {
+        "issuerURL": oidc_provider.issuer,
+        "clientID": client.client_id,
+        "clientSecretRef": {"name": "oidc-client", "key": "client_secret"},
+        "scope": "api:read",
+    }
+    create_credential(cluster, "discovered", spec)
+    create_credential(cluster, "wrong-issuer", {**spec, "issuerURL": oidc_provider.issuer + "/x"})
+    cluster.wait_ready("discovered", reason="TokenIssued")
+    status = cluster.credential("discovered")["status"]
+    assert status["tokenURL"] == oidc_provider.token_url
+    ready = cluster.wait_ready("wrong-issuer", "False", "DiscoveryFailed")
+    assert oidc_provider.issuer + "/x/.well-known/" in ready["message"]
