@@ -369,6 +369,12 @@ def operator_notes(spec: CredentialSpec, found: list[FoundObject]) -> list[str]:
         notes.append(f"the operator without --allow-insecure refuses this: {problem.message}")
     if spec.tls.insecure_skip_verify:
         notes.append("the operator ignores tls.insecureSkipVerify unless run with --allow-insecure")
+    if spec.client_authentication == "workload_identity":
+        notes.append(
+            "the operator mints ServiceAccount tokens only with --enable-workload-identity and "
+            "the RBAC of deploy/workload-identity/, and never for an audience of its cluster's "
+            "API server (check compared the audience with your credentials' and the issuer)"
+        )
     denied = _denied_addresses(spec.token_url)
     if denied:
         notes.append(
@@ -662,6 +668,49 @@ def _discover(spec: CredentialSpec, values: Any) -> CredentialSpec:
         raise CheckFailed(code, "discovery", [str(failed)]) from None
 
 
+def _workload_assertion(
+    spec: CredentialSpec, args: argparse.Namespace, namespace: str | None
+) -> str | None:
+    """workload_identity: a ServiceAccount token minted with the user's own permissions
+    (--from-cluster), after the ServiceAccount's opt-ins and the audience check."""
+    if spec.client_authentication != "workload_identity":
+        return None
+    if not args.from_cluster or namespace is None:
+        raise CheckFailed(
+            EXIT_USAGE,
+            "usage",
+            [
+                "workload_identity sends a ServiceAccount token: run with --from-cluster "
+                "(it is minted with your own permissions: create serviceaccounts/token)"
+            ],
+        )
+    import kubernetes
+
+    from tokensync import workload
+    from tokensync.kube import Kube, KubeError
+
+    assert spec.workload_identity is not None and spec.token_url is not None
+    configuration = kubernetes.client.Configuration()
+    config_file = args.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    try:
+        kubernetes.config.load_kube_config(
+            config_file=config_file, context=args.context, client_configuration=configuration
+        )
+        minted = workload.mint_assertion(
+            Kube(configuration),
+            namespace,
+            spec.workload_identity,
+            spec.token_url,
+            enabled=True,  # the operator's flag: check says so in a note
+            api_audiences=workload.ApiAudiences(issuer_only_fallback=True),
+        )
+    except (kubernetes.config.ConfigException, OSError, KubeError) as error:
+        raise CheckFailed(EXIT_REFERENCE, "reference", [f"workload identity: {error}"]) from None
+    if isinstance(minted, ReferenceProblem):
+        raise CheckFailed(EXIT_REFERENCE, "reference", [f"{minted.reason}: {minted.message}"])
+    return minted
+
+
 def check(args: argparse.Namespace) -> dict[str, Any]:
     """Run the check and return the report (never printing anything)."""
     report: dict[str, Any] = {
@@ -678,16 +727,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
             raise CheckFailed(EXIT_USAGE, "spec", list(error.problems)) from None
         values, resolver, namespace = _resolve(spec, manifest, args)
         spec = _discover(spec, values)
-        if spec.client_authentication == "workload_identity":
-            raise CheckFailed(
-                EXIT_USAGE,
-                "spec",
-                [
-                    "check does not mint ServiceAccount tokens (workload_identity): only the "
-                    "operator does, after its opt-in checks; check the rest of the spec with "
-                    "another clientAuthentication"
-                ],
-            )
+        minted = _workload_assertion(spec, args, namespace)
     except CheckFailed as failure:
         report["result"] = {
             "ok": False,
@@ -700,6 +740,8 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         report["credential"]["namespace"] = namespace
     assert spec.token_url is not None
     request = to_token_request(spec, values)
+    if minted is not None:
+        request = replace(request, client_assertion=lambda: minted)
     report["request"] = describe_request(spec, request, resolver)
     if spec.issuer_url:
         report["request"]["discoveredFrom"] = spec.issuer_url

@@ -136,8 +136,13 @@ class ApiAudiences:
     `--api-audiences`). None when the operator authenticates otherwise: then workload
     identity is refused rather than guessed. Cached for a few minutes."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, *, issuer_only_fallback: bool = False
+    ) -> None:
         self.clock = clock
+        # `tokensync check` acts with the user's own permissions, often a certificate or
+        # an OIDC login: there the issuer (the API server's default audience) is used alone.
+        self.issuer_only_fallback = issuer_only_fallback
         self._lock = threading.Lock()
         self._value: tuple[float, frozenset[str] | None] | None = None
 
@@ -148,9 +153,11 @@ class ApiAudiences:
             return cached[1]
         own = token_audiences(kube.own_bearer_token())
         value = None
-        if own is not None:
+        if own is not None or self.issuer_only_fallback:
             issuer = kube.service_account_issuer()
-            value = frozenset(own + ([issuer] if issuer else []))
+            value = frozenset((own or []) + ([issuer] if issuer else []))
+            if not value:
+                value = None
         with self._lock:
             self._value = (self.clock(), value)
         return value

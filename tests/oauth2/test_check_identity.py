@@ -153,7 +153,7 @@ def test_tls_client_auth(capsys, tmp_path, token_ca, client_ca, client_cert: Cli
                 "clientAuthentication": "workload_identity",
                 "workloadIdentity": {"serviceAccountName": "sa", "audience": "api://x"},
             },
-            "does not mint ServiceAccount tokens",
+            "run with --from-cluster",
         ),
     ],
 )

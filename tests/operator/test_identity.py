@@ -292,3 +292,43 @@ def test_issuer_url_discovers_the_endpoint_and_method(cluster, own_operator, oid
     assert status["tokenURL"] == oidc_provider.token_url
     ready = cluster.wait_ready("wrong-issuer", "False", "DiscoveryFailed")
     assert oidc_provider.issuer + "/x/.well-known/" in ready["message"]
+
+
+# ---- tokensync check --from-cluster with workload identity
+
+
+def test_check_mints_with_the_users_permissions(cluster, installed, federated, tmp_path):
+    from fixtures.token_servers import run_tokensync
+
+    service_account(cluster, "app", urls=federated.base_url + "/", audiences=AUDIENCE)
+    service_account(cluster, "closed", labelled=False, urls=federated.base_url + "/")
+    federated.federation["check-client"] = f"system:serviceaccount:{cluster.ns}:app"
+    results = {}
+    for sa in ("app", "closed"):
+        manifest = {
+            "apiVersion": "tokensync.dev/v1alpha1",
+            "kind": "OAuth2Credential",
+            "metadata": {"name": "wi", "namespace": cluster.ns},
+            "spec": {
+                "tokenURL": federated.token_url,
+                "allowInsecureHTTP": True,
+                "clientID": "check-client",
+                "clientAuthentication": "workload_identity",
+                "workloadIdentity": {"serviceAccountName": sa, "audience": AUDIENCE},
+            },
+        }
+        path = tmp_path / f"{sa}.yaml"
+        path.write_text(yaml.safe_dump(manifest))
+        results[sa] = run_tokensync(
+            "check", "-f", str(path), "--from-cluster", "--kubeconfig", str(installed.kubeconfig)
+        )
+    ok = results["app"]
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "result: token issued" in ok.stdout
+    assert "--enable-workload-identity" in ok.stdout  # the note on the operator's opt-in
+    (claims,) = federated.verified_claims
+    assert claims["sub"] == f"system:serviceaccount:{cluster.ns}:app"
+    refused = results["closed"]
+    assert refused.returncode == 3
+    assert "ReferenceNotLabeled" in refused.stdout
+    assert len(federated.issued) == 1
