@@ -332,3 +332,35 @@ def test_check_mints_with_the_users_permissions(cluster, installed, federated, t
     assert refused.returncode == 3
     assert "ReferenceNotLabeled" in refused.stdout
     assert len(federated.issued) == 1
+
+
+def test_the_federated_endpoint_really_verifies(cluster, installed, federated):
+    """The test IdP is only worth something if it refuses what a real IdP refuses."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    for name in ("app", "other"):
+        service_account(cluster, name)
+    subject = f"system:serviceaccount:{cluster.ns}:app"
+    federated.federation["c"] = subject
+
+    def token(sa: str, audience: str) -> str:
+        return installed.kubectl(
+            "create", "token", sa, "-n", cluster.ns, "--audience", audience
+        ).stdout.strip()
+
+    good = token("app", AUDIENCE)
+    assert federated.verify(good, "c")["sub"] == subject
+    with pytest.raises(jwt.InvalidAudienceError):
+        federated.verify(token("app", "api://someone-else"), "c")
+    with pytest.raises(jwt.exceptions.InvalidSubjectError):
+        federated.verify(token("other", AUDIENCE), "c")
+    forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    header = jwt.get_unverified_header(good)
+    claims = jwt.decode(good, options={"verify_signature": False})
+    forged = jwt.encode(claims, forger, algorithm="RS256", headers={"kid": header["kid"]})
+    with pytest.raises(jwt.InvalidSignatureError):
+        federated.verify(forged, "c")
+    # The genuine token, verified as if a minute after it expired:
+    lifetime = claims["exp"] - claims["iat"]
+    with pytest.raises(jwt.ExpiredSignatureError):
+        federated.verify(good, "c", ahead=lifetime + 60)

@@ -53,8 +53,10 @@ class FederatedTokenServer(TokenServer):
         keys = jwt.PyJWKSet.from_json(self.fetch(jwks_path).decode())
         return document["issuer"], keys
 
-    def verify(self, assertion: str, client_id: str) -> dict[str, Any]:
-        """The verified claims; raises jwt.InvalidTokenError (or KeyError) otherwise."""
+    def verify(self, assertion: str, client_id: str, *, ahead: float = 0) -> dict[str, Any]:
+        """The verified claims; raises jwt.InvalidTokenError (or KeyError) otherwise.
+        `ahead`: check exp as if the clock were that many seconds ahead (tests; the iat
+        and nbf checks, which would then fail, are skipped)."""
         issuer, keys = self._trust()
         header = jwt.get_unverified_header(assertion)
         key = next(k for k in keys.keys if k.key_id == header.get("kid"))
@@ -65,7 +67,12 @@ class FederatedTokenServer(TokenServer):
             audience=self.audience,
             issuer=issuer,
             subject=self.federation[client_id],
-            options={"require": ["exp", "iat", "iss", "sub", "aud"]},
+            options={
+                "require": ["exp", "iat", "iss", "sub", "aud"],
+                "verify_iat": not ahead,
+                "verify_nbf": not ahead,
+            },
+            leeway=-ahead,
         )
 
     def handle(self, received: Received) -> Reply:
