@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import jwt
 import pytest
@@ -206,7 +207,16 @@ def test_workload_identity_gets_a_token(cluster, installed, own_operator, wi_kub
     (minted,) = token_requests(installed, cluster.ns, since)
     assert (minted["verb"], minted["objectRef"]["name"]) == ("create", "app")
     assert minted["responseStatus"]["code"] == 201
-    assert not [v for t in federated.tokens for v in secret_variants(t) if v in operator.log()]
+    # Neither the issued token nor the ServiceAccount token sent as assertion is logged.
+    assertions = [
+        value
+        for r in federated.received
+        for key, value in parse_qsl(r.body.decode())
+        if key == "client_assertion"
+    ]
+    assert len(assertions) == 1
+    secrets = [*federated.tokens, *assertions]
+    assert not [v for t in secrets for v in secret_variants(t) if v in operator.log()]
 
 
 def test_each_missing_opt_in_gives_its_reason_and_mints_nothing(
