@@ -9,6 +9,7 @@ key material. No Kubernetes here.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import secrets
@@ -123,6 +124,9 @@ def certificate_headers(cert_pem: bytes, key: PrivateKey) -> dict[str, str]:
     }
 
 
+# Every reconcile pass resolves (and so checks) the key; parsing and validating an RSA key
+# costs milliseconds, so the result is kept per distinct key, certificate and settings.
+@functools.lru_cache(maxsize=256)
 def private_key_signer(
     key_pem: bytes,
     *,

@@ -207,6 +207,14 @@ def test_workload_identity_gets_a_token(cluster, installed, own_operator, wi_kub
     (minted,) = token_requests(installed, cluster.ns, since)
     assert (minted["verb"], minted["objectRef"]["name"]) == ("create", "app")
     assert minted["responseStatus"]["code"] == 201
+    # Least privilege: what the operator did with ServiceAccounts is exactly what the
+    # deploy/workload-identity overlay grants (get serviceaccounts, create .../token).
+    used = {
+        (e["verb"], e["objectRef"]["resource"], e["objectRef"].get("subresource"))
+        for e in installed.audit_events(user=WI_USER, since=since)
+        if (e.get("objectRef") or {}).get("resource") == "serviceaccounts"
+    }
+    assert used == {("get", "serviceaccounts", None), ("create", "serviceaccounts", "token")}
     # Neither the issued token nor the ServiceAccount token sent as assertion is logged.
     assertions = [
         value
