@@ -153,3 +153,14 @@ def test_invalid_specs_are_rejected(control_plane, namespace, spec, words):
     result = dry_run(control_plane, namespace, spec)
     assert result.returncode != 0, f"accepted: {spec}"
     assert words in result.stderr, result.stderr
+
+
+def test_workload_identity_overlay_renders_and_is_accepted(control_plane, namespace):
+    """deploy/workload-identity: the base plus its component's RBAC and flag, accepted by
+    the API server (server-side dry run)."""
+    rendered = control_plane.kubectl("kustomize", str(DEPLOY / "workload-identity"))
+    text = rendered.stdout
+    assert "--enable-workload-identity" in text
+    assert "serviceaccounts/token" in text
+    result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=text)
+    assert "tokensync-workload-identity" in result.stdout

@@ -314,3 +314,17 @@ def test_secret_never_in_the_spec_repr():
     secret = secrets.token_urlsafe(16)
     signer = assertion.secret_signer(secret)
     assert secret not in repr(signer)
+
+
+def test_key_secret_binding_is_enforced():
+    """Assertions signed with a key bound to one endpoint are never sent elsewhere."""
+    from tokensync.secret import url_allowed
+
+    def lookup(kind, name):
+        return Source(
+            kind, name, {"key.pem": pem(RSA)}, allowed_token_urls="https://other.example/"
+        )
+
+    result = resolve_references(_key_spec(), lookup, url_allowed)
+    assert isinstance(result, ReferenceProblem)
+    assert result.reason == "TokenURLNotAllowed"
