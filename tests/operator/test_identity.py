@@ -382,3 +382,78 @@ def test_the_federated_endpoint_really_verifies(cluster, installed, federated):
     lifetime = claims["exp"] - claims["iat"]
     with pytest.raises(jwt.ExpiredSignatureError):
         federated.verify(good, "c", ahead=lifetime + 60)
+
+
+# ---- client_secret_jwt and tls_client_auth through the operator
+
+
+def test_client_secret_jwt_through_the_operator(cluster, own_operator, oidc_provider):
+    operator = own_operator(*INSECURE, "--namespace", cluster.ns)
+    client = oidc_provider.add_client(
+        "client_secret_jwt", metadata={"token_endpoint_auth_signing_alg": "HS512"}
+    )
+    cluster.source_secret(
+        "csjwt-client", {"client_secret": client.client_secret}, allowed_urls=client.token_url
+    )
+    create_credential(
+        cluster,
+        "csjwt",
+        {
+            "tokenURL": client.token_url,
+            "clientID": client.client_id,
+            "clientSecretRef": {"name": "csjwt-client", "key": "client_secret"},
+            "clientAuthentication": "client_secret_jwt",
+            "clientAssertion": {"algorithm": "HS512"},
+        },
+    )
+    cluster.wait_ready("csjwt", reason="TokenIssued")
+    assert [i for i in oidc_provider.issued() if i["client_id"] == client.client_id]
+    leaks = secret_variants(client.client_secret, client_id=client.client_id)
+    assert not [v for v in leaks if v in operator.log()]
+
+
+def test_tls_client_auth_through_the_operator(
+    cluster, own_operator, tmp_path, client_ca, client_cert
+):
+    from servers.oidc import OIDCProvider
+    from servers.quirky import ServerTLS
+
+    own_operator("--no-deny-private-networks", "--namespace", cluster.ns)
+    tls = ServerTLS.for_ca(cluster.ca, client_ca=client_ca)
+    material = (tls.cert_chain_pem, tls.private_key_pem, client_ca.cert_pem.bytes())
+    with OIDCProvider.start(tmp_path, mtls=material) as provider:
+        client = provider.add_client(
+            "tls_client_auth",
+            metadata={"tls_client_auth_san_email": "tokensync-client@tokensync.test"},
+        )
+        cluster.core.create_namespaced_secret(
+            cluster.ns,
+            {
+                "metadata": {
+                    "name": "client-cert",
+                    "labels": dict(SOURCE_LABEL),
+                    "annotations": {"tokensync.dev/allowed-token-urls": client.token_url},
+                },
+                "type": "kubernetes.io/tls",
+                "stringData": {
+                    "tls.crt": client_cert.cert_pem.decode(),
+                    "tls.key": client_cert.key_pem.decode(),
+                },
+            },
+        )
+        create_credential(
+            cluster,
+            "mtls",
+            {
+                "tokenURL": client.token_url,
+                "allowInsecureHTTP": False,
+                "clientID": client.client_id,
+                "clientAuthentication": "tls_client_auth",
+                "tls": {
+                    "caRef": cluster.ca_configmap(),
+                    "clientCertificateRef": {"name": "client-cert"},
+                },
+            },
+        )
+        cluster.wait_ready("mtls", reason="TokenIssued")
+        assert [i for i in provider.issued() if i["client_id"] == client.client_id]
