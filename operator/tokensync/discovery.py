@@ -247,8 +247,11 @@ def _cache_key(issuer: str, tls: TLSSettings) -> tuple[str, str, bool]:
 
 
 class DiscoveryCache:
-    """Documents by issuer for an hour; dropped after a token request to the discovered
-    endpoint answered 404 or could not connect. Thread-safe (used from the executor)."""
+    """Documents by issuer for an hour; read again after a token request to the discovered
+    endpoint answered 404 or could not connect. When reading again fails transiently
+    (the issuer is down too), the last good document is used meanwhile, so a valid token
+    is kept and the failure goes through the token request's own backoff, as without
+    discovery. Thread-safe (used from the executor)."""
 
     def __init__(
         self, ttl: float = CACHE_SECONDS, clock: Callable[[], float] = time.monotonic
@@ -256,6 +259,7 @@ class DiscoveryCache:
         self._ttl = ttl
         self._clock = clock
         self._lock = threading.Lock()
+        # key -> (read at, document); a stale entry has read-at -inf
         self._items: dict[tuple[str, str, bool], tuple[float, Metadata]] = {}
 
     def get(self, issuer: str, tls: TLSSettings, fetch: Callable[[], Metadata]) -> Metadata:
@@ -264,7 +268,12 @@ class DiscoveryCache:
             item = self._items.get(key)
         if item is not None and self._clock() - item[0] < self._ttl:
             return item[1]
-        metadata = fetch()  # failures are not cached: the next pass reads again
+        try:
+            metadata = fetch()  # failures are not cached: the next pass reads again
+        except DiscoveryFailed as failed:
+            if failed.transient and item is not None:
+                return item[1]
+            raise
         with self._lock:
             self._items[key] = (self._clock(), metadata)
         return metadata
@@ -276,9 +285,11 @@ class DiscoveryCache:
         return max(items, key=lambda item: item[0])[1].token_endpoint if items else None
 
     def invalidate(self, issuer: str) -> None:
+        """Read the documents of `issuer` again next time (kept for a transient failure)."""
         with self._lock:
-            for key in [k for k in self._items if k[0] == issuer]:
-                del self._items[key]
+            for key, (_, metadata) in list(self._items.items()):
+                if key[0] == issuer:
+                    self._items[key] = (float("-inf"), metadata)
 
 
 def invalidates_discovery(error: TokenError) -> bool:

@@ -269,3 +269,36 @@ def test_cache_expires_after_an_hour():
         now[0] = moment
         cache.get("i", TLSSettings(), read)
     assert len(reads) == 2
+
+
+def test_a_transient_failure_after_invalidation_uses_the_last_good_document():
+    cache = discovery.DiscoveryCache()
+    good = discovery.Metadata("i", "https://i/token", None, "https://i/.well-known/x")
+
+    def down() -> discovery.Metadata:
+        raise discovery.DiscoveryFailed(
+            "https://i/.well-known/x", "could not connect", transient=True
+        )
+
+    def lying() -> discovery.Metadata:
+        raise discovery.DiscoveryFailed("https://i/.well-known/x", "issuer differs")
+
+    assert cache.get("i", TLSSettings(), lambda: good) is good
+    cache.invalidate("i")
+    assert cache.get("i", TLSSettings(), down) is good  # issuer down: keep going
+    with pytest.raises(discovery.DiscoveryFailed, match="issuer differs"):
+        cache.get("i", TLSSettings(), lying)  # a bad document is never papered over
+    fresh = discovery.Metadata("i", "https://i/token2", None, "https://i/.well-known/x")
+    assert cache.get("i", TLSSettings(), lambda: fresh) is fresh
+    assert cache.token_endpoint("i") == "https://i/token2"
+    with pytest.raises(discovery.DiscoveryFailed):
+        discovery.DiscoveryCache().get("j", TLSSettings(), down)  # nothing to fall back on
+
+
+def test_an_unreachable_issuer_is_a_transient_failure():
+    from servers.quirky import free_port
+
+    with pytest.raises(discovery.DiscoveryFailed) as caught:
+        fetch(f"http://127.0.0.1:{free_port()}")
+    assert caught.value.transient
+    assert "could not connect" in str(caught.value)
