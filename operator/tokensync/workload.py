@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
+from tokensync.kube import KubeError
 from tokensync.oauth2 import jwt_claims
 from tokensync.secret import ANNOTATION_ALLOWED_URLS, LABEL_SOURCE, url_allowed
 from tokensync.sources import ReferenceProblem
@@ -180,13 +181,25 @@ def mint_assertion(
     problem = flag_problem(enabled) or audience_problem(settings.audience, api_audiences.get(kube))
     if problem:
         return problem
-    found = kube.object_metadata("ServiceAccount", namespace, settings.service_account_name)
-    metadata = (found or {}).get("metadata") if found is not None else None
-    problem = service_account_problem(
-        settings.service_account_name, metadata, settings.audience, token_url
-    )
-    if problem:
-        return problem
-    return kube.request_service_account_token(
-        namespace, settings.service_account_name, settings.audience, settings.expiration_seconds
-    )
+    name = settings.service_account_name
+    try:
+        found = kube.object_metadata("ServiceAccount", namespace, name)
+        metadata = (found or {}).get("metadata") if found is not None else None
+        problem = service_account_problem(name, metadata, settings.audience, token_url)
+        if problem:
+            return problem
+        return kube.request_service_account_token(
+            namespace, name, settings.audience, settings.expiration_seconds
+        )
+    except KubeError as error:
+        # Forbidden: the flag is on but the RBAC half of the opt-in is missing; users see
+        # it in Ready instead of only in the operator's log. Other errors are retried.
+        if error.status == 403:
+            return ReferenceProblem(
+                "InvalidSpec",
+                f"the operator may not read ServiceAccount {name!r} or request its token "
+                f"(apply the RBAC of deploy/workload-identity/): {error}",
+            )
+        if error.status == 404:
+            return ReferenceProblem("ReferenceNotFound", f"ServiceAccount {name!r} does not exist")
+        raise

@@ -457,3 +457,21 @@ def test_tls_client_auth_through_the_operator(
         )
         cluster.wait_ready("mtls", reason="TokenIssued")
         assert [i for i in provider.issued() if i["client_id"] == client.client_id]
+
+
+def test_flag_without_the_rbac_overlay_says_so(cluster, installed, own_operator, federated):
+    """The default install's operator (base RBAC) with the flag: Forbidden, shown in Ready."""
+    since = time.time() - 1
+    own_operator(*INSECURE, "--enable-workload-identity", "--namespace", cluster.ns)
+    service_account(cluster, "app", urls=federated.base_url + "/", audiences=AUDIENCE)
+    workload_credential(cluster, federated, "wi", "app")
+    ready = cluster.wait_ready("wi", "False", "InvalidSpec")
+    assert "deploy/workload-identity/" in ready["message"]
+    operator_user = "system:serviceaccount:tokensync-system:tokensync"
+    minted = [
+        e
+        for e in installed.audit_events(user=operator_user, since=since)
+        if (e.get("objectRef") or {}).get("subresource") == "token"
+    ]
+    assert minted == []
+    assert federated.received == []

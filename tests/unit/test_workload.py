@@ -147,3 +147,19 @@ def test_connection_failure_and_404_invalidate_discovery():
     assert invalidates_discovery(TransientError("x", reason="ConnectionFailed"))
     assert invalidates_discovery(ConfigurationError("x", reason="HTTPStatus", http_status=404))
     assert not invalidates_discovery(TransientError("x", reason="Timeout", http_status=503))
+
+
+def test_forbidden_is_reported_as_the_missing_rbac_opt_in():
+    from tokensync.kube import KubeError
+
+    class Forbidden(FakeKube):
+        def request_service_account_token(self, namespace, name, audience, seconds):
+            raise KubeError(403, 'serviceaccounts "app" is forbidden')
+
+    metadata = {"labels": {"tokensync.dev/credential-source": "true"}, "annotations": OK}
+    kube = Forbidden(make_jwt({"aud": ["https://kubernetes.default.svc"]}), metadata)
+    result = workload.mint_assertion(
+        kube, "ns", SETTINGS, URL, enabled=True, api_audiences=workload.ApiAudiences()
+    )
+    assert result.reason == "InvalidSpec"
+    assert "deploy/workload-identity/" in result.message
