@@ -21,7 +21,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from operator_helpers import SOURCE_LABEL, decode
+from operator_helpers import SOURCE_LABEL, decode, wait_for
 
 from servers.federated import FederatedTokenServer
 from tokensync.redact import secret_variants
@@ -78,8 +78,27 @@ def test_private_key_jwt_through_the_operator(cluster, own_operator, oidc_provid
     )
     cluster.wait_ready("pkjwt", reason="TokenIssued")
     token = decode(cluster.secret("pkjwt"))["access_token"]
-    assert [i for i in oidc_provider.issued() if i["client_id"] == client.client_id]
-    leaks = secret_variants(token) | {pem.splitlines()[1]}
+
+    def issued() -> list:
+        return [i for i in oidc_provider.issued() if i["client_id"] == client.client_id]
+
+    assert len(issued()) == 1
+    # Key rotation: the config-hash covers the key, so a new key means a new token at once.
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    new_jwk = {**jwt.algorithms.ECAlgorithm.to_jwk(new_key.public_key(), as_dict=True), "kid": "k1"}
+    oidc_provider.add_client(
+        "private_key_jwt", client_id=client.client_id, metadata={"jwks": {"keys": [new_jwk]}}
+    )
+    new_pem = new_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    cluster.source_secret("signing-key", {"key.pem": new_pem}, allowed_urls=client.token_url)
+    wait_for(lambda: len(issued()) == 2, 30, "a token signed with the rotated key")
+    cluster.wait_ready("pkjwt", reason="TokenIssued")
+    assert decode(cluster.secret("pkjwt"))["access_token"] != token
+    leaks = secret_variants(token) | {pem.splitlines()[1], new_pem.splitlines()[1]}
     assert not [v for v in leaks if v in operator.log()]
 
 
