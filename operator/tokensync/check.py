@@ -22,7 +22,7 @@ import socket
 import sys
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -122,6 +122,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", choices=("text", "json"), default="text")
     parser.add_argument(
         "--show-token", action="store_true", help="also print the access token itself"
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="if the request as written fails, try the other client authentications "
+        "(header, body) and content types (form, JSON; scope as string and as scopeObject) "
+        f"against the same token URL, at most {MAX_PROBES} requests, stopping at the first "
+        "that works, and print the spec lines that work",
     )
 
 
@@ -363,6 +371,12 @@ def operator_notes(spec: CredentialSpec, found: list[FoundObject]) -> list[str]:
         notes.append(f"the operator without --allow-insecure refuses this: {problem.message}")
     if spec.tls.insecure_skip_verify:
         notes.append("the operator ignores tls.insecureSkipVerify unless run with --allow-insecure")
+    if spec.client_authentication == "workload_identity":
+        notes.append(
+            "the operator mints ServiceAccount tokens only with --enable-workload-identity and "
+            "the RBAC of deploy/workload-identity/, and never for an audience of its cluster's "
+            "API server (check compared the audience with your credentials' and the issuer)"
+        )
     denied = _denied_addresses(spec.token_url)
     if denied:
         notes.append(
@@ -402,14 +416,24 @@ def _format_seconds(seconds: float) -> str:
     return text + f"{secs}s"
 
 
+_AUTH_STYLES = {
+    "header": "header (HTTP Basic; client id and secret form-urlencoded, client_secret_basic)",
+    "body": "body (client_id and client_secret in the request body, client_secret_post)",
+    "private_key_jwt": "private_key_jwt (RFC 7523 assertion signed with clientAssertion.keyRef)",
+    "client_secret_jwt": "client_secret_jwt (RFC 7523 assertion signed with the client secret)",
+    "tls_client_auth": "tls_client_auth (RFC 8705 mutual TLS, client_id in the body)",
+    "workload_identity": "workload_identity (a ServiceAccount token as the client assertion)",
+}
+
+
 def _auth_style(auth: str) -> str:
-    if auth == "header":
-        return "header (HTTP Basic; client id and secret form-urlencoded, client_secret_basic)"
-    return "body (client_id and client_secret in the request body, client_secret_post)"
+    return _AUTH_STYLES.get(auth, auth)
 
 
-def _secret_origin(spec: CredentialSpec, resolver: Resolver) -> str:
+def _secret_origin(spec: CredentialSpec, resolver: Resolver) -> str | None:
     ref = spec.client_secret_ref
+    if ref is None:
+        return None
     found = resolver.found.get((ref.kind, ref.name))
     return (found.origins.get(ref.key) if found else None) or describe(ref)
 
@@ -436,11 +460,22 @@ def describe_request(
         "clientID": request.client_id,
         "clientIDFrom": client_id_origin,
         "clientSecretFrom": _secret_origin(spec, resolver),
+        "clientAssertionKey": _key_description(spec),
         "clientSecretLength": len(request.client_secret),
         "tlsVerification": request.tls.verification if https else "none (plain http)",
         "clientCertificate": f"Secret {cert!r}" if cert and https else None,
         "timeoutSeconds": request.timeout_seconds,
     }
+
+
+def _key_description(spec: CredentialSpec) -> str | None:
+    settings = spec.client_assertion
+    if spec.client_authentication == "private_key_jwt" and settings.key_ref:
+        cert = " with its certificate (x5t#S256, x5t)" if settings.certificate_ref else ""
+        return f"{describe(settings.key_ref)}{cert}" + (
+            f", kid {settings.key_id}" if settings.key_id else ""
+        )
+    return None
 
 
 def token_result(token: oauth2.Token, show_token: bool) -> dict[str, Any]:
@@ -501,8 +536,10 @@ def _scope_text(request: Mapping[str, Any]) -> str:
 
 
 def request_rows(request: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    discovered = request.get("discoveredFrom")
     rows = [
         ("endpoint", request["endpoint"]),
+        ("discovered from", f"{discovered} (issuerURL)" if discovered else None),
         ("auth style", request["authStyle"]),
         ("content type", request["contentType"]),
         ("scope sent", _scope_text(request)),
@@ -512,8 +549,11 @@ def request_rows(request: Mapping[str, Any]) -> list[tuple[str, Any]]:
         ("client id", f"{request['clientID']} ({request['clientIDFrom']})"),
         (
             "client secret",
-            f"{request['clientSecretFrom']} ({request['clientSecretLength']} characters)",
+            f"{request['clientSecretFrom']} ({request['clientSecretLength']} characters)"
+            if request["clientSecretFrom"]
+            else None,
         ),
+        ("assertion key", request.get("clientAssertionKey")),
         ("TLS verification", request["tlsVerification"]),
         ("client certificate", request["clientCertificate"]),
         ("timeout", f"{request['timeoutSeconds']:g}s"),
@@ -571,6 +611,8 @@ def render_text(report: Mapping[str, Any], out: TextIO, err: TextIO) -> None:
         out.write(title + "\n")
         for label, value in rows:
             out.write(f"  {label + ':':<20}{value}\n" if label else f"  {value}\n")
+    if "probe" in report:
+        render_probe(report["probe"], out)
     for note in report["notes"]:
         out.write(f"note: {note}\n")
 
@@ -581,7 +623,7 @@ def render_text(report: Mapping[str, Any], out: TextIO, err: TextIO) -> None:
 
 def _file_refs(args: argparse.Namespace, spec: CredentialSpec) -> list[FileRef]:
     refs = []
-    if args.client_secret_file:
+    if args.client_secret_file and spec.client_secret_ref is not None:
         ref = spec.client_secret_ref
         path = args.client_secret_file
         refs.append(FileRef(ref.kind, ref.name, ref.key, _read_input(path), f"file {path}"))
@@ -613,6 +655,64 @@ def _resolve(
     return resolved, resolver, namespace
 
 
+def _discover(spec: CredentialSpec, values: Any) -> CredentialSpec:
+    """With issuerURL: the spec with the discovered token endpoint (and method). Like the
+    rest of check, TLS settings apply as written and the private-network guard does not."""
+    if spec.issuer_url is None:
+        return spec
+    from tokensync import discovery, identity
+
+    config = OperatorConfig(allow_insecure=True, deny_private_networks=False)
+    try:
+        return identity.discover(spec, values, config, discovery.DiscoveryCache())
+    except discovery.DiscoveryFailed as failed:
+        code = EXIT_TRANSIENT if failed.transient else EXIT_CONFIGURATION
+        raise CheckFailed(code, "discovery", [str(failed)]) from None
+
+
+def _workload_assertion(
+    spec: CredentialSpec, args: argparse.Namespace, namespace: str | None
+) -> str | None:
+    """workload_identity: a ServiceAccount token minted with the user's own permissions
+    (--from-cluster), after the ServiceAccount's opt-ins and the audience check."""
+    if spec.client_authentication != "workload_identity":
+        return None
+    if not args.from_cluster or namespace is None:
+        raise CheckFailed(
+            EXIT_USAGE,
+            "usage",
+            [
+                "workload_identity sends a ServiceAccount token: run with --from-cluster "
+                "(it is minted with your own permissions: create serviceaccounts/token)"
+            ],
+        )
+    import kubernetes
+
+    from tokensync import workload
+    from tokensync.kube import Kube, KubeError
+
+    assert spec.workload_identity is not None and spec.token_url is not None
+    configuration = kubernetes.client.Configuration()
+    config_file = args.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    try:
+        kubernetes.config.load_kube_config(
+            config_file=config_file, context=args.context, client_configuration=configuration
+        )
+        minted = workload.mint_assertion(
+            Kube(configuration),
+            namespace,
+            spec.workload_identity,
+            spec.token_url,
+            enabled=True,  # the operator's flag: check says so in a note
+            api_audiences=workload.ApiAudiences(issuer_only_fallback=True),
+        )
+    except (kubernetes.config.ConfigException, OSError, KubeError) as error:
+        raise CheckFailed(EXIT_REFERENCE, "reference", [f"workload identity: {error}"]) from None
+    if isinstance(minted, ReferenceProblem):
+        raise CheckFailed(EXIT_REFERENCE, "reference", [f"{minted.reason}: {minted.message}"])
+    return minted
+
+
 def check(args: argparse.Namespace) -> dict[str, Any]:
     """Run the check and return the report (never printing anything)."""
     report: dict[str, Any] = {
@@ -628,6 +728,8 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         except SpecError as error:
             raise CheckFailed(EXIT_USAGE, "spec", list(error.problems)) from None
         values, resolver, namespace = _resolve(spec, manifest, args)
+        spec = _discover(spec, values)
+        minted = _workload_assertion(spec, args, namespace)
     except CheckFailed as failure:
         report["result"] = {
             "ok": False,
@@ -638,14 +740,21 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         return report
     if namespace:
         report["credential"]["namespace"] = namespace
+    assert spec.token_url is not None
     request = to_token_request(spec, values)
+    if minted is not None:
+        request = replace(request, client_assertion=lambda: minted)
     report["request"] = describe_request(spec, request, resolver)
+    if spec.issuer_url:
+        report["request"]["discoveredFrom"] = spec.issuer_url
     report["warnings"] = secret_warnings(values)
     if spec.tls.insecure_skip_verify:
         report["warnings"].append("tls.insecureSkipVerify: the server certificate is not checked")
     if urlsplit(spec.token_url).scheme == "http":
         report["warnings"].append("plain http: the client secret and token travel unencrypted")
     report["notes"] = operator_notes(spec, list(resolver.found.values()))
+    if getattr(args, "probe", False):
+        return _probe_report(report, spec, request, args.show_token)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # urllib3's InsecureRequestWarning: warned above
         try:
@@ -655,6 +764,143 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         else:
             report["result"] = token_result(token, args.show_token)
     return report
+
+
+# --------------------------------------------------------------------------------------
+# --probe: which combination of auth style and body format does this endpoint accept?
+
+MAX_PROBES = 6
+PROBE_METHODS = ("header", "body")
+
+
+@dataclass(frozen=True)
+class Combination:
+    client_authentication: str
+    content_type: str
+    scope_form: str  # "string" | "object" | "none"
+
+    @property
+    def label(self) -> str:
+        body = "JSON" if self.content_type == oauth2.JSON else "form"
+        return f"{self.client_authentication} + {body} (scope {self.scope_form})"
+
+
+def probe_combinations(request: oauth2.TokenRequest) -> list[Combination]:
+    """At most MAX_PROBES combinations, the request as written first (pure). With a
+    scopeObject, JSON bodies send it both as an object and as a JSON string; a form body
+    can only carry the string."""
+    has_object = request.include_scope and request.scope_object is not None
+    has_scope = request.scope_sent is not None
+    string_form = "string" if has_scope else "none"
+    combos = []
+    for content_type in (oauth2.FORM, oauth2.JSON):
+        for method in PROBE_METHODS:
+            if has_object and content_type == oauth2.JSON:
+                combos.append(Combination(method, content_type, "object"))
+            combos.append(Combination(method, content_type, string_form))
+    own = Combination(
+        request.client_authentication,
+        request.content_type,
+        "object" if has_object and request.content_type == oauth2.JSON else string_form,
+    )
+    ordered = [own, *(c for c in combos if c != own)]
+    return ordered[:MAX_PROBES]
+
+
+def probe_request(request: oauth2.TokenRequest, combo: Combination) -> oauth2.TokenRequest:
+    """The request in one combination; only auth style, body format and scope change."""
+    scope, scope_object = request.scope, request.scope_object
+    if request.scope_object is not None and combo.scope_form == "string":
+        scope = json.dumps(request.scope_object, ensure_ascii=False, separators=(",", ":"))
+        scope_object = None
+    return replace(
+        request,
+        client_authentication=combo.client_authentication,
+        content_type=combo.content_type,
+        scope=scope,
+        scope_object=scope_object,
+    )
+
+
+def spec_lines(request: oauth2.TokenRequest, combo: Combination) -> list[str]:
+    """The spec fields that make the operator send `combo`, as YAML lines."""
+    lines = [
+        f"clientAuthentication: {combo.client_authentication}",
+        f"contentType: {combo.content_type}",
+    ]
+    if combo.scope_form == "object":
+        lines.append("scopeObject:")
+        body = yaml.safe_dump(request.scope_object, sort_keys=False, allow_unicode=True)
+        lines += ["  " + line for line in body.splitlines()]
+    elif combo.scope_form == "string":
+        scope = probe_request(request, combo).scope
+        lines.append("scope: " + json.dumps(scope, ensure_ascii=False))
+    return lines
+
+
+def _probe_report(
+    report: dict[str, Any],
+    spec: CredentialSpec,
+    request: oauth2.TokenRequest,
+    show_token: bool,
+) -> dict[str, Any]:
+    if spec.client_authentication not in PROBE_METHODS:
+        report["result"] = {
+            "ok": False,
+            "exitCode": EXIT_USAGE,
+            "stage": "probe",
+            "problems": [
+                "--probe varies the client secret's auth style (header, body) and the body "
+                f"format; clientAuthentication {spec.client_authentication} has no secret "
+                "to send either way"
+            ],
+        }
+        return report
+    attempts: list[dict[str, Any]] = []
+    working = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for combo in probe_combinations(request):
+            try:
+                token = oauth2.fetch_token(probe_request(request, combo))
+            except oauth2.TokenError as error:
+                result = error_result(error)
+                attempts.append({"combination": combo.label, "outcome": _outcome(result)})
+                report["result"] = result
+                continue
+            report["result"] = token_result(token, show_token)
+            attempts.append({"combination": combo.label, "outcome": "token issued"})
+            working = combo
+            break
+    report["probe"] = {
+        "attempts": attempts,
+        "specLines": spec_lines(request, working) if working else None,
+    }
+    return report
+
+
+def _outcome(result: Mapping[str, Any]) -> str:
+    parts = [f"HTTP {result['httpStatus']}" if result["httpStatus"] else result["reason"]]
+    if result["error"]:
+        parts.append(result["error"])
+    if result["errorDescription"]:
+        parts.append(f"({result['errorDescription']})")
+    return " ".join(parts)
+
+
+def render_probe(probe: Mapping[str, Any], out: TextIO) -> None:
+    attempts = probe["attempts"]
+    width = max(len(a["combination"]) for a in attempts)
+    out.write(f"probe ({len(attempts)} request{'s' if len(attempts) > 1 else ''}):\n")
+    out.write(f"  {'#':<3}{'combination':<{width + 2}}outcome\n")
+    for number, attempt in enumerate(attempts, 1):
+        out.write(f"  {number:<3}{attempt['combination']:<{width + 2}}{attempt['outcome']}\n")
+    if probe["specLines"]:
+        out.write("spec lines that work:\n")
+        for line in probe["specLines"]:
+            out.write(f"  {line}\n")
+    else:
+        out.write("no combination worked: the cause is not the auth style or body format\n")
 
 
 def run(args: argparse.Namespace) -> int:

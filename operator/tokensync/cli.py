@@ -57,6 +57,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "the private-network guard (e.g. 10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7); "
         "checked like it, also through a proxy; repeatable",
     )
+    parser.add_argument(
+        "--enable-workload-identity",
+        action="store_true",
+        help="allow clientAuthentication: workload_identity, which mints ServiceAccount "
+        "tokens (needs the deploy/workload-identity RBAC overlay; see README)",
+    )
     parser.add_argument("--metrics-port", type=int, default=9090, help="0 disables /metrics")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address /metrics listens on")
     parser.add_argument(
@@ -242,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
             deny_private_networks=args.deny_private_networks,
             allowed_token_hosts=hosts,
             deny_cidrs=deny_cidrs,
+            enable_workload_identity=args.enable_workload_identity,
         ),
         max_requests=args.max_requests,
         max_requests_per_host=args.max_requests_per_host,

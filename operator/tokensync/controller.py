@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from tokensync import metrics, oauth2, schedule
-from tokensync.gates import OperatorConfig, effective_request, gate_problem, insecure_warnings
+from tokensync import identity, metrics, oauth2, schedule
+from tokensync.gates import OperatorConfig, gate_problem, insecure_warnings
 from tokensync.kube import Kube, KubeError
 from tokensync.limits import PassGate, RequestLimits
 from tokensync.managed import ManagedSecret, managed_state, update_patch
@@ -46,7 +46,7 @@ from tokensync.sources import (
     resolve_references,
     unresolved_problem,
 )
-from tokensync.spec import CredentialSpec, ResolvedValues, SpecError, parse_spec, to_token_request
+from tokensync.spec import CredentialSpec, ResolvedValues, SpecError, parse_spec
 from tokensync.status import READY, Condition, Report, apply_patch, condition_of, status_patch
 from tokensync.status import served_generation as _served_generation
 
@@ -258,6 +258,11 @@ class CredentialWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.ctx.kube_executor, lambda: fn(*args))
 
+    async def _on_token_executor(self, fn: Callable[[], T]) -> T:
+        """Discovery and assertion minting: network calls to the token side."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.ctx.token_executor, fn)
+
     # --- one pass -------------------------------------------------------------------
 
     async def reconcile(self) -> datetime | None:
@@ -369,7 +374,19 @@ class CredentialWorker:
             # A worker left over from a watch gap (its credential deleted while the watch
             # was down, its Secret collected since) must neither request nor re-create.
             await self._check_still_exists()
-        request = effective_request(to_token_request(p.spec, p.resolved), self.ctx.config)
+        # Discovery, workload identity and client assertions (identity.py).
+        request = await identity.prepare_request(
+            p.spec,
+            p.resolved,
+            self.ctx.kube,
+            self.ctx.config,
+            namespace=self.owner.namespace,
+            lookup=self.ctx.sources(self.owner.namespace),
+            blocking=self._on_token_executor,
+        )
+        if isinstance(request, ReferenceProblem):
+            await self._report_problem(request)
+            return self.ctx.now() + timedelta(seconds=identity.RECHECK_SECONDS)
         self.last_request_at = now
         fetch = asyncio.ensure_future(self._fetch(request))
         try:
@@ -383,6 +400,7 @@ class CredentialWorker:
             token = await fetch
         except oauth2.TokenError as error:
             self.retry_key = attempt_key
+            identity.request_failed(p.spec, error)  # re-discover after 404/connect
             return await self._report_failure(p, trigger, error)
         finally:
             fetch.cancel()  # no-op once done; a failed report must not orphan the request
@@ -584,6 +602,7 @@ class CredentialWorker:
             "consecutiveFailures": 0,
             "lastFailure": None,
             "warnings": self._warnings(written, point),
+            "tokenURL": identity.token_url_in_use(p.spec),  # discovered or spec's
         }
         if p.refresh_request:
             fields["lastHandledRefreshRequest"] = p.refresh_request

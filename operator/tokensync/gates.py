@@ -18,14 +18,17 @@ class OperatorConfig:
     deny_private_networks: bool = True
     allowed_token_hosts: tuple[str, ...] = ()  # fnmatch patterns; empty: any host
     deny_cidrs: tuple[Network, ...] = ()  # refused in addition to the private-network guard
+    enable_workload_identity: bool = False  # mint ServiceAccount tokens (workload_identity)
 
 
 def gate_problem(spec: CredentialSpec, config: OperatorConfig) -> ReferenceProblem | None:
-    """Why the operator refuses this credential's token URL, or None."""
+    """Why the operator refuses this credential's token URL (before discovery: its issuer
+    URL, which discovery connects to), or None."""
+    field = "spec.tokenURL" if spec.token_url else "spec.issuerURL"
     try:
-        parsed = parse_url(spec.token_url)
+        parsed = parse_url(spec.token_url or spec.issuer_url or "")
     except URLProblem as problem:
-        return ReferenceProblem("InvalidSpec", f"spec.tokenURL {problem}")
+        return ReferenceProblem("InvalidSpec", f"{field} {problem}")
     if parsed.scheme == "http" and not config.allow_insecure:
         return ReferenceProblem(
             "InvalidSpec",
@@ -43,7 +46,7 @@ def gate_problem(spec: CredentialSpec, config: OperatorConfig) -> ReferenceProbl
 def insecure_warnings(spec: CredentialSpec, config: OperatorConfig) -> list[str]:
     """Insecure settings in effect (or ignored), for status.warnings and a Warning event."""
     warnings = []
-    if spec.token_url.startswith("http://") and config.allow_insecure:
+    if (spec.token_url or spec.issuer_url or "").startswith("http://") and config.allow_insecure:
         warnings.append("allowInsecureHTTP: the client secret and token travel unencrypted")
     if spec.tls.insecure_skip_verify:
         warnings.append(

@@ -149,7 +149,11 @@ class Kube:
     def object_metadata(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """Only the metadata of a Secret or ConfigMap: enough to tell a missing source from
         an unlabelled one without ever receiving its data."""
-        plural = {"Secret": "secrets", "ConfigMap": "configmaps"}[kind]
+        plural = {
+            "Secret": "secrets",
+            "ConfigMap": "configmaps",
+            "ServiceAccount": "serviceaccounts",
+        }[kind]
         path = f"/api/v1/namespaces/{namespace}/{plural}/{name}"
         return self._call(
             "GET", path, accept=METADATA_ACCEPT, client=self._metadata_client, missing_ok=True
@@ -201,6 +205,42 @@ class Kube:
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
                 return
+
+    # --- workload identity (tokensync.workload) -------------------------------------
+
+    def request_service_account_token(
+        self, namespace: str, name: str, audience: str, expiration_seconds: int
+    ) -> str:
+        """A token of ServiceAccount namespace/name for `audience` (TokenRequest API). The
+        token is returned, never logged; errors carry the API's Status message only."""
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [audience], "expirationSeconds": expiration_seconds},
+        }
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"
+        result = self._call("POST", path, body) or {}
+        token = (result.get("status") or {}).get("token")
+        if not isinstance(token, str) or not token:
+            raise KubeError(500, "the TokenRequest answer holds no token")
+        return token
+
+    def own_bearer_token(self) -> str | None:
+        """The bearer token this client authenticates with (in a pod: the projected
+        ServiceAccount token, re-read as it rotates), or None for client certificates."""
+        configuration = self._client.configuration
+        # The key's name differs between client versions (and in-cluster vs kubeconfig).
+        for identifier in ("BearerToken", "authorization"):
+            value = configuration.get_api_key_with_prefix(identifier)
+            if value and value.lower().startswith("bearer "):
+                return value[len("bearer ") :].strip() or None
+        return None
+
+    def service_account_issuer(self) -> str | None:
+        """The `issuer` of the API server's ServiceAccount issuer discovery document."""
+        result = self._call("GET", "/.well-known/openid-configuration", missing_ok=True)
+        issuer = (result or {}).get("issuer")
+        return issuer if isinstance(issuer, str) else None
 
     # --- leader election (tokensync.leader) -------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import email.utils
 import http.client
 import json
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
-from urllib.parse import quote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
 
 import urllib3
 
@@ -78,7 +79,9 @@ class TokenRequest:
     token_url: str
     client_id: str
     client_secret: str = field(repr=False)
-    client_authentication: str = "header"  # "header" | "body"
+    # "header" | "body" | "private_key_jwt" | "client_secret_jwt" | "tls_client_auth" |
+    # "workload_identity"
+    client_authentication: str = "header"
     content_type: str = FORM  # or JSON
     scope: str | None = None
     scope_object: Any = None  # a JSON value sent as `scope` (JSON bodies only)
@@ -89,6 +92,8 @@ class TokenRequest:
     tls: TLSSettings = TLSSettings()
     timeout_seconds: float = 30.0
     default_lifetime_seconds: float = 3600.0
+    # RFC 7523: returns a fresh signed client assertion for every request (assertion methods).
+    client_assertion: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def scope_sent(self) -> Any:
@@ -202,10 +207,36 @@ def basic_authorization(client_id: str, client_secret: str) -> str:
     return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
 
 
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_METHODS = ("private_key_jwt", "client_secret_jwt", "workload_identity")
+CLIENT_AUTHENTICATIONS = ("header", "body", "tls_client_auth", *ASSERTION_METHODS)
+
+
+def _client_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
+    """How the client authenticates in the body (RFC 6749 2.3.1, RFC 7523 2.2, RFC 8705 2)."""
+    method = request.client_authentication
+    if method == "body":
+        return [("client_id", request.client_id), ("client_secret", request.client_secret)]
+    if method == "tls_client_auth":
+        if request.tls.client_cert_pem is None:
+            raise ConfigurationError(
+                "tls_client_auth needs a client certificate", reason="InvalidRequest"
+            )
+        return [("client_id", request.client_id)]
+    if method in ASSERTION_METHODS:
+        if request.client_assertion is None:
+            raise ConfigurationError(f"{method} needs a client assertion", reason="InvalidRequest")
+        return [
+            ("client_id", request.client_id),
+            ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+            ("client_assertion", request.client_assertion()),
+        ]
+    return []
+
+
 def _body_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
     params: list[tuple[str, Any]] = [("grant_type", "client_credentials")]
-    if request.client_authentication == "body":
-        params += [("client_id", request.client_id), ("client_secret", request.client_secret)]
+    params += _client_parameters(request)
     scope = request.scope_sent
     if scope is not None:
         params.append(("scope", scope))
@@ -219,7 +250,7 @@ def _body_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
 
 def build_request_parts(request: TokenRequest) -> tuple[dict[str, str], bytes]:
     """The exact headers and body of the token request."""
-    if request.client_authentication not in ("header", "body"):
+    if request.client_authentication not in CLIENT_AUTHENTICATIONS:
         raise ConfigurationError(
             f"unknown clientAuthentication {request.client_authentication!r}",
             reason="InvalidRequest",
@@ -425,6 +456,20 @@ _BASIC_DECODING_HINT = (
 
 
 def _auth_hint(request: TokenRequest) -> str:
+    method = request.client_authentication
+    if method in ("private_key_jwt", "client_secret_jwt"):
+        return (
+            f"check clientID and that the endpoint registered {method} with this "
+            "client's key (keyID, certificate) and accepts the assertion's audience "
+            "(clientAssertion.audience)"
+        )
+    if method == "workload_identity":
+        return (
+            "check that the IdP trusts the cluster's ServiceAccount issuer for this subject "
+            "and workloadIdentity.audience"
+        )
+    if method == "tls_client_auth":
+        return "check that the endpoint registered tls_client_auth with this client certificate"
     if request.client_authentication == "body":
         return (
             "check clientID and the client secret; the endpoint may expect "
@@ -883,11 +928,14 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _sanitize(error: TokenError, request: TokenRequest, body: bytes) -> TokenError:
+def _sanitize(
+    error: TokenError, request: TokenRequest, body: bytes, sent: bytes = b""
+) -> TokenError:
     """The error with every secret spelling removed; text the endpoint sent loses echoes
-    of the client id as well, and is cut to length only after that (a cut through an
-    echo would leave a fragment that no longer matches)."""
-    secrets = [request.client_secret, *_token_in(body)]
+    of the client id as well (and of the client assertion that was sent), and is cut to
+    length only after that (a cut through an echo would leave a fragment that no longer
+    matches)."""
+    secrets = [request.client_secret, *_token_in(body), *_assertion_in(sent)]
 
     def clean(text: str) -> str:
         return redact(text, secrets, client_id=request.client_id)
@@ -898,6 +946,16 @@ def _sanitize(error: TokenError, request: TokenRequest, body: bytes) -> TokenErr
         )
 
     return error.sanitized(clean, clean_remote)
+
+
+def _assertion_in(sent: bytes) -> list[str]:
+    """The client assertion in a request body (form or JSON), if any."""
+    text = sent.decode("utf-8", "replace")
+    with contextlib.suppress(ValueError):
+        data = json.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("client_assertion"), str):
+            return [data["client_assertion"]]
+    return [v for k, v in parse_qsl(text) if k == "client_assertion"]
 
 
 def _token_in(body: bytes) -> list[str]:
@@ -932,12 +990,13 @@ def fetch_token(
 
     Connections are pooled per guard configuration (`deny_private_networks`,
     `deny_cidrs`) unless a `sender` is given."""
-    body_seen = b""
+    body_seen = sent = b""
     if sender is None:
         guard = transport.NetworkGuard(deny_private_networks, tuple(deny_cidrs))
         sender = transport.transport_for(guard)
     try:
         headers, body = build_request_parts(request)
+        sent = body
         issued_at = now()  # before sending: the token can only be younger than this
         try:
             raw = _exchange(request, headers, body, sender)
@@ -948,4 +1007,4 @@ def fetch_token(
         body_seen = raw.body
         return parse_token_response(raw.status, raw.headers, raw.body, request, issued_at)
     except TokenError as error:
-        raise _sanitize(error, request, body_seen) from None
+        raise _sanitize(error, request, body_seen, sent) from None

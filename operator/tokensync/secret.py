@@ -87,6 +87,27 @@ def config_hash(spec: CredentialSpec, values: ResolvedValues) -> str:
             _digest(values.client_key_pem or b""),
         ],
     }
+    # Fields added after 0.1 enter only when set, so the hashes of existing credentials
+    # (and so their tokens) stay valid across the upgrade.
+    identity = {
+        "issuerURL": spec.issuer_url,
+        "clientAssertion": [
+            spec.client_assertion.key_ref and spec.client_assertion.key_ref.name,
+            spec.client_assertion.algorithm,
+            spec.client_assertion.key_id,
+            spec.client_assertion.audience,
+        ],
+        "workloadIdentity": spec.workload_identity
+        and [
+            spec.workload_identity.service_account_name,
+            spec.workload_identity.audience,
+            spec.workload_identity.expiration_seconds,
+        ],
+        "assertionKey": values.assertion_key_pem and _digest(values.assertion_key_pem),
+        "assertionCertificate": values.assertion_cert_pem and _digest(values.assertion_cert_pem),
+    }
+    if spec.issuer_url or spec.client_authentication not in ("header", "body"):
+        request_fields["identity"] = identity
     return "sha256:" + _digest(request_fields)[:32]
 
 

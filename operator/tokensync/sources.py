@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokensync.assertion import KeyProblem
 from tokensync.secret import ANNOTATION_ALLOWED_URLS, LABEL_SOURCE, is_managed
-from tokensync.spec import CredentialSpec, Ref, ResolvedValues
+from tokensync.spec import CredentialSpec, Ref, ResolvedValues, assertion_signer
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
@@ -116,21 +117,30 @@ def resolve_references(
             return Unresolved(ref)
         if ref.key not in source.data:
             return ReferenceProblem("ReferenceKeyMissing", f"{describe(ref)} does not exist")
-        if not url_allowed(spec.token_url, source.allowed_token_urls):
+        # With issuerURL the binding is checked again once discovery found the endpoint.
+        if spec.token_url is not None and not url_allowed(
+            spec.token_url, source.allowed_token_urls
+        ):
             return ReferenceProblem(
                 "TokenURLNotAllowed",
                 f"{ref.kind} {ref.name!r} may only be sent to the token URLs in its "
                 f"annotation tokensync.dev/allowed-token-urls, and spec.tokenURL is not one",
             )
-        if ref.name == spec.tls.client_certificate_secret and source.type != TLS_SECRET_TYPE:
+        tls_secret = ref.name == spec.tls.client_certificate_secret or (
+            spec.client_assertion.certificate_ref is not None
+            and ref.name == spec.client_assertion.certificate_ref.name
+        )
+        if tls_secret and source.type != TLS_SECRET_TYPE:
             return ReferenceProblem(
                 "ReferenceInvalid", f"Secret {ref.name!r} must be of type {TLS_SECRET_TYPE}"
             )
         values[_slot(spec, ref)] = source.data[ref.key]
 
-    secret = _text(values["client_secret"], spec.client_secret_ref)
-    if isinstance(secret, ReferenceProblem):
-        return secret
+    secret: str | ReferenceProblem = ""
+    if spec.client_secret_ref is not None:
+        secret = _text(values["client_secret"], spec.client_secret_ref)
+        if isinstance(secret, ReferenceProblem):
+            return secret
     client_id: str | ReferenceProblem = spec.client_id or ""
     if spec.client_id_ref:
         client_id = _text(values["client_id"], spec.client_id_ref)
@@ -142,14 +152,29 @@ def resolve_references(
         return ReferenceProblem(
             "ReferenceInvalid", f"{describe(spec.tls.ca_ref)} holds no PEM certificate"
         )
-    return ResolvedValues(
+    resolved = ResolvedValues(
         client_id=client_id,
         client_secret=secret,
         ca_pem=ca_pem,
         ca_description=describe(spec.tls.ca_ref) if spec.tls.ca_ref else "system trust store",
         client_cert_pem=values.get("tls.crt"),
         client_key_pem=values.get("tls.key"),
+        assertion_key_pem=values.get("assertion_key"),
+        assertion_cert_pem=values.get("assertion_cert"),
     )
+    return _signing_problem(spec, resolved) or resolved
+
+
+def _signing_problem(spec: CredentialSpec, resolved: ResolvedValues) -> ReferenceProblem | None:
+    """A key that is not PEM, too weak, or does not fit the algorithm or certificate is
+    found here, before any request; the message names the Secret, never the key."""
+    try:
+        assertion_signer(spec, resolved)
+    except KeyProblem as problem:
+        ref = spec.client_assertion.key_ref or spec.client_secret_ref
+        where = f"Secret {ref.name!r}" if ref else "the client assertion key"
+        return ReferenceProblem("ReferenceInvalid", f"{where} {problem}")
+    return None
 
 
 def _slot(spec: CredentialSpec, ref: Ref) -> str:
@@ -159,6 +184,10 @@ def _slot(spec: CredentialSpec, ref: Ref) -> str:
         return "client_id"
     if ref is spec.tls.ca_ref:
         return "ca"
+    if ref is spec.client_assertion.key_ref:
+        return "assertion_key"
+    if ref is spec.client_assertion.certificate_ref:
+        return "assertion_cert"
     return ref.key  # tls.crt / tls.key of the client certificate Secret
 
 

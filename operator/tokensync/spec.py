@@ -15,13 +15,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from tokensync import assertion
 from tokensync.oauth2 import TLSSettings, TokenRequest
 from tokensync.urls import URLProblem, parse_url
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 CONTENT_TYPES = (FORM, JSON)
-CLIENT_AUTHENTICATIONS = ("header", "body")
+SECRET_METHODS = ("header", "body", "client_secret_jwt")  # need clientSecretRef
+NO_SECRET_METHODS = ("private_key_jwt", "tls_client_auth", "workload_identity")
+CLIENT_AUTHENTICATIONS = SECRET_METHODS + NO_SECRET_METHODS
+WORKLOAD_EXPIRATION_DEFAULT = 600
 GRANT_TYPES = ("client_credentials",)
 DELETION_POLICIES = ("Delete", "Retain")
 CA_REF_KINDS = ("Secret", "ConfigMap")
@@ -78,6 +82,24 @@ class TLSSpec:
 
 
 @dataclass(frozen=True)
+class AssertionSpec:
+    """clientAssertion: how private_key_jwt / client_secret_jwt assertions are signed."""
+
+    key_ref: Ref | None = None  # private_key_jwt: the PEM key
+    certificate_ref: Ref | None = None  # tls.crt of a kubernetes.io/tls key Secret
+    algorithm: str | None = None  # None: from the key (RS256/ES256/ES384), HS256
+    key_id: str | None = None
+    audience: str | None = None  # None: the token URL
+
+
+@dataclass(frozen=True)
+class WorkloadIdentitySpec:
+    service_account_name: str
+    audience: str
+    expiration_seconds: int = WORKLOAD_EXPIRATION_DEFAULT
+
+
+@dataclass(frozen=True)
 class SecretSpec:
     name: str
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -95,9 +117,10 @@ class RefreshSpec:
 
 @dataclass(frozen=True)
 class CredentialSpec:
-    token_url: str
-    client_secret_ref: Ref
+    token_url: str | None  # None with issuerURL until discovery sets it
+    client_secret_ref: Ref | None
     secret: SecretSpec
+    issuer_url: str | None = None
     client_id: str | None = None
     client_id_ref: Ref | None = None
     allow_insecure_http: bool = False
@@ -114,11 +137,15 @@ class CredentialSpec:
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
     suspend: bool = False
     refresh: RefreshSpec = RefreshSpec()
+    client_assertion: AssertionSpec = AssertionSpec()
+    workload_identity: WorkloadIdentitySpec | None = None
+    # False: clientAuthentication was not set and issuerURL discovery chooses it.
+    client_authentication_set: bool = True
 
     @property
     def references(self) -> tuple[Ref, ...]:
         """Every object key this credential reads, client secret first."""
-        refs = [self.client_secret_ref]
+        refs = [self.client_secret_ref] if self.client_secret_ref else []
         if self.client_id_ref:
             refs.append(self.client_id_ref)
         if self.tls.ca_ref:
@@ -126,6 +153,10 @@ class CredentialSpec:
         if self.tls.client_certificate_secret:
             name = self.tls.client_certificate_secret
             refs += [Ref(name, "tls.crt"), Ref(name, "tls.key")]
+        if self.client_assertion.key_ref:
+            refs.append(self.client_assertion.key_ref)
+        if self.client_assertion.certificate_ref:
+            refs.append(self.client_assertion.certificate_ref)
         return tuple(refs)
 
 
@@ -134,11 +165,13 @@ class ResolvedValues:
     """The referenced data a token request needs, read from the cluster or from files."""
 
     client_id: str
-    client_secret: str = field(repr=False)
+    client_secret: str = field(default="", repr=False)  # "" for methods without one
     ca_pem: bytes | None = None
     ca_description: str = "system trust store"
     client_cert_pem: bytes | None = None
     client_key_pem: bytes | None = field(default=None, repr=False)
+    assertion_key_pem: bytes | None = field(default=None, repr=False)  # private_key_jwt
+    assertion_cert_pem: bytes | None = None  # its certificate: x5t#S256 / x5t headers
 
 
 def _is_secret_key(key: str) -> bool:
@@ -354,10 +387,14 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
 
     allow_http = r.boolean(spec, "allowInsecureHTTP", "spec.allowInsecureHTTP", False)
     token_url = r.string(spec, "tokenURL", "spec.tokenURL", max_length=2048)
-    if spec.get("tokenURL") is None:
-        r.fail("spec.tokenURL", "is required")
-    elif token_url is not None and (problem := token_url_problem(token_url, allow_http)):
-        r.fail("spec.tokenURL", problem)
+    issuer_url = r.string(spec, "issuerURL", "spec.issuerURL", max_length=2048)
+    if (spec.get("tokenURL") is None) == (spec.get("issuerURL") is None):
+        r.fail("spec.tokenURL", "exactly one of tokenURL and issuerURL is required")
+    for path, url in (("spec.tokenURL", token_url), ("spec.issuerURL", issuer_url)):
+        if url is not None and (problem := token_url_problem(url, allow_http)):
+            r.fail(path, problem)
+    if issuer_url is not None and "?" in issuer_url:
+        r.fail("spec.issuerURL", "must not contain a query")
 
     grant_type = r.enum(spec, "grantType", "spec.grantType", GRANT_TYPES, GRANT_TYPES[0])
     client_id = r.string(spec, "clientID", "spec.clientID", max_length=1024)
@@ -365,12 +402,16 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     if (spec.get("clientID") is None) == (spec.get("clientIDRef") is None):
         r.fail("spec.clientID", "exactly one of clientID and clientIDRef is required")
     client_secret_ref = r.ref(spec, "clientSecretRef", "spec.clientSecretRef")
-    if spec.get("clientSecretRef") is None:
-        r.fail("spec.clientSecretRef", "is required")
-
     auth = r.enum(
         spec, "clientAuthentication", "spec.clientAuthentication", CLIENT_AUTHENTICATIONS, "header"
     )
+    auth_set = spec.get("clientAuthentication") is not None
+    if auth in NO_SECRET_METHODS and spec.get("clientSecretRef") is not None:
+        r.fail("spec.clientSecretRef", f"is not allowed with clientAuthentication: {auth}")
+    elif auth not in NO_SECRET_METHODS and spec.get("clientSecretRef") is None:
+        r.fail("spec.clientSecretRef", f"is required with clientAuthentication: {auth}")
+    client_assertion = _parse_assertion(r, spec, auth)
+    workload = _parse_workload_identity(r, spec, auth)
     content_type = r.enum(spec, "contentType", "spec.contentType", CONTENT_TYPES, FORM)
     scope = r.string(spec, "scope", "spec.scope", max_length=4096)
     scope_object = None
@@ -397,6 +438,11 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         cert_name = r.object_name(cert_data, "name", "spec.tls.clientCertificateRef.name")
         if cert_data.get("name") is None:
             r.fail("spec.tls.clientCertificateRef.name", "is required")
+    if auth == "tls_client_auth" and cert_name is None:
+        r.fail(
+            "spec.tls.clientCertificateRef",
+            "is required with clientAuthentication: tls_client_auth",
+        )
     tls = TLSSpec(
         ca_ref=ca_ref,
         insecure_skip_verify=r.boolean(
@@ -412,9 +458,12 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
 
     if r.problems:
         raise SpecError(r.problems)
-    assert token_url is not None and client_secret_ref is not None
     return CredentialSpec(
         token_url=token_url,
+        issuer_url=issuer_url,
+        client_authentication_set=auth_set,
+        client_assertion=client_assertion,
+        workload_identity=workload,
         allow_insecure_http=allow_http,
         grant_type=grant_type,
         client_id=client_id,
@@ -433,6 +482,73 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         suspend=suspend,
         secret=secret,
         refresh=refresh,
+    )
+
+
+def _parse_assertion(r: _Reader, spec: Mapping[str, Any], auth: str) -> AssertionSpec:
+    """clientAssertion: the key of private_key_jwt, algorithm, kid, audience."""
+    path = "spec.clientAssertion"
+    data = r.mapping(spec, "clientAssertion", path)
+    if data and auth not in ("private_key_jwt", "client_secret_jwt"):
+        r.fail(path, "is only used with clientAuthentication: private_key_jwt or client_secret_jwt")
+    key_ref = cert_ref = None
+    key_data = r.mapping(data, "keyRef", f"{path}.keyRef")
+    if data.get("keyRef") is not None:
+        if auth != "private_key_jwt":
+            r.fail(f"{path}.keyRef", "is only used with clientAuthentication: private_key_jwt")
+        name = r.object_name(key_data, "name", f"{path}.keyRef.name")
+        if key_data.get("name") is None:
+            r.fail(f"{path}.keyRef.name", "is required")
+        if key_data.get("key") is not None:
+            key_ref = r.ref(data, "keyRef", f"{path}.keyRef")
+        elif name is not None:
+            # A kubernetes.io/tls Secret: its key, and its certificate for x5t headers.
+            key_ref, cert_ref = Ref(name, "tls.key"), Ref(name, "tls.crt")
+    elif auth == "private_key_jwt":
+        r.fail(f"{path}.keyRef", "is required with clientAuthentication: private_key_jwt")
+    algorithm = None
+    if data.get("algorithm") is not None:
+        algorithm = r.enum(data, "algorithm", f"{path}.algorithm", assertion.ALGORITHMS, "")
+        symmetric = algorithm in assertion.SYMMETRIC_ALGORITHMS
+        if algorithm and auth == "private_key_jwt" and symmetric:
+            r.fail(f"{path}.algorithm", "private_key_jwt signs with RS256, PS256, ES256 or ES384")
+        elif algorithm and auth == "client_secret_jwt" and not symmetric:
+            r.fail(f"{path}.algorithm", "client_secret_jwt signs with HS256, HS384 or HS512")
+    audience = r.string(data, "audience", f"{path}.audience", max_length=2048)
+    if audience == "":
+        r.fail(f"{path}.audience", "must not be empty")
+    return AssertionSpec(
+        key_ref=key_ref,
+        certificate_ref=cert_ref,
+        algorithm=algorithm or None,
+        key_id=r.string(data, "keyID", f"{path}.keyID", max_length=256) or None,
+        audience=audience or None,
+    )
+
+
+def _parse_workload_identity(
+    r: _Reader, spec: Mapping[str, Any], auth: str
+) -> WorkloadIdentitySpec | None:
+    path = "spec.workloadIdentity"
+    data = r.mapping(spec, "workloadIdentity", path)
+    if auth != "workload_identity":
+        if data:
+            r.fail(path, "is only used with clientAuthentication: workload_identity")
+        return None
+    name = r.object_name(data, "serviceAccountName", f"{path}.serviceAccountName")
+    audience = r.string(data, "audience", f"{path}.audience", max_length=1024)
+    for key, value in (("serviceAccountName", name), ("audience", audience)):
+        if data.get(key) is None:
+            r.fail(f"{path}.{key}", "is required with clientAuthentication: workload_identity")
+        elif not value:
+            r.fail(f"{path}.{key}", "must not be empty")
+    expiration = r.integer(data, "expirationSeconds", f"{path}.expirationSeconds", 600, 3600)
+    if not name or not audience:
+        return None
+    return WorkloadIdentitySpec(
+        service_account_name=name,
+        audience=audience,
+        expiration_seconds=expiration or WORKLOAD_EXPIRATION_DEFAULT,
     )
 
 
@@ -482,12 +598,42 @@ def _parse_refresh(r: _Reader, data: Mapping[str, Any]) -> RefreshSpec:
     )
 
 
+def assertion_signer(spec: CredentialSpec, values: ResolvedValues) -> assertion.SigningKey | None:
+    """The key that signs this credential's client assertions (None: no signed assertion);
+    KeyProblem if the key, certificate and algorithm do not fit."""
+    settings = spec.client_assertion
+    if spec.client_authentication == "private_key_jwt":
+        if values.assertion_key_pem is None:
+            raise assertion.KeyProblem("no private key was resolved")
+        return assertion.private_key_signer(
+            values.assertion_key_pem,
+            algorithm=settings.algorithm,
+            key_id=settings.key_id,
+            cert_pem=values.assertion_cert_pem,
+        )
+    if spec.client_authentication == "client_secret_jwt":
+        return assertion.secret_signer(
+            values.client_secret, algorithm=settings.algorithm, key_id=settings.key_id
+        )
+    return None
+
+
 def to_token_request(spec: CredentialSpec, values: ResolvedValues) -> TokenRequest:
-    """The exact token request a credential makes, once its references are resolved."""
+    """The exact token request a credential makes, once its references are resolved (and,
+    with issuerURL, its token URL discovered). A workload_identity assertion is attached
+    by tokensync.identity, which mints it."""
+    if spec.token_url is None:
+        raise ValueError("the token URL is not known yet: discover it first")
+    signer = assertion_signer(spec, values)
+    factory = None
+    if signer is not None:
+        audience = spec.client_assertion.audience or spec.token_url
+        factory = assertion.assertion_factory(signer, values.client_id, audience)
     return TokenRequest(
         token_url=spec.token_url,
         client_id=values.client_id,
         client_secret=values.client_secret,
+        client_assertion=factory,
         client_authentication=spec.client_authentication,
         content_type=spec.content_type,
         scope=spec.scope,

@@ -656,6 +656,23 @@ class Transport:
         """POST `body` to `url` and read the response within `timeout` seconds in all.
         Raises PrivateNetworkDenied, DeadlineExceeded, TLSMaterialError, URLProblem, or
         urllib3 / OSError exceptions for connection failures."""
+        return self.request(
+            "POST", url, headers, body, tls=tls, timeout=timeout, max_body_bytes=max_body_bytes
+        )
+
+    def request(
+        self,
+        method: str,
+        url: ParsedURL | str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        tls: TrustSettings | None,
+        timeout: float,
+        max_body_bytes: int,
+    ) -> RawResponse:
+        """One request (POST for tokens, GET for discovery documents) under every rule of
+        the token transport: deadline, guard, proxies, no redirects, bounded body."""
         parsed = url if isinstance(url, ParsedURL) else parse_url(url)
         self._maybe_sweep()
         exchange = _Exchange(time.monotonic() + timeout)
@@ -685,7 +702,9 @@ class Transport:
                 send_headers.setdefault("Host", parsed.authority)
             for attempt in (1, 2):
                 try:
-                    return self._send(pool, target, send_headers, body, exchange, max_body_bytes)
+                    return self._send(
+                        pool, method, target, send_headers, body, exchange, max_body_bytes
+                    )
                 except urllib3.exceptions.ProtocolError:
                     # A keep-alive connection the server closed just as we sent: once
                     # more on a new one (a token request is safe to repeat, but not after
@@ -701,15 +720,16 @@ class Transport:
     @staticmethod
     def _send(
         pool: HTTPConnectionPool,
+        method: str,
         target: str,
         headers: Mapping[str, str],
-        body: bytes,
+        body: bytes | None,
         exchange: _Exchange,
         max_body_bytes: int,
     ) -> RawResponse:
         remaining = exchange.remaining()
         response = pool.urlopen(
-            "POST",
+            method,
             target,
             body=body,
             headers=dict(headers),

@@ -16,12 +16,15 @@ from manifestlib import crd_schema, load_crd, walk_schema
 # added to or dropped from the CRD must be a deliberate change of this list too.
 SPEC_FIELDS = {
     "tokenURL",
+    "issuerURL",
     "allowInsecureHTTP",
     "grantType",
     "clientID",
     "clientIDRef",
     "clientSecretRef",
     "clientAuthentication",
+    "clientAssertion",
+    "workloadIdentity",
     "contentType",
     "scope",
     "scopeObject",
@@ -38,6 +41,9 @@ SPEC_FIELDS = {
 NESTED_FIELDS = {
     "spec.clientIDRef": {"name", "key"},
     "spec.clientSecretRef": {"name", "key"},
+    "spec.clientAssertion": {"keyRef", "algorithm", "keyID", "audience"},
+    "spec.clientAssertion.keyRef": {"name", "key"},
+    "spec.workloadIdentity": {"serviceAccountName", "audience", "expirationSeconds"},
     "spec.tls": {"caRef", "insecureSkipVerify", "clientCertificateRef"},
     "spec.tls.caRef": {"kind", "name", "key"},
     "spec.tls.clientCertificateRef": {"name"},
@@ -64,6 +70,7 @@ STATUS_FIELDS = {
     "consecutiveFailures",
     "lastFailure",
     "lastHandledRefreshRequest",
+    "tokenURL",
     "warnings",
 }
 CONDITION_FIELDS = {
@@ -79,7 +86,7 @@ CONDITION_FIELDS = {
 DEFAULTS = {
     ".spec.allowInsecureHTTP": False,
     ".spec.grantType": "client_credentials",
-    ".spec.clientAuthentication": "header",
+    ".spec.workloadIdentity.expirationSeconds": 600,
     ".spec.contentType": "application/x-www-form-urlencoded",
     ".spec.includeScope": True,
     ".spec.tls.insecureSkipVerify": False,
@@ -95,7 +102,24 @@ DEFAULTS = {
 }
 ENUMS = {
     ".spec.grantType": ["client_credentials"],
-    ".spec.clientAuthentication": ["header", "body"],
+    # No schema default: with issuerURL the method comes from discovery.
+    ".spec.clientAuthentication": [
+        "header",
+        "body",
+        "private_key_jwt",
+        "client_secret_jwt",
+        "tls_client_auth",
+        "workload_identity",
+    ],
+    ".spec.clientAssertion.algorithm": [
+        "RS256",
+        "PS256",
+        "ES256",
+        "ES384",
+        "HS256",
+        "HS384",
+        "HS512",
+    ],
     ".spec.contentType": ["application/x-www-form-urlencoded", "application/json"],
     ".spec.tls.caRef.kind": ["Secret", "ConfigMap"],
     ".spec.secret.deletionPolicy": ["Delete", "Retain"],
@@ -108,6 +132,8 @@ DNS_NAME_FIELDS = (
     ".spec.clientSecretRef.name",
     ".spec.tls.caRef.name",
     ".spec.tls.clientCertificateRef.name",
+    ".spec.clientAssertion.keyRef.name",
+    ".spec.workloadIdentity.serviceAccountName",
     ".spec.secret.name",
 )
 SECRET_KEY_FIELDS = (".spec.clientIDRef.key", ".spec.clientSecretRef.key", ".spec.tls.caRef.key")
@@ -178,7 +204,8 @@ def test_spec_and_status_fields_match_the_api_contract(schema: dict) -> None:
 def test_required_fields(schema: dict) -> None:
     spec = schema["properties"]["spec"]
     assert schema["required"] == ["spec"]
-    assert set(spec["required"]) == {"tokenURL", "clientSecretRef"}
+    # tokenURL xor issuerURL, and clientSecretRef per clientAuthentication: CEL rules.
+    assert "required" not in spec
     props = spec["properties"]
     assert set(props["clientIDRef"]["required"]) == {"name", "key"}
     assert set(props["clientSecretRef"]["required"]) == {"name", "key"}

@@ -29,6 +29,10 @@ EXPECTED_EXAMPLES = {
     "okta.yaml",
     "private-ca.yaml",
     "consumer-deployment.yaml",
+    "okta-private-key-jwt.yaml",
+    "entra-id-certificate.yaml",
+    "entra-id-workload-identity.yaml",
+    "keycloak-signed-jwt.yaml",
 }
 
 
@@ -39,7 +43,9 @@ def credentials(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def referenced(credential: dict[str, Any]) -> list[tuple[str, str]]:
     """(kind, name) of every object the credential reads."""
     spec = credential["spec"]
-    refs = [("Secret", spec["clientSecretRef"]["name"])]
+    refs = [("Secret", spec["clientSecretRef"]["name"])] if "clientSecretRef" in spec else []
+    if "keyRef" in spec.get("clientAssertion", {}):
+        refs.append(("Secret", spec["clientAssertion"]["keyRef"]["name"]))
     if "clientIDRef" in spec:
         refs.append(("Secret", spec["clientIDRef"]["name"]))
     tls = spec.get("tls", {})

@@ -192,7 +192,7 @@ def test_all_examples_together_in_one_namespace(installed: ControlPlane, namespa
     )
     items = json.loads(result.stdout)["items"]
     credentials = [i for i in items if i["kind"] == "OAuth2Credential"]
-    assert len(credentials) == 7
+    assert len(credentials) == 11
     by_name = {c["metadata"]["name"]: c["spec"] for c in credentials}
     cognito = by_name["cognito-my-api"]
     assert cognito["grantType"] == "client_credentials"
@@ -437,7 +437,8 @@ def test_the_valid_baseline_is_accepted(installed: ControlPlane, cel_namespace: 
         input=credential(VALID_SPEC),
     )
     spec = json.loads(result.stdout)["spec"]
-    assert spec["clientAuthentication"] == "header"
+    # No schema default (with issuerURL discovery chooses); the operator defaults to header.
+    assert "clientAuthentication" not in spec
     assert spec["contentType"] == "application/x-www-form-urlencoded"
 
 
@@ -574,7 +575,8 @@ def test_kubectl_explain_shows_descriptions(installed: ControlPlane) -> None:
     assert "Token endpoint URL" in text
     assert "allowInsecureHTTP" in text
     spec = installed.kubectl("explain", "o2c.spec").stdout
-    assert "clientSecretRef" in spec and "-required-" in spec
+    # tokenURL/issuerURL and clientSecretRef are required by CEL rules, per method.
+    assert "clientSecretRef" in spec and "issuerURL" in spec
 
 
 # -- aggregated user roles -----------------------------------------------------------------

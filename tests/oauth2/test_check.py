@@ -119,7 +119,15 @@ def test_every_credential_example_is_covered():
     with_credentials = {
         p.name for p in EXAMPLES.glob("*.yaml") if "kind: OAuth2Credential" in p.read_text()
     }
-    assert with_credentials == set(EXAMPLE_SETUPS)
+    # Checked against oidc-provider in test_check_identity.py; workload identity (which
+    # check refuses) through the operator in tests/operator/test_identity.py.
+    identity = {
+        "okta-private-key-jwt.yaml",
+        "entra-id-certificate.yaml",
+        "entra-id-workload-identity.yaml",
+        "keycloak-signed-jwt.yaml",
+    }
+    assert with_credentials == set(EXAMPLE_SETUPS) | identity
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLE_SETUPS))

@@ -7,6 +7,13 @@
         op.set_ttl(5); op.set_mode("500"); op.set_mode("429", retry_after=3)
         op.issued()                                    # the issuance log
 
+    # RFC 7523 / RFC 8705 clients (metadata is oidc-provider client metadata):
+        op.add_client("private_key_jwt", metadata={"jwks": {"keys": [public_jwk]}})
+        op.add_client("client_secret_jwt")
+        with OIDCProvider.start(tmp, mtls=(server_cert_pem, server_key_pem, client_ca_pem)):
+            op.add_client("tls_client_auth", metadata={"tls_client_auth_san_email": "..."})
+            ... op.mtls_token_url (https, asks for a client certificate) ...
+
 Run `npm ci --prefix tests/servers` once before.
 """
 
@@ -40,14 +47,15 @@ class OIDCStartError(RuntimeError):
 class OIDCClient:
     client_id: str
     client_secret: str
-    method: str  # client_secret_basic | client_secret_post
+    method: str  # client_secret_basic | client_secret_post | an RFC 7523 / 8705 method
     scope: str
     token_url: str
 
     @property
     def client_authentication(self) -> str:
         """The tokensync spelling of this client's auth method."""
-        return "header" if self.method == "client_secret_basic" else "body"
+        spelling = {"client_secret_basic": "header", "client_secret_post": "body"}
+        return spelling.get(self.method, self.method)
 
 
 def unusual_secret() -> str:
@@ -62,12 +70,20 @@ class OIDCProvider:
         self.port: int = ready["port"]
         self.issuer: str = ready["issuer"]
         self.token_url: str = ready["token_url"]
+        self.mtls_token_url: str | None = ready.get("mtls_token_url")
         self.issuance_log = log
 
     @classmethod
     def start(
-        cls, work_dir: Path, *, ttl_seconds: float = 60, node: str | None = None
+        cls,
+        work_dir: Path,
+        *,
+        ttl_seconds: float = 60,
+        node: str | None = None,
+        mtls: tuple[bytes, bytes, bytes] | None = None,
     ) -> OIDCProvider:
+        """`mtls`: (server certificate chain, its key, client CA), all PEM: also serve
+        HTTPS asking for client certificates, at `mtls_token_url`."""
         node = node or shutil.which("node")
         if node is None:
             raise OIDCStartError("node is not installed")
@@ -82,6 +98,9 @@ class OIDCProvider:
             "resource": {"identifier": RESOURCE, "scope": " ".join(SCOPES), "format": "jwt"},
             "issuance_log": str(log),
         }
+        if mtls is not None:
+            cert, key, client_ca = (pem.decode("ascii") for pem in mtls)
+            config["mtls"] = {"cert": cert, "key": key, "client_ca": client_ca}
         config_path = work_dir / "oidc-config.json"
         config_path.write_text(json.dumps(config))
         stderr = (work_dir / "oidc-stderr.log").open("w")
@@ -140,16 +159,22 @@ class OIDCProvider:
         scope: str = " ".join(SCOPES),
         client_id: str | None = None,
         client_secret: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> OIDCClient:
-        """Register a client with a unique id and a secret full of special characters."""
+        """Register a client with a unique id and a secret full of special characters;
+        `metadata` adds oidc-provider client metadata (jwks, tls_client_auth_san_email,
+        token_endpoint_auth_signing_alg). private_key_jwt and tls_client_auth clients
+        get no secret."""
         client_id = client_id or f"tokensync {secrets.token_hex(4)}+/:"
-        client_secret = client_secret or unusual_secret()
-        self._admin(
-            "PUT",
-            f"clients/{quote(client_id, safe='')}",
-            {"client_secret": client_secret, "token_endpoint_auth_method": method, "scope": scope},
-        )
-        return OIDCClient(client_id, client_secret, method, scope, self.token_url)
+        body: dict[str, Any] = {"token_endpoint_auth_method": method, "scope": scope}
+        if method in ("private_key_jwt", "tls_client_auth"):
+            client_secret = ""
+        else:
+            client_secret = client_secret or unusual_secret()
+            body["client_secret"] = client_secret
+        self._admin("PUT", f"clients/{quote(client_id, safe='')}", {**body, **(metadata or {})})
+        token_url = self.mtls_token_url if method == "tls_client_auth" else self.token_url
+        return OIDCClient(client_id, client_secret, method, scope, token_url or self.token_url)
 
     def set_secret(self, client_id: str, client_secret: str) -> None:
         self._admin(

@@ -13,10 +13,17 @@
 //                  "format": "jwt"},            // RFC 8707 resource indicator
 //     "issuance_log": "/path/issued.jsonl"     // one JSON line per issued token
 //     "strict_auth_method": true               // see strictAuthMethod below
+//     "mtls": {"cert": PEM, "key": PEM, "client_ca": PEM}  // also serve HTTPS that asks
+//                                              // for client certificates (tls_client_auth)
 //   }
+//
+// Clients may use every RFC 7523 / RFC 8705 method: private_key_jwt (register "jwks"),
+// client_secret_jwt, and tls_client_auth (register "tls_client_auth_san_email" or
+// "tls_client_auth_san_dns"; only on the mtls port).
 //
 // Once listening on 127.0.0.1 it prints one JSON line to stdout:
 //   {"ready": true, "port": N, "issuer": "...", "token_url": "..."}
+// plus "mtls_token_url": "https://127.0.0.1:M/token" when "mtls" is configured.
 //
 // Admin endpoints (same port, under /admin; tests only, never exposed beyond 127.0.0.1):
 //   PUT    /admin/clients/<id>          body: client metadata (adds or replaces the client)
@@ -26,9 +33,10 @@
 //   PUT    /admin/mode                  body: {"mode": "healthy" | "500" | "429", "retry_after": N}
 //   GET    /admin/issued                the issuance log as a JSON array
 
-import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { X509Certificate, createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { appendFileSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createTLSServer } from 'node:https';
 import { parse as parseQuery } from 'node:querystring';
 
 import Provider from 'oidc-provider';
@@ -230,8 +238,43 @@ async function tokenEndpoint(req, res, callback) {
   callback(req, res);
 }
 
+// RFC 8705 tls_client_auth: the certificate the client presented on the mtls port.
+function peerCertificate(ctx) {
+  const socket = ctx.req.socket;
+  if (typeof socket.getPeerCertificate !== 'function') return undefined;
+  const peer = socket.getPeerCertificate();
+  return peer && peer.raw ? peer : undefined;
+}
+
+const mTLS = {
+  enabled: true,
+  tlsClientAuth: true,
+  getCertificate: (ctx) => {
+    const peer = peerCertificate(ctx);
+    return peer ? new X509Certificate(peer.raw).toString() : undefined;
+  },
+  certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
+  certificateSubjectMatches: (ctx, property, expected) => {
+    const names = (peerCertificate(ctx)?.subjectaltname ?? '').split(', ');
+    const prefix = { tls_client_auth_san_email: 'email:', tls_client_auth_san_dns: 'DNS:' }[property];
+    return prefix !== undefined && names.includes(`${prefix}${expected}`);
+  },
+};
+
 let handler = (_req, res) => send(res, 503, { error: 'starting' });
 const server = createServer((req, res) => handler(req, res));
+const tlsServer = config.mtls
+  ? createTLSServer(
+    {
+      cert: config.mtls.cert,
+      key: config.mtls.key,
+      ca: config.mtls.client_ca,
+      requestCert: true,
+      rejectUnauthorized: false, // oidc-provider decides (certificateAuthorized)
+    },
+    (req, res) => handler(req, res),
+  )
+  : undefined;
 
 server.listen(config.port ?? 0, '127.0.0.1', () => {
   const { port } = server.address();
@@ -245,7 +288,19 @@ server.listen(config.port ?? 0, '127.0.0.1', () => {
     cookies: { keys: [randomBytes(32).toString('hex')] },
     jwks: { keys: [{ ...signingKey.export({ format: 'jwk' }), kid: 'test', use: 'sig' }] },
     scopes: config.scopes ?? ['api:read', 'api:write'],
+    clientAuthMethods: [
+      'client_secret_basic',
+      'client_secret_post',
+      'client_secret_jwt',
+      'private_key_jwt',
+      'tls_client_auth',
+      'none',
+    ],
+    enabledJWA: {
+      clientAuthSigningAlgValues: ['HS256', 'HS384', 'HS512', 'RS256', 'PS256', 'ES256', 'ES384'],
+    },
     features: {
+      mTLS,
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
@@ -294,7 +349,14 @@ server.listen(config.port ?? 0, '127.0.0.1', () => {
   };
 
   const ready = { ready: true, port, issuer, token_url: `${issuer}/token` };
-  process.stdout.write(`${JSON.stringify(ready)}\n`);
+  if (!tlsServer) {
+    process.stdout.write(`${JSON.stringify(ready)}\n`);
+    return;
+  }
+  tlsServer.listen(0, '127.0.0.1', () => {
+    ready.mtls_token_url = `https://127.0.0.1:${tlsServer.address().port}/token`;
+    process.stdout.write(`${JSON.stringify(ready)}\n`);
+  });
 });
 
 for (const signal of ['SIGTERM', 'SIGINT']) {

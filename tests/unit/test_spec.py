@@ -330,7 +330,7 @@ def test_names_with_a_trailing_newline_are_rejected():
         ("grantType", "authorization_code"),
         ("clientAuthentication", "basic"),
         ("clientAuthentication", "Header"),
-        ("clientAuthentication", "private_key_jwt"),
+        ("clientAuthentication", "client_secret_basic"),
         ("contentType", "application/xml"),
         ("contentType", "application/json; charset=utf-8"),
         ("contentType", "text/plain"),

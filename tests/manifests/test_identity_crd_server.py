@@ -1,0 +1,166 @@
+"""The CEL rules of issue 11's fields on a real kube-apiserver: tokenURL xor issuerURL, the
+secret/key/certificate each clientAuthentication needs, clientAssertion and
+workloadIdentity only with their methods (server-side dry run)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from manifestlib import DEPLOY
+
+from fixtures.controlplane import ControlPlane
+
+pytestmark = pytest.mark.envtest
+
+SECRET = {"name": "client", "key": "client_secret"}
+KEY = {"keyRef": {"name": "signing-key"}}
+WI = {"serviceAccountName": "app", "audience": "api://AzureADTokenExchange"}
+CERT = {"clientCertificateRef": {"name": "client-cert"}}
+
+
+@pytest.fixture(scope="module")
+def namespace(control_plane: ControlPlane) -> Iterator[str]:
+    control_plane.kubectl("apply", "-k", str(DEPLOY))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "crd/oauth2credentials.tokensync.dev"
+    )
+    name = control_plane.create_namespace("identity-cel")
+    yield name
+    control_plane.delete_namespace(name)
+
+
+def spec_of(**fields: Any) -> dict[str, Any]:
+    spec = {"tokenURL": "https://idp.example.com/oauth2/token", "clientID": "client", **fields}
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
+    body = {
+        "apiVersion": "tokensync.dev/v1alpha1",
+        "kind": "OAuth2Credential",
+        "metadata": {"name": "probe"},
+        "spec": spec,
+    }
+    return cp.kubectl(
+        "create",
+        "--dry-run=server",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=json.dumps(body),
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        spec_of(clientSecretRef=SECRET),
+        spec_of(
+            tokenURL=None, issuerURL="https://login.example.com/tenant", clientSecretRef=SECRET
+        ),
+        spec_of(clientAuthentication="private_key_jwt", clientAssertion=KEY),
+        spec_of(
+            clientAuthentication="private_key_jwt",
+            clientAssertion={
+                "keyRef": {"name": "k", "key": "key.pem"},
+                "algorithm": "PS256",
+                "keyID": "kid-1",
+                "audience": "https://login.example.com",
+            },
+        ),
+        spec_of(
+            clientAuthentication="client_secret_jwt",
+            clientSecretRef=SECRET,
+            clientAssertion={"algorithm": "HS512"},
+        ),
+        spec_of(clientAuthentication="tls_client_auth", tls=CERT),
+        spec_of(clientAuthentication="workload_identity", workloadIdentity=WI),
+    ],
+    ids=["header", "issuer", "pkjwt-tls-secret", "pkjwt-key", "csjwt", "mtls", "workload"],
+)
+def test_valid_specs_are_accepted(control_plane, namespace, spec):
+    result = dry_run(control_plane, namespace, spec)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        (spec_of(tokenURL=None, clientSecretRef=SECRET), "spec.tokenURL or spec.issuerURL"),
+        (
+            spec_of(issuerURL="https://login.example.com", clientSecretRef=SECRET),
+            "spec.tokenURL or spec.issuerURL",
+        ),
+        (
+            spec_of(tokenURL=None, issuerURL="http://login.example.com", clientSecretRef=SECRET),
+            "spec.issuerURL must use https://",
+        ),
+        (spec_of(), "spec.clientSecretRef is required"),
+        (
+            spec_of(
+                clientAuthentication="private_key_jwt", clientAssertion=KEY, clientSecretRef=SECRET
+            ),
+            "spec.clientSecretRef is not allowed",
+        ),
+        (
+            spec_of(clientAuthentication="private_key_jwt"),
+            "spec.clientAssertion.keyRef is required",
+        ),
+        (
+            spec_of(
+                clientAuthentication="client_secret_jwt",
+                clientSecretRef=SECRET,
+                clientAssertion=KEY,
+            ),
+            "spec.clientAssertion.keyRef is only used",
+        ),
+        (
+            spec_of(
+                clientAuthentication="client_secret_jwt",
+                clientSecretRef=SECRET,
+                clientAssertion={"algorithm": "RS256"},
+            ),
+            "spec.clientAssertion.algorithm",
+        ),
+        (
+            spec_of(clientSecretRef=SECRET, clientAssertion={"keyID": "x"}),
+            "spec.clientAssertion is only used",
+        ),
+        (
+            spec_of(clientAuthentication="tls_client_auth"),
+            "spec.tls.clientCertificateRef is required",
+        ),
+        (spec_of(clientAuthentication="workload_identity"), "spec.workloadIdentity is required"),
+        (
+            spec_of(clientSecretRef=SECRET, workloadIdentity=WI),
+            "spec.workloadIdentity is required with, and only used with",
+        ),
+        (
+            spec_of(
+                clientAuthentication="workload_identity",
+                workloadIdentity={**WI, "expirationSeconds": 60},
+            ),
+            "spec.workloadIdentity.expirationSeconds",
+        ),
+    ],
+)
+def test_invalid_specs_are_rejected(control_plane, namespace, spec, words):
+    result = dry_run(control_plane, namespace, spec)
+    assert result.returncode != 0, f"accepted: {spec}"
+    assert words in result.stderr, result.stderr
+
+
+def test_workload_identity_overlay_renders_and_is_accepted(control_plane, namespace):
+    """deploy/workload-identity: the base plus its component's RBAC and flag, accepted by
+    the API server (server-side dry run)."""
+    rendered = control_plane.kubectl("kustomize", str(DEPLOY / "workload-identity"))
+    text = rendered.stdout
+    assert "--enable-workload-identity" in text
+    assert "serviceaccounts/token" in text
+    result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=text)
+    assert "tokensync-workload-identity" in result.stdout
