@@ -40,6 +40,14 @@ MODES: dict[str, list[str]] = {
         "--set=workloadIdentity.enabled=true",
     ],
     "service-monitor": ["--set=metrics.serviceMonitor.enabled=true"],
+    "metrics-cert-secret": [
+        "--set=metrics.certSecret=tokensync-metrics-tls",
+        "--set=metrics.serviceMonitor.enabled=true",
+    ],
+    "metrics-insecure": [
+        "--set=metrics.insecure=true",
+        "--set=metrics.serviceMonitor.enabled=true",
+    ],
     "minimal": [
         "--set=admissionPolicy.enabled=false",
         "--set=aggregateRoles=false",

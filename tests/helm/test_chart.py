@@ -89,7 +89,10 @@ def test_namespaced_mode_has_a_role_per_namespace_and_no_cluster_role(helm_bin: 
             {"kind": "ServiceAccount", "name": "tokensync", "namespace": "tokensync-system"}
         ]
         assert role["rules"] == cluster_role["rules"]
-    assert not [k for k in objects if k[0] == "ClusterRoleBinding"]
+    # Cluster-wide only the binding that lets the operator review scrapers' tokens (no
+    # access to any object), as in deploy/namespaced.
+    bindings = [k[2] for k in objects if k[0] == "ClusterRoleBinding"]
+    assert bindings == ["tokensync-metrics-auth"]
     assert ("ClusterRole", "", "tokensync-operator") not in objects
 
 
@@ -135,7 +138,7 @@ def test_admission_policy_toggle(helm_bin: Path) -> None:
     binding = objects[("ValidatingAdmissionPolicyBinding", "", "tokensync-operator-secrets")]
     assert binding["spec"] == {
         "policyName": "tokensync-operator-secrets",
-        "validationActions": ["Deny"],
+        "validationActions": ["Deny", "Audit"],
     }
     off = by_key(render(helm_bin, "--set=admissionPolicy.enabled=false"))
     assert not [k for k in off if k[0].startswith("ValidatingAdmissionPolicy")]
@@ -183,12 +186,87 @@ def test_service_monitor_toggle(helm_bin: Path) -> None:
         render(
             helm_bin,
             "--set=metrics.serviceMonitor.enabled=true",
-            "--set=metrics.serviceMonitor.scheme=http",
+            "--set=metrics.insecure=true",
         )
     )
     (endpoint,) = plain[("ServiceMonitor", "tokensync-system", "tokensync")]["spec"]["endpoints"]
     assert endpoint["scheme"] == "http"
     assert "bearerTokenFile" not in endpoint and "tlsConfig" not in endpoint
+    # The operator's certificate verified against a CA instead of skipped.
+    ca = {"secret": {"name": "metrics-ca", "key": "ca.crt"}}
+    verified = by_key(
+        render(
+            helm_bin,
+            "--set=metrics.serviceMonitor.enabled=true",
+            "--set=metrics.serviceMonitor.tlsConfig.insecureSkipVerify=null",
+            "--set=metrics.serviceMonitor.tlsConfig.ca.secret.name=metrics-ca",
+            "--set=metrics.serviceMonitor.tlsConfig.ca.secret.key=ca.crt",
+            "--set=metrics.serviceMonitor.tlsConfig.serverName=tokensync-metrics.x.svc",
+        )
+    )
+    (endpoint,) = verified[("ServiceMonitor", "tokensync-system", "tokensync")]["spec"]["endpoints"]
+    assert endpoint["tlsConfig"] == {"ca": ca, "serverName": "tokensync-metrics.x.svc"}
+
+
+METRICS_AUTH_RULES = [
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {
+        "apiGroups": ["authorization.k8s.io"],
+        "resources": ["subjectaccessreviews"],
+        "verbs": ["create"],
+    },
+]
+
+
+def metrics_rbac(objects: dict[Key, dict[str, Any]]) -> list[Key]:
+    return sorted(k for k in objects if "-metrics-" in k[2] and k[0].startswith("Cluster"))
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
+def test_metrics_are_https_for_authorised_scrapers_by_default(helm_bin: Path, scope: str) -> None:
+    extra = ["--set=scope=namespaced", "--set=namespaces={a}"] if scope == "namespaced" else []
+    objects = by_key(render(helm_bin, *extra))
+    args = args_of(objects)
+    assert not [a for a in args if a.startswith(("--metrics-insecure", "--metrics-cert-dir"))]
+    # TokenReview and SubjectAccessReview are cluster-scoped: a ClusterRole in every scope.
+    auth = objects[("ClusterRole", "", "tokensync-metrics-auth")]
+    assert auth["rules"] == METRICS_AUTH_RULES
+    binding = objects[("ClusterRoleBinding", "", "tokensync-metrics-auth")]
+    assert binding["roleRef"]["name"] == "tokensync-metrics-auth"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tokensync", "namespace": "tokensync-system"}
+    ]
+    reader = objects[("ClusterRole", "", "tokensync-metrics-reader")]
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    pod = objects[("Deployment", "tokensync-system", "tokensync")]["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+
+
+def test_metrics_insecure_and_off_need_no_review_permissions(helm_bin: Path) -> None:
+    insecure = by_key(render(helm_bin, "--set=metrics.insecure=true"))
+    assert "--metrics-insecure" in args_of(insecure)
+    assert not metrics_rbac(insecure)
+    off = by_key(render(helm_bin, "--set=metrics.port=0", "--set=metrics.insecure=true"))
+    assert "--metrics-port=0" in args_of(off)
+    assert "--metrics-insecure" not in args_of(off)
+    assert not metrics_rbac(off)
+    assert not [k for k in off if k[0] == "Service"]
+
+
+def test_metrics_cert_secret_is_mounted_for_the_operator(helm_bin: Path) -> None:
+    objects = by_key(render(helm_bin, "--set=metrics.certSecret=metrics-tls"))
+    assert "--metrics-cert-dir=/etc/tokensync/metrics-tls" in args_of(objects)
+    pod = objects[("Deployment", "tokensync-system", "tokensync")]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["metrics-tls"]["secret"] == {"secretName": "metrics-tls"}
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["metrics-tls"] == {
+        "name": "metrics-tls",
+        "mountPath": "/etc/tokensync/metrics-tls",
+        "readOnly": True,
+    }
+    assert metrics_rbac(objects)  # still HTTPS with token reviews
 
 
 # -- bad values fail at install -----------------------------------------------------------
@@ -206,6 +284,13 @@ BAD_VALUES = {
     "digest": (["--set=image.digest=latest"], "digest"),
     "extra-arg-not-a-flag": (["--set=extraArgs={oops}"], "extraArgs"),
     "toggle-not-boolean": (["--set-string=admissionPolicy.enabled=yes"], "enabled"),
+    # The operator refuses --metrics-cert-dir with --metrics-insecure.
+    "cert-secret-with-insecure-metrics": (
+        ["--set=metrics.insecure=true", "--set=metrics.certSecret=tls"],
+        "certSecret",
+    ),
+    "cert-secret-name": (["--set=metrics.certSecret=My_TLS"], "certSecret"),
+    "service-monitor-scheme": (["--set=metrics.serviceMonitor.scheme=http"], "scheme"),
 }
 
 

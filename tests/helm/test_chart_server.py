@@ -111,6 +111,12 @@ def test_helm_install_and_uninstall(
         assert wait_for(lambda: can_i(cluster, user, "list", "oauth2credentials", "-A"), 10)
         assert can_i(cluster, user, "patch", "oauth2credentials", "--subresource=status", "-A")
         assert can_i(cluster, user, "create", "secrets", "-n", watched[0])
+        # Managed Secrets are merge-patched, never replaced.
+        assert can_i(cluster, user, "patch", "secrets", "-n", watched[0])
+        assert not can_i(cluster, user, "update", "secrets", "-n", watched[0])
+        # Secure metrics: the operator reviews scrapers' tokens.
+        assert can_i(cluster, user, "create", "tokenreviews.authentication.k8s.io")
+        assert can_i(cluster, user, "create", "subjectaccessreviews.authorization.k8s.io")
         assert not can_i(cluster, user, "create", "serviceaccounts/token", "-n", watched[0])
         assert not can_i(cluster, user, "create", "leases", "-n", namespace)
 
@@ -124,7 +130,7 @@ def test_helm_install_and_uninstall(
             try:
                 as_operator(*args, body=body)
             except KubectlError as e:
-                return "tokensync may only" in e.stderr
+                return "ServiceAccount may only" in e.stderr
             return False
 
         # Policies take effect asynchronously (compiled by the API server): wait for it.
@@ -146,11 +152,17 @@ def test_helm_install_and_uninstall(
         cluster.kubectl(
             "create", "-n", watched[0], "-f", "-", input=secret("issued", labels=credential)
         )
-        assert denied("replace", "-f", "-", body=secret("app-config", labels=credential))
+
+        def merge_patch(patch: dict[str, Any]) -> list[str]:
+            return ["--type=merge", "-p", json.dumps(patch)]
+
+        label = merge_patch({"metadata": {"labels": credential}})
+        unlabel = merge_patch({"metadata": {"labels": {"tokensync.dev/credential": None}}})
+        assert denied("patch", "secret/app-config", *label)
         assert denied("delete", "secret/app-config")
-        as_operator("replace", "-f", "-", body=secret("issued", labels=credential))
+        as_operator("patch", "secret/issued", *merge_patch({"data": {"token": "eA=="}}))
         as_operator("delete", "secret/issued")
-        assert denied("replace", "-f", "-", body=secret("issued"))  # may not drop the label
+        assert denied("patch", "secret/issued", *unlabel)  # may not drop the label
 
         # Other users are not matched: the admin may still create any Secret.
         cluster.kubectl("create", "-n", watched[0], "--dry-run=server", "-f", "-", input=sa_token)
@@ -159,6 +171,9 @@ def test_helm_install_and_uninstall(
     for gone in (
         "clusterrole/helmtest-tokensync-operator",
         "clusterrolebinding/helmtest-tokensync-operator",
+        "clusterrole/helmtest-tokensync-metrics-auth",
+        "clusterrolebinding/helmtest-tokensync-metrics-auth",
+        "clusterrole/helmtest-tokensync-metrics-reader",
         "validatingadmissionpolicy/helmtest-tokensync-operator-secrets",
     ):
         assert not cluster.kubectl("get", gone, "--ignore-not-found", "-o", "name").stdout

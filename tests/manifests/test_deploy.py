@@ -20,7 +20,7 @@ OPERATOR_RULES = [
     ("tokensync.dev", "oauth2credentials", ["list", "watch"]),
     ("tokensync.dev", "oauth2credentials/status", ["patch"]),
     ("tokensync.dev", "oauth2credentials/finalizers", ["update"]),
-    ("", "secrets", ["get", "list", "watch", "create", "update", "delete"]),
+    ("", "secrets", ["get", "list", "watch", "create", "patch", "delete"]),
     ("", "configmaps", ["get", "list", "watch"]),
     ("", "events", ["create"]),
 ]

@@ -21,7 +21,6 @@ def test_deploy_monitoring_is_accepted(control_plane: ControlPlane, monitoring_c
         control_plane.kubectl("create", "namespace", "tokensync-system")
     result = control_plane.kubectl("apply", "--dry-run=server", "-k", str(MONITORING))
     assert sorted(result.stdout.splitlines()) == [
-        "clusterrole.rbac.authorization.k8s.io/tokensync-metrics-reader created (server dry run)",
         "prometheusrule.monitoring.coreos.com/tokensync created (server dry run)",
         "servicemonitor.monitoring.coreos.com/tokensync created (server dry run)",
     ]

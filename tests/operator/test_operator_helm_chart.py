@@ -70,7 +70,7 @@ def test_operator_runs_with_the_chart_s_rbac_and_admission_policy(
                 input=body,
             )
         except KubectlError as e:
-            return "tokensync may only" in e.stderr
+            return "ServiceAccount may only" in e.stderr
         return False
 
     # The policy is in force before the operator makes its first write.
@@ -91,4 +91,4 @@ def test_operator_runs_with_the_chart_s_rbac_and_admission_policy(
     wait_for(lambda: cluster.secret("charted") is None, what="the old Secret deleted")
     cluster.wait_ready("charted", reason="TokenIssued")
     assert "Forbidden" not in operator.log()
-    assert "tokensync may only" not in operator.log()
+    assert "ServiceAccount may only" not in operator.log()

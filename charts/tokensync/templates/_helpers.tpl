@@ -33,6 +33,11 @@ app.kubernetes.io/component: operator
 
 {{- define "tokensync.labels" -}}
 {{ include "tokensync.selectorLabels" . }}
+{{ include "tokensync.commonLabels" . }}
+{{- end -}}
+
+{{/* The labels of an object that belongs to no component of the operator's own. */}}
+{{- define "tokensync.commonLabels" -}}
 app.kubernetes.io/part-of: tokensync
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
@@ -67,10 +72,12 @@ watched namespace in namespaced scope.
 - apiGroups: [tokensync.dev]
   resources: [oauth2credentials/finalizers]
   verbs: [update]
-# Labelled source Secrets (watched with a label selector) and managed Secrets.
+# Labelled source Secrets (watched with a label selector), referenced and managed Secrets
+# read by name; managed Secrets created with POST, merge-patched (resourceVersion
+# checked, never replaced with PUT) and deleted after a secret.name change.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch, create, update, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # CA bundles referenced by tls.caRef; never written.
 - apiGroups: [""]
   resources: [configmaps]
@@ -88,6 +95,21 @@ watched namespace in namespaced scope.
   verbs: [create]
 {{- end -}}
 
+{{/* Where metrics.certSecret is mounted. */}}
+{{- define "tokensync.metricsCertDir" -}}
+/etc/tokensync/metrics-tls
+{{- end -}}
+
+{{/* The Secret with the metrics certificate, when metrics are served over HTTPS. */}}
+{{- define "tokensync.metricsCertSecret" -}}
+{{- if include "tokensync.secureMetrics" . }}{{ .Values.metrics.certSecret }}{{ end -}}
+{{- end -}}
+
+{{/* /metrics over HTTPS for authenticated, authorised scrapers (not --metrics-insecure). */}}
+{{- define "tokensync.secureMetrics" -}}
+{{- if and .Values.metrics.port (not .Values.metrics.insecure) -}}true{{- end -}}
+{{- end -}}
+
 {{- define "tokensync.args" -}}
 - run
 {{- if eq .Values.scope "namespaced" }}
@@ -102,6 +124,11 @@ watched namespace in namespaced scope.
 {{- end }}
 - --health-port={{ .Values.health.port }}
 - --metrics-port={{ .Values.metrics.port }}
+{{- if and .Values.metrics.port .Values.metrics.insecure }}
+- --metrics-insecure
+{{- else if include "tokensync.metricsCertSecret" . }}
+- --metrics-cert-dir={{ include "tokensync.metricsCertDir" . }}
+{{- end }}
 - --log-format={{ .Values.logFormat }}
 {{- if .Values.allowInsecure }}
 - --allow-insecure
