@@ -117,7 +117,10 @@ def test_workload_identity_toggle(helm_bin: Path, scope: str) -> None:
     extra = ["--set=scope=namespaced", "--set=namespaces={a,b}"] if scope == "namespaced" else []
     objects = by_key(render(helm_bin, "--set=workloadIdentity.enabled=true", *extra))
     assert "--enable-workload-identity" in args_of(objects)
-    rule = {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}
+    rules = [
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+    ]
     if scope == "cluster":
         grants = [objects[("ClusterRole", "", "tokensync-workload-identity")]]
         assert ("ClusterRoleBinding", "", "tokensync-workload-identity") in objects
@@ -125,7 +128,7 @@ def test_workload_identity_toggle(helm_bin: Path, scope: str) -> None:
         grants = [objects[("Role", ns, "tokensync-workload-identity")] for ns in ("a", "b")]
         assert not [k for k in objects if k[0].startswith("Cluster") and "workload" in k[2]]
     for grant in grants:
-        assert grant["rules"] == [rule]
+        assert grant["rules"] == rules
 
 
 def test_admission_policy_toggle(helm_bin: Path) -> None:

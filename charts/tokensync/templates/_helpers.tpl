@@ -90,6 +90,10 @@ watched namespace in namespaced scope.
 
 {{/* Workload identity: ServiceAccount tokens through the TokenRequest API. */}}
 {{- define "tokensync.workloadIdentityRules" -}}
+# The ServiceAccount's labels and annotations (the opt-ins), read before minting.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get]
 - apiGroups: [""]
   resources: [serviceaccounts/token]
   verbs: [create]
