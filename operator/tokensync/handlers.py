@@ -23,7 +23,6 @@ import copy
 import logging
 import os
 import threading
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -39,7 +38,7 @@ from tokensync.leader import LeaderElector
 from tokensync.secret import LABEL_CREDENTIAL, LABEL_SOURCE
 from tokensync.sources import SourceCache
 from tokensync.spec import SpecError, parse_spec
-from tokensync.watches import LISTED, RESET, LabelledWatch, WatchTarget
+from tokensync.watches import LISTED, LabelledWatch, WatchTarget
 
 log = logging.getLogger("tokensync")
 
@@ -62,9 +61,6 @@ class Supervisor:
         self.serving = serving  # False on a standby
         self.workers: dict[str, CredentialWorker] = {}
         self.by_name: dict[tuple[str, str], str] = {}  # (namespace, name) -> UID
-        # (namespace, kind, name) of each referenced object -> UIDs of its credentials
-        self.referrers: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-        self.references: dict[str, list[tuple[str, str, str]]] = {}  # UID -> its keys
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A credential was listed, added, changed or deleted."""
@@ -78,9 +74,7 @@ class Supervisor:
                 worker.task.cancel()
             return
         self.by_name[metadata["namespace"], metadata["name"]] = uid
-        self.references[uid] = _referenced(body)
-        for key in self.references[uid]:
-            self.referrers[key].add(uid)
+        self.sources.set_references(uid, _referenced(body))
         worker = self.workers.get(uid)
         if worker is None:
             worker = CredentialWorker(self.ctx, dict(body))
@@ -90,19 +84,12 @@ class Supervisor:
             worker.observe(body)
 
     def _forget_references(self, uid: str) -> None:
-        for key in self.references.pop(uid, []):
-            self.referrers[key].discard(uid)
-            if not self.referrers[key]:
-                del self.referrers[key]
+        self.sources.forget(uid)
 
-    def source_event(self, kind: str, event_type: str, body: Mapping[str, Any]) -> None:
-        """A labelled Secret or ConfigMap changed: wake the credentials that read it,
-        only if what they read changed (a resourceVersion bump alone wakes nobody)."""
-        if event_type == RESET:
-            self.sources.reset(kind, (body.get("metadata") or {}).get("namespace"))
-            return
-        key = self.sources.apply(kind, event_type, body)
-        for uid in list(self.referrers.get(key, ())) if key else ():
+    def source_event(self, uids: set[str]) -> None:
+        """What these credentials read of a labelled Secret or ConfigMap changed (the
+        watch thread applied the event to the cache): wake them."""
+        for uid in uids:
             if worker := self.workers.get(uid):
                 worker.wake()
 
@@ -113,7 +100,7 @@ class Supervisor:
         credential = (metadata.get("labels") or {}).get(LABEL_CREDENTIAL)
         uid = self.by_name.get((metadata.get("namespace", ""), credential or ""))
         worker = self.workers.get(uid or "")
-        if worker is None or event_type in (RESET, LISTED):
+        if worker is None or event_type == LISTED:
             return
         if event_type == "DELETED":
             worker.wake()
@@ -152,13 +139,13 @@ class Supervisor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _referenced(body: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+def _referenced(body: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     metadata = body["metadata"]
     try:
         refs = parse_spec(body.get("spec") or {}, name=metadata["name"]).references
     except SpecError:
         return []
-    return [(metadata["namespace"], ref.kind, ref.name) for ref in refs]
+    return [(metadata["namespace"], ref.kind, ref.name, ref.key) for ref in refs]
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -184,14 +171,18 @@ def _start_watches(
     def on_loop(handler: Callable[..., None], *first: str) -> Callable[[str, dict], None]:
         return lambda event_type, body: loop.call_soon_threadsafe(handler, *first, event_type, body)
 
+    def on_source(kind: str) -> Callable[[str, dict], None]:
+        # Applied on the watch thread, so a large object is reduced to what credentials
+        # read before anything queues it; only the wake-ups go to the loop.
+        def apply(event_type: str, body: dict) -> None:
+            if uids := supervisor.sources.apply(kind, event_type, body):
+                loop.call_soon_threadsafe(supervisor.source_event, uids)
+
+        return apply
+
     namespaces = memo.namespaces
     source_watches = [
-        LabelledWatch(
-            kube.api,
-            WatchTarget(plural, SOURCE_SELECTOR),
-            namespaces,
-            on_loop(supervisor.source_event, kind),
-        )
+        LabelledWatch(kube.api, WatchTarget(plural, SOURCE_SELECTOR), namespaces, on_source(kind))
         for plural, kind in (("secrets", "Secret"), ("configmaps", "ConfigMap"))
     ]
     managed = LabelledWatch(
@@ -246,6 +237,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             post_event=_post_event,
             leadership=elector.wait if elector else None,
             sources_synced=memo.sources_synced.wait,
+            fill_source=sources.fill,
         ),
         sources,
         serving=elector.is_leader.is_set if elector else lambda: True,
