@@ -170,9 +170,9 @@ class LabelledWatch:
             try:
                 if version is None:
                     version = self._list(namespace, known, first=not listed)
-                    if listed and self._on_relisted is not None:
+                    relisted, listed = listed, True
+                    if relisted and self._on_relisted is not None:
                         self._on_relisted()
-                    listed = True
                 for event_type, obj in self._watch(namespace, version):
                     version = (obj.get("metadata") or {}).get("resourceVersion") or version
                     if event_type != "BOOKMARK":
