@@ -165,7 +165,10 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 def _start_watches(
     memo: kopf.Memo, kube: Kube, supervisor: Supervisor, synced: asyncio.Event
 ) -> list[LabelledWatch]:
-    """Sources and managed Secrets, label-selected; events are handled on the loop."""
+    """Sources and managed Secrets, label-selected; source events are applied to the
+    cache on their watch thread, the rest handled on the loop. The sources are listed
+    only after the existing credentials' references are known (one list of credentials),
+    so that list keeps their values and no worker reads its sources one by one at start."""
     loop = asyncio.get_running_loop()
 
     def on_loop(handler: Callable[..., None], *first: str) -> Callable[[str, dict], None]:
@@ -191,17 +194,33 @@ def _start_watches(
         namespaces,
         on_loop(supervisor.managed_secret_event),
     )
-    watches = [*source_watches, managed]
-    for watch in watches:
-        watch.start()
+    credentials = LabelledWatch(  # listed once, never watched (kopf watches them)
+        kube.api,
+        WatchTarget(PLURAL, "", api=f"/apis/{GROUP}/{VERSION}"),
+        namespaces,
+        on_event=lambda *_: None,
+    )
+    managed.start()
 
-    def all_synced() -> None:
+    def start_sources() -> None:
+        _prime_references(credentials, supervisor.sources)
+        for watch in source_watches:
+            watch.start()
         for watch in source_watches:
             watch.synced.wait()
         loop.call_soon_threadsafe(synced.set)
 
-    threading.Thread(target=all_synced, name="sources-synced", daemon=True).start()
-    return watches
+    threading.Thread(target=start_sources, name="sources-start", daemon=True).start()
+    return [*source_watches, managed]
+
+
+def _prime_references(credentials: LabelledWatch, sources: SourceCache) -> None:
+    """What the existing credentials reference, before the sources are listed."""
+    try:
+        for body in credentials.objects():
+            sources.prime(body["metadata"]["uid"], _referenced(body))
+    except Exception as error:  # the API may be down: then first uses read their objects
+        log.warning("listing credentials before their sources failed (%s)", type(error).__name__)
 
 
 # --- operator lifecycle ---------------------------------------------------------------

@@ -164,19 +164,29 @@ class SourceCache:
     def set_references(self, uid: str, refs: Iterable[RefKey]) -> None:
         """What credential `uid` reads now. Values nobody reads any more are dropped; a
         newly wanted value of a cached object is not there yet (`ValueNotKept`)."""
-        new = frozenset(refs)
         with self._lock:
-            old = self._references.pop(uid, frozenset())
-            if new:
-                self._references[uid] = new
-            for namespace, kind, name, key in new - old:
-                self._wanted.setdefault((namespace, kind, name), {}).setdefault(key, set()).add(uid)
-            for namespace, kind, name, key in old - new:
-                self._unwant((namespace, kind, name), key, uid)
+            self._set_references(uid, frozenset(refs))
+
+    def prime(self, uid: str, refs: Iterable[RefKey]) -> None:
+        """`set_references` from a credential listed at start, unless its references are
+        already known (then they come from a newer version of it)."""
+        with self._lock:
+            if uid not in self._references:
+                self._set_references(uid, frozenset(refs))
 
     def forget(self, uid: str) -> None:
         """The credential is gone."""
-        self.set_references(uid, ())
+        with self._lock:
+            self._set_references(uid, frozenset())
+            del self._references[uid]
+
+    def _set_references(self, uid: str, new: frozenset[RefKey]) -> None:
+        old = self._references.get(uid, frozenset())
+        self._references[uid] = new
+        for namespace, kind, name, key in new - old:
+            self._wanted.setdefault((namespace, kind, name), {}).setdefault(key, set()).add(uid)
+        for namespace, kind, name, key in old - new:
+            self._unwant((namespace, kind, name), key, uid)
 
     def _unwant(self, obj: ObjectKey, key: str, uid: str) -> None:
         keys = self._wanted.get(obj, {})

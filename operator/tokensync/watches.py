@@ -70,14 +70,15 @@ class WatchFailed(Exception):
 
 @dataclass(frozen=True)
 class WatchTarget:
-    plural: str  # "secrets" | "configmaps"
-    label_selector: str
+    plural: str  # "secrets" | "configmaps" | "oauth2credentials"
+    label_selector: str  # "" for none
     metadata_only: bool = False
+    api: str = "/api/v1"  # the group version's path
 
     def path(self, namespace: str | None) -> str:
         if namespace:
-            return f"/api/v1/namespaces/{namespace}/{self.plural}"
-        return f"/api/v1/{self.plural}"
+            return f"{self.api}/namespaces/{namespace}/{self.plural}"
+        return f"{self.api}/{self.plural}"
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,8 @@ class LabelledWatch:
                 self.synced.set()
 
     def _request(self, namespace: str | None, **query: str) -> urllib3.BaseHTTPResponse:
-        params = [("labelSelector", self._target.label_selector), *query.items()]
+        selector = [("labelSelector", self._target.label_selector)]
+        params = [*(selector if self._target.label_selector else []), *query.items()]
         accept = "application/json"
         if self._target.metadata_only:  # a list wants the List kind, a watch the item kind
             accept = METADATA_ACCEPT if "watch" in query else METADATA_LIST_ACCEPT
@@ -239,10 +241,16 @@ class LabelledWatch:
             timeout=urllib3.Timeout(connect=10, read=WATCH_SECONDS + 30),
         )
 
-    def _list(self, namespace: str | None, known: dict[ObjectName, Known], first: bool) -> str:
-        """List page by page; report what is new or changed (every object the first
-        time), then DELETED for what is gone. The list's resourceVersion."""
-        seen: set[ObjectName] = set()
+    def objects(self) -> Iterator[dict[str, Any]]:
+        """Every object of the target, listed once, page by page (an object may repeat if
+        the list had to start over)."""
+        for namespace in self._namespaces:
+            for page in self._pages(namespace):
+                yield from (page or {}).get("items") or []
+
+    def _pages(self, namespace: str | None) -> Iterator[dict[str, Any] | None]:
+        """The pages of one list; None when it started over (a 410 on a continue token:
+        the pages before are from an older snapshot)."""
         limit = METADATA_PAGE_SIZE if self._target.metadata_only else PAGE_SIZE
         token = ""
         while True:
@@ -252,26 +260,38 @@ class LabelledWatch:
                 status, data = response.status, response.read()
             finally:
                 response.release_conn()
-            if status == 410 and token:  # the continue token expired: start over
+            if status == 410 and token:
                 token = ""
-                seen.clear()
+                yield None
                 continue
             if status != 200:
                 raise WatchFailed(f"list: HTTP {status}")
             page = json.loads(data)
             del data  # the raw page is as large as the parsed one
+            token = page["metadata"].get("continue") or ""
+            yield page
+            if not token:
+                return
+
+    def _list(self, namespace: str | None, known: dict[ObjectName, Known], first: bool) -> str:
+        """List page by page; report what is new or changed (every object the first
+        time), then DELETED for what is gone. The list's resourceVersion."""
+        seen: set[ObjectName] = set()
+        version = ""
+        for page in self._pages(namespace):
+            if page is None:
+                seen.clear()
+                continue
+            version = page["metadata"]["resourceVersion"]
             items = page.pop("items", None) or []
             items.reverse()  # pop from the end: each object is freed once reported
             while items:
                 self._report(items.pop(), known, seen, first)
-            token = page["metadata"].get("continue") or ""
-            if not token:
-                break
         for body in sweep(known, seen):
             self._on_event("DELETED", body)
         if not self.synced.is_set():
             self._mark_synced()
-        return page["metadata"]["resourceVersion"]
+        return version
 
     def _report(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,23 @@ def test_labelled_secrets_cost_memory_only_for_referenced_keys(
 
     rss = _rss_mb(operator.process.pid)
     assert rss < RSS_LIMIT_MB, f"operator RSS {rss:.0f} MB with 120 labelled 700 KB Secrets"
+
+    # A restart lists the credentials before the sources: nothing is read one by one.
+    operator.stop()
+    since = time.time()
+    operator = own_operator("--no-deny-private-networks")
+    # Its workers have run their first passes by the time a new credential is served.
+    cluster.create_credential("after", early, secret_name="big-000", source=False)
+    cluster.wait_ready("after", reason="TokenIssued", timeout=60)
+    reads = [e for e in installed.audit_events(user=OPERATOR_USER, since=since) if _is_read(e)]
+    assert reads == [], "a restarted operator read sources one by one"
+    rss = _rss_mb(operator.process.pid)
+    assert rss < RSS_LIMIT_MB, f"restarted operator RSS {rss:.0f} MB"
+
+
+def _is_read(event: dict) -> bool:
+    """Kube.read_source: a list narrowed to one name."""
+    return "fieldSelector=metadata.name" in event["requestURI"].replace("%3D", "=")
 
 
 def test_referenced_value_over_512_kib_is_reference_invalid(cluster, operator, token_endpoint):

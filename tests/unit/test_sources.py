@@ -159,3 +159,22 @@ def test_managed_secrets_are_never_sources():
     cache.apply("Secret", "ADDED", body)
     assert cache.lookup(NS)("Secret", "client") is None
     assert not cache.fill("Secret", body)
+
+
+def test_references_primed_at_start_keep_values_from_the_first_list():
+    cache = SourceCache()
+    cache.prime("uid-1", [ref()])  # a credential listed before the sources
+    cache.apply("Secret", "LISTED", secret(client_secret=b"s3cret"))
+    assert isinstance(resolve(cache), ResolvedValues)  # no read needed
+
+
+def test_priming_never_overrides_references_from_a_newer_version():
+    cache = SourceCache()
+    cache.set_references("uid-1", [ref("new")])  # kopf delivered the current spec first
+    cache.prime("uid-1", [ref("old")])  # the start-up list saw an older one
+    cache.apply("Secret", "LISTED", secret(old=b"1", new=b"2"))
+    source = cache.lookup(NS)("Secret", "client")
+    assert source is not None and dict(source.data) == {"new": b"2"}
+    cache.forget("uid-1")
+    source = cache.lookup(NS)("Secret", "client")
+    assert source is not None and not source.data
