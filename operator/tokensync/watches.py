@@ -140,8 +140,9 @@ class LabelledWatch:
         self._target = target
         self._namespaces: list[str | None] = list(namespaces) if namespaces else [None]
         self._on_event = on_event
-        # Called (from the watch thread) after every list but the first: something may
-        # have happened during the gap that no event reported.
+        # Called (from the watch thread) once the list or watch is back after a gap (410
+        # Gone, or a failed connection; never after the first list): whoever else lists
+        # (kopf) may have missed deletions that no event will report.
         self._on_relisted = on_relisted
         self._stop = threading.Event()
         self._pending_sync = len(self._namespaces)
@@ -165,24 +166,33 @@ class LabelledWatch:
         delay = FIRST_RETRY_SECONDS
         version: str | None = None
         listed = False
+        gap = False  # since the last success: a 410 Gone or a failure; events may be lost
+
+        def connected() -> None:
+            nonlocal gap
+            if gap and self._on_relisted is not None:
+                self._on_relisted()
+            gap = False
+
         while not self._stop.is_set():
             started = time.monotonic()
             failure: Exception | None = None
             try:
                 if version is None:
                     version = self._list(namespace, known, first=not listed)
-                    relisted, listed = listed, True
-                    if relisted and self._on_relisted is not None:
-                        self._on_relisted()
-                for event_type, obj in self._watch(namespace, version):
+                    listed = True
+                    connected()
+                for event_type, obj in self._watch(namespace, version, connected):
                     version = (obj.get("metadata") or {}).get("resourceVersion") or version
                     if event_type != "BOOKMARK":
                         self._remember(known, event_type, obj)
                         self._on_event(event_type, obj)
             except Gone:
                 version = None
+                gap = listed
             except Exception as error:  # network trouble: retry, never crash the operator
                 failure = error
+                gap = listed
             wait, delay = next_delay(delay, time.monotonic() - started)
             wait *= 1 - 0.25 * random.random()  # replicas and threads do not retry in step
             if failure is not None:
@@ -309,6 +319,31 @@ class LabelledWatch:
         event_type = LISTED if first else "ADDED" if before is None else "MODIFIED"
         self._remember(known, event_type, item)
         self._on_event(event_type, item)
+
+    def _watch(
+        self, namespace: str | None, version: str, connected: Callable[[], None]
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        response = self._request(
+            namespace,
+            watch="true",
+            resourceVersion=version,
+            allowWatchBookmarks="true",
+            timeoutSeconds=str(WATCH_SECONDS),
+        )
+        try:
+            if response.status == 410:
+                raise Gone()
+            if response.status != 200:
+                raise WatchFailed(f"watch: HTTP {response.status}")
+            connected()
+            for event in _json_lines(response, self._stop):
+                if event.get("type") == "ERROR":
+                    if (event.get("object") or {}).get("code") == 410:
+                        raise Gone()
+                    raise WatchFailed("watch: error event")
+                yield event["type"], event.get("object") or {}
+        finally:
+            response.release_conn()
 
 
 def _json_lines(
