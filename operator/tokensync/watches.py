@@ -11,10 +11,11 @@ with a cost that grew with the square of the object count in the benchmark.
 
 Each watch runs in a thread per namespace (one for all namespaces): it lists, page by
 page, reports every object, signals `synced`, then watches from the list's
-resourceVersion, resuming after disconnects and listing again after 410 Gone. A re-list
-is a mark and sweep against what the thread knew: DELETED for objects that are gone,
-ADDED/MODIFIED only for objects whose resourceVersion differs, nothing for the rest, so a
-gap wakes only what changed; `on_relisted` then lets the owner reconcile its own state.
+resourceVersion, resuming after the server ends a watch and listing again after 410
+Gone or a failure. A re-list is a mark and sweep against what the thread knew: DELETED
+for objects that are gone, ADDED/MODIFIED only for objects whose resourceVersion
+differs, nothing for the rest, so a gap wakes only what changed; `on_relisted` then lets
+the owner reconcile its own state.
 A watch that ends quickly, or fails, is retried after a jittered delay (1 s doubling to
 30 s), so a server that closes watches at once or is down is not hammered, and its log
 gets one warning line per attempt. Events are handed over as (type, object) on the
@@ -140,9 +141,9 @@ class LabelledWatch:
         self._target = target
         self._namespaces: list[str | None] = list(namespaces) if namespaces else [None]
         self._on_event = on_event
-        # Called (from the watch thread) once the list or watch is back after a gap (410
-        # Gone, or a failed connection; never after the first list): whoever else lists
-        # (kopf) may have missed deletions that no event will report.
+        # Called (from the watch thread) after every list but the first, i.e. after a gap
+        # (410 Gone, or a failure): whoever else lists (kopf) may have missed deletions
+        # that no event will report.
         self._on_relisted = on_relisted
         self._stop = threading.Event()
         self._pending_sync = len(self._namespaces)
@@ -166,33 +167,27 @@ class LabelledWatch:
         delay = FIRST_RETRY_SECONDS
         version: str | None = None
         listed = False
-        gap = False  # since the last success: a 410 Gone or a failure; events may be lost
-
-        def connected() -> None:
-            nonlocal gap
-            if gap and self._on_relisted is not None:
-                self._on_relisted()
-            gap = False
-
         while not self._stop.is_set():
             started = time.monotonic()
             failure: Exception | None = None
             try:
                 if version is None:
                     version = self._list(namespace, known, first=not listed)
-                    listed = True
-                    connected()
-                for event_type, obj in self._watch(namespace, version, connected):
+                    relisted, listed = listed, True
+                    if relisted and self._on_relisted is not None:
+                        self._on_relisted()
+                for event_type, obj in self._watch(namespace, version):
                     version = (obj.get("metadata") or {}).get("resourceVersion") or version
                     if event_type != "BOOKMARK":
                         self._remember(known, event_type, obj)
                         self._on_event(event_type, obj)
             except Gone:
                 version = None
-                gap = listed
             except Exception as error:  # network trouble: retry, never crash the operator
-                failure = error
-                gap = listed
+                # List again rather than resume: the mark and sweep then reports what the
+                # gap hid, and on_relisted tells the owner (kopf re-lists after a failure
+                # too, and reports no deletion it missed).
+                failure, version = error, None
             wait, delay = next_delay(delay, time.monotonic() - started)
             wait *= 1 - 0.25 * random.random()  # replicas and threads do not retry in step
             if failure is not None:
@@ -320,9 +315,7 @@ class LabelledWatch:
         self._remember(known, event_type, item)
         self._on_event(event_type, item)
 
-    def _watch(
-        self, namespace: str | None, version: str, connected: Callable[[], None]
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _watch(self, namespace: str | None, version: str) -> Iterator[tuple[str, dict[str, Any]]]:
         response = self._request(
             namespace,
             watch="true",
@@ -335,7 +328,6 @@ class LabelledWatch:
                 raise Gone()
             if response.status != 200:
                 raise WatchFailed(f"watch: HTTP {response.status}")
-            connected()
             for event in _json_lines(response, self._stop):
                 if event.get("type") == "ERROR":
                     if (event.get("object") or {}).get("code") == 410:
