@@ -196,7 +196,7 @@ def _start_watches(
     )
     credentials = LabelledWatch(  # listed once, never watched (kopf watches them)
         kube.api,
-        WatchTarget(PLURAL, "", api=f"/apis/{GROUP}/{VERSION}"),
+        WatchTarget(PLURAL, "", api=f"/apis/{GROUP}/{VERSION}", small=True),
         namespaces,
         on_event=lambda *_: None,
     )

@@ -49,7 +49,8 @@ MAX_RETRY_SECONDS = 30.0
 # the retry delay starts over.
 HEALTHY_SECONDS = 10.0
 # Objects per list page. Full objects (Secrets up to 1 MiB each) in small pages, so one
-# page held in memory while it is parsed stays around 20 MiB; metadata is small.
+# page held in memory while it is parsed stays around 20 MiB; metadata (and credentials,
+# whose schema bounds them to a few KiB) in large ones.
 PAGE_SIZE = 20
 METADATA_PAGE_SIZE = 500
 LISTED = "LISTED"  # event type for objects of the first list
@@ -75,6 +76,11 @@ class WatchTarget:
     label_selector: str  # "" for none
     metadata_only: bool = False
     api: str = "/api/v1"  # the group version's path
+    small: bool = False  # objects of a few KiB at most (credentials): large pages
+
+    @property
+    def page_size(self) -> int:
+        return METADATA_PAGE_SIZE if self.metadata_only or self.small else PAGE_SIZE
 
     def path(self, namespace: str | None) -> str:
         if namespace:
@@ -256,7 +262,7 @@ class LabelledWatch:
     def _pages(self, namespace: str | None) -> Iterator[dict[str, Any] | None]:
         """The pages of one list; None when it started over (a 410 on a continue token:
         the pages before are from an older snapshot)."""
-        limit = METADATA_PAGE_SIZE if self._target.metadata_only else PAGE_SIZE
+        limit = self._target.page_size
         token = ""
         while True:
             query = {"limit": str(limit)} | ({"continue": token} if token else {})
