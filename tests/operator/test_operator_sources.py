@@ -98,3 +98,31 @@ def test_referenced_value_over_512_kib_is_reference_invalid(cluster, operator, t
 
     cluster.source_secret("huge", {"client_secret": client.secret})  # fixed: woken, served
     cluster.wait_ready("uses-huge", reason="TokenIssued")
+
+
+def test_source_deleted_during_an_api_server_outage_is_noticed(
+    cluster, own_operator, token_endpoint, installed
+):
+    """Deleted behind a gap (etcd compacted, so the watch must list again): the re-list's
+    sweep reports it, and its credential says so at once, not at the next resync. The
+    credential reads only that Secret (the CA too), so nothing else wakes it."""
+    operator = own_operator("--no-deny-private-networks")
+    client = token_endpoint.add_client(lifetime=3600)
+    cluster.source_secret(
+        "outage-client",
+        {"client_secret": client.secret, "ca.crt": cluster.ca.cert_pem.bytes().decode()},
+        allowed_urls=token_endpoint.url,
+    )
+    tls = {"caRef": {"kind": "Secret", "name": "outage-client", "key": "ca.crt"}}
+    cluster.create_credential("outage", client, secret_name="outage-client", source=False, tls=tls)
+    cluster.wait_ready("outage", reason="TokenIssued")
+
+    def delete_behind_the_gap() -> None:
+        assert installed.etcd_delete("secrets", cluster.ns, "outage-client") == 1
+        installed.compact()
+
+    installed.restart_apiserver(while_down=delete_behind_the_gap)
+    ready = cluster.wait_ready("outage", "False", "ReferenceNotFound", timeout=60)
+    assert "outage-client" in ready["message"]
+    failures = [line for line in operator.log().splitlines() if "watch of" in line]
+    assert len(failures) <= 3 * 6, "one line per watch and attempt"  # 3 watches
