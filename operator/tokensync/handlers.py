@@ -66,14 +66,15 @@ class Supervisor:
         """A credential was listed, added, changed or deleted."""
         metadata = body["metadata"]
         uid = metadata["uid"]
-        self._forget_references(uid)
         if event_type == "DELETED":
+            self._forget_references(uid)
             self.by_name.pop((metadata["namespace"], metadata["name"]), None)
             worker = self.workers.pop(uid, None)
             if worker and worker.task:
                 worker.task.cancel()
             return
         self.by_name[metadata["namespace"], metadata["name"]] = uid
+        # Replaces the previous references: values still read are kept, not read again.
         self.sources.set_references(uid, _referenced(body))
         worker = self.workers.get(uid)
         if worker is None:
