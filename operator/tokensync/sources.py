@@ -180,6 +180,15 @@ class SourceCache:
             self._set_references(uid, frozenset())
             del self._references[uid]
 
+    def retain(self, uids: Iterable[str]) -> None:
+        """Forget every credential but these (after a full list of credentials: one that
+        was primed at start and deleted before kopf listed it is never reported)."""
+        keep = set(uids)
+        with self._lock:
+            for uid in [u for u in self._references if u not in keep]:
+                self._set_references(uid, frozenset())
+                del self._references[uid]
+
     def _set_references(self, uid: str, new: frozenset[RefKey]) -> None:
         old = self._references.get(uid, frozenset())
         self._references[uid] = new

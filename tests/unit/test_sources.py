@@ -178,3 +178,13 @@ def test_priming_never_overrides_references_from_a_newer_version():
     cache.forget("uid-1")
     source = cache.lookup(NS)("Secret", "client")
     assert source is not None and not source.data
+
+
+def test_retain_forgets_credentials_that_no_longer_exist():
+    cache = SourceCache()
+    cache.prime("gone", [ref()])  # listed at start, deleted before kopf listed it
+    cache.set_references("here", [ref("other")])
+    cache.apply("Secret", "LISTED", secret(client_secret=b"s", other=b"o"))
+    cache.retain({"here"})
+    source = cache.lookup(NS)("Secret", "client")
+    assert source is not None and dict(source.data) == {"other": b"o"}
