@@ -111,3 +111,21 @@ def test_watches_that_end_at_once_back_off(control_plane, namespace, monkeypatch
     assert len(started) <= 4, f"{len(started)} watches in 9 s"
     gaps = [b - a for a, b in itertools.pairwise(started)]
     assert gaps == sorted(gaps), gaps
+
+
+def test_a_list_whose_continue_token_expired_starts_over(control_plane, namespace, monkeypatch):
+    core = client.CoreV1Api(control_plane.api_client())
+    for name in ("p1", "p2", "p3"):
+        _labelled(core, namespace, name)
+    monkeypatch.setattr(watches, "PAGE_SIZE", 1)
+    watch = LabelledWatch(
+        control_plane.api_client(), WatchTarget("secrets", SELECTOR), [namespace], print
+    )
+    pages: list[list[str] | None] = []
+    for page in watch._pages(namespace):
+        pages.append(page and [i["metadata"]["name"] for i in page["items"]])
+        if len(pages) == 1:  # the continue token's snapshot is gone from etcd and cache
+            core.create_namespaced_config_map(namespace, {"metadata": {"name": "later"}})
+            control_plane.restart_apiserver(while_down=control_plane.compact)
+    assert pages[:2] == [["p1"], None], pages  # 410: the list started over
+    assert pages[2:] == [["p1"], ["p2"], ["p3"]]
