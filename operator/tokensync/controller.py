@@ -43,6 +43,7 @@ from tokensync.sources import (
     ReferenceProblem,
     SourceLookup,
     Unresolved,
+    ValueNotKept,
     resolve_references,
     unresolved_problem,
 )
@@ -87,6 +88,8 @@ class OperatorContext:
     # Returns once the labelled sources and managed Secrets are listed: before that, a
     # missing object may just not have arrived yet.
     sources_synced: Callable[[], Awaitable[Any]] | None = None
+    # Keeps the referenced values of a source read with kube.read_source (SourceCache.fill).
+    fill_source: Callable[[str, Mapping[str, Any]], bool] = lambda kind, body: False
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,19 @@ class CredentialWorker:
         that the watch has not delivered yet (it will, and wake us; look again soon)."""
         lookup = self.ctx.sources(self.owner.namespace)
         result = resolve_references(spec, lookup, url_allowed)
+        for _ in spec.references:  # at most one read per referenced object
+            if not isinstance(result, ValueNotKept):
+                break
+            # Listed before this credential referenced it: read that one object.
+            ref = result.ref
+            body = await self._kube(
+                self.ctx.kube.read_source, ref.kind, self.owner.namespace, ref.name
+            )
+            if body is not None:
+                self.ctx.fill_source(ref.kind, body)
+            result = resolve_references(spec, lookup, url_allowed)
+        if isinstance(result, ValueNotKept):
+            return None  # it changed meanwhile: its watch event keeps the value
         if isinstance(result, Unresolved):
             ref = result.ref
             metadata = await self._kube(

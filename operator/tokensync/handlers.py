@@ -24,7 +24,6 @@ import copy
 import logging
 import os
 import threading
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,7 +41,7 @@ from tokensync.managed import managed_state
 from tokensync.secret import ANNOTATION_REFRESH_REQUESTED, LABEL_CREDENTIAL, LABEL_SOURCE
 from tokensync.sources import SourceCache
 from tokensync.spec import SpecError, parse_spec
-from tokensync.watches import LISTED, RESET, LabelledWatch, WatchTarget
+from tokensync.watches import LISTED, LabelledWatch, WatchTarget
 
 log = logging.getLogger("tokensync")
 
@@ -70,9 +69,6 @@ class Supervisor:
         self.serving = serving  # False on a standby
         self.workers: dict[str, CredentialWorker] = {}
         self.by_name: dict[tuple[str, str], str] = {}  # (namespace, name) -> UID
-        # (namespace, kind, name) of each referenced object -> UIDs of its credentials
-        self.referrers: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-        self.references: dict[str, list[tuple[str, str, str]]] = {}  # UID -> its keys
 
     def is_own_echo(self, body: Mapping[str, Any]) -> bool:
         """Our own status patch coming back through the watch: recognised by its
@@ -86,15 +82,13 @@ class Supervisor:
         """A credential was listed, added, changed or deleted."""
         metadata = body["metadata"]
         uid = metadata["uid"]
-        self._forget_references(uid)
         if event_type == "DELETED" or metadata.get("deletionTimestamp"):
             # Being deleted (foreground deletion, a GitOps prune): nothing more is written.
             self.stop_worker(uid)
             return
         self.by_name[metadata["namespace"], metadata["name"]] = uid
-        self.references[uid] = _referenced(body)
-        for key in self.references[uid]:
-            self.referrers[key].add(uid)
+        # Replaces the previous references: values still read are kept, not read again.
+        self.sources.set_references(uid, _referenced(body))
         worker = self.workers.get(uid)
         if worker is None:
             worker = CredentialWorker(self.ctx, dict(body))
@@ -137,27 +131,18 @@ class Supervisor:
         return len(gone)
 
     def _forget_references(self, uid: str) -> None:
-        for key in self.references.pop(uid, []):
-            self.referrers[key].discard(uid)
-            if not self.referrers[key]:
-                del self.referrers[key]
+        self.sources.forget(uid)
 
-    def source_event(self, kind: str, event_type: str, body: Mapping[str, Any]) -> None:
-        """A labelled Secret or ConfigMap changed: wake the credentials that read it,
-        only if what they read changed (a resourceVersion bump alone wakes nobody)."""
-        if event_type == RESET:
-            self.sources.reset(kind, (body.get("metadata") or {}).get("namespace"))
-            return
-        key = self.sources.apply(kind, event_type, body)
-        for uid in list(self.referrers.get(key, ())) if key else ():
+    def source_event(self, uids: set[str]) -> None:
+        """What these credentials read of a labelled Secret or ConfigMap changed (the
+        watch thread applied the event to the cache): wake them."""
+        for uid in uids:
             if worker := self.workers.get(uid):
                 worker.wake()
 
     def managed_secret_event(self, event_type: str, body: Mapping[str, Any]) -> None:
         """A managed Secret was listed, changed or deleted: remember what the passes need
         of it; wake its worker unless the change is the worker's own write."""
-        if event_type == RESET:
-            return
         metadata = body.get("metadata") or {}
         key = (metadata.get("namespace", ""), metadata.get("name", ""))
         known = self.ctx.managed_secrets.get(key)
@@ -205,13 +190,13 @@ class Supervisor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _referenced(body: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+def _referenced(body: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     metadata = body["metadata"]
     try:
         refs = parse_spec(body.get("spec") or {}, name=metadata["name"]).references
     except SpecError:
         return []
-    return [(metadata["namespace"], ref.kind, ref.name) for ref in refs]
+    return [(metadata["namespace"], ref.kind, ref.name, ref.key) for ref in refs]
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -231,11 +216,28 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 def _start_watches(
     memo: kopf.Memo, kube: Kube, supervisor: Supervisor, synced: asyncio.Event
 ) -> list[LabelledWatch]:
-    """Sources and managed Secrets, label-selected; events are handled on the loop."""
+    """Sources and managed Secrets, label-selected; source events are applied to the
+    cache on their watch thread, the rest handled on the loop. The sources are listed
+    only after the existing credentials' references are known (one list of credentials),
+    so that list keeps their values and no worker reads its sources one by one at start."""
     loop = asyncio.get_running_loop()
 
     def on_loop(handler: Callable[..., None], *first: str) -> Callable[[str, dict], None]:
         return lambda event_type, body: loop.call_soon_threadsafe(handler, *first, event_type, body)
+
+    def relisted() -> None:
+        # A watch had to list again (410 Gone, a reconnect after a failure): kopf sends
+        # no DELETED for credentials deleted meanwhile, so compare the workers too.
+        loop.call_soon_threadsafe(memo.sweep_now.set)
+
+    def on_source(kind: str) -> Callable[[str, dict], None]:
+        # Applied on the watch thread, so a large object is reduced to what credentials
+        # read before anything queues it; only the wake-ups go to the loop.
+        def apply(event_type: str, body: dict) -> None:
+            if uids := supervisor.sources.apply(kind, event_type, body):
+                loop.call_soon_threadsafe(supervisor.source_event, uids)
+
+        return apply
 
     namespaces = memo.namespaces
     source_watches = [
@@ -243,7 +245,8 @@ def _start_watches(
             kube.api,
             WatchTarget(plural, SOURCE_SELECTOR),
             namespaces,
-            on_loop(supervisor.source_event, kind),
+            on_source(kind),
+            on_relisted=relisted,
         )
         for plural, kind in (("secrets", "Secret"), ("configmaps", "ConfigMap"))
     ]
@@ -252,18 +255,35 @@ def _start_watches(
         WatchTarget("secrets", LABEL_CREDENTIAL, metadata_only=True),
         namespaces,
         on_loop(supervisor.managed_secret_event),
+        on_relisted=relisted,
     )
-    watches = [*source_watches, managed]
-    for watch in watches:
-        watch.start()
+    credentials = LabelledWatch(  # listed once, never watched (kopf watches them)
+        kube.api,
+        WatchTarget(PLURAL, "", api=f"/apis/{GROUP}/{VERSION}", small=True),
+        namespaces,
+        on_event=lambda *_: None,
+    )
+    managed.start()
 
-    def all_synced() -> None:
-        for watch in watches:
+    def start_sources() -> None:
+        _prime_references(credentials, supervisor.sources)
+        for watch in source_watches:
+            watch.start()
+        for watch in [*source_watches, managed]:
             watch.synced.wait()
         loop.call_soon_threadsafe(synced.set)
 
-    threading.Thread(target=all_synced, name="sources-synced", daemon=True).start()
-    return watches
+    threading.Thread(target=start_sources, name="sources-start", daemon=True).start()
+    return [*source_watches, managed]
+
+
+def _prime_references(credentials: LabelledWatch, sources: SourceCache) -> None:
+    """What the existing credentials reference, before the sources are listed."""
+    try:
+        for body in credentials.objects():
+            sources.prime(body["metadata"]["uid"], _referenced(body))
+    except Exception as error:  # the API may be down: then first uses read their objects
+        log.warning("listing credentials before their sources failed (%s)", type(error).__name__)
 
 
 # --- operator lifecycle ---------------------------------------------------------------
@@ -309,10 +329,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             post_event=_post_event,
             leadership=elector.wait if elector else None,
             sources_synced=memo.sources_synced.wait,
+            fill_source=sources.fill,
         ),
         sources,
         serving=elector.is_leader.is_set if elector else lambda: True,
     )
+    memo.sweep_now = asyncio.Event()
     memo.watches = _start_watches(memo, kube, memo.supervisor, memo.sources_synced)
     memo.sweeper = asyncio.create_task(_sweep_forever(memo, kube), name="sweep")
     metrics.serve(
@@ -346,7 +368,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 async def _sweep_forever(memo: kopf.Memo, kube: Kube) -> None:
     """Mark and sweep the workers against a complete list of credentials, periodically
     and whenever `memo.sweep_now` is set (after a watch had to list again)."""
-    memo.sweep_now = asyncio.Event()
     await memo.sources_synced.wait()
     loop = asyncio.get_running_loop()
     while True:
@@ -362,6 +383,9 @@ async def _sweep_forever(memo: kopf.Memo, kube: Kube) -> None:
             log.warning("credential sweep skipped: %s", error)
             continue
         memo.supervisor.sweep(existing)
+        # References of credentials primed at start but deleted before kopf listed them
+        # (credentials created since the list have workers, and keep theirs).
+        memo.supervisor.sources.retain(existing | set(memo.supervisor.workers))
 
 
 def _exit_after_lost_leadership(why: str) -> None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from tokensync import __version__
+from tokensync.secret import LABEL_CREDENTIAL, LABEL_SOURCE, is_managed
 
 GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "oauth2credentials"
 USER_AGENT = f"tokensync/{__version__}"
@@ -158,6 +159,24 @@ class Kube:
         return self._call(
             "GET", path, accept=METADATA_ACCEPT, client=self._metadata_client, missing_ok=True
         )
+
+    def read_source(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A labelled Secret or ConfigMap in full, or None. Asked as a list with the source
+        label selector (and without the managed-Secret label), so the API server never
+        sends the data of an object tokensync may not read."""
+        plural = {"Secret": "secrets", "ConfigMap": "configmaps"}[kind]
+        query = urlencode(
+            {
+                "labelSelector": f"{LABEL_SOURCE}=true,!{LABEL_CREDENTIAL}",
+                "fieldSelector": f"metadata.name={name}",
+            }
+        )
+        found = self._call("GET", f"/api/v1/namespaces/{namespace}/{plural}?{query}")
+        items = (found or {}).get("items") or []
+        body = items[0] if items else None
+        if body is None or is_managed(body.get("metadata") or {}):
+            return None
+        return body
 
     def patch_credential_status(
         self, namespace: str, name: str, uid: str, status: Mapping[str, Any]

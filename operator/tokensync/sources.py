@@ -1,15 +1,26 @@
-"""Referenced Secrets and ConfigMaps: what the operator may read, and resolving a
-credential's references against them (pure).
+"""Referenced Secrets and ConfigMaps: what the operator may read, what it keeps of them,
+and resolving a credential's references against them (pure apart from a lock).
 
 Only objects labelled `tokensync.dev/credential-source=true` ever reach this module: the
-operator watches them with a server-side label selector and keeps them in a kopf index.
+operator watches them with a server-side label selector (watches.py).
+
+Memory is bounded by what credentials reference, not by what is labelled: for every
+source the cache keeps its metadata and key names (so ReferenceKeyMissing stays exact),
+but a value only while some credential references that key, and never one over
+`MAX_VALUE_BYTES`. At start the sources are listed before any credential is known, so
+nothing is kept yet; a credential that then references a key whose value was not kept
+gets `ValueNotKept`, and its worker reads that one object (`Kube.read_source`) and
+hands it to `SourceCache.fill`. Later events of a referenced object keep the wanted
+values themselves, so each object is read at most once per operator start.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import binascii
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tokensync.assertion import KeyProblem
@@ -18,15 +29,26 @@ from tokensync.spec import CredentialSpec, Ref, ResolvedValues, assertion_signer
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+MAX_VALUE_BYTES = 512 * 1024  # API.md "Bounded inputs": a referenced value over this is invalid
+
+ObjectKey = tuple[str, str, str]  # (namespace, kind, name)
+RefKey = tuple[str, str, str, str]  # (namespace, kind, name, key)
 
 
 @dataclass(frozen=True)
 class Source:
     kind: str  # "Secret" | "ConfigMap"
     name: str
-    data: Mapping[str, bytes] = field(repr=False)
+    data: Mapping[str, bytes] = field(repr=False)  # the values kept (operator: referenced only)
     type: str | None = None  # a Secret's type
     allowed_token_urls: str | None = None
+    # Every key the object has, kept or not; empty when `data` holds them all (check.py).
+    keys: frozenset[str] = frozenset()
+    oversized: frozenset[str] = frozenset()  # referenced keys whose value is too large
+    resource_version: str | None = None
+
+    def has(self, key: str) -> bool:
+        return key in self.keys or key in self.data
 
 
 @dataclass(frozen=True)
@@ -43,54 +65,208 @@ class Unresolved:
     ref: Ref
 
 
+@dataclass(frozen=True)
+class ValueNotKept:
+    """The object is cached, but the referenced key's value was not kept (nobody referenced
+    it when the object arrived): read the object once and `SourceCache.fill` it."""
+
+    ref: Ref
+
+
 SourceLookup = Callable[[str, str], "Source | None"]  # (kind, name) -> labelled source
 
 
-def source_from_body(kind: str, body: Mapping[str, Any]) -> Source | None:
-    """An indexable source, or None for objects tokensync must not read."""
+def _decoded_size(encoded: str) -> int:
+    """Bytes that a base64 string decodes to, without decoding it."""
+    return len(encoded) // 4 * 3 - encoded[-2:].count("=")
+
+
+def _value(kind: str, body: Mapping[str, Any], key: str) -> bytes | None:
+    """One key's value, decoded; None when it is over MAX_VALUE_BYTES (then never decoded)."""
+    text = (body.get("data") or {}).get(key) if kind == "ConfigMap" else None
+    if text is not None:
+        if len(text) > MAX_VALUE_BYTES:  # each character is at least one byte
+            return None
+        value = str(text).encode()
+        return value if len(value) <= MAX_VALUE_BYTES else None
+    encoded = (body.get("data" if kind == "Secret" else "binaryData") or {}).get(key)
+    if not isinstance(encoded, str) or _decoded_size(encoded) > MAX_VALUE_BYTES:
+        return None
+    try:
+        return base64.b64decode(encoded)
+    except (binascii.Error, ValueError):
+        return None  # the API server never serves invalid base64; unusable either way
+
+
+def _keys(kind: str, body: Mapping[str, Any]) -> frozenset[str]:
+    keys = set(body.get("data") or {})
+    if kind == "ConfigMap":
+        keys.update(body.get("binaryData") or {})
+    return frozenset(keys)
+
+
+def source_from_body(
+    kind: str, body: Mapping[str, Any], wanted: Iterable[str] | None = None
+) -> Source | None:
+    """What is kept of a labelled object (the values of the `wanted` keys only; every
+    value when None), or None for objects tokensync must not read."""
     metadata = body.get("metadata") or {}
     if is_managed(metadata):
         return None  # a Secret managed by tokensync is never read as a source
-    if kind == "Secret":
-        data = {k: base64.b64decode(v) for k, v in (body.get("data") or {}).items()}
-    else:
-        data = {k: v.encode() for k, v in (body.get("data") or {}).items()}
-        data.update({k: base64.b64decode(v) for k, v in (body.get("binaryData") or {}).items()})
+    keys = _keys(kind, body)
+    data: dict[str, bytes] = {}
+    oversized = set()
+    for key in keys if wanted is None else keys.intersection(wanted):
+        value = _value(kind, body, key)
+        if value is None:
+            oversized.add(key)
+        else:
+            data[key] = value
     return Source(
         kind=kind,
         name=metadata.get("name", ""),
         data=data,
         type=body.get("type"),
         allowed_token_urls=(metadata.get("annotations") or {}).get(ANNOTATION_ALLOWED_URLS),
+        keys=keys,
+        oversized=frozenset(oversized),
+        resource_version=metadata.get("resourceVersion"),
     )
 
 
+def _object_key(kind: str, body: Mapping[str, Any]) -> ObjectKey:
+    metadata = body.get("metadata") or {}
+    return (metadata.get("namespace", ""), kind, metadata.get("name", ""))
+
+
+def _view(source: Source | None, key: str) -> object:
+    """What a credential referencing `key` would read: compared to decide who to wake."""
+    if source is None or not source.has(key):
+        return None
+    if key in source.oversized:
+        return "oversized"
+    return source.data.get(key, "not kept")
+
+
 class SourceCache:
-    """The labelled sources the operator has seen, by (namespace, kind, name). Fed by
-    the label-selected watches; read by the credential workers (both on the event loop)."""
+    """The labelled sources the operator has seen, by (namespace, kind, name), and which
+    keys of them each credential (by UID) references. Fed by the watch threads and by
+    `fill`, read by the workers on the event loop: every method takes the lock."""
 
     def __init__(self) -> None:
-        self._items: dict[tuple[str, str, str], Source] = {}
+        self._items: dict[ObjectKey, Source] = {}
+        self._references: dict[str, frozenset[RefKey]] = {}  # UID -> what it reads
+        # object -> key -> UIDs reading it: the keys whose values are kept
+        self._wanted: dict[ObjectKey, dict[str, set[str]]] = {}
+        self._lock = threading.Lock()
 
-    def apply(
-        self, kind: str, event_type: str, body: Mapping[str, Any]
-    ) -> tuple[str, str, str] | None:
-        """Record a watch event; the key of the object if what a credential reads changed."""
-        metadata = body.get("metadata") or {}
-        key = (metadata.get("namespace", ""), kind, metadata.get("name", ""))
-        source = None if event_type == "DELETED" else source_from_body(kind, body)
-        old = self._items.pop(key, None)
-        if source is not None:
-            self._items[key] = source
-        return key if old != source else None
+    # --- references -------------------------------------------------------------------
 
-    def reset(self, kind: str, namespace: str | None) -> None:
-        """Forget one kind in a namespace (None: everywhere) before a re-list."""
-        for key in [k for k in self._items if k[1] == kind and namespace in (None, k[0])]:
-            del self._items[key]
+    def set_references(self, uid: str, refs: Iterable[RefKey]) -> None:
+        """What credential `uid` reads now. Values nobody reads any more are dropped; a
+        newly wanted value of a cached object is not there yet (`ValueNotKept`)."""
+        with self._lock:
+            self._set_references(uid, frozenset(refs))
+
+    def prime(self, uid: str, refs: Iterable[RefKey]) -> None:
+        """`set_references` from a credential listed at start, unless its references are
+        already known (then they come from a newer version of it)."""
+        with self._lock:
+            if uid not in self._references:
+                self._set_references(uid, frozenset(refs))
+
+    def forget(self, uid: str) -> None:
+        """The credential is gone."""
+        with self._lock:
+            self._set_references(uid, frozenset())
+            del self._references[uid]
+
+    def retain(self, uids: Iterable[str]) -> None:
+        """Forget every credential but these (after a full list of credentials: one that
+        was primed at start and deleted before kopf listed it is never reported)."""
+        keep = set(uids)
+        with self._lock:
+            for uid in [u for u in self._references if u not in keep]:
+                self._set_references(uid, frozenset())
+                del self._references[uid]
+
+    def _set_references(self, uid: str, new: frozenset[RefKey]) -> None:
+        old = self._references.get(uid, frozenset())
+        self._references[uid] = new
+        for namespace, kind, name, key in new - old:
+            self._wanted.setdefault((namespace, kind, name), {}).setdefault(key, set()).add(uid)
+        for namespace, kind, name, key in old - new:
+            self._unwant((namespace, kind, name), key, uid)
+
+    def _unwant(self, obj: ObjectKey, key: str, uid: str) -> None:
+        keys = self._wanted.get(obj, {})
+        readers = keys.get(key, set())
+        readers.discard(uid)
+        if readers:
+            return
+        keys.pop(key, None)
+        if not keys:
+            self._wanted.pop(obj, None)
+        source = self._items.get(obj)
+        if source is not None and (key in source.data or key in source.oversized):
+            data = {k: v for k, v in source.data.items() if k != key}
+            self._items[obj] = replace(source, data=data, oversized=source.oversized - {key})
+
+    # --- events -----------------------------------------------------------------------
+
+    def apply(self, kind: str, event_type: str, body: Mapping[str, Any]) -> set[str]:
+        """Record a watch event (LISTED, ADDED, MODIFIED, DELETED); the UIDs of the
+        credentials whose referenced data changed (a resourceVersion bump alone: none)."""
+        obj = _object_key(kind, body)
+        with self._lock:
+            wanted = self._wanted.get(obj, {})
+            new = None if event_type == "DELETED" else source_from_body(kind, body, wanted)
+            old = self._items.pop(obj, None)
+            if new is not None:
+                self._items[obj] = new
+            return _changed(old, new, wanted)
+
+    def fill(self, kind: str, body: Mapping[str, Any]) -> bool:
+        """Keep the wanted values of a freshly read object (`Kube.read_source`). False when
+        the cache holds another version of it (or none): the watch brings the news and
+        keeps the wanted values itself; read again only if still `ValueNotKept`."""
+        obj = _object_key(kind, body)
+        with self._lock:
+            cached = self._items.get(obj)
+            version = (body.get("metadata") or {}).get("resourceVersion")
+            if cached is None or version is None or cached.resource_version != version:
+                return False
+            source = source_from_body(kind, body, self._wanted.get(obj, {}))
+            if source is None:
+                return False
+            self._items[obj] = source
+            return True
 
     def lookup(self, namespace: str) -> SourceLookup:
-        return lambda kind, name: self._items.get((namespace, kind, name))
+        def get(kind: str, name: str) -> Source | None:
+            with self._lock:
+                return self._items.get((namespace, kind, name))
+
+        return get
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _changed(old: Source | None, new: Source | None, wanted: Mapping[str, set[str]]) -> set[str]:
+    if not wanted:
+        return set()
+    if (old is None) != (new is None) or (
+        old is not None
+        and new is not None
+        and (old.type, old.allowed_token_urls) != (new.type, new.allowed_token_urls)
+    ):
+        return set().union(*wanted.values())
+    woken: set[str] = set()
+    for key, readers in wanted.items():
+        if _view(old, key) != _view(new, key):
+            woken |= readers
+    return woken
 
 
 def describe(ref: Ref) -> str:
@@ -108,14 +284,14 @@ def resolve_references(
     spec: CredentialSpec,
     lookup: SourceLookup,
     url_allowed: Callable[[str, str | None], bool],
-) -> ResolvedValues | ReferenceProblem | Unresolved:
+) -> ResolvedValues | ReferenceProblem | Unresolved | ValueNotKept:
     """Everything the token request needs from referenced objects, or the first problem."""
     values: dict[str, bytes] = {}
     for ref in spec.references:
         source = lookup(ref.kind, ref.name)
         if source is None:
             return Unresolved(ref)
-        if ref.key not in source.data:
+        if not source.has(ref.key):
             return ReferenceProblem("ReferenceKeyMissing", f"{describe(ref)} does not exist")
         # With issuerURL the binding is checked again once discovery found the endpoint.
         if spec.token_url is not None and not url_allowed(
@@ -134,7 +310,14 @@ def resolve_references(
             return ReferenceProblem(
                 "ReferenceInvalid", f"Secret {ref.name!r} must be of type {TLS_SECRET_TYPE}"
             )
-        values[_slot(spec, ref)] = source.data[ref.key]
+        value = source.data.get(ref.key)
+        if ref.key in source.oversized or (value is not None and len(value) > MAX_VALUE_BYTES):
+            return ReferenceProblem(
+                "ReferenceInvalid", f"{describe(ref)} is larger than {MAX_VALUE_BYTES // 1024} KiB"
+            )
+        if value is None:
+            return ValueNotKept(ref)
+        values[_slot(spec, ref)] = value
 
     secret: str | ReferenceProblem = ""
     if spec.client_secret_ref is not None:
