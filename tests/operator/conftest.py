@@ -5,14 +5,7 @@ with exactly the RBAC deploy/ grants, talking to a scriptable HTTPS token endpoi
 from __future__ import annotations
 
 import base64
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +13,15 @@ import kubernetes
 import pytest
 import trustme
 from operator_helpers import Cluster
+from operator_process import (  # noqa: F401 - re-exported for fixtures' users
+    OPERATOR_SA,
+    OPERATOR_USER,
+    REPO,
+    Operator,
+    find_secrets,
+    start_operator,
+)
 from token_endpoint import TokenEndpoint
-
-from tokensync.redact import secret_variants
-
-REPO = Path(__file__).resolve().parents[2]
-OPERATOR_SA = ("tokensync-system", "tokensync")
-OPERATOR_USER = "system:serviceaccount:tokensync-system:tokensync"
 
 
 @pytest.fixture(scope="session")
@@ -54,79 +49,6 @@ def installed(control_plane: Any) -> Any:
 @pytest.fixture(scope="session")
 def operator_kubeconfig(installed: Any) -> Path:
     return installed.service_account_kubeconfig(*OPERATOR_SA)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Operator:
-    """A running `tokensync run`; its whole output goes to a log file."""
-
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    health_port: int
-    metrics_port: int
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.health_port}/readyz", timeout=1
-            ) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_operator(kubeconfig: Path, log_path: Path, *extra: str) -> Operator:
-    health, metrics = _free_port(), _free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "tokensync",
-        "run",
-        "--health-host=127.0.0.1",
-        f"--health-port={health}",
-        f"--metrics-port={metrics}",
-        # Plain HTTP for Operator.metrics(); tests of the secure default pass
-        # --no-metrics-insecure (the later flag wins).
-        "--metrics-insecure",
-        *extra,
-    ]
-    if not any(a.startswith(("--namespace", "-n", "--all-namespaces")) for a in extra):
-        args.append("--all-namespaces")
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    env.pop("REQUESTS_CA_BUNDLE", None)
-    log = log_path.open("ab")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-    operator = Operator(process, log_path, health, metrics)
-    deadline = time.monotonic() + 60
-    while not operator.ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            operator.stop()
-            raise AssertionError("operator did not become ready:\n" + operator.log()[-4000:])
-        time.sleep(0.2)
-    return operator
 
 
 class OperatorPool:
@@ -178,17 +100,6 @@ def operators(
     # secret and no token, in any encoding, ever.
     leaked = find_secrets(pool.logs(), token_endpoint)
     assert not leaked, f"operator logs contain {len(leaked)} secret or token spellings"
-
-
-def find_secrets(text: str, endpoint: TokenEndpoint) -> list[str]:
-    """Every secret spelling (raw, base64, URL-encoded, base64 of id:secret) in text."""
-    found = []
-    for client in list(endpoint.clients.values()):
-        for secret in client.all_secrets:
-            found += [v for v in secret_variants(secret, client_id=client.client_id) if v in text]
-    for token in endpoint.all_tokens():
-        found += [v for v in secret_variants(token) if v in text]
-    return found
 
 
 @pytest.fixture

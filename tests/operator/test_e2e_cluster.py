@@ -17,8 +17,8 @@ from pathlib import Path
 
 import kubernetes
 import pytest
-from conftest import REPO, find_secrets, start_operator
 from operator_helpers import Cluster, decode, wait_for
+from operator_process import REPO, find_secrets, start_operator
 
 KUBECONFIG = os.environ.get("TOKENSYNC_E2E_KUBECONFIG")
 

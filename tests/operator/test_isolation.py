@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 import pytest
-from conftest import OPERATOR_USER
 from kubernetes.client.exceptions import ApiException
 from operator_helpers import decode, wait_for
+from operator_process import OPERATOR_USER
 from token_endpoint import TokenEndpoint
 
 from tokensync.kube import Kube, KubeError

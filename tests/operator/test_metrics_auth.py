@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import OPERATOR_USER
 from operator_helpers import wait_for
+from operator_process import OPERATOR_USER
 
 pytestmark = pytest.mark.envtest
 

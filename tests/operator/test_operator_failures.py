@@ -7,8 +7,8 @@ import time
 from urllib.parse import unquote
 
 import pytest
-from conftest import OPERATOR_USER, find_secrets
 from operator_helpers import decode, wait_for
+from operator_process import OPERATOR_USER, find_secrets
 
 pytestmark = pytest.mark.envtest
 

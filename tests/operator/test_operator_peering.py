@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import kubernetes
 import pytest
 import yaml
-from conftest import REPO, Operator
 from kubernetes.client.exceptions import ApiException
 from operator_helpers import wait_for
+from operator_process import REPO, Operator
 
 pytestmark = pytest.mark.envtest
 

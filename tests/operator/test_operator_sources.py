@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import OPERATOR_USER
 from operator_helpers import SOURCE_LABEL
+from operator_process import OPERATOR_USER
 
 pytestmark = pytest.mark.envtest
 

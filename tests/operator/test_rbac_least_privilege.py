@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import OPERATOR_USER, REPO
 from operator_helpers import decode, wait_for
+from operator_process import OPERATOR_USER, REPO
 
 pytestmark = pytest.mark.envtest
 

@@ -1,0 +1,106 @@
+"""The real operator as a subprocess (`tokensync run`), and what tests check in its
+output. A module of its own, not conftest.py: several test directories have a conftest,
+and `from operator_process import ...` would find whichever was imported first."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from token_endpoint import TokenEndpoint
+
+from tokensync.redact import secret_variants
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR_SA = ("tokensync-system", "tokensync")
+OPERATOR_USER = "system:serviceaccount:tokensync-system:tokensync"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Operator:
+    """A running `tokensync run`; its whole output goes to a log file."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    health_port: int
+    metrics_port: int
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/readyz", timeout=1
+            ) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_operator(kubeconfig: Path, log_path: Path, *extra: str) -> Operator:
+    health, metrics = _free_port(), _free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "tokensync",
+        "run",
+        "--health-host=127.0.0.1",
+        f"--health-port={health}",
+        f"--metrics-port={metrics}",
+        # Plain HTTP for Operator.metrics(); tests of the secure default pass
+        # --no-metrics-insecure (the later flag wins).
+        "--metrics-insecure",
+        *extra,
+    ]
+    if not any(a.startswith(("--namespace", "-n", "--all-namespaces")) for a in extra):
+        args.append("--all-namespaces")
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    env.pop("REQUESTS_CA_BUNDLE", None)
+    log = log_path.open("ab")
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    operator = Operator(process, log_path, health, metrics)
+    deadline = time.monotonic() + 60
+    while not operator.ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            operator.stop()
+            raise AssertionError("operator did not become ready:\n" + operator.log()[-4000:])
+        time.sleep(0.2)
+    return operator
+
+
+def find_secrets(text: str, endpoint: TokenEndpoint) -> list[str]:
+    """Every secret spelling (raw, base64, URL-encoded, base64 of id:secret) in text."""
+    found = []
+    for client in list(endpoint.clients.values()):
+        for secret in client.all_secrets:
+            found += [v for v in secret_variants(secret, client_id=client.client_id) if v in text]
+    for token in endpoint.all_tokens():
+        found += [v for v in secret_variants(token) if v in text]
+    return found
