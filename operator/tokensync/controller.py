@@ -63,6 +63,33 @@ WRITE_ATTEMPTS = 3
 REFRESHING_REPORT_DELAY_SECONDS = 2.0
 
 
+class _UnreachableLog:
+    """One warning for everyone while the API server is unreachable, at most every 30 s,
+    with the number of passes that failed since the last: a 200-credential outage is a
+    few lines, not one per credential and retry."""
+
+    INTERVAL_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self.logged_at: float | None = None
+        self.failures = 0
+
+    def failed(self, error: KubeError) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if self.logged_at is None or now - self.logged_at >= self.INTERVAL_SECONDS:
+            log.warning(
+                "%s: %d credential pass(es) failed since the last report; each retries with "
+                "backoff (1 s doubling to 60 s, jittered)",
+                error,
+                self.failures,
+            )
+            self.logged_at, self.failures = now, 0
+
+
+UNREACHABLE_LOG = _UnreachableLog()
+
+
 class CredentialGone(Exception):
     """The credential was deleted, is being deleted, or was replaced by a new object of
     the same name: its worker stops and writes nothing more."""
@@ -233,11 +260,14 @@ class CredentialWorker:
             await self._sleep_until(wake_at)
 
     def _kube_failed(self, error: KubeError) -> datetime:
-        """Back off, per worker and with jitter; log the first failure and then only
-        every doubling, so an API outage is a few lines, not one per credential pass."""
+        """Back off, per worker and with jitter. An unreachable API server is logged for
+        all workers together (one line per half minute); another error of this
+        credential's first, then at each doubling."""
         self.kube_failures += 1
         delay = schedule.kube_backoff_seconds(self.kube_failures, random.random())
-        if self.kube_failures & (self.kube_failures - 1) == 0:
+        if error.unreachable:
+            UNREACHABLE_LOG.failed(error)
+        elif self.kube_failures & (self.kube_failures - 1) == 0:
             log.warning(
                 "%s/%s: %s; retrying in %.0fs (failure %d)",
                 self.owner.namespace,

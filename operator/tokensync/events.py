@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -127,6 +128,10 @@ class Recorder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokensync-events")
         self._pending = 0
         self._lock = threading.Lock()
+        # Failures are logged once, then summarised at most once a minute: during an API
+        # server outage every event fails, and one line each would flood the log.
+        self._failed = 0
+        self._failure_logged_at: float | None = None
 
     def post(self, regarding: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         body = event_body(
@@ -143,7 +148,18 @@ class Recorder:
         try:
             self._create(body["metadata"]["namespace"], body)
         except Exception as error:  # best effort; its text is the API's Status message only
-            log.warning("could not post a %s event: %s", body["reason"], _describe(error))
+            self._failed += 1
+            now = time.monotonic()
+            if self._failure_logged_at is None or now - self._failure_logged_at >= 60:
+                log.warning(
+                    "could not post %d event(s), the last a %s event: %s",
+                    self._failed,
+                    body["reason"],
+                    _describe(error),
+                )
+                self._failed, self._failure_logged_at = 0, now
+        else:
+            self._failure_logged_at = None  # the next failure is news again
         finally:
             with self._lock:
                 self._pending -= 1

@@ -301,7 +301,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     kube_executor = ThreadPoolExecutor(
         max_workers=KUBE_THREADS, thread_name_prefix="tokensync-kube"
     )
-    kube = Kube(load_configuration(connection_pool_size=KUBE_THREADS))
+    # One pool for the API calls and the label-selected watches (each holds a connection).
+    kube = Kube(load_configuration(connection_pool_size=KUBE_THREADS + 8))
     memo.executors = [token_executor, kube_executor]
     sources = SourceCache()
     memo.sources_synced = asyncio.Event()

@@ -66,6 +66,9 @@ def load_configuration(connection_pool_size: int) -> kubernetes.client.Configura
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = connection_pool_size
+    # No urllib3 retries: callers back off themselves, and urllib3 would log a warning for
+    # every retry of every call while the API server is unreachable.
+    configuration.retries = False
     return configuration
 
 

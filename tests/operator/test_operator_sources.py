@@ -83,8 +83,10 @@ def test_labelled_secrets_cost_memory_only_for_referenced_keys(
 
 
 def _is_read(event: dict) -> bool:
-    """Kube.read_source: a list narrowed to one name."""
-    return "fieldSelector=metadata.name" in event["requestURI"].replace("%3D", "=")
+    """Kube.read_source: a list of Secrets or ConfigMaps narrowed to one name."""
+    resource = (event.get("objectRef") or {}).get("resource")
+    uri = event["requestURI"].replace("%3D", "=")
+    return resource in ("secrets", "configmaps") and "fieldSelector=metadata.name" in uri
 
 
 def test_referenced_value_over_512_kib_is_reference_invalid(cluster, operator, token_endpoint):
