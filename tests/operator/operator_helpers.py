@@ -104,11 +104,17 @@ class Cluster:
                 {"client_secret": client.secret},
                 allowed_urls=self.endpoint.url.split("/oauth2")[0] + "/",
             )
+        return self.create_credential_object(
+            name, self.credential_spec(client, secret_name, **extra)
+        )
+
+    def create_credential_object(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """An OAuth2Credential with exactly this spec (its sources are the caller's)."""
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "OAuth2Credential",
             "metadata": {"name": name},
-            "spec": self.credential_spec(client, secret_name, **extra),
+            "spec": spec,
         }
         return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
 

@@ -49,17 +49,8 @@ def _credential(cluster: Cluster, name: str, client: Any, url: str, **spec: Any)
     cluster.source_secret(
         name, {"client_secret": client.secret}, allowed_urls=url.split("/oauth2")[0] + "/"
     )
-    cluster.custom.create_namespaced_custom_object(
-        "tokensync.dev",
-        "v1alpha1",
-        cluster.ns,
-        "oauth2credentials",
-        {
-            "apiVersion": "tokensync.dev/v1alpha1",
-            "kind": "OAuth2Credential",
-            "metadata": {"name": name},
-            "spec": {**cluster.credential_spec(client, name), "tokenURL": url, **spec},
-        },
+    cluster.create_credential_object(
+        name, {**cluster.credential_spec(client, name), "tokenURL": url, **spec}
     )
 
 

@@ -66,20 +66,12 @@ def test_a_slow_endpoint_does_not_delay_other_namespaces(
             cluster.source_secret(
                 f"slow-{i}", {"client_secret": client.secret}, allowed_urls=sources["allowed"]
             )
-            cluster.custom.create_namespaced_custom_object(
-                "tokensync.dev",
-                "v1alpha1",
-                cluster.ns,
-                "oauth2credentials",
+            cluster.create_credential_object(
+                f"slow-{i}",
                 {
-                    "apiVersion": "tokensync.dev/v1alpha1",
-                    "kind": "OAuth2Credential",
-                    "metadata": {"name": f"slow-{i}"},
-                    "spec": {
-                        **cluster.credential_spec(client, f"slow-{i}"),
-                        "tokenURL": slow.url,
-                        "timeoutSeconds": 120,
-                    },
+                    **cluster.credential_spec(client, f"slow-{i}"),
+                    "tokenURL": slow.url,
+                    "timeoutSeconds": 120,
                 },
             )
         wait_for(lambda: len(slow.all_requests()) >= 8, 30, "slow requests in flight")

@@ -31,18 +31,7 @@ def test_an_api_server_outage_costs_no_token_and_no_flood(
         # renewed 50 s after issue: most renewals fall inside the outage
         spec = cluster.credential_spec(client, "client-shared", refresh={"renewBefore": "250s"})
         spec["clientSecretRef"]["key"] = f"s{i}"
-        cluster.custom.create_namespaced_custom_object(
-            "tokensync.dev",
-            "v1alpha1",
-            cluster.ns,
-            "oauth2credentials",
-            {
-                "apiVersion": "tokensync.dev/v1alpha1",
-                "kind": "OAuth2Credential",
-                "metadata": {"name": f"c{i}"},
-                "spec": spec,
-            },
-        )
+        cluster.create_credential_object(f"c{i}", spec)
 
     def all_issued() -> bool:
         items = cluster.core.list_namespaced_secret(
