@@ -359,3 +359,28 @@ def _gone(cluster: Any, name: str) -> bool:
     except ApiException as error:
         return error.status == 404
     return False
+
+
+def test_a_credential_deleted_during_a_watch_gap_stops_its_worker(
+    cluster, own_operator, token_endpoint, installed
+):
+    # 0.1: kopf reports no DELETED for a credential deleted while its watch was down; the
+    # orphan worker kept requesting tokens and re-creating the collected Secret every 10 s.
+    operator = own_operator("--no-deny-private-networks")
+    client = token_endpoint.add_client(lifetime=20)  # renewals every ~10 s
+    cluster.create_credential("ghost", client)
+    cluster.wait_ready("ghost", reason="TokenIssued")
+
+    def delete_behind_the_watch() -> None:
+        assert installed.etcd_delete("tokensync.dev/oauth2credentials", cluster.ns, "ghost")
+        installed.compact()  # the watch's resourceVersion is gone too: 410, re-list
+
+    installed.restart_apiserver(while_down=delete_behind_the_watch)
+    # The garbage collector removes the orphaned Secret; nothing may bring it back.
+    wait_for(lambda: cluster.secret("ghost") is None, 90, "the Secret collected")
+    requests = len(client.requests)
+    time.sleep(25)
+    assert cluster.secret("ghost") is None
+    assert len(client.requests) == requests, "the orphan worker kept requesting tokens"
+    assert operator.process.poll() is None
+    assert "Traceback" not in operator.log()
