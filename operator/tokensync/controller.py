@@ -166,7 +166,6 @@ class CredentialWorker:
     retry_key: tuple[Any, ...] | None = None  # the generation/config a backoff applies to
     failures_by_kind: dict[str, int] = field(default_factory=dict)  # backoff per error class
     expires_at: datetime | None = None  # of the held token, for metrics
-    next_refresh_at: datetime | None = None  # for metrics
     last_event: tuple[str, str] | None = None
     warned_generation: int | None = None  # insecure-setting warnings are posted once per spec
     served: Served | None = None
@@ -407,7 +406,6 @@ class CredentialWorker:
             return self.retry_at
         not_before = schedule.earliest_request_at(self.last_request_at, exempt=failed_before)
         if not_before and now < not_before:
-            self.next_refresh_at = not_before
             return not_before
 
         routine = _serves_current(trigger, p.held, now)
@@ -507,7 +505,6 @@ class CredentialWorker:
         point = schedule.refresh_point(
             held.issued_at, held.expires_at, spec.refresh, self._jitter(held)
         )
-        self.next_refresh_at = point.at
         return point
 
     def _jitter(self, held: schedule.HeldToken | None) -> float:
@@ -702,7 +699,6 @@ class CredentialWorker:
             held.expires_at if held and held.expires_at and now < held.expires_at else None
         )
         self.retry_at = schedule.next_attempt_at(now, delay, valid_until)
-        self.next_refresh_at = self.retry_at
         message = self._sanitize(str(error), p.resolved)
         metrics.REFRESH_FAILURES.labels(self.owner.namespace, self.owner.name, error.kind).inc()
         reason = (
@@ -737,7 +733,6 @@ class CredentialWorker:
         if held and held.expires_at and now < held.expires_at:
             expiries.append(held.expires_at)
         self.retry_at = schedule.next_attempt_at(now, delay, min(expiries))
-        self.next_refresh_at = self.retry_at
         message = self._sanitize(
             f"writing Secret {p.spec.secret.name!r} failed: {error}",
             p.resolved,

@@ -27,6 +27,7 @@ USER_AGENT = f"tokensync/{__version__}"
 # never returned an object's data.
 METADATA_USER_AGENT = f"tokensync/{__version__} (metadata-only)"
 METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+METADATA_LIST_ACCEPT = METADATA_ACCEPT.replace("PartialObjectMetadata", "PartialObjectMetadataList")
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 FIELD_MANAGER = "tokensync"  # = managed.FIELD_MANAGER; kube.py stays free of the token logic
@@ -202,7 +203,7 @@ class Kube:
         operator needs no `get` on credentials)."""
         selector = quote(f"metadata.name={name}")
         path = _credentials_path(namespace) + f"?fieldSelector={selector}"
-        accept = METADATA_ACCEPT.replace("PartialObjectMetadata", "PartialObjectMetadataList")
+        accept = METADATA_LIST_ACCEPT
         page = self._call("GET", path, accept=accept, client=self._metadata_client)
         items = (page or {}).get("items") or []
         return items[0]["metadata"] if items else None
@@ -217,7 +218,7 @@ class Kube:
         return uids
 
     def _pages(self, path: str) -> Iterator[dict[str, Any]]:
-        accept = METADATA_ACCEPT.replace("PartialObjectMetadata", "PartialObjectMetadataList")
+        accept = METADATA_LIST_ACCEPT
         token = ""
         while True:
             query = f"?limit={LIST_PAGE_SIZE}" + (f"&continue={quote(token)}" if token else "")

@@ -36,9 +36,7 @@ from typing import Any
 import kubernetes
 import urllib3
 
-from tokensync.kube import METADATA_ACCEPT, METADATA_USER_AGENT
-
-METADATA_LIST_ACCEPT = METADATA_ACCEPT.replace("PartialObjectMetadata", "PartialObjectMetadataList")
+from tokensync.kube import METADATA_ACCEPT, METADATA_LIST_ACCEPT, METADATA_USER_AGENT
 
 log = logging.getLogger("tokensync.watches")
 
