@@ -59,8 +59,11 @@ CONFLICT_RECHECK = timedelta(minutes=5)  # a foreign Secret is not watched: look
 UNEXPECTED_ERROR_RETRY = timedelta(seconds=30)
 SOURCE_PENDING_RECHECK = timedelta(seconds=2)
 WRITE_ATTEMPTS = 3
-# A routine renewal that answers within this long writes no Refreshing=True first.
+# A routine renewal that answers within this long after it was sent writes no
+# Refreshing=True first. The time queued for an endpoint's slot does not count (bursts of
+# renewals to one endpoint queue for seconds), unless it grows past the second bound.
 REFRESHING_REPORT_DELAY_SECONDS = 2.0
+QUEUED_REPORT_DELAY_SECONDS = 30.0
 
 
 class _UnreachableLog:
@@ -432,15 +435,14 @@ class CredentialWorker:
             await self._report_problem(request)
             return self.ctx.now() + timedelta(seconds=identity.RECHECK_SECONDS)
         self.last_request_at = now
-        fetch = asyncio.ensure_future(self._fetch(request))
+        sent = asyncio.Event()
+        fetch = asyncio.ensure_future(self._fetch(request, sent))
         try:
-            if routine:
-                # A renewal that answers quickly costs no Refreshing=True write.
-                done, _ = await asyncio.wait({fetch}, timeout=REFRESHING_REPORT_DELAY_SECONDS)
-                if not done:
-                    await self._report(
-                        Report(ready=self._current_ready(p, now, trigger), refreshing=refreshing)
-                    )
+            # A renewal that answers quickly costs no Refreshing=True write.
+            if routine and await _is_slow(fetch, sent):
+                await self._report(
+                    Report(ready=self._current_ready(p, now, trigger), refreshing=refreshing)
+                )
             token = await fetch
         except oauth2.TokenError as error:
             self.retry_key = attempt_key
@@ -511,12 +513,14 @@ class CredentialWorker:
         issued = format_time(held.issued_at) if held and held.issued_at else ""
         return schedule.stable_jitter(self.owner.uid, issued)
 
-    async def _fetch(self, request: oauth2.TokenRequest) -> oauth2.Token:
+    async def _fetch(self, request: oauth2.TokenRequest, sent: asyncio.Event) -> oauth2.Token:
         """One token request, inside the per-endpoint and global limits, on the token
-        executor (never the one Kubernetes calls use)."""
+        executor (never the one Kubernetes calls use). `sent` is set when it leaves the
+        queue."""
         loop = asyncio.get_running_loop()
         deny, cidrs = self.ctx.config.deny_private_networks, self.ctx.config.deny_cidrs
         async with self.ctx.limits.slot(request.token_url):
+            sent.set()
             started = time.monotonic()
             try:
                 token = await loop.run_in_executor(
@@ -867,6 +871,27 @@ def _serves_current(
         and now < held.expires_at
         and trigger.reason in ("RenewWindow", "RefreshRequested")
     )
+
+
+async def _is_slow(fetch: asyncio.Future[oauth2.Token], sent: asyncio.Event) -> bool:
+    """Whether a routine renewal is worth a Refreshing=True write: still unanswered
+    REFRESHING_REPORT_DELAY_SECONDS after it was sent, or still queued for its endpoint's
+    slot after QUEUED_REPORT_DELAY_SECONDS."""
+    leaving_queue = asyncio.ensure_future(sent.wait())
+    try:
+        await asyncio.wait(
+            {fetch, leaving_queue},
+            timeout=QUEUED_REPORT_DELAY_SECONDS,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        leaving_queue.cancel()
+    if fetch.done():
+        return False
+    if not sent.is_set():
+        return True
+    done, _ = await asyncio.wait({fetch}, timeout=REFRESHING_REPORT_DELAY_SECONDS)
+    return not done
 
 
 def _conflict(spec: CredentialSpec) -> ReferenceProblem:

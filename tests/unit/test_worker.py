@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from tokensync import oauth2
+from tokensync import controller, oauth2
 from tokensync.controller import CredentialGone, CredentialWorker, OperatorContext
 from tokensync.gates import OperatorConfig
 from tokensync.handlers import Supervisor
 from tokensync.kube import KubeError
+from tokensync.limits import RequestLimits
 from tokensync.managed import FIELD_MANAGER
 from tokensync.sources import Source, SourceCache
 
@@ -109,9 +110,10 @@ class FakeKube:
 
 
 class FakeEndpoint:
-    def __init__(self) -> None:
+    def __init__(self, clock: list[datetime]) -> None:
         self.requests = 0
         self.failures: list[oauth2.TokenError] = []
+        self.clock = clock  # tokens are issued at the worker's "now"
 
     def __call__(self, request: oauth2.TokenRequest, **_: Any) -> oauth2.Token:
         self.requests += 1
@@ -120,8 +122,8 @@ class FakeEndpoint:
         return oauth2.Token(
             access_token="tok-" + secrets.token_urlsafe(16),
             token_type="Bearer",
-            issued_at=NOW,
-            expires_at=NOW + timedelta(hours=1),
+            issued_at=self.clock[0],
+            expires_at=self.clock[0] + timedelta(hours=1),
             scope=None,
             lifetime_source="expires_in",
             http_status=200,
@@ -130,10 +132,10 @@ class FakeEndpoint:
 
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeKube, FakeEndpoint, OperatorContext]:
-    kube, endpoint = FakeKube(), FakeEndpoint()
+    clock = [NOW]
+    kube, endpoint = FakeKube(), FakeEndpoint(clock)
     monkeypatch.setattr(oauth2, "fetch_token", endpoint)
     source = Source(kind="Secret", name="client", data={"client_secret": SECRET.encode()})
-    clock = [NOW]
     ctx = OperatorContext(
         config=OperatorConfig(),
         kube=kube,  # type: ignore[arg-type]
@@ -319,3 +321,55 @@ def test_a_template_that_would_render_too_large_is_an_invalid_spec(world):
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
     assert "256 KiB" in ready["message"] or "KiB" in ready["message"]
     assert "create_secret" not in kube.calls
+
+
+def _renew_while_the_endpoint_is_busy(
+    ctx: OperatorContext, worker: CredentialWorker, busy_seconds: float
+) -> None:
+    """Hold the endpoint's only slot for `busy_seconds` while a routine renewal starts."""
+
+    async def scenario() -> None:
+        async with ctx.limits.slot(credential()["spec"]["tokenURL"]):
+            renewal = asyncio.ensure_future(worker.reconcile())
+            await asyncio.sleep(busy_seconds)
+        await renewal
+
+    run(scenario())
+
+
+def test_a_renewal_queued_behind_its_endpoint_writes_no_refreshing_status(world):
+    # Issue 10: the 2 s before Refreshing=True counted from the start of the pass, so
+    # renewals queued for one of an endpoint's slots cost a third write (2.2 per renewal
+    # at 1,000 credentials). The request answers at once when sent: two writes.
+    kube, _endpoint, ctx = world
+    ctx.limits = RequestLimits(max_in_flight=4, max_per_host=1)
+    worker = CredentialWorker(ctx, credential())
+    run(worker.reconcile())
+    ctx.clock[0] = NOW + timedelta(minutes=50)  # inside the renew window: routine
+    kube.calls.clear()
+    _renew_while_the_endpoint_is_busy(ctx, worker, busy_seconds=2.6)
+    assert kube.calls == ["patch_secret", "patch_status"]
+
+
+def test_a_renewal_queued_too_long_reports_refreshing(world, monkeypatch):
+    # ...but a renewal stuck in the queue (an endpoint's slots all held by slow requests)
+    # is visible: Refreshing=True once it has waited QUEUED_REPORT_DELAY_SECONDS.
+    kube, _endpoint, ctx = world
+    monkeypatch.setattr(controller, "QUEUED_REPORT_DELAY_SECONDS", 0.5)
+    ctx.limits = RequestLimits(max_in_flight=4, max_per_host=1)
+    worker = CredentialWorker(ctx, credential())
+    run(worker.reconcile())
+    ctx.clock[0] = NOW + timedelta(minutes=50)
+    kube.calls.clear()
+    statuses: list[dict[str, Any]] = []
+    patch_status = kube.patch_credential_status
+
+    def record(namespace: str, name: str, uid: str, patch: dict[str, Any]) -> dict[str, Any]:
+        statuses.append(patch)
+        return patch_status(namespace, name, uid, patch)
+
+    kube.patch_credential_status = record  # type: ignore[method-assign]
+    _renew_while_the_endpoint_is_busy(ctx, worker, busy_seconds=1.0)
+    assert kube.calls == ["patch_status", "patch_secret", "patch_status"]
+    refreshing = next(c for c in statuses[0]["conditions"] if c["type"] == "Refreshing")
+    assert (refreshing["status"], refreshing["reason"]) == ("True", "RenewWindow")
