@@ -794,38 +794,47 @@ def secret_history(
     return h
 
 
+def audit_files(path: Path) -> list[Path]:
+    """The audit log and the files kube-apiserver rotated it into (every 100 MB, as
+    `audit-<time>.log` next to it; none are deleted), oldest first."""
+    rotated = sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"))
+    return [*rotated, path] if path.exists() else rotated
+
+
+def audit_lines(path: Path) -> Iterator[str]:
+    for file in audit_files(path):
+        try:
+            with file.open() as handle:
+                yield from handle
+        except OSError:
+            continue
+
+
 def audit_counts(path: Path, windows: dict[str, tuple[float, float]]) -> dict[str, Any]:
     """Requests per user (all) and per verb/resource (operator), per window; one pass."""
     by_user: dict[str, Counter[str]] = {w: Counter() for w in windows}
     operator: dict[str, Counter[str]] = {w: Counter() for w in windows}
     seen: set[str] = set()
-    try:
-        handle = path.open()
-    except OSError:
-        return {"by_user": by_user, "operator": operator}
-    with handle:
-        for line in handle:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            audit_id = entry.get("auditID")
-            if audit_id in seen:
-                continue  # a watch logs ResponseStarted and ResponseComplete
-            seen.add(audit_id)
-            received = datetime.datetime.fromisoformat(
-                entry["requestReceivedTimestamp"]
-            ).timestamp()
-            user = entry.get("user", {}).get("username", "?")
-            ref = entry.get("objectRef") or {}
-            what = entry.get("verb", "?") + " " + ref.get("resource", entry.get("requestURI", ""))
-            if ref.get("subresource"):
-                what += "/" + ref["subresource"]
-            for window, (start, stop) in windows.items():
-                if start <= received < stop:
-                    by_user[window][user] += 1
-                    if user == OPERATOR_USER:
-                        operator[window][what] += 1
+    for line in audit_lines(path):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        audit_id = entry.get("auditID")
+        if audit_id in seen:
+            continue  # a watch logs ResponseStarted and ResponseComplete
+        seen.add(audit_id)
+        received = datetime.datetime.fromisoformat(entry["requestReceivedTimestamp"]).timestamp()
+        user = entry.get("user", {}).get("username", "?")
+        ref = entry.get("objectRef") or {}
+        what = entry.get("verb", "?") + " " + ref.get("resource", entry.get("requestURI", ""))
+        if ref.get("subresource"):
+            what += "/" + ref["subresource"]
+        for window, (start, stop) in windows.items():
+            if start <= received < stop:
+                by_user[window][user] += 1
+                if user == OPERATOR_USER:
+                    operator[window][what] += 1
     return {"by_user": by_user, "operator": operator}
 
 
