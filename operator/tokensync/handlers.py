@@ -1,15 +1,19 @@
-"""kopf wiring only: which events start, wake and stop credential workers.
+"""Which events start, wake and stop credential workers, and the operator's lifecycle
+(kopf's startup and cleanup handlers).
 
-Why no kopf.daemon: kopf puts a finalizer on every object with a daemon, and a finalizer
-would block namespace deletion once the operator is gone. Instead a spy handler
-(`on.event`, which stores nothing on the object) keeps one asyncio task per credential;
-the managed Secret's ownerReference does the cleanup on deletion.
+One asyncio task per credential, never a kopf.daemon: kopf puts a finalizer on every
+object with a daemon, and a finalizer would block namespace deletion once the operator is
+gone; the managed Secret's ownerReference does the cleanup on deletion.
 
-Referenced Secrets and ConfigMaps (label `tokensync.dev/credential-source=true`) and
-managed Secrets (label `tokensync.dev/credential`, metadata only) are watched with their
-label selectors sent to the API server, by watches.py rather than kopf: kopf allows one
-selector per resource, and its indices stalled start-up at a thousand credentials. No kopf
-handler is ever attached to Secrets (kopf would copy their data into its annotations).
+Everything is watched by watches.py, not by kopf: credentials (reduced to what a worker
+uses on the watch thread, the operator's own status echoes dropped there), referenced
+Secrets and ConfigMaps (label `tokensync.dev/credential-source=true`) and managed Secrets
+(label `tokensync.dev/credential`, metadata only), the latter two with their label
+selectors sent to the API server. kopf allows one selector per resource, its indices
+stalled start-up at a thousand credentials, and for a credential watch it kept a memory
+record and the latest full body of every object and ran its handler machinery for every
+status echo (issue 10: most of the memory and a fifth of the CPU per credential that were
+not tokensync's own). No kopf handler is ever attached to Secrets.
 
 Several replicas (`--peering NAME`): kopf runs standalone in every replica and keeps
 their views warm; the workers run their passes only while `leader.LeaderElector` holds
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import os
 import threading
@@ -45,11 +48,10 @@ from tokensync.watches import LISTED, LabelledWatch, WatchTarget
 
 log = logging.getLogger("tokensync")
 
-CREDENTIALS = (GROUP, VERSION, PLURAL)
 SOURCE_SELECTOR = f"{LABEL_SOURCE}=true"
 OWN_WRITE_SETTLE_SECONDS = 1.0
 # Workers are compared with a complete list of credentials this often, and after every
-# re-list of a watch: kopf reports no DELETED for credentials deleted during a watch gap.
+# re-list of a watch: a safety net under the credential watch's own sweep.
 SWEEP_INTERVAL_SECONDS = 300.0
 KUBE_THREADS = 16  # Kubernetes API calls: short, never behind token requests
 PASSES_PER_SECOND = 500.0  # mass wake-ups (start, leadership, API back) are paced to this
@@ -81,7 +83,10 @@ class Supervisor:
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A credential was listed, added, changed or deleted."""
         metadata = body["metadata"]
-        uid = metadata["uid"]
+        # A DELETED found by a re-list's sweep carries the name only.
+        uid = metadata.get("uid") or self.by_name.get((metadata["namespace"], metadata["name"]))
+        if uid is None:
+            return
         if event_type == "DELETED" or metadata.get("deletionTimestamp"):
             # Being deleted (foreground deletion, a GitOps prune): nothing more is written.
             self.stop_worker(uid)
@@ -226,8 +231,8 @@ def _start_watches(
         return lambda event_type, body: loop.call_soon_threadsafe(handler, *first, event_type, body)
 
     def relisted() -> None:
-        # A watch had to list again (410 Gone, a reconnect after a failure): kopf sends
-        # no DELETED for credentials deleted meanwhile, so compare the workers too.
+        # A watch had to list again (410 Gone, a reconnect after a failure): compare the
+        # workers with a complete list too.
         loop.call_soon_threadsafe(memo.sweep_now.set)
 
     def on_source(kind: str) -> Callable[[str, dict], None]:
@@ -257,16 +262,28 @@ def _start_watches(
         on_loop(supervisor.managed_secret_event),
         on_relisted=relisted,
     )
-    credentials = LabelledWatch(  # listed once, never watched (kopf watches them)
+
+    def on_credential(event_type: str, body: dict) -> None:
+        # On the watch thread: our own status echoes (most events) stop here, the rest is
+        # reduced to what a worker uses before anything queues it.
+        if event_type != "DELETED" and supervisor.is_own_echo(body):
+            return
+        if event_type == LISTED:  # before the sources are listed: keep what it reads
+            supervisor.sources.prime(body["metadata"]["uid"], _referenced(body))
+        loop.call_soon_threadsafe(supervisor.observe, event_type, _compact(body))
+
+    credentials = LabelledWatch(
         kube.api,
         WatchTarget(PLURAL, "", api=f"/apis/{GROUP}/{VERSION}", small=True),
         namespaces,
-        on_event=lambda *_: None,
+        on_credential,
+        on_relisted=relisted,
     )
     managed.start()
 
     def start_sources() -> None:
-        _prime_references(credentials, supervisor.sources)
+        credentials.start()
+        credentials.synced.wait()
         for watch in source_watches:
             watch.start()
         for watch in [*source_watches, managed]:
@@ -274,16 +291,7 @@ def _start_watches(
         loop.call_soon_threadsafe(synced.set)
 
     threading.Thread(target=start_sources, name="sources-start", daemon=True).start()
-    return [*source_watches, managed]
-
-
-def _prime_references(credentials: LabelledWatch, sources: SourceCache) -> None:
-    """What the existing credentials reference, before the sources are listed."""
-    try:
-        for body in credentials.objects():
-            sources.prime(body["metadata"]["uid"], _referenced(body))
-    except Exception as error:  # the API may be down: then first uses read their objects
-        log.warning("listing credentials before their sources failed (%s)", type(error).__name__)
+    return [credentials, *source_watches, managed]
 
 
 # --- operator lifecycle ---------------------------------------------------------------
@@ -422,17 +430,9 @@ async def _serve_health(memo: kopf.Memo) -> web.AppRunner:
 # --- credentials ------------------------------------------------------------------------
 
 
-@kopf.on.event(*CREDENTIALS)
-async def credential_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    supervisor: Supervisor = memo.supervisor
-    if type != "DELETED" and supervisor.is_own_echo(body):
-        return
-    supervisor.observe(type, _compact(body))
-
-
-def _compact(body: kopf.Body) -> dict[str, Any]:
-    """A private copy (kopf updates its body views in place) of only what a worker
-    uses: no managedFields, no other annotations or labels."""
+def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A private copy of only what a worker uses: no managedFields, no other
+    annotations or labels."""
     metadata = body.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     kept_metadata = {
@@ -455,6 +455,7 @@ def _compact(body: kopf.Body) -> dict[str, Any]:
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
         "metadata": kept_metadata,
-        "spec": copy.deepcopy(dict(body.get("spec") or {})),
-        "status": copy.deepcopy(dict(body.get("status") or {})),
+        # Fresh from the watch's decoder and referenced by nothing else: no copy needed.
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or {},
     }

@@ -1,6 +1,8 @@
-"""Label-selected list+watch of Secrets and ConfigMaps, outside kopf.
+"""List+watch of credentials and of label-selected Secrets and ConfigMaps, outside kopf.
 
-Two things are watched this way, each with its label selector sent to the API server:
+Three things are watched this way, the last two with their label selector sent to the
+API server:
+- credentials (OAuth2Credential), full objects, handed to the supervisor;
 - sources (`tokensync.dev/credential-source=true`), full objects, into a cache;
 - managed Secrets (`tokensync.dev/credential`), metadata only (PartialObjectMetadata, so
   no token ever crosses the wire for it), to notice deletes and edits by others.
@@ -47,9 +49,11 @@ MAX_RETRY_SECONDS = 30.0
 # the retry delay starts over.
 HEALTHY_SECONDS = 10.0
 # Objects per list page. Full objects (Secrets up to 1 MiB each) in small pages, so one
-# page held in memory while it is parsed stays around 20 MiB; metadata (and credentials,
-# whose schema bounds them to a few KiB) in large ones.
+# page held in memory while it is parsed stays around 20 MiB; metadata in large ones;
+# credentials (a few KiB by their schema, but annotations and managedFields are anyone's
+# to fill) in between.
 PAGE_SIZE = 20
+SMALL_PAGE_SIZE = 100
 METADATA_PAGE_SIZE = 500
 LISTED = "LISTED"  # event type for objects of the first list
 # Labels a DELETED event after a re-list carries (the last ones seen): enough to find a
@@ -78,7 +82,9 @@ class WatchTarget:
 
     @property
     def page_size(self) -> int:
-        return METADATA_PAGE_SIZE if self.metadata_only or self.small else PAGE_SIZE
+        if self.metadata_only:
+            return METADATA_PAGE_SIZE
+        return SMALL_PAGE_SIZE if self.small else PAGE_SIZE
 
     def path(self, namespace: str | None) -> str:
         if namespace:
@@ -189,8 +195,7 @@ class LabelledWatch:
                 version = None
             except Exception as error:  # network trouble: retry, never crash the operator
                 # List again rather than resume: the mark and sweep then reports what the
-                # gap hid, and on_relisted tells the owner (kopf re-lists after a failure
-                # too, and reports no deletion it missed).
+                # gap hid, and on_relisted tells the owner.
                 failure, version = error, None
             wait, delay = next_delay(delay, time.monotonic() - started)
             wait *= 1 - 0.25 * random.random()  # replicas and threads do not retry in step

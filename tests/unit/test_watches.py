@@ -50,7 +50,7 @@ def test_sweep_reports_only_objects_gone_since_the_last_list():
 def test_pages_are_small_for_full_secrets_and_large_for_metadata_and_credentials():
     assert WatchTarget("secrets", "x").page_size == 20
     assert WatchTarget("secrets", "x", metadata_only=True).page_size == 500
-    assert WatchTarget("oauth2credentials", "", api="/apis/g/v", small=True).page_size == 500
+    assert WatchTarget("oauth2credentials", "", api="/apis/g/v", small=True).page_size == 100
     assert WatchTarget("oauth2credentials", "", api="/apis/g/v").path("ns") == (
         "/apis/g/v/namespaces/ns/oauth2credentials"
     )

@@ -373,3 +373,30 @@ def test_a_renewal_queued_too_long_reports_refreshing(world, monkeypatch):
     assert kube.calls == ["patch_status", "patch_secret", "patch_status"]
     refreshing = next(c for c in statuses[0]["conditions"] if c["type"] == "Refreshing")
     assert (refreshing["status"], refreshing["reason"]) == ("True", "RenewWindow")
+
+
+def test_a_deletion_found_by_a_relist_stops_the_worker_by_name():
+    # The credential watch's sweep after a re-list reports DELETED with the namespace and
+    # name only (it keeps no bodies): the worker is found through its name.
+    async def scenario() -> None:
+        ctx = OperatorContext(
+            config=OperatorConfig(),
+            kube=None,  # type: ignore[arg-type]
+            kube_executor=None,  # type: ignore[arg-type]
+            token_executor=None,  # type: ignore[arg-type]
+            sources=lambda _ns: lambda _kind, _name: None,
+            post_event=lambda *_: None,
+            leadership=asyncio.Event().wait,  # parked: no pass runs
+        )
+        supervisor = Supervisor(ctx, SourceCache())
+        supervisor.observe("LISTED", credential())
+        worker = supervisor.workers["cred-uid"]
+        supervisor.observe("DELETED", {"metadata": {"namespace": "ns", "name": "other"}})
+        assert "cred-uid" in supervisor.workers
+        supervisor.observe("DELETED", {"metadata": {"namespace": "ns", "name": "c"}})
+        assert supervisor.workers == {} and supervisor.by_name == {}
+        await asyncio.sleep(0)
+        assert worker.task is not None and worker.task.cancelled()
+        await supervisor.stop()
+
+    run(scenario())
