@@ -189,9 +189,13 @@ def kubernetes_creator(api_client: Any) -> Callable[[str, dict[str, Any]], None]
 
     def create(namespace: str, body: dict[str, Any]) -> None:
         # Bounded, so an unreachable API server cannot hold the thread (or shutdown) forever.
-        core.create_namespaced_event(
+        response = core.create_namespaced_event(
             namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
         )
+        # Read the (unused) answer: only then does its connection go back to the pool.
+        # Unread, every event opened a new TLS connection to the API server.
+        response.read()
+        response.release_conn()
 
     return create
 

@@ -410,7 +410,7 @@ def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) 
 
 
 async def _serve_health(memo: kopf.Memo) -> web.AppRunner:
-    """/healthz: the event loop answers. /readyz: kopf started and the sources are listed."""
+    """/healthz: the event loop answers. /readyz: kopf started, credentials and sources listed."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")

@@ -94,3 +94,54 @@ def test_json_logs_are_kopfs(capfd: pytest.CaptureFixture[str]) -> None:
     logging.getLogger("tokensync.test").warning("hello")
     line = capfd.readouterr().err.strip().splitlines()[-1]
     assert '"message": "hello"' in line and '"severity": "warn"' in line
+
+
+def test_posting_events_reuses_one_connection() -> None:
+    # The 10,000-credential profile: the events thread opened a new TLS connection for
+    # every event, because the unread answer (`_preload_content=False`) never gave its
+    # connection back to the pool.
+    import http.server
+
+    import kubernetes
+
+    connections: list[object] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as kube-apiserver
+
+        def setup(self) -> None:
+            connections.append(self.client_address)
+            super().setup()
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answer = b'{"kind": "Event", "metadata": {"name": "e"}}'
+            self.send_response(201)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = kubernetes.client.Configuration()
+        config.host = f"http://127.0.0.1:{server.server_address[1]}"
+        create = events.kubernetes_creator(kubernetes.client.ApiClient(config))
+        body = events.event_body(
+            {"metadata": {"name": "c", "namespace": "ns"}},
+            "Normal",
+            "TokenIssued",
+            "token valid until later",
+            now=datetime.now(UTC),
+            instance="test",
+        )
+        for _ in range(5):
+            create("ns", body)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(connections) == 1, f"{len(connections)} connections for 5 events"
