@@ -178,6 +178,7 @@ class CredentialWorker:
     secret_version: str | None = None  # resourceVersion of our last Secret write
     status_version: str | None = None  # resourceVersion of our last status patch
     task: asyncio.Task[None] | None = None
+    gate_passed: bool = False  # this pass went through the pass gate already
 
     def __post_init__(self) -> None:
         self.status = dict(self.body.get("status") or {})
@@ -236,8 +237,7 @@ class CredentialWorker:
         while True:
             if self.ctx.leadership is not None:
                 await self.ctx.leadership()
-            if self.ctx.pass_gate is not None:
-                await self.ctx.pass_gate.acquire()
+            self.gate_passed = False
             self.wake_event.clear()
             try:
                 wake_at = await self.reconcile()
@@ -289,12 +289,24 @@ class CredentialWorker:
             async with asyncio.timeout(timeout):
                 await self.wake_event.wait()
 
+    async def _through_gate(self) -> None:
+        """Before a pass's first call out (API or token side): the pass gate paces what
+        passes send, not what they look at. A restarted operator with 10,000 valid tokens
+        looks at every Secret in a few seconds (no call: nothing is due, status is
+        current); at 500 passes a second it took 20 s, and due renewals waited for their
+        turn to be looked at."""
+        if not self.gate_passed and self.ctx.pass_gate is not None:
+            await self.ctx.pass_gate.acquire()
+        self.gate_passed = True
+
     async def _kube(self, fn: Callable[..., T], *args: Any) -> T:
+        await self._through_gate()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.ctx.kube_executor, lambda: fn(*args))
 
     async def _on_token_executor(self, fn: Callable[[], T]) -> T:
         """Discovery and assertion minting: network calls to the token side."""
+        await self._through_gate()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.ctx.token_executor, fn)
 
@@ -519,6 +531,7 @@ class CredentialWorker:
         queue."""
         loop = asyncio.get_running_loop()
         deny, cidrs = self.ctx.config.deny_private_networks, self.ctx.config.deny_cidrs
+        await self._through_gate()
         async with self.ctx.limits.slot(request.token_url):
             sent.set()
             started = time.monotonic()

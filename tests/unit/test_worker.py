@@ -19,8 +19,9 @@ from tokensync.controller import CredentialGone, CredentialWorker, OperatorConte
 from tokensync.gates import OperatorConfig
 from tokensync.handlers import Supervisor
 from tokensync.kube import KubeError
-from tokensync.limits import RequestLimits
+from tokensync.limits import PassGate, RequestLimits
 from tokensync.managed import FIELD_MANAGER
+from tokensync.secret import ANNOTATION_REFRESH_REQUESTED
 from tokensync.sources import Source, SourceCache
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
@@ -398,5 +399,38 @@ def test_a_deletion_found_by_a_relist_stops_the_worker_by_name():
         await asyncio.sleep(0)
         assert worker.task is not None and worker.task.cancelled()
         await supervisor.stop()
+
+    run(scenario())
+
+
+def test_looking_at_a_valid_token_does_not_wait_for_the_pass_gate(world):
+    # Issue 10, restart at 10,000 credentials: every pass waited for the pass gate (500/s),
+    # so a restarted operator took 20 s to look at every Secret and the renewals that fell
+    # due meanwhile were up to 20 s late. A pass that calls nothing (token valid, status
+    # current) does not count against the gate now; one that calls out still does.
+    kube, endpoint, ctx = world
+    ctx.pass_gate = PassGate(rate=0.001, burst=1)  # one pass with calls, then none for ages
+
+    async def scenario() -> None:
+        first = CredentialWorker(ctx, credential())
+        first.task = asyncio.create_task(first.run())
+        while first.expires_at is None:
+            await asyncio.sleep(0.01)
+        first.task.cancel()
+        calls = len(kube.calls)
+        # The restarted operator's worker: same Secret, status as the first one left it.
+        restarted_body = {**credential(), "status": dict(kube.status)}
+        restarted = CredentialWorker(ctx, restarted_body)
+        restarted.task = asyncio.create_task(restarted.run())
+        await asyncio.sleep(0.5)
+        assert restarted.expires_at == first.expires_at  # looked at, without the gate
+        assert len(kube.calls) == calls and endpoint.requests == 1
+        # A refresh request makes the next pass call out: that one waits for the gate.
+        restarted.body = credential(**{ANNOTATION_REFRESH_REQUESTED: "2026-11-30T12:00:00Z"})
+        restarted.body["status"] = dict(kube.status)
+        restarted.wake()
+        await asyncio.sleep(0.5)
+        assert endpoint.requests == 1 and len(kube.calls) == calls
+        restarted.task.cancel()
 
     run(scenario())
