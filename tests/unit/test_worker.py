@@ -273,19 +273,24 @@ def test_a_spec_edit_during_a_pass_is_not_recorded_as_served(world):
     assert {c["observedGeneration"] for c in kube.status["conditions"]} == {1}
 
 
+def _never_leading_context() -> OperatorContext:
+    """A standby's context: workers wait for leadership forever, so no pass runs."""
+    return OperatorContext(
+        config=OperatorConfig(),
+        kube=None,  # type: ignore[arg-type]
+        kube_executor=None,  # type: ignore[arg-type]
+        token_executor=None,  # type: ignore[arg-type]
+        sources=lambda _ns: lambda _kind, _name: None,
+        post_event=lambda *_: None,
+        leadership=asyncio.Event().wait,
+    )
+
+
 def test_a_standby_ignores_managed_secret_events_without_errors():
     # 0.1: each managed-Secret event on a standby raised AttributeError (the worker's
     # secret_version was set only by a pass, which a standby never runs).
     async def scenario() -> None:
-        ctx = OperatorContext(
-            config=OperatorConfig(),
-            kube=None,  # type: ignore[arg-type]
-            kube_executor=None,  # type: ignore[arg-type]
-            token_executor=None,  # type: ignore[arg-type]
-            sources=lambda _ns: lambda _kind, _name: None,
-            post_event=lambda *_: None,
-            leadership=asyncio.Event().wait,  # never leads
-        )
+        ctx = _never_leading_context()
         supervisor = Supervisor(ctx, SourceCache())
         supervisor.observe("ADDED", credential())
         secret = {
@@ -380,15 +385,7 @@ def test_a_deletion_found_by_a_relist_stops_the_worker_by_name():
     # The credential watch's sweep after a re-list reports DELETED with the namespace and
     # name only (it keeps no bodies): the worker is found through its name.
     async def scenario() -> None:
-        ctx = OperatorContext(
-            config=OperatorConfig(),
-            kube=None,  # type: ignore[arg-type]
-            kube_executor=None,  # type: ignore[arg-type]
-            token_executor=None,  # type: ignore[arg-type]
-            sources=lambda _ns: lambda _kind, _name: None,
-            post_event=lambda *_: None,
-            leadership=asyncio.Event().wait,  # parked: no pass runs
-        )
+        ctx = _never_leading_context()
         supervisor = Supervisor(ctx, SourceCache())
         supervisor.observe("LISTED", credential())
         worker = supervisor.workers["cred-uid"]
