@@ -178,7 +178,7 @@ class CredentialWorker:
     secret_version: str | None = None  # resourceVersion of our last Secret write
     status_version: str | None = None  # resourceVersion of our last status patch
     task: asyncio.Task[None] | None = None
-    gate_passed: bool = False  # this pass went through the pass gate already
+    gate_passed: bool = False  # the current pass went through the pass gate already
 
     def __post_init__(self) -> None:
         self.status = dict(self.body.get("status") or {})
@@ -237,7 +237,6 @@ class CredentialWorker:
         while True:
             if self.ctx.leadership is not None:
                 await self.ctx.leadership()
-            self.gate_passed = False
             self.wake_event.clear()
             try:
                 wake_at = await self.reconcile()
@@ -314,6 +313,7 @@ class CredentialWorker:
 
     async def reconcile(self) -> datetime | None:
         """One pass of the loop; returns when to run again (None: only when woken)."""
+        self.gate_passed = False
         owner = self.owner
         metadata = self.metadata
         if metadata.get("deletionTimestamp"):

@@ -266,11 +266,22 @@ def _start_watches(
     def on_credential(event_type: str, body: dict) -> None:
         # On the watch thread: our own status echoes (most events) stop here, the rest is
         # reduced to what a worker uses before anything queues it.
-        if event_type != "DELETED" and supervisor.is_own_echo(body):
+        try:
+            if event_type != "DELETED" and supervisor.is_own_echo(body):
+                return
+            if event_type == LISTED:  # before the sources are listed: keep what it reads
+                supervisor.sources.prime(body["metadata"]["uid"], _referenced(body))
+            compact = _compact(body)
+        except Exception as error:  # an error here would stop the watch for every credential
+            metadata = body.get("metadata") or {}
+            log.error(
+                "credential %s/%s skipped by the watch: unexpected %s",
+                metadata.get("namespace"),
+                metadata.get("name"),
+                type(error).__name__,
+            )
             return
-        if event_type == LISTED:  # before the sources are listed: keep what it reads
-            supervisor.sources.prime(body["metadata"]["uid"], _referenced(body))
-        loop.call_soon_threadsafe(supervisor.observe, event_type, _compact(body))
+        loop.call_soon_threadsafe(supervisor.observe, event_type, compact)
 
     credentials = LabelledWatch(
         kube.api,
@@ -431,8 +442,8 @@ async def _serve_health(memo: kopf.Memo) -> web.AppRunner:
 
 
 def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A private copy of only what a worker uses: no managedFields, no other
-    annotations or labels."""
+    """Only what a worker uses of a credential just decoded by the watch: no
+    managedFields, no other annotations or labels."""
     metadata = body.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     kept_metadata = {

@@ -255,13 +255,6 @@ class LabelledWatch:
             timeout=urllib3.Timeout(connect=10, read=WATCH_SECONDS + 30),
         )
 
-    def objects(self) -> Iterator[dict[str, Any]]:
-        """Every object of the target, listed once, page by page (an object may repeat if
-        the list had to start over)."""
-        for namespace in self._namespaces:
-            for page in self._pages(namespace):
-                yield from (page or {}).get("items") or []
-
     def _pages(self, namespace: str | None) -> Iterator[dict[str, Any] | None]:
         """The pages of one list; None when it started over (a 410 on a continue token:
         the pages before are from an older snapshot)."""
