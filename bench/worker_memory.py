@@ -113,7 +113,6 @@ async def measure(n: int) -> None:
         config=OperatorConfig(),
         kube=kube,  # type: ignore[arg-type]
         kube_executor=ThreadPoolExecutor(16),
-        token_executor=ThreadPoolExecutor(8),
         sources=lambda _ns: lambda _kind, _name: client_secret,
         post_event=lambda *_: None,
     )

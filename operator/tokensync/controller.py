@@ -3,9 +3,12 @@
 A `CredentialWorker` is the only thing that requests tokens for its credential. Each
 pass asks schedule.why_fetch_now(), fetches when it says so, writes the managed Secret,
 reports status, and returns when it wants to run again; between passes it sleeps until
-then or until woken (spec change, source change, refresh request). Blocking calls run in
-the operator's executor. Decisions live in the pure modules; this file only sequences
-them and talks to the outside world.
+then or until woken (spec change, source change, refresh request). Kubernetes calls run
+in the operator's Kubernetes threads, token-side calls (discovery, assertion minting, the
+token request) on their endpoint's own threads (limits.RequestLimits). Beside the pass,
+an expiry timer takes Ready away from an expired token (readiness.expired_report).
+Decisions live in the pure modules; this file only sequences them and talks to the
+outside world.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from tokensync import identity, metrics, oauth2, schedule
+from tokensync import discovery, identity, metrics, oauth2, readiness, schedule
 from tokensync.gates import OperatorConfig, gate_problem, insecure_warnings
 from tokensync.kube import Kube, KubeError
-from tokensync.limits import PassGate, RequestLimits
+from tokensync.limits import Coalescer, PassGate, RequestLimits
 from tokensync.managed import ManagedSecret, managed_state, update_patch
 from tokensync.redact import redact
 from tokensync.secret import (
@@ -55,7 +58,9 @@ log = logging.getLogger("tokensync.controller")
 T = TypeVar("T")
 
 RESYNC = timedelta(minutes=30)  # re-check even when nothing woke us; requests nothing by itself
-CONFLICT_RECHECK = timedelta(minutes=5)  # a foreign Secret is not watched: look again later
+# A foreign Secret is not watched (it has no label): look again this often, so its
+# deletion is noticed within a minute; a refresh request looks at once.
+CONFLICT_RECHECK = timedelta(seconds=30)
 UNEXPECTED_ERROR_RETRY = timedelta(seconds=30)
 SOURCE_PENDING_RECHECK = timedelta(seconds=2)
 WRITE_ATTEMPTS = 3
@@ -93,6 +98,10 @@ class _UnreachableLog:
 UNREACHABLE_LOG = _UnreachableLog()
 
 
+class NotLeading(Exception):
+    """Leadership was lost while a pass waited (for a token request, say): write nothing."""
+
+
 class CredentialGone(Exception):
     """The credential was deleted, is being deleted, or was replaced by a new object of
     the same name: its worker stops and writes nothing more."""
@@ -105,16 +114,19 @@ class OperatorContext:
     config: OperatorConfig
     kube: Kube
     kube_executor: Executor  # Kubernetes API calls: never queued behind token requests
-    token_executor: Executor  # token requests, at most `limits` in flight
     sources: Callable[[str], SourceLookup]  # namespace -> lookup of labelled sources
     post_event: Callable[[Mapping[str, Any], str, str, str], None]  # body, type, reason, msg
     # (namespace, Secret name) -> what the managed-Secret watch and our writes know of it
     managed_secrets: dict[tuple[str, str], ManagedSecret] = field(default_factory=dict)
+    # Token-side calls: per-endpoint slots and threads, at most `limits` in flight.
     limits: RequestLimits = field(default_factory=RequestLimits)
+    discoveries: Coalescer = field(default_factory=Coalescer)  # one fetch per issuer
     pass_gate: PassGate | None = None
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     # With leader election (--peering): returns once this replica leads. None: standalone.
     leadership: Callable[[], Awaitable[None]] | None = None
+    # Whether this replica leads right now (checked before writes that follow a wait).
+    is_leading: Callable[[], bool] = lambda: True
     # Returns once the labelled sources and managed Secrets are listed: before that, a
     # missing object may just not have arrived yet.
     sources_synced: Callable[[], Awaitable[Any]] | None = None
@@ -179,6 +191,10 @@ class CredentialWorker:
     status_version: str | None = None  # resourceVersion of our last status patch
     task: asyncio.Task[None] | None = None
     gate_passed: bool = False  # the current pass went through the pass gate already
+    # Status writes (the pass's and the expiry timer's) one at a time.
+    status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    expiry_timer: asyncio.TimerHandle | None = None
+    expiry_task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.status = dict(self.body.get("status") or {})
@@ -234,6 +250,7 @@ class CredentialWorker:
             # body, as a restarted operator would (a stale observedGeneration or
             # lastHandledRefreshRequest would cost a needless token request).
             self.status = dict(self.body.get("status") or {})
+        self.arm_expiry()  # a Ready=True it starts from may be stale already
         while True:
             if self.ctx.leadership is not None:
                 await self.ctx.leadership()
@@ -246,6 +263,8 @@ class CredentialWorker:
             except CredentialGone as gone:
                 log.info("%s/%s: stopping: %s", self.owner.namespace, self.owner.name, gone)
                 return
+            except NotLeading:
+                continue  # waits for leadership at the top of the loop
             except KubeError as error:  # its text is the API's Status message only
                 wake_at = self._kube_failed(error)
             except Exception as error:  # keep the loop alive; never log data
@@ -303,11 +322,59 @@ class CredentialWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.ctx.kube_executor, lambda: fn(*args))
 
-    async def _on_token_executor(self, fn: Callable[[], T]) -> T:
-        """Discovery and assertion minting: network calls to the token side."""
+    async def _on_endpoint(self, url: str, fn: Callable[[], T]) -> T:
+        """Discovery and assertion minting: blocking calls for the token side, in the
+        endpoint's slot and on its threads, like the token request."""
         await self._through_gate()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.ctx.token_executor, fn)
+        return await self.ctx.limits.run(url, fn)
+
+    # --- the expiry watchdog ----------------------------------------------------------
+
+    def arm_expiry(self) -> None:
+        """(Re)arm the timer that takes Ready away when the token that status calls
+        ready expires; nothing to arm when status does not say Ready=True."""
+        self.disarm_expiry()
+        until = readiness.ready_until(self.status)
+        if until is None:
+            return
+        delay = max((until - self.ctx.now()).total_seconds(), 0.0)
+        self.expiry_timer = asyncio.get_running_loop().call_later(delay, self._expiry_due)
+
+    def disarm_expiry(self) -> None:
+        if self.expiry_timer is not None:
+            self.expiry_timer.cancel()
+            self.expiry_timer = None
+
+    def _expiry_due(self) -> None:
+        self.expiry_timer = None
+        if self.expiry_task is None or self.expiry_task.done():
+            self.expiry_task = asyncio.create_task(
+                self._report_expired(), name=f"expiry:{self.owner.uid}"
+            )
+
+    async def _report_expired(self) -> None:
+        """Ready=False TokenExpired, whatever the pass is doing (waiting for an endpoint,
+        backing off). Only the leader writes; a failed write is retried shortly."""
+        try:
+            async with self.status_lock:
+                if not self.ctx.is_leading():
+                    return
+                report = readiness.expired_report(self.status, self.ctx.now())
+                if report is None:
+                    self.arm_expiry()  # a renewal was written meanwhile
+                    return
+                await self._write_status(report, None)
+        except (CredentialGone, asyncio.CancelledError):
+            return
+        except Exception as error:  # its text is safe for KubeError only; log the class
+            log.warning(
+                "%s/%s: reporting the expired token failed (%s); retrying in 5s",
+                self.owner.namespace,
+                self.owner.name,
+                type(error).__name__,
+            )
+            loop = asyncio.get_running_loop()
+            self.expiry_timer = loop.call_later(5.0, self._expiry_due)
 
     # --- one pass -------------------------------------------------------------------
 
@@ -343,6 +410,14 @@ class CredentialWorker:
         if spec.suspend:
             await self._report_suspended(secret)
             return None
+        if secret is None:
+            # No view of the target name (first issue, a rename, a foreign Secret seen
+            # before): an unlabelled Secret is invisible to the watch, so look, once,
+            # before any token request.
+            secret = await self._read_target(spec.secret.name)
+            if secret is not None and not secret.owned_by(owner):
+                await self._report_problem(_conflict(spec))
+                return self.ctx.now() + CONFLICT_RECHECK
         held = secret.held_token() if secret else None
         self.expires_at = held.expires_at if held else None
         current = Pass(
@@ -433,7 +508,13 @@ class CredentialWorker:
             # A worker left over from a watch gap (its credential deleted while the watch
             # was down, its Secret collected since) must neither request nor re-create.
             await self._check_still_exists()
+        # Discovery first, once per issuer for all who wait for it, in the issuer's slot.
+        discovered = await self._discover(p)
+        if isinstance(discovered, oauth2.TokenError):
+            self.retry_key = attempt_key
+            return await self._report_failure(p, trigger, discovered)
         # Discovery, workload identity and client assertions (identity.py).
+        endpoint = p.spec.issuer_url or p.spec.token_url or ""
         request = await identity.prepare_request(
             p.spec,
             p.resolved,
@@ -441,7 +522,7 @@ class CredentialWorker:
             self.ctx.config,
             namespace=self.owner.namespace,
             lookup=self.ctx.sources(self.owner.namespace),
-            blocking=self._on_token_executor,
+            blocking=lambda fn: self._on_endpoint(endpoint, fn),
         )
         if isinstance(request, ReferenceProblem):
             await self._report_problem(request)
@@ -465,7 +546,32 @@ class CredentialWorker:
         self.retry_key, self.retry_at = None, None
         self.failures_by_kind.clear()
         self.unwritten = Unwritten(token, p.generation, p.fingerprint, p.refresh_request, trigger)
+        # The request may have taken minutes: only a leader writes what it brought.
+        if not self.ctx.is_leading():
+            raise NotLeading()
         return await self._retry_write(p)
+
+    async def _discover(self, p: Pass) -> oauth2.TokenError | None:
+        """Read the issuer's metadata into the discovery cache (a cache hit costs no
+        request): one fetch per issuer and trust for every credential waiting for it, in
+        the issuer's slot. A transient failure is returned, to go through the transient
+        backoff; a lasting one is left to prepare_request, which reports it."""
+        issuer = p.spec.issuer_url
+        if issuer is None:
+            return None
+        spec, resolved, config = p.spec, p.resolved, self.ctx.config
+        key = (issuer, resolved.ca_pem, spec.tls.insecure_skip_verify)  # the cache's key
+
+        async def fetch() -> None:
+            await self.ctx.limits.run(issuer, lambda: identity.discover(spec, resolved, config))
+
+        try:
+            await self._through_gate()
+            await self.ctx.discoveries.run(key, fetch)
+        except discovery.DiscoveryFailed as failed:
+            if failed.transient:
+                return oauth2.TransientError(str(failed), reason="DiscoveryFailed")
+        return None
 
     def _unwritten_for(self, p: Pass) -> Unwritten | None:
         """The fetched-but-unwritten token, if it still serves this spec and is valid."""
@@ -529,24 +635,22 @@ class CredentialWorker:
         """One token request, inside the per-endpoint and global limits, on the token
         executor (never the one Kubernetes calls use). `sent` is set when it leaves the
         queue."""
-        loop = asyncio.get_running_loop()
         deny, cidrs = self.ctx.config.deny_private_networks, self.ctx.config.deny_cidrs
         await self._through_gate()
-        async with self.ctx.limits.slot(request.token_url):
-            sent.set()
-            started = time.monotonic()
-            try:
-                token = await loop.run_in_executor(
-                    self.ctx.token_executor,
-                    lambda: oauth2.fetch_token(
-                        request, deny_private_networks=deny, deny_cidrs=cidrs
-                    ),
-                )
-            except oauth2.TokenError as error:
-                metrics.TOKEN_REQUESTS.labels(error.kind).inc()
-                raise
-            finally:
-                metrics.TOKEN_REQUEST_DURATION.observe(time.monotonic() - started)
+        started: list[float] = []
+
+        def send() -> oauth2.Token:
+            started.append(time.monotonic())
+            return oauth2.fetch_token(request, deny_private_networks=deny, deny_cidrs=cidrs)
+
+        try:
+            token = await self.ctx.limits.run(request.token_url, send, sent)
+        except oauth2.TokenError as error:
+            metrics.TOKEN_REQUESTS.labels(error.kind).inc()
+            raise
+        finally:
+            if started:
+                metrics.TOKEN_REQUEST_DURATION.observe(time.monotonic() - started[0])
         metrics.TOKEN_REQUESTS.labels("success").inc()
         return token
 
@@ -571,11 +675,20 @@ class CredentialWorker:
             except KubeError as error:
                 if error.status not in (404, 409):
                     raise
-            fresh = await self._kube(kube.read_secret, owner.namespace, name)
-            current = self._remember_secret(managed_state(fresh)) if fresh else None
+            current = await self._read_target(name)
             if current is not None and not current.owned_by(owner):
                 return None
         raise KubeError(409, f"Secret {name!r} kept changing while being written")
+
+    async def _read_target(self, name: str) -> ManagedSecret | None:
+        """GET the Secret of that name. Ours is kept as the view later passes use; a
+        foreign one is not kept: nothing would tell us of its deletion (it has none of
+        our labels), so each pass that finds no view looks again."""
+        fresh = await self._kube(self.ctx.kube.read_secret, self.owner.namespace, name)
+        if fresh is None:
+            return None
+        secret = managed_state(fresh)
+        return self._remember_secret(secret) if secret.owned_by(self.owner) else secret
 
     def _remember_secret(self, secret: ManagedSecret) -> ManagedSecret:
         self.secret_version = secret.resource_version
@@ -823,30 +936,42 @@ class CredentialWorker:
         generation: int | None = None,
     ) -> None:
         """Patch status (only what changed; only this very credential, by UID)."""
+        async with self.status_lock:
+            await self._write_status(report, generation, through_gate=True)
+        if event:
+            self._event(*event)
+
+    async def _write_status(
+        self, report: Report, generation: int | None, through_gate: bool = False
+    ) -> None:
+        """With status_lock held. The expiry timer's writes skip the pass gate: they
+        pace nothing and must not wait behind a mass wake-up."""
         owner = self.owner
         if generation is None:
             generation = int(self.metadata.get("generation") or 0)
         patch = status_patch(self.status, report, generation, self.ctx.now())
-        if patch is not None:
-            status = apply_patch(self.status, patch)
-            try:
-                result = await self._kube(
-                    self.ctx.kube.patch_credential_status,
-                    owner.namespace,
-                    owner.name,
-                    owner.uid,
-                    status,
+        if patch is None:
+            return
+        status = apply_patch(self.status, patch)
+        args = (owner.namespace, owner.name, owner.uid, status)
+        try:
+            if through_gate:
+                result = await self._kube(self.ctx.kube.patch_credential_status, *args)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(
+                    self.ctx.kube_executor,
+                    lambda: self.ctx.kube.patch_credential_status(*args),
                 )
-            except KubeError as error:
-                if error.status == 404:
-                    raise CredentialGone("the credential no longer exists") from None
-                if error.status == 422:  # the UID test failed, or our status is invalid
-                    await self._check_still_exists()
-                raise
-            self.status = status
-            self.status_version = (result.get("metadata") or {}).get("resourceVersion")
-        if event:
-            self._event(*event)
+        except KubeError as error:
+            if error.status == 404:
+                raise CredentialGone("the credential no longer exists") from None
+            if error.status == 422:  # the UID test failed, or our status is invalid
+                await self._check_still_exists()
+            raise
+        self.status = status
+        self.status_version = (result.get("metadata") or {}).get("resourceVersion")
+        self.arm_expiry()
 
     def _event(self, type_: str, reason: str, message: str) -> None:
         """Post an event when it says something new, not on every identical pass."""

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,7 +35,7 @@ import kopf
 from aiohttp import web
 
 from tokensync import events, metrics
-from tokensync.controller import CredentialWorker, OperatorContext
+from tokensync.controller import CredentialWorker, OperatorContext, _where
 from tokensync.gates import OperatorConfig
 from tokensync.kube import GROUP, PLURAL, VERSION, Kube, KubeError, load_configuration
 from tokensync.leader import LeaderElector
@@ -55,10 +55,15 @@ OWN_WRITE_SETTLE_SECONDS = 1.0
 SWEEP_INTERVAL_SECONDS = 300.0
 KUBE_THREADS = 16  # Kubernetes API calls: short, never behind token requests
 PASSES_PER_SECOND = 500.0  # mass wake-ups (start, leadership, API back) are paced to this
+WRITES_DRAIN_SECONDS = 10.0  # at shutdown, for Kubernetes calls of cancelled workers
 
 
 class Supervisor:
-    """Keeps one worker task per credential, keyed by UID."""
+    """Keeps one worker task per credential, keyed by UID: the one store that decides
+    which workers exist. Watch events start, wake and stop workers; a periodic list may
+    only stop the workers of credentials whose last event came before that list began
+    (`list_began` then `sweep`), so a credential created while the list ran keeps its
+    worker."""
 
     def __init__(
         self,
@@ -71,6 +76,10 @@ class Supervisor:
         self.serving = serving  # False on a standby
         self.workers: dict[str, CredentialWorker] = {}
         self.by_name: dict[tuple[str, str], str] = {}  # (namespace, name) -> UID
+        # Event sequence: the number of the last event applied, and per UID the number of
+        # its own last event (kept for deleted UIDs too, until a sweep no longer needs it).
+        self.sequence = 0
+        self.last_event: dict[str, int] = {}
 
     def is_own_echo(self, body: Mapping[str, Any]) -> bool:
         """Our own status patch coming back through the watch: recognised by its
@@ -87,11 +96,20 @@ class Supervisor:
         uid = metadata.get("uid") or self.by_name.get((metadata["namespace"], metadata["name"]))
         if uid is None:
             return
+        self.sequence += 1
+        self.last_event[uid] = self.sequence
+        key = (metadata["namespace"], metadata["name"])
         if event_type == "DELETED" or metadata.get("deletionTimestamp"):
             # Being deleted (foreground deletion, a GitOps prune): nothing more is written.
             self.stop_worker(uid)
             return
-        self.by_name[metadata["namespace"], metadata["name"]] = uid
+        previous = self.by_name.get(key)
+        if previous is not None and previous != uid:
+            # The name was deleted and created again (the DELETED was lost in a watch
+            # gap, or a re-list reports only the new object): the old one is gone.
+            log.info("%s/%s was re-created: the old object's worker stopped", *key)
+            self.stop_worker(previous)
+        self.by_name[key] = uid
         # Replaces the previous references: values still read are kept, not read again.
         self.sources.set_references(uid, _referenced(body))
         worker = self.workers.get(uid)
@@ -121,18 +139,40 @@ class Supervisor:
             self._forget_worker(uid, worker)
 
     def _forget_worker(self, uid: str, worker: CredentialWorker) -> None:
+        worker.disarm_expiry()
+        if worker.expiry_task is not None:
+            worker.expiry_task.cancel()
         key = (worker.owner.namespace, worker.owner.name)
-        if self.by_name.get(key) == uid:
+        holder = self.by_name.get(key)
+        if holder == uid:
             del self.by_name[key]
-        metrics.forget(worker.owner.namespace, worker.owner.name)
+        # The series are keyed by name: they belong to whichever object holds the name
+        # now, and only a credential that still holds it may drop them.
+        if holder in (uid, None):
+            metrics.forget(worker.owner.namespace, worker.owner.name)
 
-    def sweep(self, existing: set[str]) -> int:
-        """Mark and sweep: stop every worker whose credential is not in a complete,
-        current list of UIDs. Returns how many were stopped."""
-        gone = [uid for uid in self.workers if uid not in existing]
+    def list_began(self) -> int:
+        """Call right before a complete list of credentials starts; pass the result to
+        `sweep` with that list."""
+        return self.sequence
+
+    def sweep(self, existing: set[str], began: int) -> int:
+        """Mark and sweep: stop every worker whose credential is not in a complete list
+        of UIDs that began (`list_began`) after the credential's last event; a worker
+        started or changed by an event since is newer than the list. Returns how many
+        were stopped."""
+        gone = [
+            uid
+            for uid in self.workers
+            if uid not in existing and self.last_event.get(uid, 0) <= began
+        ]
         for uid in gone:
             log.info("credential %s is gone (missed while a watch was down): worker stopped", uid)
             self.stop_worker(uid)
+        # Sequence numbers of UIDs without a worker matter to no later sweep.
+        for uid in [u for u, seen in self.last_event.items() if seen <= began]:
+            if uid not in self.workers:
+                del self.last_event[uid]
         return len(gone)
 
     def _forget_references(self, uid: str) -> None:
@@ -189,7 +229,11 @@ class Supervisor:
         ]
 
     async def stop(self) -> None:
-        tasks = [w.task for w in self.workers.values() if w.task]
+        """Cancel every worker and expiry report, and wait until they have ended."""
+        tasks = []
+        for worker in self.workers.values():
+            worker.disarm_expiry()
+            tasks += [t for t in (worker.task, worker.expiry_task) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -312,17 +356,16 @@ def _start_watches(
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings)
     config: OperatorConfig = memo.config
-    # Two pools: token requests may block for their whole timeout; Kubernetes calls must
-    # never wait behind them (one slow endpoint starved everyone's writes before).
-    token_executor = ThreadPoolExecutor(
-        max_workers=memo.max_requests, thread_name_prefix="tokensync-token"
-    )
+    # Token-side calls run on their endpoint's own threads (RequestLimits); Kubernetes
+    # calls here, never behind them (one slow endpoint starved everyone's writes before).
     kube_executor = ThreadPoolExecutor(
         max_workers=KUBE_THREADS, thread_name_prefix="tokensync-kube"
     )
+    limits = RequestLimits(memo.max_requests, memo.max_requests_per_host)
     # One pool for the API calls and the label-selected watches (each holds a connection).
     kube = Kube(load_configuration(connection_pool_size=KUBE_THREADS + 8))
-    memo.executors = [token_executor, kube_executor]
+    memo.kube_executor = kube_executor
+    memo.limits = limits
     sources = SourceCache()
     memo.sources_synced = asyncio.Event()
     elector = None
@@ -342,12 +385,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             config=config,
             kube=kube,
             kube_executor=kube_executor,
-            token_executor=token_executor,
-            limits=RequestLimits(memo.max_requests, memo.max_requests_per_host),
+            limits=limits,
             pass_gate=PassGate(PASSES_PER_SECOND, burst=int(PASSES_PER_SECOND)),
             sources=sources.lookup,
             post_event=_post_event,
             leadership=elector.wait if elector else None,
+            is_leading=elector.is_leader.is_set if elector else lambda: True,
             sources_synced=memo.sources_synced.wait,
             fill_source=sources.fill,
         ),
@@ -356,7 +399,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     memo.sweep_now = asyncio.Event()
     memo.watches = _start_watches(memo, kube, memo.supervisor, memo.sources_synced)
-    memo.sweeper = asyncio.create_task(_sweep_forever(memo, kube), name="sweep")
+    memo.sweeper = supervised("credential sweep", lambda: _sweep_forever(memo, kube))
     metrics.serve(
         memo.metrics_port, memo.supervisor.samples, memo.metrics_host, memo.metrics_security
     )
@@ -370,19 +413,79 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for watch in getattr(memo, "watches", []):
-        watch.stop()
-    if supervisor := getattr(memo, "supervisor", None):
-        await supervisor.stop()
-    # After the workers: nothing of ours writes any more when a standby takes over.
-    if elector := getattr(memo, "elector", None):
-        await elector.stop()
+    await stop_in_order(
+        watches=getattr(memo, "watches", []),
+        supervisor=getattr(memo, "supervisor", None),
+        kube_executor=getattr(memo, "kube_executor", None),
+        elector=getattr(memo, "elector", None),
+        background=[t for t in (getattr(memo, "sweeper", None),) if t is not None],
+    )
+    if limits := getattr(memo, "limits", None):
+        limits.close()
     if runner := getattr(memo, "health_runner", None):
         await runner.cleanup()
-    if sweeper := getattr(memo, "sweeper", None):
-        sweeper.cancel()
-    for executor in getattr(memo, "executors", []):
-        executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def stop_in_order(
+    *,
+    watches: list[LabelledWatch],
+    supervisor: Supervisor | None,
+    kube_executor: ThreadPoolExecutor | None,
+    elector: LeaderElector | None,
+    background: list[asyncio.Task[None]],
+    writes_timeout: float = WRITES_DRAIN_SECONDS,
+) -> None:
+    """Stop so that nothing of ours writes once a standby can take over: events and
+    background tasks, then the workers, then the Kubernetes writes they left in flight
+    (a cancelled task's thread still runs its call; bounded wait), then the Lease."""
+    for watch in watches:
+        watch.stop()
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    if supervisor is not None:
+        await supervisor.stop()
+    if kube_executor is not None:
+        drained = asyncio.get_running_loop().run_in_executor(
+            None, lambda: kube_executor.shutdown(wait=True, cancel_futures=True)
+        )
+        try:
+            async with asyncio.timeout(writes_timeout):
+                await asyncio.shield(drained)
+        except TimeoutError:
+            log.warning(
+                "Kubernetes calls still running after %.0fs; the Lease is kept (it expires)",
+                writes_timeout,
+            )
+            return  # a standby takes over when the Lease expires, not before
+    if elector is not None:
+        await elector.stop()
+
+
+def supervised(
+    name: str, run: Callable[[], Awaitable[None]], restart_after: float = 5.0
+) -> asyncio.Task[None]:
+    """A background task that is never gone silently: an unexpected exit is logged
+    (the exception's class and place, never its text) and the task restarted."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                await run()
+                log.error("background task %r returned; restarting it", name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.error(
+                    "background task %r failed: unexpected %s at %s; restarting it in %.0fs",
+                    name,
+                    type(error).__name__,
+                    _where(error),
+                    restart_after,
+                )
+            await asyncio.sleep(restart_after)
+
+    return asyncio.create_task(loop(), name=name)
 
 
 async def _sweep_forever(memo: kopf.Memo, kube: Kube) -> None:
@@ -390,19 +493,21 @@ async def _sweep_forever(memo: kopf.Memo, kube: Kube) -> None:
     and whenever `memo.sweep_now` is set (after a watch had to list again)."""
     await memo.sources_synced.wait()
     loop = asyncio.get_running_loop()
+    supervisor: Supervisor = memo.supervisor
     while True:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SWEEP_INTERVAL_SECONDS):
                 await memo.sweep_now.wait()
         memo.sweep_now.clear()
+        began = supervisor.list_began()  # events after this are newer than the list
         try:
             existing = await loop.run_in_executor(
-                memo.executors[1], kube.credential_uids, memo.namespaces
+                memo.kube_executor, kube.credential_uids, memo.namespaces
             )
         except KubeError as error:
             log.warning("credential sweep skipped: %s", error)
             continue
-        memo.supervisor.sweep(existing)
+        supervisor.sweep(existing, began)
         # References of credentials primed at start but deleted before kopf listed them
         # (credentials created since the list have workers, and keep theirs).
         memo.supervisor.sources.retain(existing | set(memo.supervisor.workers))

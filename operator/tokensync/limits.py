@@ -3,23 +3,34 @@ in all, and a rate limit on how many credential passes start per second.
 
 Why: token requests block a thread for up to `timeoutSeconds`. Without a per-endpoint
 cap, 70 credentials pointing at an endpoint that answers after 100 s held every thread
-and delayed an unrelated namespace's first token by 91 s. And when thousands of workers
-wake together (start-up, leadership regained, the API server back after an outage), the
-pass gate spreads them out instead of sending every request at once.
+and delayed an unrelated namespace's first token by 91 s. So queueing is per endpoint all
+the way down: each endpoint has its own slots and its own threads (token requests,
+discovery and assertion minting for it), and a slow endpoint fills only its own. And
+when thousands of workers wake together (start-up, leadership regained, the API server
+back after an outage), the pass gate spreads them out instead of sending every request
+at once.
 
-Both live on the event loop (asyncio primitives, no threads).
+The limits live on the event loop (asyncio primitives); only the blocking calls run in
+the endpoints' threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 DEFAULT_MAX_REQUESTS = 64
 DEFAULT_MAX_REQUESTS_PER_HOST = 8
+# An endpoint's threads are kept this long after its last request (renewals to one
+# endpoint come every few seconds at scale; new threads for each would be waste).
+IDLE_ENDPOINT_SECONDS = 120.0
+T = TypeVar("T")
 
 
 def endpoint_key(url: str) -> str:
@@ -33,40 +44,101 @@ def endpoint_key(url: str) -> str:
     return f"{parts.scheme}://{(parts.hostname or '').rstrip('.')}:{port}"
 
 
+@dataclass
+class _Endpoint:
+    slots: asyncio.Semaphore
+    threads: ThreadPoolExecutor
+    users: int = 0  # waiting or running
+    idle_since: float = field(default=0.0)
+
+
 class RequestLimits:
-    """At most `max_per_host` token requests in flight per endpoint (host and port) and
-    `max_in_flight` in all. A request waits for its endpoint's slot before it takes a
-    global one, so a slow endpoint's queue never holds global slots."""
+    """At most `max_per_host` token-side calls in flight per endpoint (host and port),
+    each on that endpoint's own threads, and `max_in_flight` in all. A call waits for its
+    endpoint's slot before it takes a global one, so a slow endpoint's queue never holds
+    global slots, and its threads are its own, so it never holds anyone else's."""
 
     def __init__(
         self,
         max_in_flight: int = DEFAULT_MAX_REQUESTS,
         max_per_host: int = DEFAULT_MAX_REQUESTS_PER_HOST,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_in_flight < 1 or max_per_host < 1:
             raise ValueError("request limits must be at least 1")
         self.max_per_host = max_per_host
         self._global = asyncio.Semaphore(max_in_flight)
-        self._per_host: dict[str, asyncio.Semaphore] = {}
-        self._users: dict[str, int] = {}  # waiting or running, so idle hosts are forgotten
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._clock = clock
+        self._reaped_at = clock()
 
     @asynccontextmanager
-    async def slot(self, url: str) -> AsyncIterator[None]:
+    async def slot(self, url: str) -> AsyncIterator[ThreadPoolExecutor]:
+        """The endpoint's slot and a global one; yields the endpoint's threads."""
         key = endpoint_key(url)
-        host = self._per_host.setdefault(key, asyncio.Semaphore(self.max_per_host))
-        self._users[key] = self._users.get(key, 0) + 1
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = _Endpoint(
+                asyncio.Semaphore(self.max_per_host),
+                ThreadPoolExecutor(self.max_per_host, thread_name_prefix="tokensync-token"),
+            )
+            self._endpoints[key] = endpoint
+        endpoint.users += 1
         try:
-            async with host, self._global:
-                yield
+            async with endpoint.slots, self._global:
+                yield endpoint.threads
         finally:
-            self._users[key] -= 1
-            if not self._users[key]:
-                del self._users[key]
-                del self._per_host[key]
+            endpoint.users -= 1
+            endpoint.idle_since = self._clock()
+            self._reap()
+
+    async def run(self, url: str, fn: Callable[[], T], sent: asyncio.Event | None = None) -> T:
+        """fn() on the threads of `url`'s endpoint, inside its limits; `sent` is set
+        when it leaves the queue."""
+        async with self.slot(url) as threads:
+            if sent is not None:
+                sent.set()
+            return await asyncio.get_running_loop().run_in_executor(threads, fn)
+
+    def _reap(self) -> None:
+        """Drop endpoints idle for IDLE_ENDPOINT_SECONDS (looked at every 10 s at most)."""
+        now = self._clock()
+        if now - self._reaped_at < 10.0:
+            return
+        self._reaped_at = now
+        for key, endpoint in list(self._endpoints.items()):
+            if not endpoint.users and now - endpoint.idle_since >= IDLE_ENDPOINT_SECONDS:
+                del self._endpoints[key]
+                endpoint.threads.shutdown(wait=False)
 
     def in_use(self) -> int:
-        """Endpoints with requests waiting or in flight (for tests and metrics)."""
-        return len(self._per_host)
+        """Endpoints with calls waiting or in flight (for tests and metrics)."""
+        return sum(1 for endpoint in self._endpoints.values() if endpoint.users)
+
+    def close(self) -> None:
+        for endpoint in self._endpoints.values():
+            endpoint.threads.shutdown(wait=False, cancel_futures=True)
+        self._endpoints.clear()
+
+
+class Coalescer:
+    """One call in flight per key: concurrent callers with the same key share its
+    outcome (discovery of one issuer for many credentials). A caller's cancellation
+    never cancels the shared call."""
+
+    def __init__(self) -> None:
+        self._running: dict[Hashable, asyncio.Future[object]] = {}
+
+    async def run(self, key: Hashable, make: Callable[[], Awaitable[T]]) -> T:
+        future = self._running.get(key)
+        if future is None:
+            future = asyncio.ensure_future(make())
+            self._running[key] = future
+            future.add_done_callback(lambda _: self._running.pop(key, None))
+        return await asyncio.shield(future)  # type: ignore[return-value]
+
+    def in_flight(self) -> int:
+        return len(self._running)
 
 
 class PassGate:

@@ -475,7 +475,6 @@ def test_a_worker_runs_no_pass_until_leader_and_then_starts_from_the_latest_stat
             config=OperatorConfig(),
             kube=None,  # type: ignore[arg-type]
             kube_executor=None,  # type: ignore[arg-type]
-            token_executor=None,  # type: ignore[arg-type]
             sources=lambda _ns: lambda _kind, _name: None,
             post_event=lambda *_: None,
             leadership=leading.wait,

@@ -43,7 +43,6 @@ def test_status_writes_keep_and_deletion_drops_the_referenced_values():
             config=None,  # type: ignore[arg-type]  # the worker never gets past sources_synced
             kube=None,  # type: ignore[arg-type]
             kube_executor=None,  # type: ignore[arg-type]
-            token_executor=None,  # type: ignore[arg-type]
             sources=cache.lookup,
             post_event=lambda *_: None,
             sources_synced=never.wait,

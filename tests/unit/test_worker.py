@@ -141,7 +141,6 @@ def world(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeKube, FakeEndpoint, Oper
         config=OperatorConfig(),
         kube=kube,  # type: ignore[arg-type]
         kube_executor=ThreadPoolExecutor(2),
-        token_executor=ThreadPoolExecutor(2),
         sources=lambda _ns: lambda kind, name: source if name == "client" else None,
         post_event=lambda *_: None,
         now=lambda: clock[0],
@@ -264,7 +263,6 @@ def test_a_spec_edit_during_a_pass_is_not_recorded_as_served(world):
         worker.body = credential(generation=2)  # arrives while the request is in flight
         return original(request, **kw)
 
-    ctx.token_executor.submit(lambda: None).result()
     import tokensync.oauth2 as module
 
     module.fetch_token = edit_while_fetching  # type: ignore[assignment]
@@ -279,7 +277,6 @@ def _never_leading_context() -> OperatorContext:
         config=OperatorConfig(),
         kube=None,  # type: ignore[arg-type]
         kube_executor=None,  # type: ignore[arg-type]
-        token_executor=None,  # type: ignore[arg-type]
         sources=lambda _ns: lambda _kind, _name: None,
         post_event=lambda *_: None,
         leadership=asyncio.Event().wait,
