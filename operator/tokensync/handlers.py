@@ -35,7 +35,7 @@ import kopf
 from aiohttp import web
 
 from tokensync import events, metrics
-from tokensync.controller import CredentialWorker, NotLeading, OperatorContext, _where
+from tokensync.controller import CredentialWorker, OperatorContext, _where
 from tokensync.gates import OperatorConfig
 from tokensync.kube import GROUP, PLURAL, VERSION, Kube, KubeError, load_configuration
 from tokensync.leader import LeaderElector

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from test_worker import NOW, FakeKube, credential, world  # noqa: F401 - the fixture
 
-from tokensync import discovery, handlers, identity, metrics, oauth2
+from tokensync import discovery, identity, metrics, oauth2
 from tokensync.controller import CredentialWorker, NotLeading, OperatorContext
 from tokensync.gates import OperatorConfig
 from tokensync.handlers import Supervisor, stop_in_order, supervised

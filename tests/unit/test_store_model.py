@@ -25,7 +25,6 @@ from tokensync.controller import OperatorContext
 from tokensync.gates import OperatorConfig
 from tokensync.handlers import Supervisor
 from tokensync.sources import SourceCache
-from tokensync.watches import LISTED
 
 NAMES = st.sampled_from(["a", "b", "c"])
 SPEC = {
