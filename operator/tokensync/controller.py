@@ -123,6 +123,7 @@ class OperatorContext:
     discoveries: Coalescer = field(default_factory=Coalescer)  # one fetch per issuer
     pass_gate: PassGate | None = None
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    monotonic: Callable[[], float] = time.monotonic  # the floor and backoffs
     # With leader election (--peering): returns once this replica leads. None: standalone.
     leadership: Callable[[], Awaitable[None]] | None = None
     # Whether this replica leads right now (checked before writes that follow a wait).
@@ -176,8 +177,9 @@ class CredentialWorker:
     body: dict[str, Any]
     wake_event: asyncio.Event = field(default_factory=asyncio.Event)
     status: dict[str, Any] = field(default_factory=dict)  # as last written (or read)
-    last_request_at: datetime | None = None
-    retry_at: datetime | None = None
+    # On ctx.monotonic's clock: a wall-clock step never moves the floor or a backoff.
+    last_request_at: float | None = None
+    retry_at: float | None = None
     retry_key: tuple[Any, ...] | None = None  # the generation/config a backoff applies to
     failures_by_kind: dict[str, int] = field(default_factory=dict)  # backoff per error class
     expires_at: datetime | None = None  # of the held token, for metrics
@@ -189,6 +191,9 @@ class CredentialWorker:
     kube_failures: int = 0
     secret_version: str | None = None  # resourceVersion of our last Secret write
     status_version: str | None = None  # resourceVersion of our last status patch
+    # The status being written: its echo can arrive before the write returns with its
+    # resourceVersion, and is recognised by its content meanwhile.
+    status_in_flight: dict[str, Any] | None = None
     task: asyncio.Task[None] | None = None
     gate_passed: bool = False  # the current pass went through the pass gate already
     # Status writes (the pass's and the expiry timer's) one at a time.
@@ -492,11 +497,12 @@ class CredentialWorker:
         # A spec or data change starts over; a retry of the same request waits its turn.
         attempt_key = (p.generation, p.fingerprint, p.refresh_request)
         failed_before = self.retry_key is not None
-        if self.retry_key == attempt_key and self.retry_at and now < self.retry_at:
-            return self.retry_at
-        not_before = schedule.earliest_request_at(self.last_request_at, exempt=failed_before)
-        if not_before and now < not_before:
-            return not_before
+        mono = self.ctx.monotonic()
+        if self.retry_key == attempt_key and self.retry_at is not None and mono < self.retry_at:
+            return now + timedelta(seconds=self.retry_at - mono)
+        wait = schedule.floor_wait_seconds(self.last_request_at, mono, exempt=failed_before)
+        if wait > 0:
+            return now + timedelta(seconds=wait)
 
         routine = _serves_current(trigger, p.held, now)
         refreshing = Condition("True", trigger.reason, trigger.message)
@@ -527,7 +533,7 @@ class CredentialWorker:
         if isinstance(request, ReferenceProblem):
             await self._report_problem(request)
             return self.ctx.now() + timedelta(seconds=identity.RECHECK_SECONDS)
-        self.last_request_at = now
+        self.last_request_at = mono
         sent = asyncio.Event()
         fetch = asyncio.ensure_future(self._fetch(request, sent))
         try:
@@ -828,13 +834,14 @@ class CredentialWorker:
         valid_until = (
             held.expires_at if held and held.expires_at and now < held.expires_at else None
         )
-        self.retry_at = schedule.next_attempt_at(now, delay, valid_until)
+        retry_at = schedule.next_attempt_at(now, delay, valid_until)
+        self.retry_at = self._monotonic_at(retry_at, now)
         message = self._sanitize(str(error), p.resolved)
         metrics.REFRESH_FAILURES.labels(self.owner.namespace, self.owner.name, error.kind).inc()
         reason = (
             "TokenURLNotAllowed" if error.reason == "PrivateNetworkDenied" else "TokenRequestFailed"
         )
-        retry_message = f"{message} (attempt {failures}; next at {format_time(self.retry_at)})"
+        retry_message = f"{message} (attempt {failures}; next at {format_time(retry_at)})"
         await self._report(
             Report(
                 ready=self._ready_while_failing(p, now, trigger, reason, message),
@@ -847,7 +854,7 @@ class CredentialWorker:
             ),
             event=("Warning", "TokenRequestFailed", message),
         )
-        return self.retry_at
+        return retry_at
 
     async def _report_write_failure(
         self, p: Pass, pending: Unwritten, error: KubeError
@@ -862,7 +869,8 @@ class CredentialWorker:
         expiries = [pending.token.expires_at]
         if held and held.expires_at and now < held.expires_at:
             expiries.append(held.expires_at)
-        self.retry_at = schedule.next_attempt_at(now, delay, min(expiries))
+        retry_at = schedule.next_attempt_at(now, delay, min(expiries))
+        self.retry_at = self._monotonic_at(retry_at, now)
         message = self._sanitize(
             f"writing Secret {p.spec.secret.name!r} failed: {error}",
             p.resolved,
@@ -870,7 +878,7 @@ class CredentialWorker:
         )
         retry_message = (
             f"{message} (attempt {self.write_failures}; the new token is kept and only the "
-            f"write is retried, next at {format_time(self.retry_at)})"
+            f"write is retried, next at {format_time(retry_at)})"
         )
         await self._report(
             Report(
@@ -882,7 +890,11 @@ class CredentialWorker:
             ),
             event=("Warning", "SecretWriteFailed", message),
         )
-        return self.retry_at
+        return retry_at
+
+    def _monotonic_at(self, moment: datetime, now: datetime) -> float:
+        """`moment` (a wall-clock time, `now` read just before) on the monotonic clock."""
+        return self.ctx.monotonic() + (moment - now).total_seconds()
 
     def _failure_details(
         self, error: oauth2.TokenError, resolved: ResolvedValues, now: datetime
@@ -954,6 +966,7 @@ class CredentialWorker:
             return
         status = apply_patch(self.status, patch)
         args = (owner.namespace, owner.name, owner.uid, status)
+        self.status_in_flight = status
         try:
             if through_gate:
                 result = await self._kube(self.ctx.kube.patch_credential_status, *args)
@@ -969,6 +982,8 @@ class CredentialWorker:
             if error.status == 422:  # the UID test failed, or our status is invalid
                 await self._check_still_exists()
             raise
+        finally:
+            self.status_in_flight = None
         self.status = status
         self.status_version = (result.get("metadata") or {}).get("resourceVersion")
         self.arm_expiry()

@@ -82,12 +82,25 @@ class Supervisor:
         self.last_event: dict[str, int] = {}
 
     def is_own_echo(self, body: Mapping[str, Any]) -> bool:
-        """Our own status patch coming back through the watch: recognised by its
-        resourceVersion, before anything is copied."""
+        """Our own status patch coming back through the watch (called on its thread):
+        recognised by its resourceVersion, or, while the write has not returned yet, by
+        carrying exactly the status being written and nothing new in what wakes a worker."""
         metadata = body.get("metadata") or {}
         worker = self.workers.get(metadata.get("uid", ""))
+        if worker is None:
+            return False
         version = metadata.get("resourceVersion")
-        return worker is not None and version is not None and version == worker.status_version
+        if version is not None and version == worker.status_version:
+            return True
+        in_flight = worker.status_in_flight
+        if in_flight is None or body.get("status") != in_flight:
+            return False
+        known = worker.metadata
+        return (
+            metadata.get("generation") == known.get("generation")
+            and _refresh_requested(metadata) == _refresh_requested(known)
+            and not metadata.get("deletionTimestamp")
+        )
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A credential was listed, added, changed or deleted."""
@@ -237,6 +250,10 @@ class Supervisor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _refresh_requested(metadata: Mapping[str, Any]) -> str | None:
+    return (metadata.get("annotations") or {}).get(ANNOTATION_REFRESH_REQUESTED)
 
 
 def _referenced(body: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -91,14 +91,15 @@ def next_attempt_at(
     return at
 
 
-def earliest_request_at(last_request_at: datetime | None, exempt: bool = False) -> datetime | None:
+def floor_wait_seconds(last_request: float | None, now: float, exempt: bool = False) -> float:
     """Rate limit: at most one token request per credential per 10 s, whatever the
-    trigger or the token's lifetime. Exempt: the first request, backoff retries (they
+    trigger or the token's lifetime; seconds to wait (0: now), on a monotonic clock (an
+    NTP step must not defer a request). Exempt: the first request, backoff retries (they
     have their own schedule) and the first request after a spec or data change that
     follows a failure (a fix is served at once)."""
-    if last_request_at is None or exempt:
-        return None
-    return last_request_at + MIN_REQUEST_INTERVAL
+    if last_request is None or exempt:
+        return 0.0
+    return max(last_request + MIN_REQUEST_INTERVAL.total_seconds() - now, 0.0)
 
 
 # Kubernetes API errors (unreachable, 5xx, a write that keeps being refused): per-worker

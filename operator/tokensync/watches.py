@@ -42,7 +42,11 @@ from tokensync.kube import METADATA_ACCEPT, METADATA_LIST_ACCEPT, METADATA_USER_
 
 log = logging.getLogger("tokensync.watches")
 
-WATCH_SECONDS = 300  # the server ends each watch after this; we resume from the last version
+# The server ends each watch after WATCH_SECONDS (we resume from the last version) and
+# sends a bookmark about every minute meanwhile: a connection silent for READ_SECONDS is
+# dead (a NAT or load balancer dropped it without a reset), and is listed again.
+WATCH_SECONDS = 60
+READ_SECONDS = 90
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 30.0
 # A list+watch round that lasted this long was healthy: the next one starts at once and
@@ -252,7 +256,7 @@ class LabelledWatch:
             preload_content=False,
             # Ours is the retry loop: urllib3's own retries would log a warning each.
             retries=False,
-            timeout=urllib3.Timeout(connect=10, read=WATCH_SECONDS + 30),
+            timeout=urllib3.Timeout(connect=10, read=READ_SECONDS),
         )
 
     def _pages(self, namespace: str | None) -> Iterator[dict[str, Any] | None]:

@@ -5,7 +5,10 @@ with exactly the RBAC deploy/ grants, talking to a scriptable HTTPS token endpoi
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +65,20 @@ class OperatorPool:
         self.tmp = tmp
         self.shared: Operator | None = None
         self.started: list[Operator] = []
+        self.changed_at = time.monotonic()  # an operator started or stopped
 
-    def start(self, *extra: str, kubeconfig: Path | None = None) -> Operator:
+    def start(
+        self, *extra: str, kubeconfig: Path | None = None, env: dict[str, str] | None = None
+    ) -> Operator:
         log_path = self.tmp.mktemp("operator") / "operator.log"
-        operator = start_operator(kubeconfig or self.kubeconfig, log_path, *extra)
+        self.changed_at = time.monotonic()
+        operator = start_operator(kubeconfig or self.kubeconfig, log_path, *extra, env=env)
         self.started.append(operator)
+        self.changed_at = time.monotonic()
         return operator
+
+    def running(self) -> bool:
+        return any(o.process.poll() is None for o in self.started)
 
     def get_shared(self) -> Operator:
         if self.shared is None or self.shared.process.poll() is not None:
@@ -78,6 +89,7 @@ class OperatorPool:
         if self.shared is not None:
             self.shared.stop()
             self.shared = None
+            self.changed_at = time.monotonic()
 
     def logs(self) -> str:
         return "\n".join(o.log() for o in self.started)
@@ -113,19 +125,81 @@ def own_operator(operators: OperatorPool) -> Iterator[Callable[..., Operator]]:
     operators.stop_shared()
     mine: list[Operator] = []
 
-    def start(*extra: str, kubeconfig: Path | None = None) -> Operator:
-        operator = operators.start(*extra, kubeconfig=kubeconfig)
+    def start(
+        *extra: str, kubeconfig: Path | None = None, env: dict[str, str] | None = None
+    ) -> Operator:
+        operator = operators.start(*extra, kubeconfig=kubeconfig, env=env)
         mine.append(operator)
         return operator
 
     yield start
     for operator in mine:
         operator.stop()
+    operators.changed_at = time.monotonic()
 
 
 @pytest.fixture(scope="session")
 def admin_api(installed: Any) -> kubernetes.client.ApiClient:
     return installed.api_client()
+
+
+# The invariant every operator test keeps: no credential says Ready=True about a token
+# that expired more than this long ago (issue 17). Not judged while no operator runs,
+# nor for a while after one started or stopped, or after the API server was unreachable.
+EXPIRED_READY_TOLERANCE_SECONDS = 5.0
+SETTLE_SECONDS = 20.0
+
+
+def expired_ready(items: list[dict[str, Any]], now: datetime) -> list[str]:
+    """Credentials whose status says Ready=True past expiresAt + tolerance."""
+    found = []
+    for item in items:
+        status = item.get("status") or {}
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        expires = status.get("expiresAt")
+        if not ready or ready.get("status") != "True" or not expires:
+            continue
+        late = (now - datetime.fromisoformat(expires.replace("Z", "+00:00"))).total_seconds()
+        if late > EXPIRED_READY_TOLERANCE_SECONDS:
+            meta = item["metadata"]
+            found.append(f"{meta['namespace']}/{meta['name']} Ready=True {late:.0f}s after expiry")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_ready_after_expiry(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Samples every credential each second while an operator test runs; fails the test
+    if one shows Ready=True with an expired token (checked only while an operator runs)."""
+    if not {"operator", "operators", "own_operator"} & set(request.fixturenames):
+        yield
+        return
+    pool: OperatorPool = request.getfixturevalue("operators")
+    custom = kubernetes.client.CustomObjectsApi(request.getfixturevalue("admin_api"))
+    stop = threading.Event()
+    violations: list[str] = []
+    quiet_until = [time.monotonic() + SETTLE_SECONDS]
+
+    def sample() -> None:
+        while not stop.wait(1.0):
+            now = time.monotonic()
+            if not pool.running() or now - pool.changed_at < SETTLE_SECONDS:
+                continue
+            try:
+                items = custom.list_cluster_custom_object(
+                    "tokensync.dev", "v1alpha1", "oauth2credentials", _request_timeout=5
+                )["items"]
+            except Exception:  # the API server is down on purpose in some tests
+                quiet_until[0] = now + SETTLE_SECONDS + 60  # the operator's backoff
+                continue
+            if now >= quiet_until[0]:
+                violations.extend(expired_ready(items, datetime.now(UTC)))
+
+    thread = threading.Thread(target=sample, name="ready-invariant", daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(10)
+    assert not violations, f"Ready=True outlived the token: {sorted(set(violations))[:10]}"
 
 
 @pytest.fixture

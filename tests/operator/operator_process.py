@@ -64,7 +64,14 @@ class Operator:
                 self.process.wait()
 
 
-def start_operator(kubeconfig: Path, log_path: Path, *extra: str) -> Operator:
+HOOKS = Path(__file__).resolve().parent / "hooks"  # sitecustomize.py: fault injection
+
+
+def start_operator(
+    kubeconfig: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> Operator:
+    """`tokensync run` with `extra` arguments; `env` adds variables (and puts the fault
+    injection hooks on its path)."""
     health, metrics = _free_port(), _free_port()
     args = [
         sys.executable,
@@ -81,10 +88,13 @@ def start_operator(kubeconfig: Path, log_path: Path, *extra: str) -> Operator:
     ]
     if not any(a.startswith(("--namespace", "-n", "--all-namespaces")) for a in extra):
         args.append("--all-namespaces")
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    env.pop("REQUESTS_CA_BUNDLE", None)
+    environment = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    environment.pop("REQUESTS_CA_BUNDLE", None)
+    if env:
+        path = environment.get("PYTHONPATH")
+        environment.update(env, PYTHONPATH=f"{HOOKS}{os.pathsep}{path}" if path else str(HOOKS))
     log = log_path.open("ab")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=environment)
     operator = Operator(process, log_path, health, metrics)
     deadline = time.monotonic() + 60
     while not operator.ready():

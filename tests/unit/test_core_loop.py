@@ -378,3 +378,58 @@ def test_a_background_task_that_fails_is_logged_and_restarted(caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "tokensync"]
     assert len(messages) == 2 and all("RuntimeError" in m for m in messages)
     assert not any("must not be logged" in m for m in messages)
+
+
+# --- item 7: the floor and backoffs on the monotonic clock --------------------------------
+
+
+def test_a_wall_clock_step_back_never_defers_a_spec_edit(world):  # noqa: F811
+    _kube, endpoint, ctx = world
+    monotonic = [1000.0]
+    ctx.monotonic = lambda: monotonic[0]
+    worker = CredentialWorker(ctx, credential(generation=1))
+    asyncio.run(worker.reconcile())
+    ctx.clock[0] = NOW - timedelta(hours=1)  # type: ignore[attr-defined]  # an NTP step
+    monotonic[0] += 11  # while 11 s really passed
+    worker.body = credential(generation=2)
+    asyncio.run(worker.reconcile())
+    assert endpoint.requests == 2
+
+
+def test_a_backoff_is_measured_on_the_monotonic_clock(world):  # noqa: F811
+    _kube, endpoint, ctx = world
+    monotonic = [1000.0]
+    ctx.monotonic = lambda: monotonic[0]
+    endpoint.failures.append(oauth2.TransientError("timed out", reason="Timeout"))
+    worker = CredentialWorker(ctx, credential())
+    retry = asyncio.run(worker.reconcile())
+    assert retry is not None and retry - NOW <= timedelta(seconds=1)
+    ctx.clock[0] = NOW - timedelta(hours=1)  # type: ignore[attr-defined]
+    monotonic[0] += 2  # the backoff (at most 1 s) is over
+    asyncio.run(worker.reconcile())
+    assert endpoint.requests == 2
+
+
+# --- item 7: the own-echo race ------------------------------------------------------------
+
+
+def test_a_status_echo_that_arrives_before_the_write_returned_is_recognised():
+    async def scenario() -> None:
+        supervisor = Supervisor(_idle_context(), SourceCache())
+        supervisor.observe("ADDED", _body("uid-1"))
+        worker = supervisor.workers["uid-1"]
+        written = {"observedGeneration": 1, "conditions": []}
+        worker.status_in_flight = written  # the patch is on the wire
+        echo = _body("uid-1")
+        echo["metadata"]["resourceVersion"] = "9"
+        echo["status"] = dict(written)
+        assert supervisor.is_own_echo(echo)
+        edited = _body("uid-1")
+        edited["metadata"].update(resourceVersion="10", generation=2)
+        edited["status"] = dict(written)
+        assert not supervisor.is_own_echo(edited)  # a spec edit is never an echo
+        worker.status_in_flight = None
+        assert not supervisor.is_own_echo(echo)
+        await supervisor.stop()
+
+    asyncio.run(scenario())

@@ -18,7 +18,7 @@ from tokensync.schedule import (
     TriggerInput,
     backoff_seconds,
     config_changed,
-    earliest_request_at,
+    floor_wait_seconds,
     generation_changed,
     next_attempt_at,
     parse_time,
@@ -275,11 +275,13 @@ def test_next_attempt_with_an_already_expired_token_is_now_plus_delay():
 
 
 def test_rate_limit_allows_the_first_request_at_once():
-    assert earliest_request_at(None) is None
+    assert floor_wait_seconds(None, 100.0) == 0.0
 
 
 def test_rate_limit_is_ten_seconds_after_the_last_request():
-    assert earliest_request_at(T0) == T0 + s(10)
+    assert floor_wait_seconds(100.0, 100.0) == 10.0
+    assert floor_wait_seconds(100.0, 104.0) == 6.0
+    assert floor_wait_seconds(100.0, 111.0) == 0.0
 
 
 # --- "why fetch now?" -----------------------------------------------------------------
@@ -492,11 +494,11 @@ def test_parse_time_rejects_naive_times():
 
 def test_every_scheduled_request_obeys_the_ten_second_floor():
     # 0.1 made renewals and expiries exempt: a 1 s token meant a request every second.
-    assert earliest_request_at(T0, exempt=False) == T0 + s(10)
+    assert floor_wait_seconds(100.0, 100.0, exempt=False) == 10.0
 
 
 def test_backoff_retries_and_fixes_after_a_failure_are_exempt():
-    assert earliest_request_at(T0, exempt=True) is None
+    assert floor_wait_seconds(100.0, 100.0, exempt=True) == 0.0
 
 
 def test_refresh_request_values_are_bounded():

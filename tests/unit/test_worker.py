@@ -144,6 +144,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeKube, FakeEndpoint, Oper
         sources=lambda _ns: lambda kind, name: source if name == "client" else None,
         post_event=lambda *_: None,
         now=lambda: clock[0],
+        monotonic=lambda: clock[0].timestamp(),  # the fake clock never steps
     )
     ctx.clock = clock  # type: ignore[attr-defined]
     return kube, endpoint, ctx

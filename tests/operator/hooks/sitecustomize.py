@@ -1,0 +1,23 @@
+"""Fault injection for the operator subprocess of a test (on its PYTHONPATH only when a
+test asks): widens a race so that a test can hit it every time, in the real operator
+against the real control plane. Does nothing unless its variables are set."""
+
+import os
+
+if delay := os.environ.get("TOKENSYNC_TEST_CREDENTIAL_LIST_DELAY"):
+    import time
+
+    from tokensync import handlers
+    from tokensync.kube import Kube
+
+    # The periodic sweep runs this often, and its list returns `delay` seconds after
+    # the API server answered it (as a list of 10,000 credentials takes a while).
+    handlers.SWEEP_INTERVAL_SECONDS = float(os.environ["TOKENSYNC_TEST_SWEEP_INTERVAL"])
+    listed = Kube.credential_uids
+
+    def slow_list(self: Kube, namespaces: list[str] | None) -> set[str]:
+        uids = listed(self, namespaces)
+        time.sleep(float(delay))
+        return uids
+
+    Kube.credential_uids = slow_list  # type: ignore[method-assign]

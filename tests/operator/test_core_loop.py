@@ -1,0 +1,171 @@
+"""The core loop never drops a credential silently (issue 17), end to end: the real
+operator against the real control plane and real HTTPS token endpoints. Each test
+reproduces one of the issue's numbered findings on 316f0c8."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from operator_helpers import wait_for
+from token_endpoint import TokenEndpoint
+
+pytestmark = pytest.mark.envtest
+
+
+def _ready(cluster: Any, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    status = cluster.credential(name).get("status") or {}
+    ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+    return status, ready
+
+
+def _late(status: dict[str, Any]) -> float:
+    """Seconds since status.expiresAt (negative: still valid)."""
+    expires = datetime.fromisoformat(status["expiresAt"].replace("Z", "+00:00"))
+    return (datetime.now(UTC) - expires).total_seconds()
+
+
+# --- 1: Ready=True never outlives the token ------------------------------------------------
+
+
+def test_ready_is_taken_away_when_the_renewal_hangs_past_expiry(cluster, operator, token_endpoint):
+    """316f0c8: a renewal stuck behind a slow answer kept Ready=True "holds a token valid
+    until <a time already past>" for as long as the request took."""
+    client = token_endpoint.add_client(lifetime=20)
+    cluster.create_credential("hangs", client, timeoutSeconds=120)
+    cluster.wait_ready("hangs", reason="TokenIssued")
+    client.delay = 90  # the renewal is sent, and answered long after the token expired
+    seen_expired = False
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        status, ready = _ready(cluster, "hangs")
+        if ready.get("status") == "True":
+            assert _late(status) <= 5, f"Ready=True {_late(status):.0f}s after expiry: {ready}"
+        elif ready.get("reason") == "TokenExpired":
+            seen_expired = True
+            break
+        time.sleep(0.5)
+    assert seen_expired, f"no TokenExpired within 40 s: {_ready(cluster, 'hangs')[1]}"
+    assert len(client.requests) == 2  # the first token and the hanging renewal only
+    client.delay = 0
+    cluster.delete_credential("hangs")
+
+
+def test_a_slow_host_does_not_delay_another_tenants_renewals(
+    cluster, operator, token_endpoint, ca, control_plane
+):
+    """316f0c8: a credential with 20 s tokens renewed once in 50 s while 70 credentials
+    of another namespace waited on a host that answers after 60 s."""
+    slow = TokenEndpoint(ca, host="localhost")
+    busy = cluster.for_namespace(control_plane.create_namespace("busy"))
+    try:
+        allowed = slow.url.split("/oauth2")[0] + "/"
+        for i in range(70):
+            client = slow.add_client(delay=60)
+            busy.source_secret(f"slow-{i}", {"client_secret": client.secret}, allowed_urls=allowed)
+            busy.create_credential_object(
+                f"slow-{i}",
+                {
+                    **busy.credential_spec(client, f"slow-{i}"),
+                    "tokenURL": slow.url,
+                    "timeoutSeconds": 120,
+                },
+            )
+        wait_for(lambda: len(slow.all_requests()) >= 8, 30, "slow requests in flight")
+        healthy = token_endpoint.add_client(lifetime=20)
+        cluster.create_credential("renews", healthy)
+        cluster.wait_ready("renews", reason="TokenIssued")
+        started = time.monotonic()
+        while time.monotonic() - started < 50:
+            status, ready = _ready(cluster, "renews")
+            if ready.get("status") == "True":
+                assert _late(status) <= 5, f"Ready=True {_late(status):.0f}s after expiry"
+            time.sleep(1)
+        # 20 s tokens renewed at about two thirds of their life: three or four in 50 s.
+        assert len(healthy.issued) >= 3, f"{len(healthy.issued)} tokens in 50 s"
+        assert len(slow.all_requests()) <= 8 + 8  # the slow host never got more slots
+    finally:
+        control_plane.delete_namespace(busy.ns)
+        slow.close()
+
+
+# --- 2: a periodic list never stops a live worker ------------------------------------------
+
+
+def test_credentials_created_while_the_sweep_lists_keep_their_workers(
+    cluster, own_operator, token_endpoint
+):
+    """316f0c8: the sweep stopped every worker missing from a list that was older than
+    the events applied meanwhile; nothing restarted them and their tokens expired.
+    Here the sweep runs every second and its list takes 3 s (fault injection), as the
+    list of a large cluster during a bulk apply does."""
+    operator = own_operator(
+        "--no-deny-private-networks",
+        env={"TOKENSYNC_TEST_CREDENTIAL_LIST_DELAY": "3", "TOKENSYNC_TEST_SWEEP_INTERVAL": "1"},
+    )
+    clients = {}
+    for i in range(6):
+        clients[f"bulk-{i}"] = client = token_endpoint.add_client(lifetime=20)
+        cluster.create_credential(f"bulk-{i}", client, secret_name=f"client-{i}")
+        time.sleep(1)
+
+    def all_renewed() -> bool:
+        return all(len(c.issued) >= 2 for c in clients.values())
+
+    try:
+        wait_for(all_renewed, 45, "every credential renewed")
+    except AssertionError:
+        counts = {name: len(c.issued) for name, c in clients.items()}
+        raise AssertionError(f"tokens issued per credential: {counts}") from None
+    assert "worker stopped" not in operator.log()
+
+
+# --- 4: a conflict is found before any token request, and clears ---------------------------
+
+
+def _foreign_secret(cluster: Any, name: str) -> None:
+    cluster.core.create_namespaced_secret(
+        cluster.ns, {"metadata": {"name": name}, "stringData": {"app": "not ours"}}
+    )
+
+
+def test_a_foreign_secret_is_reported_before_any_token_request_and_clears(
+    cluster, operator, token_endpoint
+):
+    """316f0c8: the unlabelled Secret was invisible; the credential sent a token request,
+    and when that failed reported TokenRequestFailed instead of SecretConflict. Once
+    reported, the conflict never cleared after the user deleted the Secret."""
+    client = token_endpoint.add_client()
+    token_endpoint.fail(client, 500)
+    _foreign_secret(cluster, "taken")
+    cluster.create_credential("wants-taken", client, secret={"name": "taken"})
+    ready = cluster.wait_ready("wants-taken", "False", reason="SecretConflict", timeout=20)
+    assert "taken" in ready["message"]
+    time.sleep(2)
+    assert client.requests == [], "a token request was sent despite the conflict"
+    assert cluster.secret("taken")["data"] == {"app": "bm90IG91cnM="}  # untouched
+
+    token_endpoint.heal(client)
+    deleted = time.monotonic()
+    cluster.core.delete_namespaced_secret("taken", cluster.ns)
+    cluster.wait_ready("wants-taken", reason="TokenIssued", timeout=65)
+    assert time.monotonic() - deleted <= 62
+    owners = cluster.secret("taken")["metadata"]["ownerReferences"]
+    assert owners[0]["name"] == "wants-taken"
+
+
+def test_a_refresh_request_rechecks_a_conflict_at_once(cluster, operator, token_endpoint):
+    client = token_endpoint.add_client()
+    _foreign_secret(cluster, "held")
+    cluster.create_credential("wants-held", client, secret={"name": "held"})
+    cluster.wait_ready("wants-held", "False", reason="SecretConflict", timeout=20)
+    cluster.core.delete_namespaced_secret("held", cluster.ns)
+    requested = time.monotonic()
+    cluster.patch_credential(
+        "wants-held",
+        {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "now"}}},
+    )
+    cluster.wait_ready("wants-held", reason="TokenIssued", timeout=15)
+    assert time.monotonic() - requested < 15
