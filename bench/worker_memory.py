@@ -25,9 +25,9 @@ from typing import Any
 from tokensync import oauth2
 from tokensync.controller import OperatorContext
 from tokensync.gates import OperatorConfig
-from tokensync.handlers import Supervisor
 from tokensync.managed import FIELD_MANAGER
 from tokensync.sources import Source, SourceCache
+from tokensync.supervisor import Supervisor
 
 
 def rss_bytes() -> int:

@@ -278,7 +278,7 @@ class CredentialWorker:
                     self.owner.namespace,
                     self.owner.name,
                     type(error).__name__,
-                    _where(error),
+                    where(error),
                     UNEXPECTED_ERROR_RETRY.seconds,
                 )
                 wake_at = self.ctx.now() + UNEXPECTED_ERROR_RETRY
@@ -999,7 +999,7 @@ class CredentialWorker:
         log.log(level, "%s/%s: %s: %s", self.owner.namespace, self.owner.name, reason, message)
 
 
-def _where(error: BaseException) -> str:
+def where(error: BaseException) -> str:
     """file:line (function) where an exception was raised: enough to find the bug, and,
     unlike the exception's text, it cannot carry data."""
     frames = traceback.extract_tb(error.__traceback__)

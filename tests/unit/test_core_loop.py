@@ -18,11 +18,12 @@ from test_worker import NOW, FakeKube, credential, world  # noqa: F401 - the fix
 from tokensync import discovery, identity, metrics, oauth2
 from tokensync.controller import CredentialWorker, NotLeading, OperatorContext
 from tokensync.gates import OperatorConfig
-from tokensync.handlers import Supervisor, stop_in_order, supervised
 from tokensync.limits import Coalescer, RequestLimits
 from tokensync.readiness import expired_report
+from tokensync.runtime import stop_in_order, supervised
 from tokensync.secret import format_time
 from tokensync.sources import SourceCache
+from tokensync.supervisor import Supervisor
 
 
 def _idle_context() -> OperatorContext:

@@ -1,4 +1,4 @@
-"""A model-based test of the one store of workers (handlers.Supervisor): random
+"""A model-based test of the one store of workers (supervisor.Supervisor): random
 interleavings of creations, edits, deletions and re-creations of credentials, watch
 events delivered late or lost in a gap, re-lists (the watch's mark and sweep, as
 watches.py reports it), periodic lists that run while events arrive, and leader changes,
@@ -23,8 +23,8 @@ from hypothesis.stateful import (
 
 from tokensync.controller import OperatorContext
 from tokensync.gates import OperatorConfig
-from tokensync.handlers import Supervisor
 from tokensync.sources import SourceCache
+from tokensync.supervisor import Supervisor
 
 NAMES = st.sampled_from(["a", "b", "c"])
 SPEC = {

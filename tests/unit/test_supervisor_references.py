@@ -9,10 +9,10 @@ import base64
 from typing import Any
 
 from tokensync.controller import OperatorContext
-from tokensync.handlers import Supervisor
 from tokensync.secret import url_allowed
 from tokensync.sources import SourceCache, ValueNotKept, resolve_references
 from tokensync.spec import ResolvedValues, parse_spec
+from tokensync.supervisor import Supervisor
 
 SPEC = {
     "tokenURL": "https://idp.example/token",

@@ -17,12 +17,12 @@ import pytest
 from tokensync import controller, oauth2
 from tokensync.controller import CredentialGone, CredentialWorker, OperatorContext
 from tokensync.gates import OperatorConfig
-from tokensync.handlers import Supervisor
 from tokensync.kube import KubeError
 from tokensync.limits import PassGate, RequestLimits
 from tokensync.managed import FIELD_MANAGER
 from tokensync.secret import ANNOTATION_REFRESH_REQUESTED
 from tokensync.sources import Source, SourceCache
+from tokensync.supervisor import Supervisor
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 SECRET = "sec-" + secrets.token_urlsafe(16)

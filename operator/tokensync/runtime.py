@@ -1,0 +1,389 @@
+"""Everything the operator process owns, in one typed object, started and stopped in a
+stated order (as kopf's own reactor does in `_core/reactor/running.py`).
+
+Start: the Kubernetes threads and the per-endpoint token limits, the store of workers
+(supervisor.Supervisor), the elector (with --peering), the label-selected watches
+(watches.py), the sweep, metrics and the health endpoints.
+
+Stop (`Runtime.stop`): the watches and the sweep, then the workers, then the Kubernetes
+writes the workers left in flight (a cancelled task's thread still runs its call; bounded
+wait), then the Lease: nothing of ours writes once a standby can take over.
+
+Background tasks are supervised: an unexpected exit is logged and the task restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tokensync import events, metrics
+from tokensync.controller import OperatorContext, where
+from tokensync.gates import OperatorConfig
+from tokensync.kube import GROUP, PLURAL, VERSION, Kube, KubeError, load_configuration
+from tokensync.leader import LeaderElector
+from tokensync.limits import PassGate, RequestLimits
+from tokensync.metrics_auth import MetricsSecurity
+from tokensync.secret import ANNOTATION_REFRESH_REQUESTED, LABEL_CREDENTIAL, LABEL_SOURCE
+from tokensync.sources import SourceCache
+from tokensync.supervisor import Supervisor, referenced
+from tokensync.watches import LISTED, LabelledWatch, WatchTarget
+
+log = logging.getLogger("tokensync")
+
+SOURCE_SELECTOR = f"{LABEL_SOURCE}=true"
+# Workers are compared with a complete list of credentials this often, and after every
+# re-list of a watch: a safety net under the credential watch's own sweep.
+SWEEP_INTERVAL_SECONDS = 300.0
+KUBE_THREADS = 16  # Kubernetes API calls: short, never behind token requests
+PASSES_PER_SECOND = 500.0  # mass wake-ups (start, leadership, API back) are paced to this
+WRITES_DRAIN_SECONDS = 10.0  # at shutdown, for Kubernetes calls of cancelled workers
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `tokensync run` decided (cli.py), as the runtime needs it."""
+
+    config: OperatorConfig
+    namespaces: list[str] | None
+    max_requests: int
+    max_requests_per_host: int
+    metrics_port: int
+    metrics_host: str
+    metrics_security: MetricsSecurity
+    health_port: int | None
+    health_host: str
+    leader_election: tuple[str, str, str] | None  # (lease name, namespace, identity)
+
+
+@dataclass
+class Runtime:
+    options: Options
+    kube: Kube
+    kube_executor: ThreadPoolExecutor
+    limits: RequestLimits
+    supervisor: Supervisor
+    elector: LeaderElector | None
+    synced: asyncio.Event  # credentials, sources and managed Secrets listed
+    sweep_now: asyncio.Event = field(default_factory=asyncio.Event)
+    watches: list[LabelledWatch] = field(default_factory=list)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    health: web.AppRunner | None = None
+
+    @classmethod
+    async def start(cls, options: Options, started: asyncio.Event) -> Runtime:
+        """Start everything; `started` is kopf's ready flag (for /readyz)."""
+        kube_executor = ThreadPoolExecutor(
+            max_workers=KUBE_THREADS, thread_name_prefix="tokensync-kube"
+        )
+        # Token-side calls run on their endpoint's own threads; Kubernetes calls on
+        # kube_executor, never behind them (one slow endpoint starved everyone's writes).
+        limits = RequestLimits(options.max_requests, options.max_requests_per_host)
+        # One pool for the API calls and the label-selected watches (each holds a
+        # connection).
+        kube = Kube(load_configuration(connection_pool_size=KUBE_THREADS + 8))
+        sources = SourceCache()
+        synced = asyncio.Event()
+        elector = None
+        if options.leader_election is not None:
+            name, namespace, identity = options.leader_election
+            # Its own API client: renewals never queue behind token-request writes.
+            elector = LeaderElector(
+                Kube(load_configuration(connection_pool_size=2)),
+                name,
+                namespace,
+                identity,
+                on_lost=_exit_after_lost_leadership,
+            )
+        leading = elector.is_leader.is_set if elector else lambda: True
+        supervisor = Supervisor(
+            OperatorContext(
+                config=options.config,
+                kube=kube,
+                kube_executor=kube_executor,
+                limits=limits,
+                pass_gate=PassGate(PASSES_PER_SECOND, burst=int(PASSES_PER_SECOND)),
+                sources=sources.lookup,
+                post_event=_post_event,
+                leadership=elector.wait if elector else None,
+                is_leading=leading,
+                sources_synced=synced.wait,
+                fill_source=sources.fill,
+            ),
+            sources,
+            serving=leading,
+        )
+        runtime = cls(options, kube, kube_executor, limits, supervisor, elector, synced)
+        runtime.watches = _start_watches(runtime)
+        runtime.background.append(supervised("credential sweep", runtime.sweep_forever))
+        metrics.serve(
+            options.metrics_port,
+            supervisor.samples,
+            options.metrics_host,
+            options.metrics_security,
+        )
+        if elector is None:
+            metrics.LEADER.set(1)
+        else:
+            elector.start()
+        if options.health_port:
+            runtime.health = await _serve_health(options, started, synced)
+        return runtime
+
+    async def stop(self) -> None:
+        await stop_in_order(
+            watches=self.watches,
+            supervisor=self.supervisor,
+            kube_executor=self.kube_executor,
+            elector=self.elector,
+            background=self.background,
+        )
+        self.limits.close()
+        if self.health is not None:
+            await self.health.cleanup()
+
+    async def sweep_forever(self) -> None:
+        """Mark and sweep the workers against a complete list of credentials,
+        periodically and whenever `sweep_now` is set (after a watch had to list again)."""
+        await self.synced.wait()
+        loop = asyncio.get_running_loop()
+        supervisor = self.supervisor
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SWEEP_INTERVAL_SECONDS):
+                    await self.sweep_now.wait()
+            self.sweep_now.clear()
+            began = supervisor.list_began()  # events after this are newer than the list
+            try:
+                existing = await loop.run_in_executor(
+                    self.kube_executor, self.kube.credential_uids, self.options.namespaces
+                )
+            except KubeError as error:
+                log.warning("credential sweep skipped: %s", error)
+                continue
+            supervisor.sweep(existing, began)
+            # References of credentials primed at start but deleted before the watch
+            # listed them (credentials created since the list have workers, and keep
+            # theirs).
+            supervisor.sources.retain(existing | set(supervisor.workers))
+
+
+async def stop_in_order(
+    *,
+    watches: list[LabelledWatch],
+    supervisor: Supervisor | None,
+    kube_executor: ThreadPoolExecutor | None,
+    elector: LeaderElector | None,
+    background: list[asyncio.Task[None]],
+    writes_timeout: float = WRITES_DRAIN_SECONDS,
+) -> None:
+    """Stop so that nothing of ours writes once a standby can take over: events and
+    background tasks, then the workers, then the Kubernetes writes they left in flight
+    (a cancelled task's thread still runs its call; bounded wait), then the Lease."""
+    for watch in watches:
+        watch.stop()
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    if supervisor is not None:
+        await supervisor.stop()
+    if kube_executor is not None:
+        drained = asyncio.get_running_loop().run_in_executor(
+            None, lambda: kube_executor.shutdown(wait=True, cancel_futures=True)
+        )
+        try:
+            async with asyncio.timeout(writes_timeout):
+                await asyncio.shield(drained)
+        except TimeoutError:
+            log.warning(
+                "Kubernetes calls still running after %.0fs; the Lease is kept (it expires)",
+                writes_timeout,
+            )
+            return  # a standby takes over when the Lease expires, not before
+    if elector is not None:
+        await elector.stop()
+
+
+def supervised(
+    name: str, run: Callable[[], Awaitable[None]], restart_after: float = 5.0
+) -> asyncio.Task[None]:
+    """A background task that is never gone silently: an unexpected exit is logged
+    (the exception's class and place, never its text) and the task restarted."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                await run()
+                log.error("background task %r returned; restarting it", name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.error(
+                    "background task %r failed: unexpected %s at %s; restarting it in %.0fs",
+                    name,
+                    type(error).__name__,
+                    where(error),
+                    restart_after,
+                )
+            await asyncio.sleep(restart_after)
+
+    return asyncio.create_task(loop(), name=name)
+
+
+def _exit_after_lost_leadership(why: str) -> None:
+    """Another replica may lead by now (or will, once our lease expires): stop at once,
+    with whatever pass is in flight, and let Kubernetes restart us as a clean standby."""
+    log.critical("exiting: leadership lost (%s)", why)
+    logging.shutdown()  # flush the log handlers; os._exit skips that
+    os._exit(1)
+
+
+def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    events.post(body, type_, reason, message)
+
+
+async def _serve_health(
+    options: Options, started: asyncio.Event, synced: asyncio.Event
+) -> web.AppRunner:
+    """/healthz: the event loop answers. /readyz: kopf started, credentials and sources
+    listed."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready = started.is_set() and synced.is_set()
+        return web.Response(text="ok" if ready else "starting", status=200 if ready else 503)
+
+    app = web.Application()
+    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, options.health_host, options.health_port).start()
+    return runner
+
+
+def _start_watches(runtime: Runtime) -> list[LabelledWatch]:
+    """Sources and managed Secrets, label-selected; source events are applied to the
+    cache on their watch thread, the rest handled on the loop. The sources are listed
+    only after the existing credentials' references are known (one list of credentials),
+    so that list keeps their values and no worker reads its sources one by one at start."""
+    loop = asyncio.get_running_loop()
+    kube, supervisor, synced = runtime.kube, runtime.supervisor, runtime.synced
+
+    def on_loop(handler: Callable[..., None], *first: str) -> Callable[[str, dict], None]:
+        return lambda event_type, body: loop.call_soon_threadsafe(handler, *first, event_type, body)
+
+    def relisted() -> None:
+        # A watch had to list again (410 Gone, a reconnect after a failure): compare the
+        # workers with a complete list too.
+        loop.call_soon_threadsafe(runtime.sweep_now.set)
+
+    def on_source(kind: str) -> Callable[[str, dict], None]:
+        # Applied on the watch thread, so a large object is reduced to what credentials
+        # read before anything queues it; only the wake-ups go to the loop.
+        def apply(event_type: str, body: dict) -> None:
+            if uids := supervisor.sources.apply(kind, event_type, body):
+                loop.call_soon_threadsafe(supervisor.source_event, uids)
+
+        return apply
+
+    namespaces = runtime.options.namespaces
+    source_watches = [
+        LabelledWatch(
+            kube.api,
+            WatchTarget(plural, SOURCE_SELECTOR),
+            namespaces,
+            on_source(kind),
+            on_relisted=relisted,
+        )
+        for plural, kind in (("secrets", "Secret"), ("configmaps", "ConfigMap"))
+    ]
+    managed = LabelledWatch(
+        kube.api,
+        WatchTarget("secrets", LABEL_CREDENTIAL, metadata_only=True),
+        namespaces,
+        on_loop(supervisor.managed_secret_event),
+        on_relisted=relisted,
+    )
+
+    def on_credential(event_type: str, body: dict) -> None:
+        # On the watch thread: our own status echoes (most events) stop here, the rest is
+        # reduced to what a worker uses before anything queues it.
+        try:
+            if event_type != "DELETED" and supervisor.is_own_echo(body):
+                return
+            if event_type == LISTED:  # before the sources are listed: keep what it reads
+                supervisor.sources.prime(body["metadata"]["uid"], referenced(body))
+            compact = _compact(body)
+        except Exception as error:  # an error here would stop the watch for every credential
+            metadata = body.get("metadata") or {}
+            log.error(
+                "credential %s/%s skipped by the watch: unexpected %s",
+                metadata.get("namespace"),
+                metadata.get("name"),
+                type(error).__name__,
+            )
+            return
+        loop.call_soon_threadsafe(supervisor.observe, event_type, compact)
+
+    credentials = LabelledWatch(
+        kube.api,
+        WatchTarget(PLURAL, "", api=f"/apis/{GROUP}/{VERSION}", small=True),
+        namespaces,
+        on_credential,
+        on_relisted=relisted,
+    )
+    managed.start()
+
+    def start_sources() -> None:
+        credentials.start()
+        credentials.synced.wait()
+        for watch in source_watches:
+            watch.start()
+        for watch in [*source_watches, managed]:
+            watch.synced.wait()
+        loop.call_soon_threadsafe(synced.set)
+
+    threading.Thread(target=start_sources, name="sources-start", daemon=True).start()
+    return [credentials, *source_watches, managed]
+
+
+def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Only what a worker uses of a credential just decoded by the watch: no
+    managedFields, no other annotations or labels."""
+    metadata = body.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    kept_metadata = {
+        key: metadata[key]
+        for key in (
+            "name",
+            "namespace",
+            "uid",
+            "generation",
+            "resourceVersion",
+            "deletionTimestamp",
+        )
+        if key in metadata
+    }
+    if ANNOTATION_REFRESH_REQUESTED in annotations:
+        kept_metadata["annotations"] = {
+            ANNOTATION_REFRESH_REQUESTED: annotations[ANNOTATION_REFRESH_REQUESTED]
+        }
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": kept_metadata,
+        # Fresh from the watch's decoder and referenced by nothing else: no copy needed.
+        "spec": body.get("spec") or {},
+        "status": body.get("status") or {},
+    }
