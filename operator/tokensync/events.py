@@ -225,7 +225,7 @@ _recorder_lock = threading.Lock()
 
 
 def post(regarding: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """The operator's event hook (handlers._post_event): post through the process-wide
+    """The operator's event hook (runtime._post_event): post through the process-wide
     recorder."""
     global _recorder
     with _recorder_lock:
