@@ -638,9 +638,9 @@ class CredentialWorker:
         return schedule.stable_jitter(self.owner.uid, issued)
 
     async def _fetch(self, request: oauth2.TokenRequest, sent: asyncio.Event) -> oauth2.Token:
-        """One token request, inside the per-endpoint and global limits, on the token
-        executor (never the one Kubernetes calls use). `sent` is set when it leaves the
-        queue."""
+        """One token request, inside the per-endpoint and global limits, on the
+        endpoint's own threads (never the ones Kubernetes calls use). `sent` is set when
+        it leaves the queue."""
         deny, cidrs = self.ctx.config.deny_private_networks, self.ctx.config.deny_cidrs
         await self._through_gate()
         started: list[float] = []
