@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from tokensync import discovery, identity, metrics, oauth2, readiness, schedule
+from tokensync.attempt import Attempts
 from tokensync.gates import OperatorConfig, gate_problem, insecure_warnings
 from tokensync.kube import Kube, KubeError
 from tokensync.limits import Coalescer, PassGate, RequestLimits
@@ -177,18 +178,12 @@ class CredentialWorker:
     body: dict[str, Any]
     wake_event: asyncio.Event = field(default_factory=asyncio.Event)
     status: dict[str, Any] = field(default_factory=dict)  # as last written (or read)
-    # On ctx.monotonic's clock: a wall-clock step never moves the floor or a backoff.
-    last_request_at: float | None = None
-    retry_at: float | None = None
-    retry_key: tuple[Any, ...] | None = None  # the generation/config a backoff applies to
-    failures_by_kind: dict[str, int] = field(default_factory=dict)  # backoff per error class
+    attempts: Attempts = field(default_factory=Attempts)  # floor, backoffs, failure counts
     expires_at: datetime | None = None  # of the held token, for metrics
     last_event: tuple[str, str] | None = None
     warned_generation: int | None = None  # insecure-setting warnings are posted once per spec
     served: Served | None = None
     unwritten: Unwritten | None = None
-    write_failures: int = 0
-    kube_failures: int = 0
     secret_version: str | None = None  # resourceVersion of our last Secret write
     status_version: str | None = None  # resourceVersion of our last status patch
     # The status being written: its echo can arrive before the write returns with its
@@ -262,7 +257,7 @@ class CredentialWorker:
             self.wake_event.clear()
             try:
                 wake_at = await self.reconcile()
-                self.kube_failures = 0
+                self.attempts = self.attempts.kube_ok()
             except asyncio.CancelledError:
                 raise
             except CredentialGone as gone:
@@ -288,18 +283,19 @@ class CredentialWorker:
         """Back off, per worker and with jitter. An unreachable API server is logged for
         all workers together (one line per half minute); another error of this
         credential's first, then at each doubling."""
-        self.kube_failures += 1
-        delay = schedule.kube_backoff_seconds(self.kube_failures, random.random())
+        self.attempts = self.attempts.kube_failed()
+        failures = self.attempts.kube_failures
+        delay = schedule.kube_backoff_seconds(failures, random.random())
         if error.unreachable:
             UNREACHABLE_LOG.failed(error)
-        elif self.kube_failures & (self.kube_failures - 1) == 0:
+        elif failures & (failures - 1) == 0:
             log.warning(
                 "%s/%s: %s; retrying in %.0fs (failure %d)",
                 self.owner.namespace,
                 self.owner.name,
                 error,
                 delay,
-                self.kube_failures,
+                failures,
             )
         return self.ctx.now() + timedelta(seconds=delay)
 
@@ -496,11 +492,8 @@ class CredentialWorker:
 
         # A spec or data change starts over; a retry of the same request waits its turn.
         attempt_key = (p.generation, p.fingerprint, p.refresh_request)
-        failed_before = self.retry_key is not None
         mono = self.ctx.monotonic()
-        if self.retry_key == attempt_key and self.retry_at is not None and mono < self.retry_at:
-            return now + timedelta(seconds=self.retry_at - mono)
-        wait = schedule.floor_wait_seconds(self.last_request_at, mono, exempt=failed_before)
+        wait = self.attempts.wait_seconds(attempt_key, mono)
         if wait > 0:
             return now + timedelta(seconds=wait)
 
@@ -517,8 +510,7 @@ class CredentialWorker:
         # Discovery first, once per issuer for all who wait for it, in the issuer's slot.
         discovered = await self._discover(p)
         if isinstance(discovered, oauth2.TokenError):
-            self.retry_key = attempt_key
-            return await self._report_failure(p, trigger, discovered)
+            return await self._report_failure(p, trigger, discovered, attempt_key)
         # Discovery, workload identity and client assertions (identity.py).
         endpoint = p.spec.issuer_url or p.spec.token_url or ""
         request = await identity.prepare_request(
@@ -533,7 +525,7 @@ class CredentialWorker:
         if isinstance(request, ReferenceProblem):
             await self._report_problem(request)
             return self.ctx.now() + timedelta(seconds=identity.RECHECK_SECONDS)
-        self.last_request_at = mono
+        self.attempts = self.attempts.sent(mono)
         sent = asyncio.Event()
         fetch = asyncio.ensure_future(self._fetch(request, sent))
         try:
@@ -544,13 +536,11 @@ class CredentialWorker:
                 )
             token = await fetch
         except oauth2.TokenError as error:
-            self.retry_key = attempt_key
             identity.request_failed(p.spec, error)  # re-discover after 404/connect
-            return await self._report_failure(p, trigger, error)
+            return await self._report_failure(p, trigger, error, attempt_key)
         finally:
             fetch.cancel()  # no-op once done; a failed report must not orphan the request
-        self.retry_key, self.retry_at = None, None
-        self.failures_by_kind.clear()
+        self.attempts = self.attempts.answered()
         self.unwritten = Unwritten(token, p.generation, p.fingerprint, p.refresh_request, trigger)
         # The request may have taken minutes: only a leader writes what it brought.
         if not self.ctx.is_leading():
@@ -611,7 +601,7 @@ class CredentialWorker:
             await self._report_problem(_conflict(p.spec))
             return self.ctx.now() + CONFLICT_RECHECK
         self.unwritten = None
-        self.write_failures = 0
+        self.attempts = self.attempts.written()
         self.served = Served(pending.generation, pending.refresh_request)
         # From the Secret as written (second precision), exactly as later passes and a
         # restarted operator will compute it, so status does not flap by a second.
@@ -821,21 +811,21 @@ class CredentialWorker:
         return Condition("False", reason, message)
 
     async def _report_failure(
-        self, p: Pass, trigger: schedule.Trigger, error: oauth2.TokenError
+        self, p: Pass, trigger: schedule.Trigger, error: oauth2.TokenError, key: Any
     ) -> datetime:
         now = self.ctx.now()
         failures = int(self.status.get("consecutiveFailures") or 0) + 1
         # Each error class backs off on its own count: a 401 after five timeouts is a
         # first configuration failure (1 min), not a sixth failure (16 min).
-        of_kind = self.failures_by_kind.get(error.kind, 0) + 1
-        self.failures_by_kind[error.kind] = of_kind
+        self.attempts = self.attempts.request_failed(key, error.kind)
+        of_kind = self.attempts.failures_of(error.kind)
         delay = schedule.backoff_seconds(error.kind, of_kind, random.random(), error.retry_after)
         held = p.held
         valid_until = (
             held.expires_at if held and held.expires_at and now < held.expires_at else None
         )
         retry_at = schedule.next_attempt_at(now, delay, valid_until)
-        self.retry_at = self._monotonic_at(retry_at, now)
+        self.attempts = self.attempts.retry_after(self._monotonic_at(retry_at, now))
         message = self._sanitize(str(error), p.resolved)
         metrics.REFRESH_FAILURES.labels(self.owner.namespace, self.owner.name, error.kind).inc()
         reason = (
@@ -863,21 +853,22 @@ class CredentialWorker:
         5xx): keep the token, retry only the write, with backoff, never past the expiry
         of the token the Secret still holds nor of the one we keep."""
         now = self.ctx.now()
-        self.write_failures += 1
-        delay = schedule.backoff_seconds("transient", self.write_failures, random.random())
+        self.attempts = self.attempts.write_failed()
+        write_failures = self.attempts.write_failures
+        delay = schedule.backoff_seconds("transient", write_failures, random.random())
         held = p.held
         expiries = [pending.token.expires_at]
         if held and held.expires_at and now < held.expires_at:
             expiries.append(held.expires_at)
         retry_at = schedule.next_attempt_at(now, delay, min(expiries))
-        self.retry_at = self._monotonic_at(retry_at, now)
+        self.attempts = self.attempts.retry_after(self._monotonic_at(retry_at, now))
         message = self._sanitize(
             f"writing Secret {p.spec.secret.name!r} failed: {error}",
             p.resolved,
             pending.token.access_token,
         )
         retry_message = (
-            f"{message} (attempt {self.write_failures}; the new token is kept and only the "
+            f"{message} (attempt {write_failures}; the new token is kept and only the "
             f"write is retried, next at {format_time(retry_at)})"
         )
         await self._report(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -242,14 +243,13 @@ def test_each_error_class_backs_off_on_its_own_count(world):
     timeout = oauth2.TransientError("timed out", reason="Timeout")
     for _ in range(5):
         endpoint.failures.append(timeout)
-        worker.last_request_at = None
-        worker.retry_at = None
+        worker.attempts = dataclasses.replace(worker.attempts, last_request_at=None, retry_at=None)
         run(worker.reconcile())
-    assert worker.failures_by_kind["transient"] == 5
+    assert worker.attempts.failures_of("transient") == 5
     endpoint.failures.append(
         oauth2.ConfigurationError("refused", reason="HTTPError", http_status=401)
     )
-    worker.retry_at = None
+    worker.attempts = dataclasses.replace(worker.attempts, retry_at=None)
     retry_at = run(worker.reconcile())
     # a first configuration failure: about a minute, not 2**5 minutes
     assert timedelta(seconds=40) <= retry_at - NOW <= timedelta(seconds=60)
