@@ -497,11 +497,14 @@ class CredentialWorker:
         if wait > 0:
             return now + timedelta(seconds=wait)
 
-        routine = _serves_current(trigger, p.held, now)
+        routine = readiness.serves_current(trigger, p.held, now)
         refreshing = Condition("True", trigger.reason, trigger.message)
         if not routine:
             await self._report(
-                Report(ready=self._current_ready(p, now, trigger), refreshing=refreshing)
+                Report(
+                    ready=readiness.while_refreshing(self.status, p.held, trigger, now),
+                    refreshing=refreshing,
+                )
             )
         if p.secret is None:
             # A worker left over from a watch gap (its credential deleted while the watch
@@ -532,7 +535,10 @@ class CredentialWorker:
             # A renewal that answers quickly costs no Refreshing=True write.
             if routine and await _is_slow(fetch, sent):
                 await self._report(
-                    Report(ready=self._current_ready(p, now, trigger), refreshing=refreshing)
+                    Report(
+                        ready=readiness.while_refreshing(self.status, p.held, trigger, now),
+                        refreshing=refreshing,
+                    )
                 )
             token = await fetch
         except oauth2.TokenError as error:
@@ -716,16 +722,6 @@ class CredentialWorker:
 
     # --- reporting ------------------------------------------------------------------
 
-    def _current_ready(self, p: Pass, now: datetime, trigger: schedule.Trigger) -> Condition:
-        """Ready while a refresh is in flight: unchanged if the held token still serves
-        the current spec, otherwise Pending."""
-        ready = condition_of(self.status, READY)
-        if ready and ready.get("status") == "True" and _serves_current(trigger, p.held, now):
-            return Condition("True", ready["reason"], ready.get("message", ""))
-        if p.held is None:
-            return Condition("False", "Pending", "the first token has not been issued yet")
-        return Condition("False", "Pending", f"a new token is needed: {trigger.message}")
-
     def _warnings(self, p: Pass, point: schedule.RefreshPoint | None = None) -> list[str] | None:
         warnings = [*p.warnings, *schedule.lifetime_warnings(p.held)]
         if point is not None and point.clamped:
@@ -747,7 +743,9 @@ class CredentialWorker:
                 fields["lastHandledRefreshRequest"] = self.served.refresh_request
         await self._report(
             Report(
-                ready=Condition("True", "TokenIssued", _issued_message(p.spec, expires_at)),
+                ready=Condition(
+                    "True", "TokenIssued", readiness.issued_message(p.spec.secret.name, expires_at)
+                ),
                 fields=fields,
             )
         )
@@ -775,7 +773,7 @@ class CredentialWorker:
         }
         if p.refresh_request:
             fields["lastHandledRefreshRequest"] = p.refresh_request
-        message = _issued_message(p.spec, held.expires_at)
+        message = readiness.issued_message(p.spec.secret.name, held.expires_at)
         # Routine renewals are visible in status and metrics; events mark the rest.
         event = None
         if trigger.reason != "RenewWindow":
@@ -789,26 +787,6 @@ class CredentialWorker:
             self.warned_generation = p.generation
             for warning in p.warnings:
                 self.ctx.post_event(self.body, "Warning", "InsecureSetting", warning)
-
-    def _ready_while_failing(
-        self, p: Pass, now: datetime, trigger: schedule.Trigger, reason: str, message: str
-    ) -> Condition:
-        """A failed refresh never takes Ready away from a token that still serves."""
-        held = p.held
-        if (
-            held
-            and held.expires_at
-            and now < held.expires_at
-            and _serves_current(trigger, held, now)
-        ):
-            return Condition(
-                "True",
-                "TokenIssued",
-                f"token valid until {format_time(held.expires_at)}; refreshing is failing",
-            )
-        if held and held.expires_at and now >= held.expires_at:
-            return Condition("False", "TokenExpired", f"the token expired and {message}")
-        return Condition("False", reason, message)
 
     async def _report_failure(
         self, p: Pass, trigger: schedule.Trigger, error: oauth2.TokenError, key: Any
@@ -834,7 +812,7 @@ class CredentialWorker:
         retry_message = f"{message} (attempt {failures}; next at {format_time(retry_at)})"
         await self._report(
             Report(
-                ready=self._ready_while_failing(p, now, trigger, reason, message),
+                ready=readiness.while_failing(p.held, trigger, now, reason, message),
                 refreshing=Condition("False", "TokenRequestFailed", retry_message),
                 fields={
                     "consecutiveFailures": failures,
@@ -873,8 +851,8 @@ class CredentialWorker:
         )
         await self._report(
             Report(
-                ready=self._ready_while_failing(
-                    p, now, pending.trigger, "SecretWriteFailed", message
+                ready=readiness.while_failing(
+                    p.held, pending.trigger, now, "SecretWriteFailed", message
                 ),
                 refreshing=Condition("False", "SecretWriteFailed", retry_message),
                 fields={"warnings": self._warnings(p)},
@@ -1004,19 +982,6 @@ def _refresh_request(metadata: Mapping[str, Any]) -> str | None:
     return (metadata.get("annotations") or {}).get(ANNOTATION_REFRESH_REQUESTED)
 
 
-def _serves_current(
-    trigger: schedule.Trigger, held: schedule.HeldToken | None, now: datetime
-) -> bool:
-    """The held token was issued for the current spec and data, and is unexpired: only
-    its age or a refresh request is asking for a new one."""
-    return (
-        held is not None
-        and held.expires_at is not None
-        and now < held.expires_at
-        and trigger.reason in ("RenewWindow", "RefreshRequested")
-    )
-
-
 async def _is_slow(fetch: asyncio.Future[oauth2.Token], sent: asyncio.Event) -> bool:
     """Whether a routine renewal is worth a Refreshing=True write: still unanswered
     REFRESHING_REPORT_DELAY_SECONDS after it was sent, or still queued for its endpoint's
@@ -1044,7 +1009,3 @@ def _conflict(spec: CredentialSpec) -> ReferenceProblem:
         f"Secret {spec.secret.name!r} exists and does not belong to this credential; "
         "tokensync never modifies it (delete it, or set spec.secret.name)",
     )
-
-
-def _issued_message(spec: CredentialSpec, expires_at: datetime) -> str:
-    return f"Secret {spec.secret.name!r} holds a token valid until {format_time(expires_at)}"

@@ -1,5 +1,7 @@
-"""Is the credential ready? Decisions about the Ready condition that hold whatever the
-worker is doing (pure: status and clock in, report out).
+"""Is the credential ready? The Ready condition as a pure function of what a pass found
+(the held token in the Secret, why a new one is wanted, the status as written, the
+clock), in the manner of cert-manager's readiness policies. The worker only writes what
+these functions say.
 
 The expiry watchdog: `Ready=True` never outlives the token it describes. Each worker
 arms a timer (CredentialWorker.arm_expiry) at the expiresAt of every Ready=True status
@@ -14,11 +16,54 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from tokensync.schedule import parse_time
+from tokensync.schedule import HeldToken, Trigger, parse_time
 from tokensync.secret import format_time
 from tokensync.status import READY, REFRESHING, Condition, Report, condition_of
 
 EXPIRED = "TokenExpired"
+
+
+def serves_current(trigger: Trigger, held: HeldToken | None, now: datetime) -> bool:
+    """The held token was issued for the current spec and data, and is unexpired: only
+    its age or a refresh request is asking for a new one."""
+    return (
+        held is not None
+        and held.expires_at is not None
+        and now < held.expires_at
+        and trigger.reason in ("RenewWindow", "RefreshRequested")
+    )
+
+
+def issued_message(secret_name: str, expires_at: datetime) -> str:
+    return f"Secret {secret_name!r} holds a token valid until {format_time(expires_at)}"
+
+
+def while_refreshing(
+    status: Mapping[str, Any], held: HeldToken | None, trigger: Trigger, now: datetime
+) -> Condition:
+    """Ready while a refresh is in flight: unchanged if the held token still serves the
+    current spec, otherwise Pending."""
+    ready = condition_of(status, READY)
+    if ready and ready.get("status") == "True" and serves_current(trigger, held, now):
+        return Condition("True", ready["reason"], ready.get("message", ""))
+    if held is None:
+        return Condition("False", "Pending", "the first token has not been issued yet")
+    return Condition("False", "Pending", f"a new token is needed: {trigger.message}")
+
+
+def while_failing(
+    held: HeldToken | None, trigger: Trigger, now: datetime, reason: str, message: str
+) -> Condition:
+    """A failed refresh never takes Ready away from a token that still serves."""
+    if held and held.expires_at and serves_current(trigger, held, now):
+        return Condition(
+            "True",
+            "TokenIssued",
+            f"token valid until {format_time(held.expires_at)}; refreshing is failing",
+        )
+    if held and held.expires_at and now >= held.expires_at:
+        return Condition("False", EXPIRED, f"the token expired and {message}")
+    return Condition("False", reason, message)
 
 
 def ready_until(status: Mapping[str, Any]) -> datetime | None:
