@@ -64,11 +64,13 @@ def test_a_slow_host_does_not_delay_another_tenants_renewals(
         allowed = slow.url.split("/oauth2")[0] + "/"
         for i in range(70):
             client = slow.add_client(delay=60)
-            busy.source_secret(f"slow-{i}", {"client_secret": client.secret}, allowed_urls=allowed)
+            busy.source_secret(
+                f"slow-client-{i}", {"client_secret": client.secret}, allowed_urls=allowed
+            )
             busy.create_credential_object(
                 f"slow-{i}",
                 {
-                    **busy.credential_spec(client, f"slow-{i}"),
+                    **busy.credential_spec(client, f"slow-client-{i}"),
                     "tokenURL": slow.url,
                     "timeoutSeconds": 120,
                 },

@@ -64,12 +64,14 @@ def test_a_slow_endpoint_does_not_delay_other_namespaces(
         for i in range(70):
             client = slow.add_client(delay=100)
             cluster.source_secret(
-                f"slow-{i}", {"client_secret": client.secret}, allowed_urls=sources["allowed"]
+                f"slow-client-{i}",
+                {"client_secret": client.secret},
+                allowed_urls=sources["allowed"],
             )
             cluster.create_credential_object(
                 f"slow-{i}",
                 {
-                    **cluster.credential_spec(client, f"slow-{i}"),
+                    **cluster.credential_spec(client, f"slow-client-{i}"),
                     "tokenURL": slow.url,
                     "timeoutSeconds": 120,
                 },
