@@ -57,6 +57,8 @@ class TokenEndpoint:
         self.host = host  # the name in its URL (always served on 127.0.0.1)
         self.clients: dict[str, Client] = {}
         self.lock = threading.Lock()
+        self.discovery_delay = 0.0  # seconds before the metadata document is answered
+        self.discovery_requests: list[float] = []
         self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -64,6 +66,11 @@ class TokenEndpoint:
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+
+    @property
+    def issuer(self) -> str:
+        """Its issuer URL: `/.well-known/openid-configuration` names `url`."""
+        return f"https://{self.host}:{self._server.server_address[1]}"
 
     @property
     def url(self) -> str:
@@ -155,6 +162,20 @@ def _handler(endpoint: TokenEndpoint) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:  # keep test output quiet
             pass
+
+        def do_GET(self) -> None:
+            if self.path != "/.well-known/openid-configuration":
+                self.send_error(404)
+                return
+            endpoint.discovery_requests.append(time.time())
+            if endpoint.discovery_delay:
+                time.sleep(endpoint.discovery_delay)
+            body = json.dumps({"issuer": endpoint.issuer, "token_endpoint": endpoint.url})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
