@@ -104,7 +104,7 @@ def test_pools_are_bounded(start_server, credentials):
     try:
         for server in servers:
             fetch_token(request_for(server, credentials), sender=sender)
-        assert len(sender._direct.pools) == 2
+        assert sender.pool_count() == 2
     finally:
         sender.close()
 
@@ -208,7 +208,7 @@ def test_a_request_the_reused_connection_drops_is_sent_once_more(credentials):
             assert fetch_token(request, sender=sender).access_token == "t0"
             assert fetch_token(request, sender=sender).access_token == "t1"
             assert sender.connection_count() == 2
-            sender._direct.clear()  # next request on a new connection
+            sender.close()  # next request on a new connection
             with pytest.raises(TransientError) as caught:
                 fetch_token(request, sender=sender)
             assert caught.value.reason == "ConnectionFailed"
@@ -424,8 +424,9 @@ def test_idle_connections_are_closed_without_waiting_for_their_endpoint(start_se
     sender = Transport(NetworkGuard(deny_private=False), idle_timeout=0.2)
     try:
         fetch_token(request_for(quiet, credentials), sender=sender)
-        (key,) = sender._direct.pools.keys()
-        pool = sender._direct.pools[key]
+        pools = sender.session_for(None).adapter.poolmanager.pools  # plain http
+        (key,) = pools.keys()
+        pool = pools[key]
         (conn,) = [c for c in pool.pool.queue if c is not None]
         assert conn.sock is not None
         time.sleep(0.3)  # idle longer than the idle timeout
