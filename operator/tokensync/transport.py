@@ -24,6 +24,7 @@ import functools
 import hashlib
 import http.cookiejar
 import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -340,21 +341,16 @@ def build_ssl_context(tls: TrustSettings) -> ssl.SSLContext:
 
 
 def _load_client_certificate(context: ssl.SSLContext, tls: TrustSettings) -> None:
-    # The ssl module loads certificates only from files: write a private file (mkstemp
-    # creates it with mode 0600) and remove it at once.
     if not tls.client_cert_pem or not tls.client_key_pem:
         raise TLSMaterialError(
             "mutual TLS needs both a client certificate and its key",
             reason="InvalidClientCertificate",
             hint="tls.clientCertificateRef must name a kubernetes.io/tls Secret",
         )
-    fd, path = tempfile.mkstemp(
-        prefix="tokensync-", suffix=".pem", dir=os.environ.get("TOKENSYNC_TMPDIR") or None
-    )
+    pem = tls.client_cert_pem.rstrip(b"\n") + b"\n" + tls.client_key_pem
     try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(tls.client_cert_pem.rstrip(b"\n") + b"\n" + tls.client_key_pem)
-        context.load_cert_chain(path)
+        with pem_path(pem) as path:
+            context.load_cert_chain(path)
     except (ssl.SSLError, ValueError):
         raise TLSMaterialError(
             "the client certificate or key is not valid PEM, or they do not match",
@@ -362,8 +358,98 @@ def _load_client_certificate(context: ssl.SSLContext, tls: TrustSettings) -> Non
             hint="tls.clientCertificateRef must name a kubernetes.io/tls Secret with "
             "tls.crt and tls.key",
         ) from None
+
+
+# The ssl module loads certificates and keys only by path. On Linux the path is that of an
+# anonymous memory file (memfd_create, no name in any filesystem, gone when closed),
+# opened again through /proc/self/fd. Elsewhere (no memfd_create, or it is refused, or
+# no /proc) the fallback is a mode-0600 file in $TOKENSYNC_TMPDIR removed at once; files
+# such a process left behind (killed between write and unlink) are removed by the next
+# one before its first write.
+KEY_FILE_PREFIX = "tokensync-"
+KEY_FILE_SUFFIX = ".pem"
+STALE_KEY_FILE_SECONDS = 60.0  # older than any load in progress
+_stale_files_removed = False
+_log = logging.getLogger("tokensync.transport")
+
+
+def _memfd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def _memfd() -> int | None:
+    """An anonymous memory file reachable by path, or None where there is none."""
+    create = getattr(os, "memfd_create", None)
+    if create is None:
+        return None
+    try:
+        fd: int = create("tokensync-client-key", os.MFD_CLOEXEC)
+    except OSError:
+        return None
+    if not os.path.exists(_memfd_path(fd)):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+@contextlib.contextmanager
+def pem_path(pem: bytes) -> Iterator[str]:
+    """A path from which `pem` can be read while the context lasts: a memfd when the
+    platform has one, else a private temporary file (see above)."""
+    fd = _memfd()
+    if fd is not None:
+        try:
+            _write_all(fd, pem)
+            yield _memfd_path(fd)
+        finally:
+            os.close(fd)
+        return
+    directory = os.environ.get("TOKENSYNC_TMPDIR") or tempfile.gettempdir()
+    _remove_stale_key_files_once(directory)
+    fd, path = tempfile.mkstemp(prefix=KEY_FILE_PREFIX, suffix=KEY_FILE_SUFFIX, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(pem)
+        yield path
     finally:
         os.unlink(path)
+
+
+def _remove_stale_key_files_once(directory: str) -> None:
+    global _stale_files_removed
+    if _stale_files_removed:
+        return
+    _stale_files_removed = True
+    removed = remove_stale_key_files(directory, now=time.time())
+    _log.warning(
+        "no memfd_create here: client keys are loaded from a mode-0600 file in %s, "
+        "removed at once (%d left by an earlier process removed)",
+        directory,
+        removed,
+    )
+
+
+def remove_stale_key_files(directory: str, *, now: float) -> int:
+    """Remove key files of the fallback older than STALE_KEY_FILE_SECONDS; how many."""
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(KEY_FILE_PREFIX) and name.endswith(KEY_FILE_SUFFIX)):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and (
+                    now - entry.stat(follow_symlinks=False).st_mtime > STALE_KEY_FILE_SECONDS
+                ):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 def _digest(*parts: bytes | None) -> str | None:
