@@ -49,8 +49,8 @@ from urllib3.exceptions import (
     NameResolutionError,
     NewConnectionError,
     ProtocolError,
+    ReadTimeoutError,
 )
-from urllib3.util import Retry
 
 from tokensync.urls import ParsedURL, URLProblem, parse_url
 
@@ -641,9 +641,6 @@ class ResponseTooLarge(requests.RequestException):
     headers, and an empty body (the rest was never read)."""
 
 
-# Never retry inside urllib3 (TokenAdapter.send retries a stale keep-alive connection
-# itself), never follow a redirect.
-_NO_RETRIES = Retry(total=False, redirect=False)
 MAX_PROXY_MANAGERS = 8
 
 
@@ -682,11 +679,9 @@ class TokenAdapter(requests.adapters.HTTPAdapter):
         self.max_body_bytes = max_body_bytes
         self._pool_classes = dict(pool_classes)
         self._proxy_ssl_context = proxy_ssl_context
-        super().__init__(
-            pool_connections=max_pools,
-            pool_maxsize=connections_per_pool,
-            max_retries=_NO_RETRIES,
-        )
+        # requests' default retries: none, with its own exception types (a stale
+        # keep-alive connection is retried by send, below).
+        super().__init__(pool_connections=max_pools, pool_maxsize=connections_per_pool)
 
     # -- connection pools ----------------------------------------------------------------
 
@@ -800,7 +795,7 @@ class TokenAdapter(requests.adapters.HTTPAdapter):
             if 300 <= response.status_code < 400:
                 body: bytes | None = b""  # never followed, never read
             else:
-                body = _read_limited(raw, self.max_body_bytes)
+                body = _read_body(raw, self.max_body_bytes, request)
                 done = body is not None
             response._content = body or b""
             response._content_consumed = True
@@ -833,6 +828,19 @@ class TokenAdapter(requests.adapters.HTTPAdapter):
         return len(self.poolmanager.pools) + sum(
             len(m.pools) for m in list(self.proxy_manager.values())
         )
+
+
+def _read_body(raw: Any, limit: int, request: requests.PreparedRequest) -> bytes | None:
+    """_read_limited, with read failures as the requests exceptions that
+    Response.iter_content would raise."""
+    try:
+        return _read_limited(raw, limit)
+    except ReadTimeoutError as error:
+        raise requests.exceptions.ReadTimeout(error, request=request) from error
+    except urllib3.exceptions.SSLError as error:
+        raise requests.exceptions.SSLError(error, request=request) from error
+    except (ProtocolError, urllib3.exceptions.HTTPError, OSError) as error:
+        raise requests.ConnectionError(error, request=request) from error
 
 
 def _deadline_seconds(timeout: Any) -> float | None:
