@@ -1,5 +1,7 @@
-"""How token requests reach the endpoint: pooled connections, cached TLS contexts, the
-whole-request deadline, the private-network guard, proxies, and a request limiter.
+"""How token requests reach the endpoint: a requests Session per trust configuration with
+a TokenAdapter (requests' HTTPAdapter, the extension point requests users know) that owns
+pooled connections, the cached TLS context, the whole-request deadline, the private-network
+guard, proxies and the response-size bound.
 
 No OAuth2 and no Kubernetes here; oauth2.py builds the request and classifies what this
 module raises. The rules of API.md hold on every connection, new or reused:
@@ -12,8 +14,11 @@ module raises. The rules of API.md hold on every connection, new or reused:
   and the address actually connected after. Through a proxy, the target is resolved
   and checked before CONNECT is sent. A pooled connection is only ever reused by the
   Transport (one guard configuration) that checked it.
-- Redirects are never followed; no .netrc; proxies only from this process's
-  HTTPS_PROXY / HTTP_PROXY / NO_PROXY; trust only from the request's own TLS settings.
+- Redirects are never followed; no .netrc, no cookies, no default headers, the URL sent
+  as urls.py parsed it (requests' re-quoting is skipped); proxies only from this
+  process's HTTPS_PROXY / HTTP_PROXY / NO_PROXY; trust only from the request's own TLS
+  settings (never REQUESTS_CA_BUNDLE or certifi).
+- A client key is loaded from an anonymous memfd, never from a file (see pem_path).
 """
 
 from __future__ import annotations
@@ -1111,13 +1116,17 @@ __all__ = [
     "NetworkGuard",
     "PrivateNetworkDenied",
     "RawResponse",
+    "ResponseTooLarge",
     "SSLContextCache",
     "TLSMaterialError",
+    "TokenAdapter",
+    "TokenSession",
     "Transport",
     "URLProblem",
     "build_ssl_context",
     "embedded_ipv4",
     "is_denied_address",
     "parse_cidrs",
+    "pem_path",
     "transport_for",
 ]
