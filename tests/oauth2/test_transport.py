@@ -540,6 +540,9 @@ def test_the_session_keeps_every_rule_for_requests_callers(
         "client_secret": credentials.client_secret,
     }
     assert session.post(url, data=form, timeout=5).json()["access_token"]
+    sent = token_server.received[-1]
+    assert "python-requests" not in (sent.header("User-Agent") or "")  # no session defaults
+    assert "gzip" not in (sent.header("Accept-Encoding") or "")
 
     token_server.fail("drip", interval=0.05)
     started = time.monotonic()
@@ -591,3 +594,18 @@ def test_sessions_are_bounded(tls_server, credentials):
         assert first not in sender._all_sessions()
     finally:
         sender.close()
+
+
+def test_requests_adds_no_ca_bundle_to_a_ca_ref_context(
+    tls_server, credentials, token_ca, transport, tmp_path, monkeypatch
+):
+    """requests' own cert_verify would load its CA bundle (certifi, or REQUESTS_CA_BUNDLE)
+    into the shared context: caRef must stay the only trust."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(trustme.CA().cert_pem.bytes())
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    tls = TLSSettings(ca_pem=token_ca.cert_pem.bytes())
+    for _ in range(2):
+        assert fetch_token(request_for(tls_server, credentials, tls=tls), sender=transport)
+    context = transport.session_for(tls).adapter.ssl_context
+    assert context is not None and len(context.get_ca_certs()) == 1
