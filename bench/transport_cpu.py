@@ -3,8 +3,11 @@
 Starts an HTTPS token server on 127.0.0.1 whose CA is added to a copy of the system
 bundle given through SSL_CERT_FILE, so requests without tls.caRef pay what they pay in
 production, then makes N requests and prints the client thread's CPU per request.
+`--layer transport` times only Transport.post (the connection layer: pools, TLS, the
+requests Session and adapter), without building the request or parsing the token;
+`--scheme http` leaves TLS out as well.
 
-    python bench/transport_cpu.py [--requests 200]
+    python bench/transport_cpu.py [--requests 200] [--layer fetch|transport] [--scheme https|http]
     PYTHONPATH=/path/to/old/operator python bench/transport_cpu.py   # another version
 
 Prints one line of numbers; never fails.
@@ -30,6 +33,8 @@ from servers.quirky import ServerTLS, TokenServer
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--layer", choices=("fetch", "transport"), default="fetch")
+    parser.add_argument("--scheme", choices=("https", "http"), default="https")
     args = parser.parse_args()
     ca = trustme.CA()
     system = ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile
@@ -37,16 +42,35 @@ def main() -> None:
     bundle.write_bytes(Path(system).read_bytes() + b"\n" + ca.cert_pem.bytes())
     os.environ["SSL_CERT_FILE"] = str(bundle)
 
-    from tokensync.oauth2 import TokenRequest, fetch_token
+    from tokensync import transport
+    from tokensync.oauth2 import TokenRequest, build_request_parts, fetch_token
 
-    with TokenServer({"bench": "secret"}, tls=ServerTLS.for_ca(ca)) as server:
+    tls = ServerTLS.for_ca(ca) if args.scheme == "https" else None
+    with TokenServer({"bench": "secret"}, tls=tls) as server:
         request = TokenRequest(
             token_url=server.token_url, client_id="bench", client_secret="secret"
         )
-        fetch_token(request)  # warm-up (imports, first context)
+        sender = transport.transport_for(transport.NetworkGuard(False, ()))
+        headers, body = build_request_parts(request)
+
+        def once() -> None:
+            if args.layer == "fetch":
+                fetch_token(request)
+            else:
+                raw = sender.post(
+                    request.token_url,
+                    headers,
+                    body,
+                    tls=request.tls if args.scheme == "https" else None,
+                    timeout=10,
+                    max_body_bytes=1024 * 1024,
+                )
+                assert raw.status == 200
+
+        once()  # warm-up (imports, first context, first connection)
         cpu, wall = time.thread_time(), time.monotonic()
         for _ in range(args.requests):
-            fetch_token(request)
+            once()
         cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
     started = time.thread_time()
     for _ in range(20):
@@ -55,7 +79,8 @@ def main() -> None:
     import tokensync.oauth2 as module
 
     print(
-        f"{module.__file__}: {args.requests} requests, system trust store "
+        f"{module.__file__}: {args.requests} requests ({args.layer}, {args.scheme}), "
+        "system trust store "
         f"({len(Path(bundle).read_bytes()) // 1024} KiB bundle): "
         f"client CPU {cpu / args.requests * 1000:.2f} ms/request, "
         f"wall {wall / args.requests * 1000:.2f} ms/request; "

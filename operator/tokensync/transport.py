@@ -1,5 +1,7 @@
-"""How token requests reach the endpoint: pooled connections, cached TLS contexts, the
-whole-request deadline, the private-network guard, proxies, and a request limiter.
+"""How token requests reach the endpoint: a requests Session per trust configuration with
+a TokenAdapter (requests' HTTPAdapter, the extension point requests users know) that owns
+pooled connections, the cached TLS context, the whole-request deadline, the private-network
+guard, proxies and the response-size bound.
 
 No OAuth2 and no Kubernetes here; oauth2.py builds the request and classifies what this
 module raises. The rules of API.md hold on every connection, new or reused:
@@ -12,16 +14,22 @@ module raises. The rules of API.md hold on every connection, new or reused:
   and the address actually connected after. Through a proxy, the target is resolved
   and checked before CONNECT is sent. A pooled connection is only ever reused by the
   Transport (one guard configuration) that checked it.
-- Redirects are never followed; no .netrc; proxies only from this process's
-  HTTPS_PROXY / HTTP_PROXY / NO_PROXY; trust only from the request's own TLS settings.
+- Redirects are never followed; no .netrc, no cookies, no default headers, the URL sent
+  as urls.py parsed it (requests' re-quoting is skipped); proxies only from this
+  process's HTTPS_PROXY / HTTP_PROXY / NO_PROXY; trust only from the request's own TLS
+  settings (never REQUESTS_CA_BUNDLE or certifi).
+- A client key is loaded from an anonymous memfd, never from a file (see pem_path).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
+import http.cookiejar
 import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -32,14 +40,22 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import unquote
 
+import requests
+import requests.adapters
+import requests.cookies
+import requests.structures
 import requests.utils
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
-from urllib3.util import Timeout
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
 
 from tokensync.urls import ParsedURL, URLProblem, parse_url
 
@@ -53,6 +69,8 @@ IDLE_TIMEOUT_SECONDS = 45.0
 MAX_POOLS = 256  # endpoints x trust configurations with a warm connection
 MAX_CONNECTIONS_PER_POOL = 8  # matches --max-requests-per-host's default
 SSL_CONTEXT_CACHE_SIZE = 64  # a system-store context holds ~0.9 MB
+MAX_SESSIONS = SSL_CONTEXT_CACHE_SIZE  # one requests Session per trust configuration
+MAX_BODY_BYTES = 1024 * 1024  # the most any caller may ask the transport to read
 
 
 # --------------------------------------------------------------------------------------
@@ -328,21 +346,16 @@ def build_ssl_context(tls: TrustSettings) -> ssl.SSLContext:
 
 
 def _load_client_certificate(context: ssl.SSLContext, tls: TrustSettings) -> None:
-    # The ssl module loads certificates only from files: write a private file (mkstemp
-    # creates it with mode 0600) and remove it at once.
     if not tls.client_cert_pem or not tls.client_key_pem:
         raise TLSMaterialError(
             "mutual TLS needs both a client certificate and its key",
             reason="InvalidClientCertificate",
             hint="tls.clientCertificateRef must name a kubernetes.io/tls Secret",
         )
-    fd, path = tempfile.mkstemp(
-        prefix="tokensync-", suffix=".pem", dir=os.environ.get("TOKENSYNC_TMPDIR") or None
-    )
+    pem = tls.client_cert_pem.rstrip(b"\n") + b"\n" + tls.client_key_pem
     try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(tls.client_cert_pem.rstrip(b"\n") + b"\n" + tls.client_key_pem)
-        context.load_cert_chain(path)
+        with pem_path(pem) as path:
+            context.load_cert_chain(path)
     except (ssl.SSLError, ValueError):
         raise TLSMaterialError(
             "the client certificate or key is not valid PEM, or they do not match",
@@ -350,8 +363,98 @@ def _load_client_certificate(context: ssl.SSLContext, tls: TrustSettings) -> Non
             hint="tls.clientCertificateRef must name a kubernetes.io/tls Secret with "
             "tls.crt and tls.key",
         ) from None
+
+
+# The ssl module loads certificates and keys only by path. On Linux the path is that of an
+# anonymous memory file (memfd_create, no name in any filesystem, gone when closed),
+# opened again through /proc/self/fd. Elsewhere (no memfd_create, or it is refused, or
+# no /proc) the fallback is a mode-0600 file in $TOKENSYNC_TMPDIR removed at once; files
+# such a process left behind (killed between write and unlink) are removed by the next
+# one before its first write.
+KEY_FILE_PREFIX = "tokensync-"
+KEY_FILE_SUFFIX = ".pem"
+STALE_KEY_FILE_SECONDS = 60.0  # older than any load in progress
+_stale_files_removed = False
+_log = logging.getLogger("tokensync.transport")
+
+
+def _memfd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def _memfd() -> int | None:
+    """An anonymous memory file reachable by path, or None where there is none."""
+    create = getattr(os, "memfd_create", None)
+    if create is None:
+        return None
+    try:
+        fd: int = create("tokensync-client-key", os.MFD_CLOEXEC)
+    except OSError:
+        return None
+    if not os.path.exists(_memfd_path(fd)):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+@contextlib.contextmanager
+def pem_path(pem: bytes) -> Iterator[str]:
+    """A path from which `pem` can be read while the context lasts: a memfd when the
+    platform has one, else a private temporary file (see above)."""
+    fd = _memfd()
+    if fd is not None:
+        try:
+            _write_all(fd, pem)
+            yield _memfd_path(fd)
+        finally:
+            os.close(fd)
+        return
+    directory = os.environ.get("TOKENSYNC_TMPDIR") or tempfile.gettempdir()
+    _remove_stale_key_files_once(directory)
+    fd, path = tempfile.mkstemp(prefix=KEY_FILE_PREFIX, suffix=KEY_FILE_SUFFIX, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(pem)
+        yield path
     finally:
         os.unlink(path)
+
+
+def _remove_stale_key_files_once(directory: str) -> None:
+    global _stale_files_removed
+    if _stale_files_removed:
+        return
+    _stale_files_removed = True
+    removed = remove_stale_key_files(directory, now=time.time())
+    _log.warning(
+        "no memfd_create here: client keys are loaded from a mode-0600 file in %s, "
+        "removed at once (%d left by an earlier process removed)",
+        directory,
+        removed,
+    )
+
+
+def remove_stale_key_files(directory: str, *, now: float) -> int:
+    """Remove key files of the fallback older than STALE_KEY_FILE_SECONDS; how many."""
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(KEY_FILE_PREFIX) and name.endswith(KEY_FILE_SUFFIX)):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and (
+                    now - entry.stat(follow_symlinks=False).st_mtime > STALE_KEY_FILE_SECONDS
+                ):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 def _digest(*parts: bytes | None) -> str | None:
@@ -453,7 +556,7 @@ def _pool_classes(
 
         def _new_conn(self) -> socket.socket:
             # Connections to the operator's own proxy are not guarded: the target is,
-            # before CONNECT (Transport.post).
+            # before CONNECT (TokenAdapter.send).
             direct = self.proxy is None
             try:
                 sock = _connect(self._dns_host, self.port, guard if direct else None)
@@ -528,6 +631,276 @@ def _environment_proxy(url: ParsedURL) -> str | None:
     return requests.utils.prepend_scheme_if_needed(proxy, "http") if proxy else None
 
 
+@functools.lru_cache(maxsize=1024)
+def _parsed(url: str) -> ParsedURL:
+    """parse_url, remembered: the adapter asks for the same few token URLs over and over."""
+    return parse_url(url)
+
+
+# --------------------------------------------------------------------------------------
+# The requests adapter
+
+
+class ResponseTooLarge(requests.RequestException):
+    """The response body was over the adapter's bound; `response` has the status and
+    headers, and an empty body (the rest was never read)."""
+
+
+MAX_PROXY_MANAGERS = 8
+
+
+class TokenAdapter(requests.adapters.HTTPAdapter):
+    """A requests transport adapter with the rules of API.md on every connection, new or
+    reused. One per trust configuration: `ssl_context` decides whom https URLs trust and
+    the client certificate they present (the `verify` and `cert` arguments of requests
+    are not used); plain http needs none.
+
+    - `timeout` is the whole request's deadline in seconds (connect to the last byte of
+      the body); a `(connect, read)` pair counts as their sum.
+    - The guard refuses denied addresses, checked on every resolved address and on the
+      connected peer, and before CONNECT through a proxy.
+    - Redirects are returned, never followed, with an empty body.
+    - A body over `max_body_bytes` raises ResponseTooLarge; the body is read here, within
+      the deadline, so `response.content` is always complete.
+    - A keep-alive connection the server closed just as the request went out is
+      replaced once, unless an answer had begun.
+    """
+
+    def __init__(
+        self,
+        guard: NetworkGuard,
+        ssl_context: ssl.SSLContext | None,
+        *,
+        insecure: bool = False,
+        max_body_bytes: int,
+        pool_classes: Mapping[str, type],
+        max_pools: int = MAX_POOLS,
+        connections_per_pool: int = MAX_CONNECTIONS_PER_POOL,
+        proxy_ssl_context: Callable[[], ssl.SSLContext] | None = None,
+    ) -> None:
+        self.guard = guard
+        self.ssl_context = ssl_context
+        self.cert_reqs = "CERT_NONE" if insecure else "CERT_REQUIRED"
+        self.max_body_bytes = max_body_bytes
+        self._pool_classes = dict(pool_classes)
+        self._proxy_ssl_context = proxy_ssl_context
+        # requests' default retries: none, with its own exception types (a stale
+        # keep-alive connection is retried by send, below).
+        super().__init__(pool_connections=max_pools, pool_maxsize=connections_per_pool)
+
+    # -- connection pools ----------------------------------------------------------------
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block=False, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = self._pool_classes
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = self.proxy_manager.get(proxy)
+        if manager is not None:
+            return manager
+        parsed = urllib3.util.parse_url(proxy)
+        if parsed.scheme not in ("http", "https"):
+            raise requests.exceptions.InvalidProxyURL("only http:// and https:// proxies")
+        # The proxy's credentials go in Proxy-Authorization (requests' proxy_headers),
+        # never in the URL urllib3 keeps.
+        headers = self.proxy_headers(proxy) if parsed.auth else None
+        if parsed.scheme == "https" and self._proxy_ssl_context is not None:
+            # The system store, and our socket class: the deadline also covers the
+            # proxy's TLS and everything tunnelled in it.
+            proxy_kwargs.setdefault("proxy_ssl_context", self._proxy_ssl_context())
+        manager = urllib3.ProxyManager(
+            parsed._replace(auth=None).url,
+            num_pools=self._pool_connections,
+            maxsize=self._pool_maxsize,
+            block=False,
+            proxy_headers=headers,
+            **proxy_kwargs,
+        )
+        manager.pool_classes_by_scheme = self._pool_classes
+        self.proxy_manager[proxy] = manager
+        while len(self.proxy_manager) > MAX_PROXY_MANAGERS:
+            oldest = next(iter(self.proxy_manager))
+            self.proxy_manager.pop(oldest).clear()
+        return manager
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The pool is (scheme, the host DNS is asked for, port, SSL context): the URL
+        checked is the URL connected."""
+        url = _parsed(request.url or "")
+        pool_kwargs: dict[str, Any] = {}
+        if url.scheme == "https":
+            if self.ssl_context is None:
+                raise ValueError("an https request needs TLS settings")
+            pool_kwargs = {"ssl_context": self.ssl_context, "cert_reqs": self.cert_reqs}
+        return {"scheme": url.scheme, "host": url.connect_host, "port": url.port}, pool_kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        """Nothing: trust is the adapter's SSL context alone (requests would add its own
+        CA bundle to it)."""
+
+    def request_url(self, request: requests.PreparedRequest, proxies: Any) -> str:
+        url = _parsed(request.url or "")
+        if url.scheme == "http" and requests.utils.select_proxy(request.url, proxies):
+            return f"http://{url.authority}{url.request_target}"  # forwarded by the proxy
+        return url.request_target
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(  # type: ignore[override]
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Any = True,
+        cert: Any = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        seconds = _deadline_seconds(timeout)
+        exchange = _Exchange(time.monotonic() + seconds) if seconds is not None else None
+        reset = _EXCHANGE.set(exchange)
+        try:
+            url = _parsed(request.url or "")
+            if self.guard.active and requests.utils.select_proxy(request.url, proxies):
+                # Before CONNECT: the proxy would otherwise reach whatever the name
+                # resolves to from where it runs.
+                self.guard.check_resolved(url.connect_host, url.port)
+            for attempt in (1, 2):
+                try:
+                    return self._send_once(request, exchange, dict(proxies or {}))
+                except requests.ConnectionError as error:
+                    # A keep-alive connection the server closed just as we sent: once
+                    # more on a new one (a token request is safe to repeat, but not after
+                    # an answer began: that one may have issued a token).
+                    stale = isinstance(error.args[0] if error.args else None, ProtocolError)
+                    if attempt == 2 or not stale or exchange is None:
+                        raise
+                    if not exchange.reused or exchange.answered or exchange.expired:
+                        raise
+            raise AssertionError("unreachable")
+        finally:
+            _EXCHANGE.reset(reset)
+
+    def _send_once(
+        self,
+        request: requests.PreparedRequest,
+        exchange: _Exchange | None,
+        proxies: dict[str, str],
+    ) -> requests.Response:
+        remaining = exchange.remaining() if exchange is not None else None
+        response = super().send(request, stream=True, timeout=remaining, proxies=proxies)
+        if exchange is not None:
+            exchange.answered = True
+        raw = response.raw
+        done = False
+        try:
+            if 300 <= response.status_code < 400:
+                body: bytes | None = b""  # never followed, never read
+            else:
+                body = _read_body(raw, self.max_body_bytes, request)
+                done = body is not None
+            response._content = body or b""
+            response._content_consumed = True
+            if body is None:
+                raise ResponseTooLarge(
+                    f"response body over {self.max_body_bytes} bytes", response=response
+                )
+            return response
+        finally:
+            if not done:
+                raw.close()  # unread data: the connection cannot be reused
+            raw.release_conn()
+
+    def sweep(self, idle_timeout: float, now: float) -> int:
+        """Close pooled connections idle longer than `idle_timeout` (their pools stay)."""
+        closed = 0
+        for manager in [self.poolmanager, *list(self.proxy_manager.values())]:
+            for key in list(manager.pools.keys()):
+                queue = getattr(manager.pools.get(key), "pool", None)
+                if queue is None:
+                    continue
+                with queue.mutex:  # queued connections are idle; none is taken meanwhile
+                    for conn in list(queue.queue):
+                        if _idle_for(conn, now) > idle_timeout:
+                            conn.close()
+                            closed += 1
+        return closed
+
+    def pool_count(self) -> int:
+        return len(self.poolmanager.pools) + sum(
+            len(m.pools) for m in list(self.proxy_manager.values())
+        )
+
+
+def _read_body(raw: Any, limit: int, request: requests.PreparedRequest) -> bytes | None:
+    """_read_limited, with read failures as the requests exceptions that
+    Response.iter_content would raise."""
+    try:
+        return _read_limited(raw, limit)
+    except ReadTimeoutError as error:
+        raise requests.exceptions.ReadTimeout(error, request=request) from error
+    except urllib3.exceptions.SSLError as error:
+        raise requests.exceptions.SSLError(error, request=request) from error
+    except (ProtocolError, urllib3.exceptions.HTTPError, OSError) as error:
+        raise requests.ConnectionError(error, request=request) from error
+
+
+def _deadline_seconds(timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, tuple):
+        return float(sum(t for t in timeout if t is not None))
+    return float(timeout)
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Cookies are neither kept nor sent: a session serves many credentials."""
+
+    def set_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: Any, request: Any) -> bool:
+        return False
+
+
+class TokenSession(requests.Session):
+    """A requests Session for one trust configuration, with a TokenAdapter mounted for
+    http:// and https://. Nothing comes from the environment (no .netrc, no
+    REQUESTS_CA_BUNDLE, no proxies unless passed), no default headers, no cookies,
+    redirects never followed."""
+
+    def __init__(self, adapter: TokenAdapter) -> None:
+        super().__init__()
+        self.trust_env = False
+        self.headers = requests.structures.CaseInsensitiveDict()
+        self.cookies = requests.cookies.RequestsCookieJar(policy=_NoCookies())
+        self.max_redirects = 0
+        self.adapters.clear()
+        self.mount("https://", adapter)
+        self.mount("http://", adapter)
+        self.adapter = adapter
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        return None  # a redirect is the answer, never followed (nor its body read)
+
+
+def _prepared(
+    method: str, url: str, headers: Mapping[str, str], body: bytes | None
+) -> requests.PreparedRequest:
+    """A PreparedRequest of exactly these parts: requests' URL preparation (which
+    re-quotes) is skipped, so the URL checked by urls.py is the URL sent."""
+    prepared = requests.PreparedRequest()
+    prepared.method = method
+    prepared.url = url
+    prepared.headers = requests.structures.CaseInsensitiveDict(headers)
+    prepared.body = body
+    prepared.prepare_content_length(body)
+    return prepared
+
+
 @dataclass(frozen=True)
 class RawResponse:
     status: int
@@ -536,15 +909,10 @@ class RawResponse:
     oversized: bool = False  # the body was over max_body_bytes and was not kept
 
 
-@dataclass
-class _Proxy:
-    manager: urllib3.ProxyManager
-    forwarding: bool  # plain-http targets: absolute-form requests, no CONNECT
-
-
 class Transport:
-    """Sends token requests over pooled keep-alive connections. One per guard
-    configuration (see `transport_for`); thread-safe."""
+    """Sends token requests through one TokenSession per trust configuration, all sharing
+    this Transport's guard. One per guard configuration (see `transport_for`);
+    thread-safe."""
 
     def __init__(
         self,
@@ -554,39 +922,62 @@ class Transport:
         connections_per_pool: int = MAX_CONNECTIONS_PER_POOL,
         idle_timeout: float = IDLE_TIMEOUT_SECONDS,
         ssl_contexts: SSLContextCache = SSL_CONTEXTS,
+        max_sessions: int = MAX_SESSIONS,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.guard = guard
         self.ssl_contexts = ssl_contexts
+        self.max_body_bytes = max_body_bytes
         self._max_pools = max_pools
-        self._pool_kw = {"maxsize": connections_per_pool, "block": False}
+        self._connections_per_pool = connections_per_pool
+        self._max_sessions = max_sessions
         self._connects = 0
         self._classes = _pool_classes(guard, idle_timeout, self._count_connect)
-        self._direct = urllib3.PoolManager(num_pools=max_pools, **self._pool_kw)
-        self._direct.pool_classes_by_scheme = self._classes
         self._lock = threading.Lock()
-        self._proxies: OrderedDict[str, _Proxy] = OrderedDict()
+        self._sessions: OrderedDict[Any, TokenSession] = OrderedDict()
         self._idle_timeout = idle_timeout
         self._next_sweep = time.monotonic() + idle_timeout
 
+    def session_for(self, tls: TrustSettings | None) -> TokenSession:
+        """The Session for one trust configuration (None: plain http only)."""
+        key = trust_key(tls) if tls is not None else None
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is not None:
+                self._sessions.move_to_end(key)
+                return session
+        context = self.ssl_contexts.get(tls) if tls is not None else None
+        adapter = TokenAdapter(
+            self.guard,
+            context,
+            insecure=bool(tls is not None and tls.insecure_skip_verify),
+            max_body_bytes=self.max_body_bytes,
+            pool_classes=self._classes,
+            max_pools=self._max_pools,
+            connections_per_pool=self._connections_per_pool,
+            proxy_ssl_context=lambda: self.ssl_contexts.get(SYSTEM_TRUST),
+        )
+        created = TokenSession(adapter)
+        evicted: list[TokenSession] = []
+        with self._lock:
+            session = self._sessions.setdefault(key, created)
+            self._sessions.move_to_end(key)
+            while len(self._sessions) > self._max_sessions:
+                evicted.append(self._sessions.popitem(last=False)[1])
+        for old in [*evicted, *([created] if session is not created else [])]:
+            old.close()
+        return session
+
+    def _all_sessions(self) -> list[TokenSession]:
+        with self._lock:
+            return list(self._sessions.values())
+
     def sweep(self) -> int:
         """Close pooled connections idle longer than the idle timeout (their pools stay);
-        returns how many. Runs from `post` now and then, so idle endpoints do not hold
+        returns how many. Runs from `request` now and then, so idle endpoints do not hold
         sockets open, without a thread of its own."""
         now = time.monotonic()
-        managers = [self._direct, *(p.manager for p in list(self._proxies.values()))]
-        closed = 0
-        for manager in managers:
-            for key in list(manager.pools.keys()):
-                pool = manager.pools.get(key)
-                queue = getattr(pool, "pool", None)
-                if queue is None:
-                    continue
-                with queue.mutex:  # queued connections are idle; none is taken meanwhile
-                    for conn in list(queue.queue):
-                        if _idle_for(conn, now) > self._idle_timeout:
-                            conn.close()
-                            closed += 1
-        return closed
+        return sum(s.adapter.sweep(self._idle_timeout, now) for s in self._all_sessions())
 
     def _maybe_sweep(self) -> None:
         now = time.monotonic()
@@ -597,11 +988,11 @@ class Transport:
         self.sweep()
 
     def close(self) -> None:
-        self._direct.clear()
         with self._lock:
-            for proxy in self._proxies.values():
-                proxy.manager.clear()
-            self._proxies.clear()
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            session.close()
 
     def _count_connect(self) -> None:
         with self._lock:
@@ -612,36 +1003,9 @@ class Transport:
         with self._lock:
             return self._connects
 
-    def _proxy(self, proxy_url: str, target: ParsedURL) -> _Proxy:
-        key = proxy_url
-        with self._lock:
-            proxy = self._proxies.get(key)
-            if proxy is None:
-                parsed = urllib3.util.parse_url(proxy_url)
-                headers = None
-                if parsed.auth:
-                    auth = unquote(parsed.auth)
-                    headers = urllib3.util.make_headers(proxy_basic_auth=auth)
-                    parsed = parsed._replace(auth=None)
-                # TLS to an https:// proxy: the system store, and our socket class, so
-                # the deadline also covers the proxy's TLS and everything tunnelled in it.
-                proxy_context = (
-                    self.ssl_contexts.get(SYSTEM_TRUST) if parsed.scheme == "https" else None
-                )
-                manager = urllib3.ProxyManager(
-                    parsed.url,
-                    num_pools=self._max_pools,
-                    proxy_headers=headers,
-                    proxy_ssl_context=proxy_context,
-                    **self._pool_kw,
-                )
-                manager.pool_classes_by_scheme = self._classes
-                proxy = _Proxy(manager, forwarding=False)
-                self._proxies[key] = proxy
-                while len(self._proxies) > 8:
-                    self._proxies.popitem(last=False)[1].manager.clear()
-            self._proxies.move_to_end(key)
-        return _Proxy(proxy.manager, forwarding=target.scheme == "http")
+    def pool_count(self) -> int:
+        """Connection pools held, over every session (tests)."""
+        return sum(s.adapter.pool_count() for s in self._all_sessions())
 
     def post(
         self,
@@ -655,7 +1019,7 @@ class Transport:
     ) -> RawResponse:
         """POST `body` to `url` and read the response within `timeout` seconds in all.
         Raises PrivateNetworkDenied, DeadlineExceeded, TLSMaterialError, URLProblem, or
-        urllib3 / OSError exceptions for connection failures."""
+        requests / urllib3 / OSError exceptions for connection failures."""
         return self.request(
             "POST", url, headers, body, tls=tls, timeout=timeout, max_body_bytes=max_body_bytes
         )
@@ -673,89 +1037,30 @@ class Transport:
     ) -> RawResponse:
         """One request (POST for tokens, GET for discovery documents) under every rule of
         the token transport: deadline, guard, proxies, no redirects, bounded body."""
-        parsed = url if isinstance(url, ParsedURL) else parse_url(url)
+        text = url if isinstance(url, str) else str(url)
+        parsed = _parsed(text)
+        if max_body_bytes > self.max_body_bytes:
+            raise ValueError(f"max_body_bytes over the transport's {self.max_body_bytes}")
         self._maybe_sweep()
-        exchange = _Exchange(time.monotonic() + timeout)
-        reset = _EXCHANGE.set(exchange)
+        if parsed.scheme == "https" and tls is None:
+            raise ValueError("an https request needs TLS settings")
+        session = self.session_for(tls if parsed.scheme == "https" else None)
+        proxy = _environment_proxy(parsed)
         try:
-            proxy_url = _environment_proxy(parsed)
-            proxy = self._proxy(proxy_url, parsed) if proxy_url else None
-            if proxy is not None and self.guard.active:
-                # Before CONNECT: the proxy would otherwise reach whatever the name
-                # resolves to from where it runs.
-                self.guard.check_resolved(parsed.connect_host, parsed.port)
-            pool_kw: dict[str, Any] = {}
-            if parsed.scheme == "https":
-                if tls is None:
-                    raise ValueError("an https request needs TLS settings")
-                pool_kw["ssl_context"] = self.ssl_contexts.get(tls)
-                pool_kw["cert_reqs"] = "CERT_NONE" if tls.insecure_skip_verify else "CERT_REQUIRED"
-            manager = proxy.manager if proxy else self._direct
-            pool = manager.connection_from_host(
-                parsed.connect_host, parsed.port, parsed.scheme, pool_kwargs=pool_kw
+            response = session.send(
+                _prepared(method, text, headers, body),
+                timeout=timeout,
+                proxies={parsed.scheme: proxy} if proxy else {},
+                allow_redirects=False,
+                stream=True,
             )
-            target = parsed.request_target
-            send_headers = dict(headers)
-            if proxy is not None and proxy.forwarding:
-                target = f"http://{parsed.authority}{parsed.request_target}"
-                send_headers.update(proxy.manager.proxy_headers or {})
-                send_headers.setdefault("Host", parsed.authority)
-            for attempt in (1, 2):
-                try:
-                    return self._send(
-                        pool, method, target, send_headers, body, exchange, max_body_bytes
-                    )
-                except urllib3.exceptions.ProtocolError:
-                    # A keep-alive connection the server closed just as we sent: once
-                    # more on a new one (a token request is safe to repeat, but not after
-                    # an answer began: that one may have issued a token).
-                    if attempt == 2 or not exchange.reused or exchange.answered:
-                        raise
-                    if exchange.expired:
-                        raise
-            raise AssertionError("unreachable")
-        finally:
-            _EXCHANGE.reset(reset)
-
-    @staticmethod
-    def _send(
-        pool: HTTPConnectionPool,
-        method: str,
-        target: str,
-        headers: Mapping[str, str],
-        body: bytes | None,
-        exchange: _Exchange,
-        max_body_bytes: int,
-    ) -> RawResponse:
-        remaining = exchange.remaining()
-        response = pool.urlopen(
-            method,
-            target,
-            body=body,
-            headers=dict(headers),
-            retries=False,
-            redirect=False,
-            assert_same_host=False,
-            timeout=Timeout(connect=remaining, read=remaining),
-            preload_content=False,
-            release_conn=False,
-            decode_content=False,
-        )
-        exchange.answered = True
-        done = False
-        try:
-            status, response_headers = response.status, dict(response.headers)
-            if 300 <= status < 400:
-                return RawResponse(status, response_headers, b"")  # never followed
-            body_read = _read_limited(response, max_body_bytes)
-            done = body_read is not None
-            return RawResponse(
-                status, response_headers, body_read or b"", oversized=body_read is None
-            )
-        finally:
-            if not done:
-                response.close()  # unread data: the connection cannot be reused
-            response.release_conn()
+        except ResponseTooLarge as too_large:
+            answer = too_large.response
+            assert answer is not None
+            return RawResponse(answer.status_code, answer.headers, b"", oversized=True)
+        if len(response.content) > max_body_bytes:
+            return RawResponse(response.status_code, response.headers, b"", oversized=True)
+        return RawResponse(response.status_code, response.headers, response.content)
 
 
 def _read_limited(response: Any, limit: int) -> bytes | None:
@@ -765,7 +1070,7 @@ def _read_limited(response: Any, limit: int) -> bytes | None:
         return None
     chunks, total = [], 0
     while True:
-        chunk = response.read(16 * 1024)
+        chunk = response.read(16 * 1024, decode_content=False)
         if not chunk:
             return b"".join(chunks)
         total += len(chunk)
@@ -811,13 +1116,17 @@ __all__ = [
     "NetworkGuard",
     "PrivateNetworkDenied",
     "RawResponse",
+    "ResponseTooLarge",
     "SSLContextCache",
     "TLSMaterialError",
+    "TokenAdapter",
+    "TokenSession",
     "Transport",
     "URLProblem",
     "build_ssl_context",
     "embedded_ipv4",
     "is_denied_address",
     "parse_cidrs",
+    "pem_path",
     "transport_for",
 ]

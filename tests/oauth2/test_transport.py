@@ -4,12 +4,15 @@ reused, and every rule of API.md (deadline, private-network guard, no redirects,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 import threading
 import time
 
 import pytest
+import requests
+import trustme
 
 from fixtures.token_servers import request_for
 from servers.connect_proxy import ConnectProxy
@@ -20,7 +23,14 @@ from tokensync.oauth2 import (
     TransientError,
     fetch_token,
 )
-from tokensync.transport import NetworkGuard, SSLContextCache, Transport
+from tokensync.transport import (
+    NetworkGuard,
+    PrivateNetworkDenied,
+    ResponseTooLarge,
+    SSLContextCache,
+    TokenAdapter,
+    Transport,
+)
 
 
 @pytest.fixture
@@ -104,7 +114,7 @@ def test_pools_are_bounded(start_server, credentials):
     try:
         for server in servers:
             fetch_token(request_for(server, credentials), sender=sender)
-        assert len(sender._direct.pools) == 2
+        assert sender.pool_count() == 2
     finally:
         sender.close()
 
@@ -208,7 +218,7 @@ def test_a_request_the_reused_connection_drops_is_sent_once_more(credentials):
             assert fetch_token(request, sender=sender).access_token == "t0"
             assert fetch_token(request, sender=sender).access_token == "t1"
             assert sender.connection_count() == 2
-            sender._direct.clear()  # next request on a new connection
+            sender.close()  # next request on a new connection
             with pytest.raises(TransientError) as caught:
                 fetch_token(request, sender=sender)
             assert caught.value.reason == "ConnectionFailed"
@@ -424,8 +434,9 @@ def test_idle_connections_are_closed_without_waiting_for_their_endpoint(start_se
     sender = Transport(NetworkGuard(deny_private=False), idle_timeout=0.2)
     try:
         fetch_token(request_for(quiet, credentials), sender=sender)
-        (key,) = sender._direct.pools.keys()
-        pool = sender._direct.pools[key]
+        pools = sender.session_for(None).adapter.poolmanager.pools  # plain http
+        (key,) = pools.keys()
+        pool = pools[key]
         (conn,) = [c for c in pool.pool.queue if c is not None]
         assert conn.sock is not None
         time.sleep(0.3)  # idle longer than the idle timeout
@@ -433,3 +444,168 @@ def test_idle_connections_are_closed_without_waiting_for_their_endpoint(start_se
         assert conn.sock is None
     finally:
         sender.close()
+
+
+# --- the requests Session: what requests would add is not added -------------------------
+
+
+class _RawServer:
+    """Answers each request on keep-alive connections with the next canned response and
+    records the raw requests."""
+
+    def __init__(self, responses: list[bytes]) -> None:
+        self.responses = list(responses)
+        self.requests: list[bytes] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.responses:
+                conn, _ = self.listener.accept()
+                with conn:
+                    while self.responses:
+                        seen = _read_request(conn)
+                        if not seen:
+                            break
+                        self.requests.append(seen)
+                        conn.sendall(self.responses.pop(0))
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(5)
+
+
+def _token_response(token: str, extra: bytes = b"") -> bytes:
+    body = b'{"access_token":"%s","expires_in":60}' % token.encode()
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s"
+        b"Content-Length: %d\r\n\r\n%s" % (extra, len(body), body)
+    )
+
+
+def _headers(raw: bytes) -> dict[str, str]:
+    head = raw.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+    return {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in head)}
+
+
+def test_cookies_are_neither_kept_nor_sent(credentials, transport):
+    """A session serves every credential of a trust configuration: a cookie one
+    endpoint sets must never reach the next request."""
+    server = _RawServer(
+        [_token_response("t0", b"Set-Cookie: session=abc; Path=/\r\n"), _token_response("t1")]
+    )
+    try:
+        request = request_for_url(f"{server.url}/token", credentials)
+        assert fetch_token(request, sender=transport).access_token == "t0"
+        assert fetch_token(request, sender=transport).access_token == "t1"
+    finally:
+        server.close()
+    assert [("cookie" in _headers(r)) for r in server.requests] == [False, False]
+    assert len(transport.session_for(None).cookies) == 0
+
+
+def test_only_our_headers_and_the_url_as_written_are_sent(credentials, transport):
+    """No requests defaults (Accept-Encoding: gzip, python-requests User-Agent, Accept,
+    Connection), and the URL is not re-quoted (requests would send /o/t~oken?x=A)."""
+    server = _RawServer([_token_response("t0")])
+    try:
+        request = request_for_url(f"{server.url}/o/t%7Eoken?x=%41", credentials)
+        assert fetch_token(request, sender=transport).access_token == "t0"
+    finally:
+        server.close()
+    (raw,) = server.requests
+    assert raw.split(b"\r\n", 1)[0] == b"POST /o/t%7Eoken?x=%41 HTTP/1.1"
+    headers = _headers(raw)
+    assert headers["user-agent"].startswith("tokensync/")
+    assert headers.get("accept-encoding", "identity") == "identity"  # urllib3's, not gzip
+    assert "connection" not in headers
+    assert "python-requests" not in raw.decode("latin-1")
+
+
+def test_the_session_keeps_every_rule_for_requests_callers(
+    token_server, start_server, credentials, transport
+):
+    """session_for() is a plain requests Session: code that uses requests' own API on it
+    gets the same deadline, body bound, redirect refusal and guard."""
+    session = transport.session_for(None)
+    url = token_server.token_url
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": credentials.client_id,
+        "client_secret": credentials.client_secret,
+    }
+    assert session.post(url, data=form, timeout=5).json()["access_token"]
+    sent = token_server.received[-1]
+    assert "python-requests" not in (sent.header("User-Agent") or "")  # no session defaults
+    assert "gzip" not in (sent.header("Accept-Encoding") or "")
+
+    token_server.fail("drip", interval=0.05)
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.Timeout):
+        session.post(url, data=form, timeout=1)
+    assert time.monotonic() - started < 2.0  # one deadline, not one per read
+
+    token_server.fail("huge")
+    with pytest.raises(ResponseTooLarge) as caught:
+        session.post(url, data=form, timeout=5)
+    assert caught.value.response is not None and caught.value.response.status_code == 200
+
+    elsewhere = start_server()
+    token_server.fail("redirect", location=f"http://127.0.0.1:{elsewhere.port}/oauth2/token")
+    answer = session.post(url, data=form, timeout=5)
+    assert answer.status_code == 302 and answer.history == [] and answer.content == b""
+    assert elsewhere.received == []
+
+    guarded = Transport(NetworkGuard(deny_private=True), ssl_contexts=SSLContextCache())
+    try:
+        token_server.heal()
+        received = len(token_server.received)
+        with pytest.raises(PrivateNetworkDenied):
+            guarded.session_for(None).post(url, data=form, timeout=5)
+        assert len(token_server.received) == received
+    finally:
+        guarded.close()
+
+
+def test_one_session_per_trust_configuration(tls_server, credentials, token_ca, transport):
+    a = TLSSettings(ca_pem=token_ca.cert_pem.bytes(), ca_description="Secret/a")
+    b = TLSSettings(ca_pem=token_ca.cert_pem.bytes(), ca_description="ConfigMap/b")
+    assert transport.session_for(a) is transport.session_for(b)
+    assert transport.session_for(a) is not transport.session_for(TLSSettings())
+    assert isinstance(transport.session_for(a), requests.Session)
+    assert isinstance(transport.session_for(a).get_adapter("https://x/"), TokenAdapter)
+
+
+def test_sessions_are_bounded(tls_server, credentials):
+    sender = Transport(
+        NetworkGuard(deny_private=False), ssl_contexts=SSLContextCache(), max_sessions=2
+    )
+    try:
+        cas = [trustme.CA() for _ in range(3)]
+        first = sender.session_for(TLSSettings(ca_pem=cas[0].cert_pem.bytes()))
+        for ca in cas[1:]:
+            sender.session_for(TLSSettings(ca_pem=ca.cert_pem.bytes()))
+        assert len(sender._all_sessions()) == 2
+        assert first not in sender._all_sessions()
+    finally:
+        sender.close()
+
+
+def test_requests_adds_no_ca_bundle_to_a_ca_ref_context(
+    tls_server, credentials, token_ca, transport, tmp_path, monkeypatch
+):
+    """requests' own cert_verify would load its CA bundle (certifi, or REQUESTS_CA_BUNDLE)
+    into the shared context: caRef must stay the only trust."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(trustme.CA().cert_pem.bytes())
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    tls = TLSSettings(ca_pem=token_ca.cert_pem.bytes())
+    for _ in range(2):
+        assert fetch_token(request_for(tls_server, credentials, tls=tls), sender=transport)
+    context = transport.session_for(tls).adapter.ssl_context
+    assert context is not None and len(context.get_ca_certs()) == 1

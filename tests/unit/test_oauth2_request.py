@@ -467,8 +467,10 @@ def test_invalid_ca_bundle():
 
 
 def test_client_certificate_file_is_private_and_removed(tmp_path, monkeypatch):
+    # Where there is no memfd_create (the fallback; see tests/oauth2/test_client_key_memory.py)
     ca = trustme.CA()
     leaf = ca.issue_cert("client.test")
+    monkeypatch.delattr(os, "memfd_create", raising=False)
     monkeypatch.setenv("TOKENSYNC_TMPDIR", str(tmp_path))
     modes = []
     load = ssl.SSLContext.load_cert_chain
