@@ -16,12 +16,13 @@ values themselves, so each object is read at most once per operator start.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from tokensync.assertion import KeyProblem
 from tokensync.secret import ANNOTATION_ALLOWED_URLS, LABEL_SOURCE, is_managed
@@ -30,6 +31,9 @@ from tokensync.spec import CredentialSpec, Ref, ResolvedValues, assertion_signer
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 MAX_VALUE_BYTES = 512 * 1024  # API.md "Bounded inputs": a referenced value over this is invalid
+
+SIGNED = ("private_key_jwt", "client_secret_jwt")
+T = TypeVar("T")
 
 ObjectKey = tuple[str, str, str]  # (namespace, kind, name)
 RefKey = tuple[str, str, str, str]  # (namespace, kind, name, key)
@@ -284,8 +288,12 @@ def resolve_references(
     spec: CredentialSpec,
     lookup: SourceLookup,
     url_allowed: Callable[[str, str | None], bool],
+    *,
+    check_key: bool = True,
 ) -> ResolvedValues | ReferenceProblem | Unresolved | ValueNotKept:
-    """Everything the token request needs from referenced objects, or the first problem."""
+    """Everything the token request needs from referenced objects, or the first problem.
+    `check_key=False` leaves the signing key's check (a parse of tenant input) to the
+    caller: the operator runs it in a thread with `key_checked`."""
     values: dict[str, bytes] = {}
     for ref in spec.references:
         source = lookup(ref.kind, ref.name)
@@ -345,7 +353,16 @@ def resolve_references(
         assertion_key_pem=values.get("assertion_key"),
         assertion_cert_pem=values.get("assertion_cert"),
     )
-    return _signing_problem(spec, resolved) or resolved
+    return (_signing_problem(spec, resolved) if check_key else None) or resolved
+
+
+async def key_checked(spec: CredentialSpec, result: T) -> T | ReferenceProblem:
+    """`result` once its signing key (if any) was checked in a thread, never on the event
+    loop: a key is tenant input, and parsing one costs milliseconds to seconds."""
+    if not isinstance(result, ResolvedValues) or spec.client_authentication not in SIGNED:
+        return result
+    problem = await asyncio.to_thread(_signing_problem, spec, result)
+    return problem or result
 
 
 def _signing_problem(spec: CredentialSpec, resolved: ResolvedValues) -> ReferenceProblem | None:
