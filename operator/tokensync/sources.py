@@ -5,13 +5,15 @@ Only objects labelled `tokensync.dev/credential-source=true` ever reach this mod
 operator watches them with a server-side label selector (watches.py).
 
 Memory is bounded by what credentials reference, not by what is labelled: for every
-source the cache keeps its metadata and key names (so ReferenceKeyMissing stays exact),
-but a value only while some credential references that key, and never one over
-`MAX_VALUE_BYTES`. At start the sources are listed before any credential is known, so
-nothing is kept yet; a credential that then references a key whose value was not kept
-gets `ValueNotKept`, and its worker reads that one object (`Kube.read_source`) and
-hands it to `SourceCache.fill`. Later events of a referenced object keep the wanted
-values themselves, so each object is read at most once per operator start.
+source the cache keeps its name, type and allowed-token-urls annotation, and of its keys
+only those some credential references (whether each exists, and its value unless over
+`MAX_VALUE_BYTES`); an object labelled but referenced by nobody keeps no key names at
+all, however many it has. At start the sources are listed before any credential is
+known, so nothing is kept yet; a credential that then references a key the cache did
+not look at gets `ValueNotKept`, and its worker reads that one object
+(`Kube.read_source`) and hands it to `SourceCache.fill`. Later events of a referenced
+object keep the wanted keys themselves, so each object is read at most once per
+operator start.
 """
 
 from __future__ import annotations
@@ -46,13 +48,21 @@ class Source:
     data: Mapping[str, bytes] = field(repr=False)  # the values kept (operator: referenced only)
     type: str | None = None  # a Secret's type
     allowed_token_urls: str | None = None
-    # Every key the object has, kept or not; empty when `data` holds them all (check.py).
+    # The keys looked at that the object has (operator: the referenced ones); empty when
+    # `data` holds them all (check.py).
     keys: frozenset[str] = frozenset()
     oversized: frozenset[str] = frozenset()  # referenced keys whose value is too large
     resource_version: str | None = None
+    # The keys looked at (None: all of them), so that a key not in `keys` is known to be
+    # missing only if it is in here.
+    looked_at: frozenset[str] | None = None
 
     def has(self, key: str) -> bool:
         return key in self.keys or key in self.data
+
+    def knows(self, key: str) -> bool:
+        """Whether `has(key)` is the truth (else the object must be read for it)."""
+        return self.looked_at is None or key in self.looked_at
 
 
 @dataclass(frozen=True)
@@ -118,9 +128,12 @@ def source_from_body(
     if is_managed(metadata):
         return None  # a Secret managed by tokensync is never read as a source
     keys = _keys(kind, body)
+    looked_at = None if wanted is None else frozenset(wanted)
+    if looked_at is not None:
+        keys = keys & looked_at
     data: dict[str, bytes] = {}
     oversized = set()
-    for key in keys if wanted is None else keys.intersection(wanted):
+    for key in keys:
         value = _value(kind, body, key)
         if value is None:
             oversized.add(key)
@@ -135,6 +148,7 @@ def source_from_body(
         keys=keys,
         oversized=frozenset(oversized),
         resource_version=metadata.get("resourceVersion"),
+        looked_at=looked_at,
     )
 
 
@@ -212,9 +226,15 @@ class SourceCache:
         if not keys:
             self._wanted.pop(obj, None)
         source = self._items.get(obj)
-        if source is not None and (key in source.data or key in source.oversized):
+        if source is not None and source.looked_at is not None and key in source.looked_at:
             data = {k: v for k, v in source.data.items() if k != key}
-            self._items[obj] = replace(source, data=data, oversized=source.oversized - {key})
+            self._items[obj] = replace(
+                source,
+                data=data,
+                keys=source.keys - {key},
+                oversized=source.oversized - {key},
+                looked_at=source.looked_at - {key},
+            )
 
     # --- events -----------------------------------------------------------------------
 
@@ -299,6 +319,8 @@ def resolve_references(
         source = lookup(ref.kind, ref.name)
         if source is None:
             return Unresolved(ref)
+        if not source.knows(ref.key):
+            return ValueNotKept(ref)  # newly referenced: the cache did not look at it
         if not source.has(ref.key):
             return ReferenceProblem("ReferenceKeyMissing", f"{describe(ref)} does not exist")
         # With issuerURL the binding is checked again once discovery found the endpoint.
