@@ -4,17 +4,23 @@ Signing is PyJWT with `cryptography` (a maintained JOSE implementation, not a ha
 signer). Keys are checked once, when a credential's references are resolved, so a weak or
 malformed key is a `ReferenceInvalid` before any request; `KeyProblem` texts never hold
 key material. No Kubernetes here.
+
+Keys are tenant input: before `cryptography` sees one, `key_shape_problem` reads the few
+DER fields that say what it is (RSA modulus size, EC curve) and refuses an RSA key over
+4096 bits or another curve, whose loading and validation would cost seconds. Results,
+failures included, are cached by the SHA-256 of their inputs, in a cache bounded in bytes.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import re
 import secrets
+import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +36,9 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "PS256", "ES256", "ES384")
 SYMMETRIC_ALGORITHMS = ("HS256", "HS384", "HS512")
 ALGORITHMS = ASYMMETRIC_ALGORITHMS + SYMMETRIC_ALGORITHMS
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 4096
+# A 4096-bit RSA key in PKCS#8 is ~2.4 KB of DER; anything much larger is not a key we use.
+MAX_KEY_DER_BYTES = 8 * 1024
 _CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384"}
 
 _KEY_BLOCK = re.compile(
@@ -52,15 +61,142 @@ class SigningKey:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# DER object identifiers (full TLVs) of the key types and curves told apart before parsing.
+_OID_RSA = bytes.fromhex("06092a864886f70d010101")
+_OID_RSA_PSS = bytes.fromhex("06092a864886f70d01010a")
+_OID_EC = bytes.fromhex("06072a8648ce3d0201")
+_OID_CURVES = {
+    bytes.fromhex("06082a8648ce3d030107"): "secp256r1",
+    bytes.fromhex("06052b81040022"): "secp384r1",
+    bytes.fromhex("06052b81040023"): "secp521r1",
+}
+
+
+class _DerError(ValueError):
+    pass
+
+
+def _der(data: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start of value, end of value) of the DER element at `at`."""
+    if at + 2 > len(data):
+        raise _DerError("truncated")
+    tag, first = data[at], data[at + 1]
+    start = at + 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 3 or start + count > len(data):
+            raise _DerError("bad length")
+        length = int.from_bytes(data[start : start + count], "big")
+        start += count
+    if start + length > len(data):
+        raise _DerError("truncated")
+    return tag, start, start + length
+
+
+def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int, int]]:
+    """(tag, value start, value end, element start) of the elements in data[start:end]."""
+    out = []
+    at = start
+    while at < end and len(out) < 16:
+        tag, vstart, vend = _der(data, at)
+        out.append((tag, vstart, vend, at))
+        at = vend
+    return out
+
+
+def _integer_bits(data: bytes, start: int, end: int) -> int:
+    value = data[start:end].lstrip(b"\0")
+    return (len(value) - 1) * 8 + value[0].bit_length() if value else 0
+
+
+def _rsa_bits(data: bytes, start: int, end: int) -> int:
+    """The modulus size of a PKCS#1 RSAPrivateKey (SEQUENCE { version, n, ... })."""
+    tag, vstart, vend = _der(data, start)
+    fields = _children(data, vstart, vend) if tag == 0x30 else []
+    if len(fields) < 2 or fields[1][0] != 0x02:
+        raise _DerError("not PKCS#1")
+    return _integer_bits(data, fields[1][1], fields[1][2])
+
+
+def _sec1_curve(data: bytes, start: int, end: int) -> bytes | None:
+    """The curve OID of a SEC1 ECPrivateKey ([0] parameters), if it names one."""
+    tag, vstart, vend = _der(data, start)
+    for child_tag, cstart, cend, _ in _children(data, vstart, vend) if tag == 0x30 else []:
+        if child_tag == 0xA0:
+            return data[cstart:cend]
+    return None
+
+
+def key_shape_problem(der: bytes) -> str | None:
+    """Why this DER private key is refused before parsing (pure, linear in its size): not
+    RSA or EC, RSA over MAX_RSA_BITS, or a curve other than P-256/P-384. None when it
+    may be handed to `cryptography`, which then checks everything else."""
+    if len(der) > MAX_KEY_DER_BYTES:
+        return f"holds a private key larger than {MAX_KEY_DER_BYTES // 1024} KiB"
+    try:
+        tag, start, end = _der(der, 0)
+        if tag != 0x30:
+            raise _DerError("not a SEQUENCE")
+        fields = _children(der, start, end)
+        tags = [f[0] for f in fields]
+        curve: bytes | None = None
+        if tags[:3] == [0x02, 0x30, 0x04]:  # PKCS#8 PrivateKeyInfo
+            algorithm = _children(der, fields[1][1], fields[1][2])
+            oid = der[algorithm[0][3] : algorithm[0][2]] if algorithm else b""
+            inner = (fields[2][1], fields[2][2])
+            if oid in (_OID_RSA, _OID_RSA_PSS):
+                bits = _rsa_bits(der, *inner)
+            elif oid == _OID_EC:
+                bits = 0
+                if len(algorithm) > 1:
+                    curve = der[algorithm[1][3] : algorithm[1][2]]
+                curve = curve or _sec1_curve(der, *inner)
+                if curve is None:
+                    return "holds an EC key without a named curve; P-256 or P-384 required"
+            else:
+                return "holds a private key of another type; RSA or EC (P-256/P-384) required"
+        elif tags[:3] == [0x02, 0x02, 0x02]:  # PKCS#1 RSAPrivateKey
+            bits = _integer_bits(der, fields[1][1], fields[1][2])
+        elif tags[:2] == [0x02, 0x04]:  # SEC1 ECPrivateKey
+            bits = 0
+            curve = _sec1_curve(der, 0, len(der))
+            if curve is None:
+                return "holds an EC key without a named curve; P-256 or P-384 required"
+        else:
+            return "holds a PEM block that is not a readable private key"
+    except (_DerError, IndexError):
+        return "holds a PEM block that is not a readable private key"
+    if bits > MAX_RSA_BITS:
+        return f"holds a {bits}-bit RSA key; at most {MAX_RSA_BITS} bits are accepted"
+    if curve is not None and _OID_CURVES.get(curve) not in _CURVE_ALGORITHMS:
+        name = _OID_CURVES.get(curve, "another curve")
+        return f"holds an EC key on {name}; P-256 or P-384 required"
+    return None
+
+
+def _pem_der(block: bytes) -> bytes:
+    """The DER inside one PEM block (headers of encrypted keys are refused earlier)."""
+    lines = block.strip().splitlines()[1:-1]
+    try:
+        return base64.b64decode(b"".join(line.strip() for line in lines), validate=True)
+    except ValueError:
+        raise KeyProblem("holds a PEM block that is not a readable private key") from None
+
+
 def load_private_key(pem: bytes) -> PrivateKey:
-    """An RSA (>= 2048 bits) or EC (P-256, P-384) private key from PEM: PKCS#8, PKCS#1
-    or SEC1."""
+    """An RSA (2048 to 4096 bits) or EC (P-256, P-384) private key from PEM: PKCS#8,
+    PKCS#1 or SEC1."""
     if b"-----BEGIN" not in pem or b"PRIVATE KEY-----" not in pem:
         raise KeyProblem("holds no PEM private key (-----BEGIN PRIVATE KEY-----)")
     if b"ENCRYPTED" in pem:
         raise KeyProblem("holds an encrypted private key; store it unencrypted in the Secret")
+    block = _private_key_block(pem)
+    if problem := key_shape_problem(_pem_der(block)):
+        raise KeyProblem(problem)
     try:
-        key = serialization.load_pem_private_key(_private_key_block(pem), password=None)
+        key = serialization.load_pem_private_key(block, password=None)
     except (ValueError, TypeError, serialization.UnsupportedAlgorithm):
         raise KeyProblem("holds a PEM block that is not a readable private key") from None
     if isinstance(key, rsa.RSAPrivateKey):
@@ -124,18 +260,90 @@ def certificate_headers(cert_pem: bytes, key: PrivateKey) -> dict[str, str]:
     }
 
 
-# Every reconcile pass resolves (and so checks) the key; parsing and validating an RSA key
-# costs milliseconds, so the result is kept per distinct key, certificate and settings.
-@functools.lru_cache(maxsize=256)
+class SignerCache:
+    """Signing keys and key problems by the SHA-256 of their inputs (no PEM is kept),
+    least recently used first out, bounded by the bytes charged per entry: KEY_BYTES for a
+    parsed key with its headers (a 4096-bit RSA key object and a certificate thumbprint
+    take less), PROBLEM_BYTES for a problem."""
+
+    KEY_BYTES = 16 * 1024
+    PROBLEM_BYTES = 512
+
+    def __init__(self, max_bytes: int = 4 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[bytes, tuple[SigningKey | KeyProblem, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: bytes) -> SigningKey | KeyProblem | None:
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            self._entries.move_to_end(digest)
+            return entry[0]
+
+    def put(self, digest: bytes, value: SigningKey | KeyProblem, charge: int) -> None:
+        with self._lock:
+            old = self._entries.pop(digest, None)
+            if old is not None:
+                self.bytes -= old[1]
+            if charge > self.max_bytes:
+                return
+            self._entries[digest] = (value, charge)
+            self.bytes += charge
+            while self.bytes > self.max_bytes:
+                _, (_, freed) = self._entries.popitem(last=False)
+                self.bytes -= freed
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+SIGNERS = SignerCache()
+
+
+def _signer_digest(
+    key_pem: bytes, algorithm: str | None, key_id: str | None, cert_pem: bytes | None
+) -> bytes:
+    digest = hashlib.sha256()
+    for part in (key_pem, (algorithm or "").encode(), (key_id or "").encode(), cert_pem):
+        if part is None:
+            digest.update(b"\xff")
+        else:
+            digest.update(len(part).to_bytes(8, "big") + part)
+    return digest.digest()
+
+
 def private_key_signer(
     key_pem: bytes,
     *,
     algorithm: str | None = None,
     key_id: str | None = None,
     cert_pem: bytes | None = None,
+    cache: SignerCache = SIGNERS,
 ) -> SigningKey:
     """The signing key of `private_key_jwt`; KeyProblem if key, certificate or algorithm
-    do not fit together."""
+    do not fit together. Every reconcile pass resolves (and so checks) the key: the result
+    or the problem is cached by digest, so a bad key costs its check once."""
+    digest = _signer_digest(key_pem, algorithm, key_id, cert_pem)
+    cached = cache.get(digest)
+    if isinstance(cached, KeyProblem):
+        raise KeyProblem(str(cached))
+    if cached is not None:
+        return cached
+    try:
+        signer = _load_signer(key_pem, algorithm, key_id, cert_pem)
+    except KeyProblem as problem:
+        cache.put(digest, problem, SignerCache.PROBLEM_BYTES)
+        raise
+    cache.put(digest, signer, SignerCache.KEY_BYTES)
+    return signer
+
+
+def _load_signer(
+    key_pem: bytes, algorithm: str | None, key_id: str | None, cert_pem: bytes | None
+) -> SigningKey:
     key = load_private_key(key_pem)
     algorithm = algorithm or default_algorithm(key)
     if problem := algorithm_problem(key, algorithm):

@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,6 +112,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--kubeconfig", help="kubeconfig for --from-cluster (default: $KUBECONFIG, ~/.kube/config)"
+    )
+    parser.add_argument(
+        UNBOUND_FLAG,
+        action="store_true",
+        help="with --from-cluster: also send data of objects the operator would not send to "
+        "this token URL (no tokensync.dev/credential-source label, or an "
+        "allowed-token-urls annotation that does not allow it); says what goes where first",
     )
     parser.add_argument("--context", help="kubeconfig context for --from-cluster")
     parser.add_argument(
@@ -362,6 +369,52 @@ def _denied_addresses(url: str) -> list[str]:
         return []
     addresses = {str(ipaddress.ip_address(info[4][0].split("%")[0])) for info in infos}
     return sorted(a for a in addresses if is_denied_address(a))
+
+
+UNBOUND_FLAG = "--send-unbound-sources"
+CLUSTER_ORIGIN = "in the cluster"
+
+
+def _from_cluster(obj: FoundObject) -> list[str]:
+    return sorted(k for k, origin in obj.origins.items() if origin.endswith(CLUSTER_ORIGIN))
+
+
+def unbound_sources(token_url: str, found: Iterable[FoundObject]) -> list[str]:
+    """What check read from the cluster that the operator would never send to `token_url`
+    (pure): objects without the source label, or whose allowed-token-urls annotation does
+    not allow it (API.md "Referenced Secrets and ConfigMaps"). Files and the manifest are
+    the user's own input and are not held to these rules."""
+    problems = []
+    for obj in found:
+        keys = _from_cluster(obj)
+        if not keys:
+            continue
+        what = f"{obj.kind} {obj.name!r}"
+        if obj.labels.get(LABEL_SOURCE) != "true":
+            problems.append(
+                f'ReferenceNotLabeled: {what} lacks the label {LABEL_SOURCE}: "true", so the '
+                f"operator never reads it; check will not send it ({UNBOUND_FLAG} overrides)"
+            )
+            continue
+        allowed = obj.annotations.get(ANNOTATION_ALLOWED_URLS)
+        if not url_allowed(token_url, allowed):
+            problems.append(
+                f"TokenURLNotAllowed: {what} may only be sent to the token URLs in its "
+                f"annotation {ANNOTATION_ALLOWED_URLS} ({allowed}), and "
+                f"{oauth2.display_url(token_url)} is not one; check will not send it "
+                f"({UNBOUND_FLAG} overrides)"
+            )
+    return problems
+
+
+def unbound_announcement(token_url: str, found: Iterable[FoundObject]) -> list[str]:
+    """With the override: what will be sent where, said before the request (pure)."""
+    return [
+        f"{UNBOUND_FLAG}: sending {obj.kind} {obj.name!r} (keys {', '.join(_from_cluster(obj))}) "
+        f"to {oauth2.display_url(token_url)}"
+        for obj in found
+        if _from_cluster(obj)
+    ]
 
 
 def operator_notes(spec: CredentialSpec, found: list[FoundObject]) -> list[str]:
@@ -729,6 +782,17 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
             raise CheckFailed(EXIT_USAGE, "spec", list(error.problems)) from None
         values, resolver, namespace = _resolve(spec, manifest, args)
         spec = _discover(spec, values)
+        assert spec.token_url is not None
+        # The operator's two rules, before anything is sent (with issuerURL: against the
+        # discovered endpoint, as the operator binds it).
+        found = list(resolver.found.values())
+        unbound = unbound_sources(spec.token_url, found)
+        if unbound and not getattr(args, "send_unbound_sources", False):
+            raise CheckFailed(EXIT_REFERENCE, "reference", unbound)
+        if unbound:
+            for line in unbound_announcement(spec.token_url, found):
+                sys.stderr.write(f"warning: {line}\n")  # before the request, on purpose
+            report["warnings"].extend(unbound_announcement(spec.token_url, found))
         minted = _workload_assertion(spec, args, namespace)
     except CheckFailed as failure:
         report["result"] = {
@@ -747,7 +811,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     report["request"] = describe_request(spec, request, resolver)
     if spec.issuer_url:
         report["request"]["discoveredFrom"] = spec.issuer_url
-    report["warnings"] = secret_warnings(values)
+    report["warnings"] += secret_warnings(values)
     if spec.tls.insecure_skip_verify:
         report["warnings"].append("tls.insecureSkipVerify: the server certificate is not checked")
     if urlsplit(spec.token_url).scheme == "http":

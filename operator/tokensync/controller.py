@@ -48,6 +48,7 @@ from tokensync.sources import (
     SourceLookup,
     Unresolved,
     ValueNotKept,
+    key_checked,
     resolve_references,
     unresolved_problem,
 )
@@ -439,7 +440,7 @@ class CredentialWorker:
         """The referenced data, a problem to report, or None: a labelled source exists
         that the watch has not delivered yet (it will, and wake us; look again soon)."""
         lookup = self.ctx.sources(self.owner.namespace)
-        result = resolve_references(spec, lookup, url_allowed)
+        result = resolve_references(spec, lookup, url_allowed, check_key=False)
         for _ in spec.references:  # at most one read per referenced object
             if not isinstance(result, ValueNotKept):
                 break
@@ -450,7 +451,7 @@ class CredentialWorker:
             )
             if body is not None:
                 self.ctx.fill_source(ref.kind, body)
-            result = resolve_references(spec, lookup, url_allowed)
+            result = resolve_references(spec, lookup, url_allowed, check_key=False)
         if isinstance(result, ValueNotKept):
             return None  # it changed meanwhile: its watch event keeps the value
         if isinstance(result, Unresolved):
@@ -459,7 +460,7 @@ class CredentialWorker:
                 self.ctx.kube.object_metadata, ref.kind, self.owner.namespace, ref.name
             )
             return unresolved_problem(ref, metadata and metadata.get("metadata"))
-        return result
+        return await key_checked(spec, result)  # the key is parsed in a thread
 
     def _trigger(self, p: Pass, now: datetime) -> schedule.Trigger | None:
         served_generation = _served_generation(self.status)

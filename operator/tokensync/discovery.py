@@ -14,6 +14,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -46,13 +47,21 @@ class DiscoveryFailed(Exception):
         self.transient = transient
 
 
+MAX_ENDPOINT_CHARS = 2048
+CACHE_ENTRIES = 1024
+
+
 @dataclass(frozen=True)
 class Metadata:
-    """What tokensync uses of an authorization server's metadata."""
+    """What tokensync uses of an authorization server's metadata, and nothing more (a
+    document may be 1 MiB; what is kept is a few hundred bytes)."""
 
     issuer: str
     token_endpoint: str
-    auth_methods: tuple[str, ...] | None  # token_endpoint_auth_methods_supported
+    auth_methods_listed: bool  # token_endpoint_auth_methods_supported is present
+    supports_basic: bool
+    supports_post: bool
+    auth_methods_shown: str  # the first few listed, for a message
     document_url: str
 
 
@@ -79,9 +88,13 @@ def parse_metadata(
 ) -> Metadata:
     """Validate a metadata document (pure): its issuer must equal `issuer` and its token
     endpoint must pass `url_problem` (the tokenURL rules)."""
+    if oauth2.json_depth_exceeds(body):
+        raise DiscoveryFailed(
+            document_url, f"the document nests deeper than {oauth2.MAX_JSON_DEPTH} levels"
+        )
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise DiscoveryFailed(document_url, "the document is not JSON") from None
     if not isinstance(data, dict):
         raise DiscoveryFailed(document_url, "the document is not a JSON object")
@@ -94,6 +107,10 @@ def parse_metadata(
     endpoint = data.get("token_endpoint")
     if not isinstance(endpoint, str) or not endpoint:
         raise DiscoveryFailed(document_url, "the document has no token_endpoint")
+    if len(endpoint) > MAX_ENDPOINT_CHARS:
+        raise DiscoveryFailed(
+            document_url, f"its token_endpoint is longer than {MAX_ENDPOINT_CHARS} characters"
+        )
     if problem := url_problem(endpoint):
         shown = oauth2.display_url(endpoint)
         raise DiscoveryFailed(document_url, f"its token_endpoint {shown} {problem}")
@@ -104,18 +121,26 @@ def parse_metadata(
         raise DiscoveryFailed(
             document_url, "token_endpoint_auth_methods_supported is not a list of strings"
         )
-    return Metadata(issuer, endpoint, tuple(methods) if methods is not None else None, document_url)
+    listed = methods or []
+    return Metadata(
+        issuer=issuer,
+        token_endpoint=endpoint,
+        auth_methods_listed=methods is not None,
+        supports_basic="client_secret_basic" in listed,
+        supports_post="client_secret_post" in listed,
+        auth_methods_shown=truncate(", ".join(m[:64] for m in listed[:8]), 300) or "none",
+        document_url=document_url,
+    )
 
 
 def choose_client_authentication(metadata: Metadata) -> str:
     """The method when the spec sets none: `header` when the server lists
     client_secret_basic or nothing, else `body` for client_secret_post (API.md)."""
-    methods = metadata.auth_methods
-    if methods is None or "client_secret_basic" in methods:
+    if not metadata.auth_methods_listed or metadata.supports_basic:
         return "header"
-    if "client_secret_post" in methods:
+    if metadata.supports_post:
         return "body"
-    listed = ", ".join(methods[:8]) or "none"
+    listed = metadata.auth_methods_shown
     raise DiscoveryFailed(
         metadata.document_url,
         f"the token endpoint supports neither client_secret_basic nor client_secret_post "
@@ -220,22 +245,42 @@ class DiscoveryCache:
     endpoint answered 404 or could not connect. When reading again fails transiently
     (the issuer is down too), the last good document is used meanwhile, so a valid token
     is kept and the failure goes through the token request's own backoff, as without
-    discovery. Thread-safe (used from the executor)."""
+    discovery. Thread-safe (used from the executor).
+
+    Bounded: at most `max_entries` documents (least recently used out first), each only
+    the few fields of `Metadata`; entries older than twice the TTL, whose issuer no
+    credential asked for since, are dropped whenever another is stored. The cache says
+    what was discovered, not whether a credential may use it: callers check the endpoint
+    against each credential's own settings (identity.discover)."""
 
     def __init__(
-        self, ttl: float = CACHE_SECONDS, clock: Callable[[], float] = time.monotonic
+        self,
+        ttl: float = CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = CACHE_ENTRIES,
     ) -> None:
         self._ttl = ttl
         self._clock = clock
+        self._max_entries = max_entries
         self._lock = threading.Lock()
-        # key -> (read at, document); a stale entry has read-at -inf
-        self._items: dict[tuple[str, str, bool], tuple[float, Metadata]] = {}
+        # key -> (read at, document, last used); a stale entry has read-at -inf
+        self._items: OrderedDict[tuple[str, str, bool], tuple[float, Metadata, float]] = (
+            OrderedDict()
+        )
+
+    def entries(self) -> int:
+        """How many documents are kept (not __len__: an empty cache must stay truthy)."""
+        return len(self._items)
 
     def get(self, issuer: str, tls: TLSSettings, fetch: Callable[[], Metadata]) -> Metadata:
         key = _cache_key(issuer, tls)
+        now = self._clock()
         with self._lock:
             item = self._items.get(key)
-        if item is not None and self._clock() - item[0] < self._ttl:
+            if item is not None:
+                self._items[key] = (item[0], item[1], now)
+                self._items.move_to_end(key)
+        if item is not None and now - item[0] < self._ttl:
             return item[1]
         try:
             metadata = fetch()  # failures are not cached: the next pass reads again
@@ -244,21 +289,28 @@ class DiscoveryCache:
                 return item[1]
             raise
         with self._lock:
-            self._items[key] = (self._clock(), metadata)
+            now = self._clock()
+            self._items[key] = (now, metadata, now)
+            self._items.move_to_end(key)
+            for old, (_, _, used) in list(self._items.items()):
+                if now - used > 2 * self._ttl:
+                    del self._items[old]
+            while len(self._items) > self._max_entries:
+                self._items.popitem(last=False)
         return metadata
 
     def token_endpoint(self, issuer: str) -> str | None:
         """The token endpoint of the newest cached document of `issuer`, if any."""
         with self._lock:
             items = [v for k, v in self._items.items() if k[0] == issuer]
-        return max(items, key=lambda item: item[0])[1].token_endpoint if items else None
+        return max(items, key=lambda item: item[2])[1].token_endpoint if items else None
 
     def invalidate(self, issuer: str) -> None:
         """Read the documents of `issuer` again next time (kept for a transient failure)."""
         with self._lock:
-            for key, (_, metadata) in list(self._items.items()):
+            for key, (_, metadata, used) in list(self._items.items()):
                 if key[0] == issuer:
-                    self._items[key] = (float("-inf"), metadata)
+                    self._items[key] = (float("-inf"), metadata, used)
 
 
 def invalidates_discovery(error: TokenError) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from tokensync import discovery, workload
 from tokensync.assertion import KeyProblem
 from tokensync.gates import OperatorConfig, effective_request, gate_problem
-from tokensync.oauth2 import TLSSettings, TokenError, TokenRequest
+from tokensync.oauth2 import TLSSettings, TokenError, TokenRequest, display_url
 from tokensync.secret import url_allowed
 from tokensync.sources import ReferenceProblem, SourceLookup, Unresolved, resolve_references
 from tokensync.spec import CredentialSpec, ResolvedValues, to_token_request, token_url_problem
@@ -74,7 +74,15 @@ def discover(
             url_problem=lambda url: token_url_problem(url, spec.allow_insecure_http),
         )
 
-    return discovered_spec(spec, cache.get(spec.issuer_url, tls, fetch))
+    metadata = cache.get(spec.issuer_url, tls, fetch)
+    # Whoever filled the cache, the endpoint must pass this credential's own rules (an
+    # http:// endpoint found for a credential with allowInsecureHTTP is not for others).
+    if problem := token_url_problem(metadata.token_endpoint, spec.allow_insecure_http):
+        shown = display_url(metadata.token_endpoint)
+        raise discovery.DiscoveryFailed(
+            metadata.document_url, f"its token_endpoint {shown} {problem}"
+        )
+    return discovered_spec(spec, metadata)
 
 
 def endpoint_problem(

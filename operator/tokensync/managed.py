@@ -25,7 +25,8 @@ from tokensync.secret import (
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_EXPIRES,
     ANNOTATION_ISSUED,
-    DOMAIN,
+    ANNOTATION_OWNER_UID,
+    FIXED_KEYS,
     LABEL_CREDENTIAL,
     Owner,
     managed_secret,
@@ -42,8 +43,8 @@ class ManagedSecret:
     name: str
     uid: str
     resource_version: str
-    # Only tokensync's own labels and annotations (`tokensync.dev/...`): enough for
-    # ownership and the held token, without copying what other tools put there.
+    # Only the labels and annotations tokensync reads (KEPT_LABELS, KEPT_ANNOTATIONS):
+    # enough for ownership and the held token, without copying what others put there.
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
     owner_references: tuple[Mapping[str, Any], ...]
@@ -79,8 +80,49 @@ class ManagedSecret:
         return self.labels.get(LABEL_CREDENTIAL)
 
 
-def _ours(values: Mapping[str, str] | None) -> dict[str, str]:
-    return {k: v for k, v in (values or {}).items() if k.startswith(DOMAIN + "/")}
+# What is kept of a managed Secret is bounded whatever a tenant packs onto a Secret it
+# labels tokensync.dev/credential (issue 18): only the labels and annotations tokensync
+# reads, values up to MAX_VALUE_CHARS, at most MAX_OWNER_REFERENCES references and
+# MAX_OWNED_KEYS names per owned set (our fixed keys first).
+KEPT_LABELS = (LABEL_CREDENTIAL,)
+KEPT_ANNOTATIONS = (
+    ANNOTATION_EXPIRES,
+    ANNOTATION_ISSUED,
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_OWNER_UID,
+)
+MAX_VALUE_CHARS = 256
+MAX_OWNER_REFERENCES = 16
+MAX_OWNED_KEYS = 64
+_REFERENCE_FIELDS = ("apiVersion", "kind", "name", "uid", "controller", "blockOwnerDeletion")
+
+
+def _ours(values: Mapping[str, str] | None, kept: tuple[str, ...]) -> dict[str, str]:
+    values = values or {}
+    return {
+        k: values[k]
+        for k in kept
+        if isinstance(values.get(k), str) and len(values[k]) <= MAX_VALUE_CHARS
+    }
+
+
+def _references(references: Any) -> tuple[Mapping[str, Any], ...]:
+    """The controller reference (the one ownership is decided by) and the first others,
+    each with only the fields an ownerReference has."""
+    if not isinstance(references, list):
+        return ()
+    refs = [r for r in references if isinstance(r, Mapping)]
+    controller = [r for r in refs if r.get("controller")][:1]
+    others = [r for r in refs if not r.get("controller")][: MAX_OWNER_REFERENCES - 1]
+    return tuple(
+        {f: r[f] for f in _REFERENCE_FIELDS if f in r and len(str(r[f])) <= 512}
+        for r in controller + others
+    )
+
+
+def _capped(keys: set[str], first: tuple[str, ...] = ()) -> frozenset[str]:
+    ordered = [k for k in first if k in keys] + sorted(k for k in keys if k not in first)
+    return frozenset(ordered[:MAX_OWNED_KEYS])
 
 
 def _owned_fields(managed_fields: list[Mapping[str, Any]] | None) -> dict[str, set[str]]:
@@ -114,12 +156,12 @@ def managed_state(body: Mapping[str, Any]) -> ManagedSecret:
         name=metadata.get("name", ""),
         uid=metadata.get("uid", ""),
         resource_version=metadata.get("resourceVersion", ""),
-        labels=_ours(metadata.get("labels")),
-        annotations=_ours(metadata.get("annotations")),
-        owner_references=tuple(metadata.get("ownerReferences") or ()),
-        owned_data=frozenset(owned_data),
-        owned_labels=frozenset(owned["labels"]),
-        owned_annotations=frozenset(owned["annotations"]),
+        labels=_ours(metadata.get("labels"), KEPT_LABELS),
+        annotations=_ours(metadata.get("annotations"), KEPT_ANNOTATIONS),
+        owner_references=_references(metadata.get("ownerReferences")),
+        owned_data=_capped(owned_data, FIXED_KEYS),
+        owned_labels=_capped(owned["labels"], KEPT_LABELS),
+        owned_annotations=_capped(owned["annotations"], KEPT_ANNOTATIONS),
     )
 
 

@@ -203,9 +203,10 @@ class _Handler(MetricsHandler):
         self.wfile.write(body)
 
 
-class _MetricsServer(ThreadingHTTPServer):
-    """One thread per connection; the TLS handshake happens in that thread (with a
-    deadline), so a client that connects and stalls cannot hold up the others."""
+class _MetricsServer(metrics_auth.BoundedThreads, ThreadingHTTPServer):
+    """One thread per connection, at most metrics_auth.MAX_CONNECTIONS; the TLS handshake
+    happens in that thread (with a deadline), so a client that connects and stalls cannot
+    hold up the others."""
 
     daemon_threads = True
 
@@ -253,9 +254,10 @@ def serve(
         certificate = metrics_auth.ServerCertificate(security.cert_dir)
         reviewer = metrics_auth.KubernetesReviewer.from_environment()
         cache = metrics_auth.ReviewCache()
+        limiter = metrics_auth.ReviewLimiter()
 
         def authorize(header: str | None) -> metrics_auth.Decision:
-            return metrics_auth.decide(header, reviewer, cache)
+            return metrics_auth.decide(header, reviewer, cache, limiter=limiter)
 
     server = _MetricsServer((host, port), certificate, authorize)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

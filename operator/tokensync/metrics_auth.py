@@ -24,6 +24,7 @@ import ssl
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,15 @@ METRICS_PATH = "/metrics"
 ALLOW_TTL_SECONDS = 60.0
 DENY_TTL_SECONDS = 10.0
 CACHE_MAX_ENTRIES = 1024
+# Unknown bearers (not allowed within RECENT_ALLOW_SECONDS) get at most this many reviews:
+# a flood of random tokens costs the API server REVIEW_RATE TokenReviews a second, and a
+# scraper that was allowed before is reviewed again whatever the flood.
+REVIEW_RATE_PER_SECOND = 5.0
+REVIEW_BURST = 20
+RECENT_ALLOW_SECONDS = 900.0
+RECENT_ALLOW_MAX = 256
+# Connections served at once (one thread each); more are closed at once.
+MAX_CONNECTIONS = 32
 REVIEW_TIMEOUT = (5, 10)  # connect, read
 CERT_FILE, KEY_FILE = "tls.crt", "tls.key"  # the layout of a kubernetes.io/tls Secret
 SELF_SIGNED_DAYS = 365
@@ -87,6 +97,8 @@ class ReviewCache:
     now: Callable[[], float] = time.monotonic
     entries: dict[str, tuple[float, Decision]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # token digest -> until when it counts as a known scraper (see ReviewLimiter)
+    recent_allows: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     def get(self, key: str) -> Decision | None:
         with self.lock:
@@ -103,12 +115,60 @@ class ReviewCache:
         with self.lock:
             now = self.now()
             if len(self.entries) >= CACHE_MAX_ENTRIES:
-                # Expired first; if that is not enough, the oldest (dicts keep order).
+                # Expired first, then the oldest denials (a flood of unknown tokens must
+                # not evict the scrapers' grants), then the oldest (dicts keep order).
                 for k in [k for k, (expiry, _) in self.entries.items() if expiry <= now]:
+                    del self.entries[k]
+                denials = (k for k, (_, d) in self.entries.items() if d.status != 200)
+                for k in list(self._take(denials, len(self.entries) - CACHE_MAX_ENTRIES + 1)):
                     del self.entries[k]
                 while len(self.entries) >= CACHE_MAX_ENTRIES:
                     del self.entries[next(iter(self.entries))]
             self.entries[key] = (now + ttl, decision)
+            if decision.status == 200:
+                self.recent_allows[key] = now + RECENT_ALLOW_SECONDS
+                self.recent_allows.move_to_end(key)
+                while len(self.recent_allows) > RECENT_ALLOW_MAX:
+                    self.recent_allows.popitem(last=False)
+
+    @staticmethod
+    def _take(keys: Any, count: int) -> list[str]:
+        taken: list[str] = []
+        for key in keys:
+            if len(taken) >= count:
+                break
+            taken.append(key)
+        return taken
+
+    def recently_allowed(self, key: str) -> bool:
+        """Whether this token was allowed within RECENT_ALLOW_SECONDS (its review is not
+        rate-limited: a known scraper is never starved by a flood of unknown tokens)."""
+        with self.lock:
+            expiry = self.recent_allows.get(key)
+            return expiry is not None and expiry > self.now()
+
+
+@dataclass
+class ReviewLimiter:
+    """A token bucket for reviews of unknown bearers: `rate` a second, up to `burst`."""
+
+    rate: float = REVIEW_RATE_PER_SECOND
+    burst: float = REVIEW_BURST
+    now: Callable[[], float] = time.monotonic
+    tokens: float = REVIEW_BURST
+    stamp: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self) -> bool:
+        with self.lock:
+            now = self.now()
+            if self.stamp is not None:
+                self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens < 1:
+                return False
+            self.tokens -= 1
+            return True
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -126,6 +186,7 @@ def decide(
     cache: ReviewCache,
     path: str = METRICS_PATH,
     verb: str = "get",
+    limiter: ReviewLimiter | None = None,
 ) -> Decision:
     token = bearer_token(authorization)
     if token is None:
@@ -133,6 +194,8 @@ def decide(
     key = hashlib.sha256(f"{verb} {path} {token}".encode()).hexdigest()
     if (cached := cache.get(key)) is not None:
         return cached
+    if limiter is not None and not cache.recently_allowed(key) and not limiter.take():
+        return Decision(429, "too many reviews of unknown tokens; try again later")
     try:
         user = reviewer.authenticate(token)
         if user is None:
@@ -145,6 +208,38 @@ def decide(
         return Decision(503, f"cannot review the token: {error}")
     cache.put(key, decision)
     return decision
+
+
+# --- serving: bounded threads -----------------------------------------------------------------
+
+
+class BoundedThreads:
+    """A mix-in before socketserver.ThreadingMixIn: at most `max_connections` connections
+    are served at once (a thread each); one beyond that is closed without a thread, so
+    idle connections cannot pile up threads and memory."""
+
+    max_connections = MAX_CONNECTIONS
+    request_queue_size = 128  # the listen backlog (socketserver's default is 5)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+            return
+        try:
+            super().process_request(request, client_address)  # type: ignore[misc]
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[misc]
+        finally:
+            self._slots.release()
 
 
 # --- the reviews, through the API server --------------------------------------------------

@@ -5,23 +5,26 @@ Only objects labelled `tokensync.dev/credential-source=true` ever reach this mod
 operator watches them with a server-side label selector (watches.py).
 
 Memory is bounded by what credentials reference, not by what is labelled: for every
-source the cache keeps its metadata and key names (so ReferenceKeyMissing stays exact),
-but a value only while some credential references that key, and never one over
-`MAX_VALUE_BYTES`. At start the sources are listed before any credential is known, so
-nothing is kept yet; a credential that then references a key whose value was not kept
-gets `ValueNotKept`, and its worker reads that one object (`Kube.read_source`) and
-hands it to `SourceCache.fill`. Later events of a referenced object keep the wanted
-values themselves, so each object is read at most once per operator start.
+source the cache keeps its name, type and allowed-token-urls annotation, and of its keys
+only those some credential references (whether each exists, and its value unless over
+`MAX_VALUE_BYTES`); an object labelled but referenced by nobody keeps no key names at
+all, however many it has. At start the sources are listed before any credential is
+known, so nothing is kept yet; a credential that then references a key the cache did
+not look at gets `ValueNotKept`, and its worker reads that one object
+(`Kube.read_source`) and hands it to `SourceCache.fill`. Later events of a referenced
+object keep the wanted keys themselves, so each object is read at most once per
+operator start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from tokensync.assertion import KeyProblem
 from tokensync.secret import ANNOTATION_ALLOWED_URLS, LABEL_SOURCE, is_managed
@@ -30,6 +33,9 @@ from tokensync.spec import CredentialSpec, Ref, ResolvedValues, assertion_signer
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 MAX_VALUE_BYTES = 512 * 1024  # API.md "Bounded inputs": a referenced value over this is invalid
+
+SIGNED = ("private_key_jwt", "client_secret_jwt")
+T = TypeVar("T")
 
 ObjectKey = tuple[str, str, str]  # (namespace, kind, name)
 RefKey = tuple[str, str, str, str]  # (namespace, kind, name, key)
@@ -42,13 +48,21 @@ class Source:
     data: Mapping[str, bytes] = field(repr=False)  # the values kept (operator: referenced only)
     type: str | None = None  # a Secret's type
     allowed_token_urls: str | None = None
-    # Every key the object has, kept or not; empty when `data` holds them all (check.py).
+    # The keys looked at that the object has (operator: the referenced ones); empty when
+    # `data` holds them all (check.py).
     keys: frozenset[str] = frozenset()
     oversized: frozenset[str] = frozenset()  # referenced keys whose value is too large
     resource_version: str | None = None
+    # The keys looked at (None: all of them), so that a key not in `keys` is known to be
+    # missing only if it is in here.
+    looked_at: frozenset[str] | None = None
 
     def has(self, key: str) -> bool:
         return key in self.keys or key in self.data
+
+    def knows(self, key: str) -> bool:
+        """Whether `has(key)` is the truth (else the object must be read for it)."""
+        return self.looked_at is None or key in self.looked_at
 
 
 @dataclass(frozen=True)
@@ -114,9 +128,12 @@ def source_from_body(
     if is_managed(metadata):
         return None  # a Secret managed by tokensync is never read as a source
     keys = _keys(kind, body)
+    looked_at = None if wanted is None else frozenset(wanted)
+    if looked_at is not None:
+        keys = keys & looked_at
     data: dict[str, bytes] = {}
     oversized = set()
-    for key in keys if wanted is None else keys.intersection(wanted):
+    for key in keys:
         value = _value(kind, body, key)
         if value is None:
             oversized.add(key)
@@ -131,6 +148,7 @@ def source_from_body(
         keys=keys,
         oversized=frozenset(oversized),
         resource_version=metadata.get("resourceVersion"),
+        looked_at=looked_at,
     )
 
 
@@ -208,9 +226,15 @@ class SourceCache:
         if not keys:
             self._wanted.pop(obj, None)
         source = self._items.get(obj)
-        if source is not None and (key in source.data or key in source.oversized):
+        if source is not None and source.looked_at is not None and key in source.looked_at:
             data = {k: v for k, v in source.data.items() if k != key}
-            self._items[obj] = replace(source, data=data, oversized=source.oversized - {key})
+            self._items[obj] = replace(
+                source,
+                data=data,
+                keys=source.keys - {key},
+                oversized=source.oversized - {key},
+                looked_at=source.looked_at - {key},
+            )
 
     # --- events -----------------------------------------------------------------------
 
@@ -284,13 +308,19 @@ def resolve_references(
     spec: CredentialSpec,
     lookup: SourceLookup,
     url_allowed: Callable[[str, str | None], bool],
+    *,
+    check_key: bool = True,
 ) -> ResolvedValues | ReferenceProblem | Unresolved | ValueNotKept:
-    """Everything the token request needs from referenced objects, or the first problem."""
+    """Everything the token request needs from referenced objects, or the first problem.
+    `check_key=False` leaves the signing key's check (a parse of tenant input) to the
+    caller: the operator runs it in a thread with `key_checked`."""
     values: dict[str, bytes] = {}
     for ref in spec.references:
         source = lookup(ref.kind, ref.name)
         if source is None:
             return Unresolved(ref)
+        if not source.knows(ref.key):
+            return ValueNotKept(ref)  # newly referenced: the cache did not look at it
         if not source.has(ref.key):
             return ReferenceProblem("ReferenceKeyMissing", f"{describe(ref)} does not exist")
         # With issuerURL the binding is checked again once discovery found the endpoint.
@@ -345,7 +375,16 @@ def resolve_references(
         assertion_key_pem=values.get("assertion_key"),
         assertion_cert_pem=values.get("assertion_cert"),
     )
-    return _signing_problem(spec, resolved) or resolved
+    return (_signing_problem(spec, resolved) if check_key else None) or resolved
+
+
+async def key_checked(spec: CredentialSpec, result: T) -> T | ReferenceProblem:
+    """`result` once its signing key (if any) was checked in a thread, never on the event
+    loop: a key is tenant input, and parsing one costs milliseconds to seconds."""
+    if not isinstance(result, ResolvedValues) or spec.client_authentication not in SIGNED:
+        return result
+    problem = await asyncio.to_thread(_signing_problem, spec, result)
+    return problem or result
 
 
 def _signing_problem(spec: CredentialSpec, resolved: ResolvedValues) -> ReferenceProblem | None:

@@ -3,8 +3,10 @@ client assertion. Because this mints tokens for a ServiceAccount, it is opt-in t
 (API.md "Workload identity"), and every opt-in is checked before anything is minted:
 
 1. the operator runs with `--enable-workload-identity` (and the deploy/workload-identity
-   RBAC overlay that grants `serviceaccounts/token`): a cluster admin decision;
-2. the ServiceAccount carries the label `tokensync.dev/credential-source: "true"`, the
+   overlay): a cluster admin decision;
+2. the namespace grants the operator `create` on `serviceaccounts/token` for this one
+   ServiceAccount (a Role with resourceNames, bound to the operator's ServiceAccount),
+   and the ServiceAccount carries the label `tokensync.dev/credential-source: "true"`, the
    annotation `tokensync.dev/allowed-token-urls` (required here) and the annotation
    `tokensync.dev/allowed-audiences` naming the audience: the owner of the ServiceAccount
    decides which endpoint may receive its tokens, for which audience;
@@ -177,29 +179,58 @@ def mint_assertion(
     api_audiences: ApiAudiences = API_AUDIENCES,
 ) -> str | ReferenceProblem:
     """The ServiceAccount token to send as client assertion, or why none is minted.
-    Blocking (two or three API calls); every opt-in is checked before the TokenRequest."""
+    Blocking (two or three API calls); every opt-in is checked before the TokenRequest;
+    the namespace's RBAC grant and the admission policy are the API server's to check."""
     problem = flag_problem(enabled) or audience_problem(settings.audience, api_audiences.get(kube))
     if problem:
         return problem
     name = settings.service_account_name
     try:
         found = kube.object_metadata("ServiceAccount", namespace, name)
-        metadata = (found or {}).get("metadata") if found is not None else None
-        problem = service_account_problem(name, metadata, settings.audience, token_url)
-        if problem:
-            return problem
+    except KubeError as error:
+        if error.status == 403:  # the flag is on but the cluster-wide RBAC is missing
+            return ReferenceProblem(
+                "InvalidSpec",
+                f"the operator may not read ServiceAccount {name!r} "
+                f"(apply the RBAC of deploy/workload-identity/): {error}",
+            )
+        raise
+    metadata = (found or {}).get("metadata") if found is not None else None
+    problem = service_account_problem(name, metadata, settings.audience, token_url)
+    if problem:
+        return problem
+    try:
         return kube.request_service_account_token(
             namespace, name, settings.audience, settings.expiration_seconds
         )
     except KubeError as error:
-        # Forbidden: the flag is on but the RBAC half of the opt-in is missing; users see
-        # it in Ready instead of only in the operator's log. Other errors are retried.
         if error.status == 403:
-            return ReferenceProblem(
-                "InvalidSpec",
-                f"the operator may not read ServiceAccount {name!r} or request its token "
-                f"(apply the RBAC of deploy/workload-identity/): {error}",
-            )
+            return token_request_forbidden(namespace, name, str(error))
         if error.status == 404:
             return ReferenceProblem("ReferenceNotFound", f"ServiceAccount {name!r} does not exist")
         raise
+
+
+MINT_ROLE_HINT = (
+    "kubectl -n {ns} create role tokensync-mint-{sa} --verb=create "
+    "--resource=serviceaccounts/token --resource-name={sa}; "
+    "kubectl -n {ns} create rolebinding tokensync-mint-{sa} --role=tokensync-mint-{sa} "
+    "--serviceaccount=<operator namespace>:<operator ServiceAccount>"
+)
+
+
+def token_request_forbidden(namespace: str, name: str, error: str) -> ReferenceProblem:
+    """A 403 from the TokenRequest API (pure): the namespace has not granted minting for
+    this ServiceAccount (RBAC), or the admission policy refused the request."""
+    if "ValidatingAdmissionPolicy" in error:
+        return ReferenceProblem(
+            "InvalidSpec",
+            f"the API server's admission policy refused a token of ServiceAccount {name!r}: "
+            f"{error}",
+        )
+    return ReferenceProblem(
+        "ReferenceNotLabeled",
+        f"the namespace has not allowed the operator to mint tokens of ServiceAccount "
+        f"{name!r}: a namespace admin grants it with a Role and RoleBinding (README "
+        f'"Workload identity"): {MINT_ROLE_HINT.format(ns=namespace, sa=name)}',
+    )

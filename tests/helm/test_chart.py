@@ -92,7 +92,7 @@ def test_namespaced_mode_has_a_role_per_namespace_and_no_cluster_role(helm_bin: 
     # Cluster-wide only the binding that lets the operator review scrapers' tokens (no
     # access to any object), as in deploy/namespaced.
     bindings = [k[2] for k in objects if k[0] == "ClusterRoleBinding"]
-    assert bindings == ["tokensync-metrics-auth"]
+    assert bindings == ["tokensync-admission-subject", "tokensync-metrics-auth"]
     assert ("ClusterRole", "", "tokensync-operator") not in objects
 
 
@@ -117,10 +117,8 @@ def test_workload_identity_toggle(helm_bin: Path, scope: str) -> None:
     extra = ["--set=scope=namespaced", "--set=namespaces={a,b}"] if scope == "namespaced" else []
     objects = by_key(render(helm_bin, "--set=workloadIdentity.enabled=true", *extra))
     assert "--enable-workload-identity" in args_of(objects)
-    rules = [
-        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
-        {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
-    ]
+    # Issue 18: no serviceaccounts/token; each namespace grants it per ServiceAccount.
+    rules = [{"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]}]
     if scope == "cluster":
         grants = [objects[("ClusterRole", "", "tokensync-workload-identity")]]
         assert ("ClusterRoleBinding", "", "tokensync-workload-identity") in objects
@@ -135,9 +133,11 @@ def test_admission_policy_toggle(helm_bin: Path) -> None:
     objects = by_key(render(helm_bin))
     policy = objects[("ValidatingAdmissionPolicy", "", "tokensync-operator-secrets")]
     (condition,) = policy["spec"]["matchConditions"]
-    assert condition["expression"] == (
-        "request.userInfo.username == 'system:serviceaccount:tokensync-system:tokensync'"
-    )
+    assert "check('subject').allowed()" in condition["expression"]  # the marker (issue 18)
+    marker = objects[("ClusterRoleBinding", "", "tokensync-admission-subject")]
+    assert marker["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tokensync", "namespace": "tokensync-system"}
+    ]
     binding = objects[("ValidatingAdmissionPolicyBinding", "", "tokensync-operator-secrets")]
     assert binding["spec"] == {
         "policyName": "tokensync-operator-secrets",
@@ -145,6 +145,7 @@ def test_admission_policy_toggle(helm_bin: Path) -> None:
     }
     off = by_key(render(helm_bin, "--set=admissionPolicy.enabled=false"))
     assert not [k for k in off if k[0].startswith("ValidatingAdmissionPolicy")]
+    assert not [k for k in off if "admission-subject" in k[2]]
 
 
 def test_other_release_names_and_namespaces_follow(helm_bin: Path) -> None:
@@ -155,11 +156,11 @@ def test_other_release_names_and_namespaces_follow(helm_bin: Path) -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "acme-tokensync", "namespace": "ops"}
     ]
-    policy = objects[("ValidatingAdmissionPolicy", "", "acme-tokensync-operator-secrets")]
-    assert (
-        "system:serviceaccount:ops:acme-tokensync"
-        in (policy["spec"]["matchConditions"][0]["expression"])
-    )
+    assert ("ValidatingAdmissionPolicy", "", "acme-tokensync-operator-secrets") in objects
+    marker = objects[("ClusterRoleBinding", "", "acme-tokensync-admission-subject")]
+    assert marker["subjects"] == [
+        {"kind": "ServiceAccount", "name": "acme-tokensync", "namespace": "ops"}
+    ]
 
 
 def test_image_tag_and_digest(helm_bin: Path) -> None:

@@ -252,9 +252,26 @@ def test_admission_policy_matches_the_operators_secret_writes() -> None:
     (rule,) = spec["matchConstraints"]["resourceRules"]
     assert rule["apiGroups"] == [""] and rule["resources"] == ["secrets"]
     assert sorted(rule["operations"]) == ["CREATE", "DELETE", "UPDATE"]
-    # The ServiceAccount the policy names is the one deploy/ runs the operator as.
+    # The policy applies to the subjects of the marker binding (issue 18: so that it
+    # follows an overlay's namespace), which is the ServiceAccount deploy/ runs as.
     (condition,) = spec["matchConditions"]
-    assert condition["expression"] == f"request.userInfo.username == '{operator_username()}'"
+    expression = " ".join(condition["expression"].split())
+    assert "check('subject').allowed()" in expression
+    assert "!authorizer" in expression and "check('exempt').allowed()" in expression
+    marker = objects[("ClusterRoleBinding", "tokensync-admission-subject")]
+    (subject,) = marker["subjects"]
+    assert f"system:serviceaccount:{subject['namespace']}:{subject['name']}" == (
+        operator_username()
+    )
+    role = objects[("ClusterRole", "tokensync-admission-subject")]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["tokensync.dev"],
+            "resources": ["admissionpolicies"],
+            "resourceNames": ["operator"],
+            "verbs": ["subject"],
+        }
+    ]
     text = json.dumps(spec)
     for needed in ("'Opaque'", "'tokensync.dev/credential' in", "object", "oldObject"):
         assert needed in text

@@ -84,7 +84,7 @@ def test_oidc_provider_document(oidc_provider: OIDCProvider):
     metadata = fetch(oidc_provider.issuer)
     assert metadata.token_endpoint == oidc_provider.token_url
     assert metadata.document_url == oidc_provider.issuer + "/.well-known/openid-configuration"
-    assert "private_key_jwt" in metadata.auth_methods
+    assert "private_key_jwt" in metadata.auth_methods_shown
     assert discovery.choose_client_authentication(metadata) == "header"
 
 
@@ -256,6 +256,10 @@ def test_cache_reads_once_and_rereads_after_404_or_connection_failure(
     assert metadata_server.metadata_reads == 2
 
 
+def metadata_of(endpoint: str) -> discovery.Metadata:
+    return discovery.Metadata("i", endpoint, False, False, False, "none", "https://i/.well-known/x")
+
+
 def test_cache_expires_after_an_hour():
     now = [0.0]
     cache = discovery.DiscoveryCache(clock=lambda: now[0])
@@ -263,7 +267,7 @@ def test_cache_expires_after_an_hour():
 
     def read() -> discovery.Metadata:
         reads.append(1)
-        return discovery.Metadata("i", "https://i/token", None, "https://i/.well-known/x")
+        return metadata_of("https://i/token")
 
     for moment in (0.0, 3599.0, 3600.0, 3601.0):
         now[0] = moment
@@ -273,7 +277,7 @@ def test_cache_expires_after_an_hour():
 
 def test_a_transient_failure_after_invalidation_uses_the_last_good_document():
     cache = discovery.DiscoveryCache()
-    good = discovery.Metadata("i", "https://i/token", None, "https://i/.well-known/x")
+    good = metadata_of("https://i/token")
 
     def down() -> discovery.Metadata:
         raise discovery.DiscoveryFailed(
@@ -288,7 +292,7 @@ def test_a_transient_failure_after_invalidation_uses_the_last_good_document():
     assert cache.get("i", TLSSettings(), down) is good  # issuer down: keep going
     with pytest.raises(discovery.DiscoveryFailed, match="issuer differs"):
         cache.get("i", TLSSettings(), lying)  # a bad document is never papered over
-    fresh = discovery.Metadata("i", "https://i/token2", None, "https://i/.well-known/x")
+    fresh = metadata_of("https://i/token2")
     assert cache.get("i", TLSSettings(), lambda: fresh) is fresh
     assert cache.token_endpoint("i") == "https://i/token2"
     with pytest.raises(discovery.DiscoveryFailed):

@@ -200,6 +200,19 @@ def workload_credential(cluster, server, name: str, sa: str, audience: str = AUD
     return client_id
 
 
+def allow_minting(installed, namespace: str, sa: str) -> None:
+    """The namespace's consent in RBAC (README "Workload identity"), for WI_SA."""
+    role = f"tokensync-mint-{sa}"
+    installed.kubectl(
+        "-n", namespace, "create", "role", role, "--verb=create",
+        "--resource=serviceaccounts/token", f"--resource-name={sa}",
+    )  # fmt: skip
+    installed.kubectl(
+        "-n", namespace, "create", "rolebinding", role, f"--role={role}",
+        f"--serviceaccount={WI_SA[0]}:{WI_SA[1]}",
+    )  # fmt: skip
+
+
 def token_requests(installed, namespace: str, since: float) -> list[dict]:
     return [
         e
@@ -215,6 +228,7 @@ def test_workload_identity_gets_a_token(cluster, installed, own_operator, wi_kub
         *INSECURE, "--enable-workload-identity", "--namespace", cluster.ns, kubeconfig=wi_kubeconfig
     )
     service_account(cluster, "app", urls=federated.base_url + "/", audiences=AUDIENCE)
+    allow_minting(installed, cluster.ns, "app")
     client_id = workload_credential(cluster, federated, "wi", "app")
     cluster.wait_ready("wi", reason="TokenIssued")
     assert decode(cluster.secret("wi"))["access_token"] in federated.tokens
@@ -270,6 +284,7 @@ def test_each_missing_opt_in_gives_its_reason_and_mints_nothing(
         "missing-sa": ("does-not-exist", AUDIENCE, "ReferenceNotFound"),
     }
     for name, (sa, audience, _) in cases.items():
+        allow_minting(installed, cluster.ns, sa)  # RBAC allows: the operator's checks refuse
         workload_credential(cluster, federated, name, sa, audience)
     for name, (_, _, reason) in cases.items():
         cluster.wait_ready(name, "False", reason)
@@ -290,6 +305,25 @@ def test_without_the_operator_flag_nothing_is_minted(
     assert federated.received == []
 
 
+def test_without_the_namespaces_role_binding_nothing_is_minted(
+    cluster, installed, own_operator, wi_kubeconfig, federated
+):
+    """Issue 18: the overlay grants no minting; a namespace that did not bind the Role for
+    this ServiceAccount gets a Ready condition that says how, and the IdP sees nothing."""
+    since = time.time() - 1
+    own_operator(
+        *INSECURE, "--enable-workload-identity", "--namespace", cluster.ns, kubeconfig=wi_kubeconfig
+    )
+    service_account(cluster, "app", urls=federated.base_url + "/", audiences=AUDIENCE)
+    workload_credential(cluster, federated, "wi", "app")
+    ready = cluster.wait_ready("wi", "False", "ReferenceNotLabeled")
+    assert "create rolebinding" in ready["message"]
+    assert "--resource-name=app" in ready["message"]
+    (denied,) = token_requests(installed, cluster.ns, since)[:1]
+    assert denied["responseStatus"]["code"] == 403
+    assert federated.received == []
+
+
 def test_default_install_cannot_mint(installed):
     """The first opt-in's RBAC half: the default operator role grants no TokenRequest."""
     result = installed.kubectl(
@@ -303,6 +337,16 @@ def test_default_install_cannot_mint(installed):
         check=False,
     )
     assert result.stdout.strip() == "no"
+
+
+def test_the_overlay_grants_no_minting(installed, wi_kubeconfig):
+    """Issue 18: deploy/workload-identity reads ServiceAccounts but mints nowhere by itself."""
+    for namespace in ("default", "kube-system", "tokensync-system"):
+        result = installed.kubectl(
+            "auth", "can-i", "create", "serviceaccounts/token", f"--as={WI_USER}",
+            "-n", namespace, check=False,
+        )  # fmt: skip
+        assert result.stdout.strip() == "no", namespace
 
 
 # ---- discovery

@@ -104,3 +104,38 @@ def test_update_patch_flips_only_our_owner_reference_on_deletion_policy_change()
         OWNER, spec_of(secret={"deletionPolicy": "Retain"}), token_of(), "h", state
     )
     assert patch["metadata"]["ownerReferences"] == [foreign]
+
+
+def test_what_a_tenant_packs_onto_a_managed_secret_is_not_kept():
+    """Issue 18: a Secret labelled tokensync.dev/credential keeps a bounded view, however
+    many tokensync.dev/* labels, ownerReferences and forged managedFields it carries."""
+    import sys
+
+    from tokensync import managed
+
+    body = written()
+    meta = body["metadata"]
+    meta["labels"].update({f"tokensync.dev/x{i}": "v" for i in range(5000)})
+    meta["annotations"].update({f"tokensync.dev/a{i}": "v" * 1000 for i in range(200)})
+    meta["annotations"]["tokensync.dev/issued-at"] = "x" * 100_000
+    meta["ownerReferences"] = list(meta.get("ownerReferences") or []) + [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": f"n{i}", "uid": f"u{i}", "pad": "p"}
+        for i in range(5000)
+    ]
+    meta["managedFields"].append(
+        {
+            "manager": FIELD_MANAGER,
+            "operation": "Update",
+            "fieldsV1": fields_v1([f"k{i}" for i in range(90_000)], [], []),
+        }
+    )
+    state = managed_state(body)
+    assert set(state.labels) <= {LABEL_CREDENTIAL}
+    assert "tokensync.dev/issued-at" not in state.annotations  # over MAX_VALUE_CHARS
+    assert len(state.owner_references) <= managed.MAX_OWNER_REFERENCES
+    assert all("pad" not in r for r in state.owner_references)
+    assert len(state.owned_data) <= managed.MAX_OWNED_KEYS
+    assert {"access_token", "token_type", "authorization", "expires_at"} <= state.owned_data
+    assert state.owned_by(OWNER)  # ownership is still decided by the controller reference
+    size = sum(sys.getsizeof(v) for v in (state.owned_data, state.owned_labels))
+    assert size < 16 * 1024

@@ -150,16 +150,40 @@ def test_connection_failure_and_404_invalidate_discovery():
 
 
 def test_forbidden_is_reported_as_the_missing_rbac_opt_in():
+    """Issue 18: the overlay reads ServiceAccounts; each namespace grants minting. A 403
+    reading the ServiceAccount is the missing overlay, a 403 from the TokenRequest the
+    namespace's missing Role (with the commands), or the admission policy's refusal."""
     from tokensync.kube import KubeError
+
+    class CannotRead(FakeKube):
+        def object_metadata(self, kind, namespace, name):
+            raise KubeError(403, 'serviceaccounts "app" is forbidden')
 
     class Forbidden(FakeKube):
         def request_service_account_token(self, namespace, name, audience, seconds):
             raise KubeError(403, 'serviceaccounts "app" is forbidden')
 
+    class Refused(FakeKube):
+        def request_service_account_token(self, namespace, name, audience, seconds):
+            raise KubeError(
+                403, "ValidatingAdmissionPolicy 'tokensync-operator-token-requests' denied"
+            )
+
     metadata = {"labels": {"tokensync.dev/credential-source": "true"}, "annotations": OK}
-    kube = Forbidden(make_jwt({"aud": ["https://kubernetes.default.svc"]}), metadata)
-    result = workload.mint_assertion(
-        kube, "ns", SETTINGS, URL, enabled=True, api_audiences=workload.ApiAudiences()
-    )
+    token = make_jwt({"aud": ["https://kubernetes.default.svc"]})
+
+    def mint(kube):
+        return workload.mint_assertion(
+            kube, "ns", SETTINGS, URL, enabled=True, api_audiences=workload.ApiAudiences()
+        )
+
+    result = mint(CannotRead(token, metadata))
     assert result.reason == "InvalidSpec"
     assert "deploy/workload-identity/" in result.message
+    result = mint(Forbidden(token, metadata))
+    assert result.reason == "ReferenceNotLabeled"
+    assert "kubectl -n ns create role tokensync-mint-app" in result.message
+    assert "--resource-name=app" in result.message
+    result = mint(Refused(token, metadata))
+    assert result.reason == "InvalidSpec"
+    assert "admission policy" in result.message

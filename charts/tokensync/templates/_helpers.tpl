@@ -90,13 +90,12 @@ watched namespace in namespaced scope.
 
 {{/* Workload identity: ServiceAccount tokens through the TokenRequest API. */}}
 {{- define "tokensync.workloadIdentityRules" -}}
-# The ServiceAccount's labels and annotations (the opt-ins), read before minting.
+# The ServiceAccount's labels and annotations (the opt-ins), read before minting. No
+# serviceaccounts/token: each namespace grants that per ServiceAccount (README
+# "Workload identity").
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [get]
-- apiGroups: [""]
-  resources: [serviceaccounts/token]
-  verbs: [create]
 {{- end -}}
 
 {{/* Where metrics.certSecret is mounted. */}}
