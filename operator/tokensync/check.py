@@ -126,8 +126,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--probe",
         action="store_true",
-        help="if the request as written fails, try the other client authentications "
-        "(header, body) and content types (form, JSON; scope as string and as scopeObject) "
+        help="if the request as written fails, try it with the other content type (form, "
+        "JSON; scope as string and as scopeObject), header <-> body for a client secret, "
+        "and with and without client_id next to a client assertion, smallest change first, "
         f"against the same token URL, at most {MAX_PROBES} requests, stopping at the first "
         "that works, and print the spec lines that work",
     )
@@ -770,7 +771,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
 # --probe: which combination of auth style and body format does this endpoint accept?
 
 MAX_PROBES = 6
-PROBE_METHODS = ("header", "body")
+PROBE_METHODS = ("header", "body")  # the two ways of sending the client secret itself
 
 
 @dataclass(frozen=True)
@@ -778,37 +779,55 @@ class Combination:
     client_authentication: str
     content_type: str
     scope_form: str  # "string" | "object" | "none"
+    client_id_in_request: bool = True  # varied only for the assertion methods
 
     @property
     def label(self) -> str:
         body = "JSON" if self.content_type == oauth2.JSON else "form"
-        return f"{self.client_authentication} + {body} (scope {self.scope_form})"
+        without = "" if self.client_id_in_request else ", no client_id"
+        return f"{self.client_authentication} + {body} (scope {self.scope_form}{without})"
+
+    def changes_from(self, other: Combination) -> int:
+        """How many settings differ: the size of the change to the spec."""
+        return sum(
+            getattr(self, name) != getattr(other, name)
+            for name in ("client_authentication", "content_type", "scope_form")
+        ) + (self.client_id_in_request != other.client_id_in_request)
 
 
 def probe_combinations(request: oauth2.TokenRequest) -> list[Combination]:
-    """At most MAX_PROBES combinations, the request as written first (pure). With a
-    scopeObject, JSON bodies send it both as an object and as a JSON string; a form body
-    can only carry the string."""
+    """At most MAX_PROBES combinations: the request as written first, then the others by
+    the number of settings they change, the standard form (header, form body, client_id
+    sent) first among equals (pure). What varies: header <-> body for the two methods
+    that send the secret itself; the content type for every method; `client_id` next to
+    an assertion; with a scopeObject, JSON bodies send it as an object and as a JSON
+    string (a form body can only carry the string)."""
     has_object = request.include_scope and request.scope_object is not None
     has_scope = request.scope_sent is not None
     string_form = "string" if has_scope else "none"
+    method = request.client_authentication
+    methods = PROBE_METHODS if method in PROBE_METHODS else (method,)
+    client_ids = (True, False) if method in oauth2.ASSERTION_METHODS else (True,)
     combos = []
     for content_type in (oauth2.FORM, oauth2.JSON):
-        for method in PROBE_METHODS:
-            if has_object and content_type == oauth2.JSON:
-                combos.append(Combination(method, content_type, "object"))
-            combos.append(Combination(method, content_type, string_form))
+        for auth in methods:
+            for client_id in client_ids:
+                if has_object and content_type == oauth2.JSON:
+                    combos.append(Combination(auth, content_type, "object", client_id))
+                combos.append(Combination(auth, content_type, string_form, client_id))
     own = Combination(
-        request.client_authentication,
+        method,
         request.content_type,
         "object" if has_object and request.content_type == oauth2.JSON else string_form,
+        request.client_id_in_request or method not in oauth2.ASSERTION_METHODS,
     )
-    ordered = [own, *(c for c in combos if c != own)]
-    return ordered[:MAX_PROBES]
+    others = sorted((c for c in combos if c != own), key=own.changes_from)  # stable
+    return [own, *others][:MAX_PROBES]
 
 
 def probe_request(request: oauth2.TokenRequest, combo: Combination) -> oauth2.TokenRequest:
-    """The request in one combination; only auth style, body format and scope change."""
+    """The request in one combination; only auth style, body format, scope form and
+    client_id change."""
     scope, scope_object = request.scope, request.scope_object
     if request.scope_object is not None and combo.scope_form == "string":
         scope = json.dumps(request.scope_object, ensure_ascii=False, separators=(",", ":"))
@@ -819,6 +838,7 @@ def probe_request(request: oauth2.TokenRequest, combo: Combination) -> oauth2.To
         content_type=combo.content_type,
         scope=scope,
         scope_object=scope_object,
+        client_id_in_request=combo.client_id_in_request,
     )
 
 
@@ -828,6 +848,8 @@ def spec_lines(request: oauth2.TokenRequest, combo: Combination) -> list[str]:
         f"clientAuthentication: {combo.client_authentication}",
         f"contentType: {combo.content_type}",
     ]
+    if not combo.client_id_in_request or not request.client_id_in_request:
+        lines.append(f"clientIDInRequest: {str(combo.client_id_in_request).lower()}")
     if combo.scope_form == "object":
         lines.append("scopeObject:")
         body = yaml.safe_dump(request.scope_object, sort_keys=False, allow_unicode=True)
@@ -838,24 +860,28 @@ def spec_lines(request: oauth2.TokenRequest, combo: Combination) -> list[str]:
     return lines
 
 
+def probe_note(method: str) -> str | None:
+    """Why --probe keeps a method that it does not switch (None for header and body)."""
+    if method in PROBE_METHODS:
+        return None
+    note = (
+        f"clientAuthentication {method} is kept: --probe switches only between header "
+        "and body, the two methods that send a client secret itself"
+    )
+    if method == "client_secret_jwt":
+        note += (
+            "; client_secret_jwt signs its assertion with the client secret and never "
+            "sends the secret, so --probe does not send it either"
+        )
+    return note
+
+
 def _probe_report(
     report: dict[str, Any],
     spec: CredentialSpec,
     request: oauth2.TokenRequest,
     show_token: bool,
 ) -> dict[str, Any]:
-    if spec.client_authentication not in PROBE_METHODS:
-        report["result"] = {
-            "ok": False,
-            "exitCode": EXIT_USAGE,
-            "stage": "probe",
-            "problems": [
-                "--probe varies the client secret's auth style (header, body) and the body "
-                f"format; clientAuthentication {spec.client_authentication} has no secret "
-                "to send either way"
-            ],
-        }
-        return report
     attempts: list[dict[str, Any]] = []
     working = None
     with warnings.catch_warnings():
@@ -875,6 +901,7 @@ def _probe_report(
     report["probe"] = {
         "attempts": attempts,
         "specLines": spec_lines(request, working) if working else None,
+        "note": probe_note(spec.client_authentication),
     }
     return report
 
@@ -901,6 +928,8 @@ def render_probe(probe: Mapping[str, Any], out: TextIO) -> None:
             out.write(f"  {line}\n")
     else:
         out.write("no combination worked: the cause is not the auth style or body format\n")
+    if probe.get("note"):
+        out.write(f"note: {probe['note']}\n")
 
 
 def run(args: argparse.Namespace) -> int:

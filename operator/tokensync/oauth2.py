@@ -94,6 +94,8 @@ class TokenRequest:
     default_lifetime_seconds: float = 3600.0
     # RFC 7523: returns a fresh signed client assertion for every request (assertion methods).
     client_assertion: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    # Assertion methods only: also send `client_id` (optional there, RFC 7521 4.2).
+    client_id_in_request: bool = True
 
     @property
     def scope_sent(self) -> Any:
@@ -226,8 +228,9 @@ def _client_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
     if method in ASSERTION_METHODS:
         if request.client_assertion is None:
             raise ConfigurationError(f"{method} needs a client assertion", reason="InvalidRequest")
+        params = [("client_id", request.client_id)] if request.client_id_in_request else []
         return [
-            ("client_id", request.client_id),
+            *params,
             ("client_assertion_type", CLIENT_ASSERTION_TYPE),
             ("client_assertion", request.client_assertion()),
         ]
@@ -455,8 +458,15 @@ _BASIC_DECODING_HINT = (
 )
 
 
+_CLIENT_ID_HINT = (
+    "; if the endpoint says client_id does not match the assertion's sub, set "
+    "clientIDInRequest: false (Keycloak 26.5 federated clients)"
+)
+
+
 def _auth_hint(request: TokenRequest) -> str:
     method = request.client_authentication
+    client_id_hint = _CLIENT_ID_HINT if request.client_id_in_request else ""
     if method in ("private_key_jwt", "client_secret_jwt"):
         return (
             f"check clientID and that the endpoint registered {method} with this "
@@ -466,7 +476,7 @@ def _auth_hint(request: TokenRequest) -> str:
     if method == "workload_identity":
         return (
             "check that the IdP trusts the cluster's ServiceAccount issuer for this subject "
-            "and workloadIdentity.audience"
+            "and workloadIdentity.audience" + client_id_hint
         )
     if method == "tls_client_auth":
         return "check that the endpoint registered tls_client_auth with this client certificate"

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from tokensync import assertion
-from tokensync.oauth2 import TLSSettings, TokenRequest
+from tokensync.oauth2 import ASSERTION_METHODS, TLSSettings, TokenRequest
 from tokensync.urls import URLProblem, parse_url
 
 FORM = "application/x-www-form-urlencoded"
@@ -141,6 +141,8 @@ class CredentialSpec:
     workload_identity: WorkloadIdentitySpec | None = None
     # False: clientAuthentication was not set and issuerURL discovery chooses it.
     client_authentication_set: bool = True
+    # Assertion methods: whether `client_id` goes into the body next to the assertion.
+    client_id_in_request: bool = True
 
     @property
     def references(self) -> tuple[Ref, ...]:
@@ -411,6 +413,13 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     elif auth not in NO_SECRET_METHODS and spec.get("clientSecretRef") is None:
         r.fail("spec.clientSecretRef", f"is required with clientAuthentication: {auth}")
     client_assertion = _parse_assertion(r, spec, auth)
+    client_id_in_request = r.boolean(spec, "clientIDInRequest", "spec.clientIDInRequest", True)
+    if not client_id_in_request and auth not in ASSERTION_METHODS:
+        r.fail(
+            "spec.clientIDInRequest",
+            "can be false only with clientAuthentication private_key_jwt, client_secret_jwt "
+            f"or workload_identity (with {auth} the client id is always sent)",
+        )
     workload = _parse_workload_identity(r, spec, auth)
     content_type = r.enum(spec, "contentType", "spec.contentType", CONTENT_TYPES, FORM)
     scope = r.string(spec, "scope", "spec.scope", max_length=4096)
@@ -463,6 +472,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         issuer_url=issuer_url,
         client_authentication_set=auth_set,
         client_assertion=client_assertion,
+        client_id_in_request=client_id_in_request,
         workload_identity=workload,
         allow_insecure_http=allow_http,
         grant_type=grant_type,
@@ -634,6 +644,7 @@ def to_token_request(spec: CredentialSpec, values: ResolvedValues) -> TokenReque
         client_id=values.client_id,
         client_secret=values.client_secret,
         client_assertion=factory,
+        client_id_in_request=spec.client_id_in_request,
         client_authentication=spec.client_authentication,
         content_type=spec.content_type,
         scope=spec.scope,

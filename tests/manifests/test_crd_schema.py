@@ -23,6 +23,7 @@ SPEC_FIELDS = {
     "clientIDRef",
     "clientSecretRef",
     "clientAuthentication",
+    "clientIDInRequest",
     "clientAssertion",
     "workloadIdentity",
     "contentType",

@@ -80,8 +80,24 @@ def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
         ),
         spec_of(clientAuthentication="tls_client_auth", tls=CERT),
         spec_of(clientAuthentication="workload_identity", workloadIdentity=WI),
+        spec_of(
+            clientAuthentication="workload_identity",
+            workloadIdentity=WI,
+            clientIDInRequest=False,
+        ),
+        spec_of(clientSecretRef=SECRET, clientIDInRequest=True),
     ],
-    ids=["header", "issuer", "pkjwt-tls-secret", "pkjwt-key", "csjwt", "mtls", "workload"],
+    ids=[
+        "header",
+        "issuer",
+        "pkjwt-tls-secret",
+        "pkjwt-key",
+        "csjwt",
+        "mtls",
+        "workload",
+        "workload-no-client-id",
+        "header-client-id-true",
+    ],
 )
 def test_valid_specs_are_accepted(control_plane, namespace, spec):
     result = dry_run(control_plane, namespace, spec)
@@ -146,6 +162,14 @@ def test_valid_specs_are_accepted(control_plane, namespace, spec):
                 workloadIdentity={**WI, "expirationSeconds": 60},
             ),
             "spec.workloadIdentity.expirationSeconds",
+        ),
+        (
+            spec_of(clientSecretRef=SECRET, clientIDInRequest=False),
+            "spec.clientIDInRequest can be false only with",
+        ),
+        (
+            spec_of(clientAuthentication="tls_client_auth", tls=CERT, clientIDInRequest=False),
+            "spec.clientIDInRequest can be false only with",
         ),
     ],
 )
