@@ -33,6 +33,7 @@ EXPECTED_EXAMPLES = {
     "entra-id-certificate.yaml",
     "entra-id-workload-identity.yaml",
     "keycloak-signed-jwt.yaml",
+    "keycloak-workload-identity.yaml",
 }
 
 
