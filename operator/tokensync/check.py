@@ -450,6 +450,7 @@ def describe_request(
     cert = spec.tls.client_certificate_secret
     return {
         "endpoint": oauth2.display_url(request.token_url),
+        "grant": _grant_description(spec),
         "clientAuthentication": request.client_authentication,
         "authStyle": _auth_style(request.client_authentication),
         "contentType": request.content_type,
@@ -467,6 +468,20 @@ def describe_request(
         "clientCertificate": f"Secret {cert!r}" if cert and https else None,
         "timeoutSeconds": request.timeout_seconds,
     }
+
+
+def _grant_description(spec: CredentialSpec) -> str:
+    """The grant in one phrase: client_credentials, or jwt_bearer and its assertion."""
+    grant = spec.jwt_bearer
+    if spec.grant_type != "jwt_bearer" or grant is None:
+        return spec.grant_type
+    if grant.workload_identity is not None:
+        return (
+            "jwt_bearer (assertion: a token of ServiceAccount "
+            f"{grant.workload_identity.service_account_name!r})"
+        )
+    assert grant.key_ref is not None
+    return f"jwt_bearer (assertion signed with {describe(grant.key_ref)}, sub {grant.subject})"
 
 
 def _key_description(spec: CredentialSpec) -> str | None:
@@ -541,6 +556,7 @@ def request_rows(request: Mapping[str, Any]) -> list[tuple[str, Any]]:
     rows = [
         ("endpoint", request["endpoint"]),
         ("discovered from", f"{discovered} (issuerURL)" if discovered else None),
+        ("grant", request["grant"] if request["grant"] != "client_credentials" else None),
         ("auth style", request["authStyle"]),
         ("content type", request["contentType"]),
         ("scope sent", _scope_text(request)),
@@ -714,6 +730,20 @@ def _workload_assertion(
     return minted
 
 
+def _grant_workload_assertion(
+    spec: CredentialSpec, args: argparse.Namespace, namespace: str | None
+) -> str | None:
+    """grantType jwt_bearer with jwtBearer.workloadIdentity: the ServiceAccount token that
+    is the grant, minted the way a workload_identity client assertion is."""
+    grant = spec.jwt_bearer
+    if grant is None or grant.workload_identity is None:
+        return None
+    as_client_assertion = replace(
+        spec, client_authentication="workload_identity", workload_identity=grant.workload_identity
+    )
+    return _workload_assertion(as_client_assertion, args, namespace)
+
+
 def check(args: argparse.Namespace) -> dict[str, Any]:
     """Run the check and return the report (never printing anything)."""
     report: dict[str, Any] = {
@@ -731,6 +761,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         values, resolver, namespace = _resolve(spec, manifest, args)
         spec = _discover(spec, values)
         minted = _workload_assertion(spec, args, namespace)
+        grant_minted = _grant_workload_assertion(spec, args, namespace)
     except CheckFailed as failure:
         report["result"] = {
             "ok": False,
@@ -745,6 +776,8 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     request = to_token_request(spec, values)
     if minted is not None:
         request = replace(request, client_assertion=lambda: minted)
+    if grant_minted is not None:
+        request = replace(request, grant_assertion=lambda: grant_minted)
     report["request"] = describe_request(spec, request, resolver)
     if spec.issuer_url:
         report["request"]["discoveredFrom"] = spec.issuer_url

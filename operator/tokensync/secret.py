@@ -110,6 +110,18 @@ def config_hash(spec: CredentialSpec, values: ResolvedValues) -> str:
         request_fields["identity"] = identity
     if not spec.client_id_in_request:
         request_fields["clientIDInRequest"] = False
+    if spec.jwt_bearer is not None:
+        grant = spec.jwt_bearer
+        workload = grant.workload_identity
+        request_fields["jwtBearer"] = {
+            "key": grant.key_ref and [grant.key_ref.name, grant.key_ref.key],
+            "keyData": values.grant_key_pem and _digest(values.grant_key_pem),
+            "claims": [grant.algorithm, grant.key_id, grant.issuer, grant.subject],
+            "audience": grant.audience,
+            "lifetime": grant.lifetime_seconds,
+            "workloadIdentity": workload
+            and [workload.service_account_name, workload.audience, workload.expiration_seconds],
+        }
     return "sha256:" + _digest(request_fields)[:32]
 
 

@@ -312,6 +312,69 @@ class Keycloak:
             },
         )
 
+    def add_jwt_grant_provider(
+        self,
+        alias: str,
+        issuer: str,
+        *,
+        public_key_pem: str | None = None,
+        jwks_url: str | None = None,
+        max_expiration_seconds: int = 300,
+    ) -> None:
+        """A "JWT Authorization Grant" identity provider (RFC 7523 2.1 assertions whose
+        `iss` is `issuer`, verified with `public_key_pem` or the keys at `jwks_url`)."""
+        config = {
+            "issuer": issuer,
+            "jwtAuthorizationGrantEnabled": "true",
+            "jwtAuthorizationGrantMaxAllowedAssertionExpiration": str(max_expiration_seconds),
+        }
+        if jwks_url is not None:
+            config.update({"useJwksUrl": "true", "jwksUrl": jwks_url})
+        else:
+            assert public_key_pem is not None
+            config.update({"useJwksUrl": "false", "publicKeySignatureVerifier": public_key_pem})
+        self.admin(
+            "POST",
+            f"/{REALM}/identity-provider/instances",
+            {
+                "alias": alias,
+                "providerId": "jwt-authorization-grant",
+                "enabled": True,
+                "config": config,
+            },
+        )
+
+    def add_linked_user(self, alias: str, subject: str) -> str:
+        """A user linked to identity provider `alias` as `subject` (the assertions' sub);
+        returns the username."""
+        username = f"user-{secrets.token_hex(4)}"
+        self.admin(
+            "POST",
+            f"/{REALM}/users",
+            {
+                "username": username,
+                "enabled": True,
+                "email": f"{username}@example.com",
+                "emailVerified": True,
+                "firstName": "Test",
+                "lastName": "User",
+                "federatedIdentities": [
+                    {"identityProvider": alias, "userId": subject, "userName": username}
+                ],
+            },
+        )
+        return username
+
+    def add_grant_client(self, alias: str) -> IdPClient:
+        """A client-secret client allowed the JWT authorization grant with `alias`."""
+        return self.add_client(
+            "header",
+            attributes={
+                "oauth2.jwt.authorization.grant.enabled": "true",
+                "oauth2.jwt.authorization.grant.idp": alias,
+            },
+        )
+
     def introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662 introspection, authenticated as the realm's introspection client."""
         assert self._introspector is not None

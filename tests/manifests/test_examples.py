@@ -34,6 +34,7 @@ EXPECTED_EXAMPLES = {
     "entra-id-workload-identity.yaml",
     "keycloak-signed-jwt.yaml",
     "keycloak-workload-identity.yaml",
+    "keycloak-jwt-bearer.yaml",
 }
 
 
@@ -47,6 +48,8 @@ def referenced(credential: dict[str, Any]) -> list[tuple[str, str]]:
     refs = [("Secret", spec["clientSecretRef"]["name"])] if "clientSecretRef" in spec else []
     if "keyRef" in spec.get("clientAssertion", {}):
         refs.append(("Secret", spec["clientAssertion"]["keyRef"]["name"]))
+    if "keyRef" in spec.get("jwtBearer", {}):
+        refs.append(("Secret", spec["jwtBearer"]["keyRef"]["name"]))
     if "clientIDRef" in spec:
         refs.append(("Secret", spec["clientIDRef"]["name"]))
     tls = spec.get("tls", {})
