@@ -144,3 +144,79 @@ def test_keycloak_verifies_the_clusters_serviceaccount_tokens(
     assert failure["error"] == "invalid_client", failure
     assert "clientIDInRequest: false" in refused["message"]
     assert not [v for v in secret_variants(token) if v in operator.log()]
+
+
+# ---- grantType jwt_bearer (RFC 7523 2.1) with Keycloak's JWT Authorization Grant
+
+
+def test_keycloak_jwt_bearer_grants_through_the_operator(
+    cluster,
+    installed,
+    own_operator,
+    wi_kubeconfig,  # noqa: F811 - the fixture imported above
+    keycloak,
+    keycloak_kubernetes,
+):
+    """Two grants: an assertion signed with a key from a Secret, and a ServiceAccount
+    token of this control plane (verified by Keycloak with the cluster's JWKS)."""
+    from idp.idplib import KUBE_ISSUER
+    from idp.test_idp_grants import grant_setup
+
+    operator = own_operator(
+        *INSECURE, "--enable-workload-identity", "--namespace", cluster.ns, kubeconfig=wi_kubeconfig
+    )
+    url = keycloak.issuer + "/"
+    # 1. signed with a key from a Secret
+    issuer, subject, pem, username, client = grant_setup(keycloak)
+    cluster.source_secret("grant-client", {"client_secret": client.client_secret}, allowed_urls=url)
+    cluster.source_secret("grant-key", {"key.pem": pem.decode()}, allowed_urls=url)
+    create_credential(
+        cluster,
+        "signed",
+        {
+            "tokenURL": keycloak.token_url,
+            "clientID": client.client_id,
+            "clientSecretRef": {"name": "grant-client", "key": "client_secret"},
+            "grantType": "jwt_bearer",
+            "jwtBearer": {
+                "keyRef": {"name": "grant-key", "key": "key.pem"},
+                "issuer": issuer,
+                "subject": subject,
+                "audience": keycloak.issuer,
+            },
+        },
+    )
+    # 2. a ServiceAccount token as the grant
+    alias = "cluster-grant"
+    keycloak.add_jwt_grant_provider(
+        alias, KUBE_ISSUER, jwks_url=f"{KUBE_ISSUER}/openid/v1/jwks", max_expiration_seconds=3600
+    )
+    sa_user = keycloak.add_linked_user(alias, f"system:serviceaccount:{cluster.ns}:app")
+    sa_client = keycloak.add_grant_client(alias)
+    service_account(cluster, "app", urls=url, audiences=keycloak.issuer)
+    cluster.source_secret(
+        "sa-grant-client", {"client_secret": sa_client.client_secret}, allowed_urls=url
+    )
+    create_credential(
+        cluster,
+        "from-sa",
+        {
+            "tokenURL": keycloak.token_url,
+            "clientID": sa_client.client_id,
+            "clientSecretRef": {"name": "sa-grant-client", "key": "client_secret"},
+            "grantType": "jwt_bearer",
+            "jwtBearer": {
+                "workloadIdentity": {"serviceAccountName": "app", "audience": keycloak.issuer}
+            },
+        },
+    )
+    for name, user, grant_client in (
+        ("signed", username, client),
+        ("from-sa", sa_user, sa_client),
+    ):
+        cluster.wait_ready(name, reason="TokenIssued", timeout=60)
+        token = decode(cluster.secret(name))["access_token"]
+        verdict = keycloak.introspect(token)
+        assert verdict["active"] is True, verdict
+        assert (verdict["username"], verdict["client_id"]) == (user, grant_client.client_id)
+        assert not [v for v in secret_variants(token) if v in operator.log()]
