@@ -23,6 +23,7 @@ truststore), serving the API server's own discovery document and JWKS.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import secrets
@@ -130,6 +131,7 @@ class Keycloak:
     def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
         self.process = process
         self.base_url = f"http://127.0.0.1:{port}"
+        self.realm = REALM
         self.issuer = f"{self.base_url}/realms/{REALM}"
         self.token_url = f"{self.issuer}/protocol/openid-connect/token"
         self.log = log
@@ -240,8 +242,18 @@ class Keycloak:
         return json.loads(data) if data else None
 
     def _create_realm(self) -> None:
-        self.admin("POST", "", {"realm": REALM, "enabled": True, "sslRequired": "none"})
+        self.admin("POST", "", {"realm": self.realm, "enabled": True, "sslRequired": "none"})
         self._introspector = self.add_client("header")
+
+    def new_realm(self) -> Keycloak:
+        """The same server seen through a new realm of its own (identity providers are
+        looked up by issuer per realm, and Keycloak caches that lookup)."""
+        view = copy.copy(self)
+        view.realm = f"tokensync-{secrets.token_hex(4)}"
+        view.issuer = f"{self.base_url}/realms/{view.realm}"
+        view.token_url = f"{view.issuer}/protocol/openid-connect/token"
+        view._create_realm()
+        return view
 
     def add_client(
         self,
@@ -283,19 +295,19 @@ class Keycloak:
         }
         if secret:
             representation["secret"] = secret
-        self.admin("POST", f"/{REALM}/clients", representation)
+        self.admin("POST", f"/{self.realm}/clients", representation)
         return IdPClient(self.name, client_id, secret, method, self.token_url)
 
     def client_uuid(self, client_id: str) -> str:
-        (found,) = self.admin("GET", f"/{REALM}/clients?clientId={quote(client_id)}")
+        (found,) = self.admin("GET", f"/{self.realm}/clients?clientId={quote(client_id)}")
         return found["id"]
 
     def update_client(self, client_id: str, changes: dict[str, Any]) -> None:
         uuid = self.client_uuid(client_id)
-        current = self.admin("GET", f"/{REALM}/clients/{uuid}")
+        current = self.admin("GET", f"/{self.realm}/clients/{uuid}")
         attributes = {**current.get("attributes", {}), **changes.pop("attributes", {})}
         self.admin(
-            "PUT", f"/{REALM}/clients/{uuid}", {**current, **changes, "attributes": attributes}
+            "PUT", f"/{self.realm}/clients/{uuid}", {**current, **changes, "attributes": attributes}
         )
 
     def add_kubernetes_provider(self, alias: str, issuer: str = KUBE_ISSUER) -> None:
@@ -303,7 +315,7 @@ class Keycloak:
         cluster whose issuer is `issuer`, for federated-jwt clients."""
         self.admin(
             "POST",
-            f"/{REALM}/identity-provider/instances",
+            f"/{self.realm}/identity-provider/instances",
             {
                 "alias": alias,
                 "providerId": "kubernetes",
@@ -335,7 +347,7 @@ class Keycloak:
             config.update({"useJwksUrl": "false", "publicKeySignatureVerifier": public_key_pem})
         self.admin(
             "POST",
-            f"/{REALM}/identity-provider/instances",
+            f"/{self.realm}/identity-provider/instances",
             {
                 "alias": alias,
                 "providerId": "jwt-authorization-grant",
@@ -350,7 +362,7 @@ class Keycloak:
         username = f"user-{secrets.token_hex(4)}"
         self.admin(
             "POST",
-            f"/{REALM}/users",
+            f"/{self.realm}/users",
             {
                 "username": username,
                 "enabled": True,

@@ -186,14 +186,18 @@ def test_keycloak_jwt_bearer_grants_through_the_operator(
             },
         },
     )
-    # 2. a ServiceAccount token as the grant
+    # 2. a ServiceAccount token as the grant, in a realm of its own: Keycloak finds the
+    # provider by the assertion's issuer, which its Kubernetes provider (workload
+    # identity) in the main realm shares.
+    realm = keycloak.new_realm()
+    url = realm.issuer + "/"
     alias = "cluster-grant"
-    keycloak.add_jwt_grant_provider(
+    realm.add_jwt_grant_provider(
         alias, KUBE_ISSUER, jwks_url=f"{KUBE_ISSUER}/openid/v1/jwks", max_expiration_seconds=3600
     )
-    sa_user = keycloak.add_linked_user(alias, f"system:serviceaccount:{cluster.ns}:app")
-    sa_client = keycloak.add_grant_client(alias)
-    service_account(cluster, "app", urls=url, audiences=keycloak.issuer)
+    sa_user = realm.add_linked_user(alias, f"system:serviceaccount:{cluster.ns}:app")
+    sa_client = realm.add_grant_client(alias)
+    service_account(cluster, "app", urls=url, audiences=realm.issuer)
     cluster.source_secret(
         "sa-grant-client", {"client_secret": sa_client.client_secret}, allowed_urls=url
     )
@@ -201,22 +205,22 @@ def test_keycloak_jwt_bearer_grants_through_the_operator(
         cluster,
         "from-sa",
         {
-            "tokenURL": keycloak.token_url,
+            "tokenURL": realm.token_url,
             "clientID": sa_client.client_id,
             "clientSecretRef": {"name": "sa-grant-client", "key": "client_secret"},
             "grantType": "jwt_bearer",
             "jwtBearer": {
-                "workloadIdentity": {"serviceAccountName": "app", "audience": keycloak.issuer}
+                "workloadIdentity": {"serviceAccountName": "app", "audience": realm.issuer}
             },
         },
     )
-    for name, user, grant_client in (
-        ("signed", username, client),
-        ("from-sa", sa_user, sa_client),
+    for name, user, grant_client, server in (
+        ("signed", username, client, keycloak),
+        ("from-sa", sa_user, sa_client, realm),
     ):
         cluster.wait_ready(name, reason="TokenIssued", timeout=60)
         token = decode(cluster.secret(name))["access_token"]
-        verdict = keycloak.introspect(token)
+        verdict = server.introspect(token)
         assert verdict["active"] is True, verdict
         assert (verdict["username"], verdict["client_id"]) == (user, grant_client.client_id)
         assert not [v for v in secret_variants(token) if v in operator.log()]
