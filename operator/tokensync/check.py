@@ -133,8 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--probe",
         action="store_true",
-        help="if the request as written fails, try the other client authentications "
-        "(header, body) and content types (form, JSON; scope as string and as scopeObject) "
+        help="if the request as written fails, try it with the other content type (form, "
+        "JSON; scope as string and as scopeObject), header <-> body for a client secret, "
+        "and with and without client_id next to a client assertion, smallest change first, "
         f"against the same token URL, at most {MAX_PROBES} requests, stopping at the first "
         "that works, and print the spec lines that work",
     )
@@ -502,6 +503,7 @@ def describe_request(
     cert = spec.tls.client_certificate_secret
     return {
         "endpoint": oauth2.display_url(request.token_url),
+        "grant": _grant_description(spec),
         "clientAuthentication": request.client_authentication,
         "authStyle": _auth_style(request.client_authentication),
         "contentType": request.content_type,
@@ -519,6 +521,20 @@ def describe_request(
         "clientCertificate": f"Secret {cert!r}" if cert and https else None,
         "timeoutSeconds": request.timeout_seconds,
     }
+
+
+def _grant_description(spec: CredentialSpec) -> str:
+    """The grant in one phrase: client_credentials, or jwt_bearer and its assertion."""
+    grant = spec.jwt_bearer
+    if spec.grant_type != "jwt_bearer" or grant is None:
+        return spec.grant_type
+    if grant.workload_identity is not None:
+        return (
+            "jwt_bearer (assertion: a token of ServiceAccount "
+            f"{grant.workload_identity.service_account_name!r})"
+        )
+    assert grant.key_ref is not None
+    return f"jwt_bearer (assertion signed with {describe(grant.key_ref)}, sub {grant.subject})"
 
 
 def _key_description(spec: CredentialSpec) -> str | None:
@@ -593,6 +609,7 @@ def request_rows(request: Mapping[str, Any]) -> list[tuple[str, Any]]:
     rows = [
         ("endpoint", request["endpoint"]),
         ("discovered from", f"{discovered} (issuerURL)" if discovered else None),
+        ("grant", request["grant"] if request["grant"] != "client_credentials" else None),
         ("auth style", request["authStyle"]),
         ("content type", request["contentType"]),
         ("scope sent", _scope_text(request)),
@@ -766,6 +783,20 @@ def _workload_assertion(
     return minted
 
 
+def _grant_workload_assertion(
+    spec: CredentialSpec, args: argparse.Namespace, namespace: str | None
+) -> str | None:
+    """grantType jwt_bearer with jwtBearer.workloadIdentity: the ServiceAccount token that
+    is the grant, minted the way a workload_identity client assertion is."""
+    grant = spec.jwt_bearer
+    if grant is None or grant.workload_identity is None:
+        return None
+    as_client_assertion = replace(
+        spec, client_authentication="workload_identity", workload_identity=grant.workload_identity
+    )
+    return _workload_assertion(as_client_assertion, args, namespace)
+
+
 def check(args: argparse.Namespace) -> dict[str, Any]:
     """Run the check and return the report (never printing anything)."""
     report: dict[str, Any] = {
@@ -794,6 +825,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
                 sys.stderr.write(f"warning: {line}\n")  # before the request, on purpose
             report["warnings"].extend(unbound_announcement(spec.token_url, found))
         minted = _workload_assertion(spec, args, namespace)
+        grant_minted = _grant_workload_assertion(spec, args, namespace)
     except CheckFailed as failure:
         report["result"] = {
             "ok": False,
@@ -808,6 +840,8 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     request = to_token_request(spec, values)
     if minted is not None:
         request = replace(request, client_assertion=lambda: minted)
+    if grant_minted is not None:
+        request = replace(request, grant_assertion=lambda: grant_minted)
     report["request"] = describe_request(spec, request, resolver)
     if spec.issuer_url:
         report["request"]["discoveredFrom"] = spec.issuer_url
@@ -834,7 +868,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
 # --probe: which combination of auth style and body format does this endpoint accept?
 
 MAX_PROBES = 6
-PROBE_METHODS = ("header", "body")
+PROBE_METHODS = ("header", "body")  # the two ways of sending the client secret itself
 
 
 @dataclass(frozen=True)
@@ -842,37 +876,55 @@ class Combination:
     client_authentication: str
     content_type: str
     scope_form: str  # "string" | "object" | "none"
+    client_id_in_request: bool = True  # varied only for the assertion methods
 
     @property
     def label(self) -> str:
         body = "JSON" if self.content_type == oauth2.JSON else "form"
-        return f"{self.client_authentication} + {body} (scope {self.scope_form})"
+        without = "" if self.client_id_in_request else ", no client_id"
+        return f"{self.client_authentication} + {body} (scope {self.scope_form}{without})"
+
+    def changes_from(self, other: Combination) -> int:
+        """How many settings differ: the size of the change to the spec."""
+        return sum(
+            getattr(self, name) != getattr(other, name)
+            for name in ("client_authentication", "content_type", "scope_form")
+        ) + (self.client_id_in_request != other.client_id_in_request)
 
 
 def probe_combinations(request: oauth2.TokenRequest) -> list[Combination]:
-    """At most MAX_PROBES combinations, the request as written first (pure). With a
-    scopeObject, JSON bodies send it both as an object and as a JSON string; a form body
-    can only carry the string."""
+    """At most MAX_PROBES combinations: the request as written first, then the others by
+    the number of settings they change, the standard form (header, form body, client_id
+    sent) first among equals (pure). What varies: header <-> body for the two methods
+    that send the secret itself; the content type for every method; `client_id` next to
+    an assertion; with a scopeObject, JSON bodies send it as an object and as a JSON
+    string (a form body can only carry the string)."""
     has_object = request.include_scope and request.scope_object is not None
     has_scope = request.scope_sent is not None
     string_form = "string" if has_scope else "none"
+    method = request.client_authentication
+    methods = PROBE_METHODS if method in PROBE_METHODS else (method,)
+    client_ids = (True, False) if method in oauth2.ASSERTION_METHODS else (True,)
     combos = []
     for content_type in (oauth2.FORM, oauth2.JSON):
-        for method in PROBE_METHODS:
-            if has_object and content_type == oauth2.JSON:
-                combos.append(Combination(method, content_type, "object"))
-            combos.append(Combination(method, content_type, string_form))
+        for auth in methods:
+            for client_id in client_ids:
+                if has_object and content_type == oauth2.JSON:
+                    combos.append(Combination(auth, content_type, "object", client_id))
+                combos.append(Combination(auth, content_type, string_form, client_id))
     own = Combination(
-        request.client_authentication,
+        method,
         request.content_type,
         "object" if has_object and request.content_type == oauth2.JSON else string_form,
+        request.client_id_in_request or method not in oauth2.ASSERTION_METHODS,
     )
-    ordered = [own, *(c for c in combos if c != own)]
-    return ordered[:MAX_PROBES]
+    others = sorted((c for c in combos if c != own), key=own.changes_from)  # stable
+    return [own, *others][:MAX_PROBES]
 
 
 def probe_request(request: oauth2.TokenRequest, combo: Combination) -> oauth2.TokenRequest:
-    """The request in one combination; only auth style, body format and scope change."""
+    """The request in one combination; only auth style, body format, scope form and
+    client_id change."""
     scope, scope_object = request.scope, request.scope_object
     if request.scope_object is not None and combo.scope_form == "string":
         scope = json.dumps(request.scope_object, ensure_ascii=False, separators=(",", ":"))
@@ -883,6 +935,7 @@ def probe_request(request: oauth2.TokenRequest, combo: Combination) -> oauth2.To
         content_type=combo.content_type,
         scope=scope,
         scope_object=scope_object,
+        client_id_in_request=combo.client_id_in_request,
     )
 
 
@@ -892,6 +945,8 @@ def spec_lines(request: oauth2.TokenRequest, combo: Combination) -> list[str]:
         f"clientAuthentication: {combo.client_authentication}",
         f"contentType: {combo.content_type}",
     ]
+    if not combo.client_id_in_request or not request.client_id_in_request:
+        lines.append(f"clientIDInRequest: {str(combo.client_id_in_request).lower()}")
     if combo.scope_form == "object":
         lines.append("scopeObject:")
         body = yaml.safe_dump(request.scope_object, sort_keys=False, allow_unicode=True)
@@ -902,24 +957,28 @@ def spec_lines(request: oauth2.TokenRequest, combo: Combination) -> list[str]:
     return lines
 
 
+def probe_note(method: str) -> str | None:
+    """Why --probe keeps a method that it does not switch (None for header and body)."""
+    if method in PROBE_METHODS:
+        return None
+    note = (
+        f"clientAuthentication {method} is kept: --probe switches only between header "
+        "and body, the two methods that send a client secret itself"
+    )
+    if method == "client_secret_jwt":
+        note += (
+            "; client_secret_jwt signs its assertion with the client secret and never "
+            "sends the secret, so --probe does not send it either"
+        )
+    return note
+
+
 def _probe_report(
     report: dict[str, Any],
     spec: CredentialSpec,
     request: oauth2.TokenRequest,
     show_token: bool,
 ) -> dict[str, Any]:
-    if spec.client_authentication not in PROBE_METHODS:
-        report["result"] = {
-            "ok": False,
-            "exitCode": EXIT_USAGE,
-            "stage": "probe",
-            "problems": [
-                "--probe varies the client secret's auth style (header, body) and the body "
-                f"format; clientAuthentication {spec.client_authentication} has no secret "
-                "to send either way"
-            ],
-        }
-        return report
     attempts: list[dict[str, Any]] = []
     working = None
     with warnings.catch_warnings():
@@ -939,6 +998,7 @@ def _probe_report(
     report["probe"] = {
         "attempts": attempts,
         "specLines": spec_lines(request, working) if working else None,
+        "note": probe_note(spec.client_authentication),
     }
     return report
 
@@ -965,6 +1025,8 @@ def render_probe(probe: Mapping[str, Any], out: TextIO) -> None:
             out.write(f"  {line}\n")
     else:
         out.write("no combination worked: the cause is not the auth style or body format\n")
+    if probe.get("note"):
+        out.write(f"note: {probe['note']}\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -146,6 +146,30 @@ async def prepare_request(
         if isinstance(minted, ReferenceProblem):
             return minted
         request = dataclasses.replace(request, client_assertion=lambda: minted)
+    grant = spec.jwt_bearer
+    if grant is not None and grant.workload_identity is not None:
+        # grantType jwt_bearer with a ServiceAccount token as the grant: the same three
+        # opt-ins as workload identity, checked by the same code before minting.
+        if not config.enable_workload_identity:
+            return ReferenceProblem(
+                "InvalidSpec",
+                "jwtBearer.workloadIdentity needs the operator to run with "
+                "--enable-workload-identity (and the deploy/workload-identity RBAC overlay)",
+            )
+        token_url, settings = spec.token_url, grant.workload_identity
+        minted_grant = await blocking(
+            lambda: workload.mint_assertion(
+                kube,
+                namespace,
+                settings,
+                token_url,
+                enabled=True,
+                api_audiences=api_audiences,
+            )
+        )
+        if isinstance(minted_grant, ReferenceProblem):
+            return minted_grant
+        request = dataclasses.replace(request, grant_assertion=lambda: minted_grant)
     return effective_request(request, config)
 
 

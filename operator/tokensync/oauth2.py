@@ -94,6 +94,11 @@ class TokenRequest:
     default_lifetime_seconds: float = 3600.0
     # RFC 7523: returns a fresh signed client assertion for every request (assertion methods).
     client_assertion: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    # Assertion methods only: also send `client_id` (optional there, RFC 7521 4.2).
+    client_id_in_request: bool = True
+    grant_type: str = "client_credentials"  # or JWT_BEARER_GRANT
+    # JWT_BEARER_GRANT: returns the grant's `assertion` (RFC 7523 2.1) for every request.
+    grant_assertion: Callable[[], str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def scope_sent(self) -> Any:
@@ -208,6 +213,7 @@ def basic_authorization(client_id: str, client_secret: str) -> str:
 
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ASSERTION_METHODS = ("private_key_jwt", "client_secret_jwt", "workload_identity")
 CLIENT_AUTHENTICATIONS = ("header", "body", "tls_client_auth", *ASSERTION_METHODS)
 
@@ -226,16 +232,32 @@ def _client_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
     if method in ASSERTION_METHODS:
         if request.client_assertion is None:
             raise ConfigurationError(f"{method} needs a client assertion", reason="InvalidRequest")
+        params = [("client_id", request.client_id)] if request.client_id_in_request else []
         return [
-            ("client_id", request.client_id),
+            *params,
             ("client_assertion_type", CLIENT_ASSERTION_TYPE),
             ("client_assertion", request.client_assertion()),
         ]
     return []
 
 
+def _grant_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
+    """grant_type and what the grant itself carries (RFC 6749 4.4, RFC 7523 2.1)."""
+    if request.grant_type == "client_credentials":
+        return [("grant_type", "client_credentials")]
+    if request.grant_type == JWT_BEARER_GRANT:
+        if request.grant_assertion is None:
+            raise ConfigurationError(
+                "the jwt_bearer grant needs an assertion", reason="InvalidRequest"
+            )
+        return [("grant_type", JWT_BEARER_GRANT), ("assertion", request.grant_assertion())]
+    raise ConfigurationError(
+        f"unsupported grant type {request.grant_type!r}", reason="InvalidRequest"
+    )
+
+
 def _body_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
-    params: list[tuple[str, Any]] = [("grant_type", "client_credentials")]
+    params = _grant_parameters(request)
     params += _client_parameters(request)
     scope = request.scope_sent
     if scope is not None:
@@ -455,8 +477,15 @@ _BASIC_DECODING_HINT = (
 )
 
 
+_CLIENT_ID_HINT = (
+    "; if the endpoint says client_id does not match the assertion's sub, set "
+    "clientIDInRequest: false (Keycloak 26.5 federated clients)"
+)
+
+
 def _auth_hint(request: TokenRequest) -> str:
     method = request.client_authentication
+    client_id_hint = _CLIENT_ID_HINT if request.client_id_in_request else ""
     if method in ("private_key_jwt", "client_secret_jwt"):
         return (
             f"check clientID and that the endpoint registered {method} with this "
@@ -466,7 +495,7 @@ def _auth_hint(request: TokenRequest) -> str:
     if method == "workload_identity":
         return (
             "check that the IdP trusts the cluster's ServiceAccount issuer for this subject "
-            "and workloadIdentity.audience"
+            "and workloadIdentity.audience" + client_id_hint
         )
     if method == "tls_client_auth":
         return "check that the endpoint registered tls_client_auth with this client certificate"
@@ -948,14 +977,17 @@ def _sanitize(
     return error.sanitized(clean, clean_remote)
 
 
+_ASSERTION_PARAMETERS = ("client_assertion", "assertion")
+
+
 def _assertion_in(sent: bytes) -> list[str]:
-    """The client assertion in a request body (form or JSON), if any."""
+    """The client assertion and the grant's assertion in a request body (form or JSON)."""
     text = sent.decode("utf-8", "replace")
     with contextlib.suppress(ValueError):
         data = json.loads(text)
-        if isinstance(data, dict) and isinstance(data.get("client_assertion"), str):
-            return [data["client_assertion"]]
-    return [v for k, v in parse_qsl(text) if k == "client_assertion"]
+        if isinstance(data, dict):
+            return [data[k] for k in _ASSERTION_PARAMETERS if isinstance(data.get(k), str)]
+    return [v for k, v in parse_qsl(text) if k in _ASSERTION_PARAMETERS]
 
 
 def _token_in(body: bytes) -> list[str]:

@@ -108,14 +108,39 @@ def config_hash(spec: CredentialSpec, values: ResolvedValues) -> str:
     }
     if spec.issuer_url or spec.client_authentication not in ("header", "body"):
         request_fields["identity"] = identity
+    if not spec.client_id_in_request:
+        request_fields["clientIDInRequest"] = False
+    if spec.jwt_bearer is not None:
+        grant = spec.jwt_bearer
+        workload = grant.workload_identity
+        request_fields["jwtBearer"] = {
+            "key": grant.key_ref and [grant.key_ref.name, grant.key_ref.key],
+            "keyData": values.grant_key_pem and _digest(values.grant_key_pem),
+            "claims": [grant.algorithm, grant.key_id, grant.issuer, grant.subject],
+            "audience": grant.audience,
+            "lifetime": grant.lifetime_seconds,
+            "workloadIdentity": workload
+            and [workload.service_account_name, workload.audience, workload.expiration_seconds],
+        }
     return "sha256:" + _digest(request_fields)[:32]
+
+
+# RFC 6750 and RFC 9449 spell these schemes so; HTTP compares schemes case-insensitively
+# (RFC 9110 11.1), but many resource servers match `Bearer` exactly.
+_CANONICAL_SCHEMES = {"bearer": "Bearer", "dpop": "DPoP"}
+
+
+def authorization_scheme(token_type: str) -> str:
+    """The scheme of the `authorization` value: a known token_type in its canonical
+    spelling (Hydra answers `bearer`), any other as returned."""
+    return _CANONICAL_SCHEMES.get(token_type.lower(), token_type)
 
 
 def template_values(token: Token) -> dict[str, str]:
     return {
         "access_token": token.access_token,
         "token_type": token.token_type,
-        "authorization": f"{token.token_type} {token.access_token}",
+        "authorization": f"{authorization_scheme(token.token_type)} {token.access_token}",
         "expires_at": format_time(token.expires_at),
         "scope": token.scope or "",
     }

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from tokensync.assertion import KeyProblem
 from tokensync.secret import ANNOTATION_ALLOWED_URLS, LABEL_SOURCE, is_managed
-from tokensync.spec import CredentialSpec, Ref, ResolvedValues, assertion_signer
+from tokensync.spec import CredentialSpec, Ref, ResolvedValues, assertion_signer, grant_signer
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
@@ -374,6 +374,7 @@ def resolve_references(
         client_key_pem=values.get("tls.key"),
         assertion_key_pem=values.get("assertion_key"),
         assertion_cert_pem=values.get("assertion_cert"),
+        grant_key_pem=values.get("grant_key"),
     )
     return (_signing_problem(spec, resolved) if check_key else None) or resolved
 
@@ -396,6 +397,12 @@ def _signing_problem(spec: CredentialSpec, resolved: ResolvedValues) -> Referenc
         ref = spec.client_assertion.key_ref or spec.client_secret_ref
         where = f"Secret {ref.name!r}" if ref else "the client assertion key"
         return ReferenceProblem("ReferenceInvalid", f"{where} {problem}")
+    try:
+        grant_signer(spec, resolved)
+    except KeyProblem as problem:
+        assert spec.jwt_bearer is not None and spec.jwt_bearer.key_ref is not None
+        where = f"Secret {spec.jwt_bearer.key_ref.name!r}"
+        return ReferenceProblem("ReferenceInvalid", f"{where} (jwtBearer.keyRef) {problem}")
     return None
 
 
@@ -410,6 +417,8 @@ def _slot(spec: CredentialSpec, ref: Ref) -> str:
         return "assertion_key"
     if ref is spec.client_assertion.certificate_ref:
         return "assertion_cert"
+    if spec.jwt_bearer is not None and ref is spec.jwt_bearer.key_ref:
+        return "grant_key"
     return ref.key  # tls.crt / tls.key of the client certificate Secret
 
 

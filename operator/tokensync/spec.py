@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from tokensync import assertion
-from tokensync.oauth2 import TLSSettings, TokenRequest
+from tokensync import assertion, grants
+from tokensync.oauth2 import ASSERTION_METHODS, JWT_BEARER_GRANT, TLSSettings, TokenRequest
 from tokensync.urls import URLProblem, parse_url
 
 FORM = "application/x-www-form-urlencoded"
@@ -26,7 +26,8 @@ SECRET_METHODS = ("header", "body", "client_secret_jwt")  # need clientSecretRef
 NO_SECRET_METHODS = ("private_key_jwt", "tls_client_auth", "workload_identity")
 CLIENT_AUTHENTICATIONS = SECRET_METHODS + NO_SECRET_METHODS
 WORKLOAD_EXPIRATION_DEFAULT = 600
-GRANT_TYPES = ("client_credentials",)
+GRANT_TYPES = ("client_credentials", "jwt_bearer")
+JWT_BEARER_LIFETIME_DEFAULT = 300
 DELETION_POLICIES = ("Delete", "Retain")
 CA_REF_KINDS = ("Secret", "ConfigMap")
 
@@ -100,6 +101,21 @@ class WorkloadIdentitySpec:
 
 
 @dataclass(frozen=True)
+class JWTBearerSpec:
+    """jwtBearer: the RFC 7523 2.1 authorization grant's assertion, either signed here with
+    `key_ref` (iss, sub, aud, lifetime) or a token of a ServiceAccount."""
+
+    key_ref: Ref | None = None
+    algorithm: str | None = None  # None: from the key
+    key_id: str | None = None
+    issuer: str | None = None
+    subject: str | None = None
+    audience: str | None = None  # None: the token URL
+    lifetime_seconds: int = JWT_BEARER_LIFETIME_DEFAULT
+    workload_identity: WorkloadIdentitySpec | None = None
+
+
+@dataclass(frozen=True)
 class SecretSpec:
     name: str
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -141,6 +157,9 @@ class CredentialSpec:
     workload_identity: WorkloadIdentitySpec | None = None
     # False: clientAuthentication was not set and issuerURL discovery chooses it.
     client_authentication_set: bool = True
+    # Assertion methods: whether `client_id` goes into the body next to the assertion.
+    client_id_in_request: bool = True
+    jwt_bearer: JWTBearerSpec | None = None  # grantType: jwt_bearer
 
     @property
     def references(self) -> tuple[Ref, ...]:
@@ -157,6 +176,8 @@ class CredentialSpec:
             refs.append(self.client_assertion.key_ref)
         if self.client_assertion.certificate_ref:
             refs.append(self.client_assertion.certificate_ref)
+        if self.jwt_bearer is not None and self.jwt_bearer.key_ref:
+            refs.append(self.jwt_bearer.key_ref)
         return tuple(refs)
 
 
@@ -172,6 +193,7 @@ class ResolvedValues:
     client_key_pem: bytes | None = field(default=None, repr=False)
     assertion_key_pem: bytes | None = field(default=None, repr=False)  # private_key_jwt
     assertion_cert_pem: bytes | None = None  # its certificate: x5t#S256 / x5t headers
+    grant_key_pem: bytes | None = field(default=None, repr=False)  # jwtBearer.keyRef
 
 
 def _is_secret_key(key: str) -> bool:
@@ -411,7 +433,15 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     elif auth not in NO_SECRET_METHODS and spec.get("clientSecretRef") is None:
         r.fail("spec.clientSecretRef", f"is required with clientAuthentication: {auth}")
     client_assertion = _parse_assertion(r, spec, auth)
+    client_id_in_request = r.boolean(spec, "clientIDInRequest", "spec.clientIDInRequest", True)
+    if not client_id_in_request and auth not in ASSERTION_METHODS:
+        r.fail(
+            "spec.clientIDInRequest",
+            "can be false only with clientAuthentication private_key_jwt, client_secret_jwt "
+            f"or workload_identity (with {auth} the client id is always sent)",
+        )
     workload = _parse_workload_identity(r, spec, auth)
+    jwt_bearer = _parse_jwt_bearer(r, spec, grant_type, auth)
     content_type = r.enum(spec, "contentType", "spec.contentType", CONTENT_TYPES, FORM)
     scope = r.string(spec, "scope", "spec.scope", max_length=4096)
     scope_object = None
@@ -429,6 +459,8 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     for key in extra:
         if key in RESERVED_PARAMETERS or key.startswith(RESERVED_PARAMETER_PREFIX):
             r.fail(f"spec.extraParameters.{key}", "is reserved; use the dedicated field")
+        elif key.lower() == "assertion" and grant_type == "jwt_bearer":
+            r.fail(f"spec.extraParameters.{key}", "is reserved with grantType: jwt_bearer")
 
     tls_data = r.mapping(spec, "tls", "spec.tls")
     ca_ref = r.ref(tls_data, "caRef", "spec.tls.caRef", kinds=CA_REF_KINDS)
@@ -463,6 +495,8 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         issuer_url=issuer_url,
         client_authentication_set=auth_set,
         client_assertion=client_assertion,
+        client_id_in_request=client_id_in_request,
+        jwt_bearer=jwt_bearer,
         workload_identity=workload,
         allow_insecure_http=allow_http,
         grant_type=grant_type,
@@ -535,11 +569,20 @@ def _parse_workload_identity(
         if data:
             r.fail(path, "is only used with clientAuthentication: workload_identity")
         return None
+    return _parse_service_account_token(
+        r, data, path, "with clientAuthentication: workload_identity"
+    )
+
+
+def _parse_service_account_token(
+    r: _Reader, data: Mapping[str, Any], path: str, why: str
+) -> WorkloadIdentitySpec | None:
+    """{serviceAccountName, audience, expirationSeconds}: a ServiceAccount token to mint."""
     name = r.object_name(data, "serviceAccountName", f"{path}.serviceAccountName")
     audience = r.string(data, "audience", f"{path}.audience", max_length=1024)
     for key, value in (("serviceAccountName", name), ("audience", audience)):
         if data.get(key) is None:
-            r.fail(f"{path}.{key}", "is required with clientAuthentication: workload_identity")
+            r.fail(f"{path}.{key}", f"is required {why}")
         elif not value:
             r.fail(f"{path}.{key}", "must not be empty")
     expiration = r.integer(data, "expirationSeconds", f"{path}.expirationSeconds", 600, 3600)
@@ -549,6 +592,67 @@ def _parse_workload_identity(
         service_account_name=name,
         audience=audience,
         expiration_seconds=expiration or WORKLOAD_EXPIRATION_DEFAULT,
+    )
+
+
+def _parse_jwt_bearer(
+    r: _Reader, spec: Mapping[str, Any], grant_type: str, auth: str
+) -> JWTBearerSpec | None:
+    """jwtBearer (grantType: jwt_bearer): exactly one of keyRef (with issuer and subject)
+    and workloadIdentity."""
+    path = "spec.jwtBearer"
+    data = r.mapping(spec, "jwtBearer", path)
+    if grant_type != "jwt_bearer":
+        if data:
+            r.fail(path, "is only used with grantType: jwt_bearer")
+        return None
+    if not data:
+        r.fail(path, "is required with grantType: jwt_bearer")
+        return None
+    has_key, has_sa = data.get("keyRef") is not None, data.get("workloadIdentity") is not None
+    if has_key == has_sa:
+        r.fail(path, "exactly one of keyRef and workloadIdentity is required")
+    workload = None
+    if has_sa:
+        if auth == "workload_identity":
+            r.fail(
+                f"{path}.workloadIdentity",
+                "cannot be combined with clientAuthentication: workload_identity "
+                "(one ServiceAccount token per request)",
+            )
+        for key in ("issuer", "subject", "audience", "algorithm", "keyID", "lifetimeSeconds"):
+            if data.get(key) is not None:
+                r.fail(f"{path}.{key}", "is only used with jwtBearer.keyRef")
+        sa_data = r.mapping(data, "workloadIdentity", f"{path}.workloadIdentity")
+        workload = _parse_service_account_token(
+            r, sa_data, f"{path}.workloadIdentity", "in jwtBearer.workloadIdentity"
+        )
+        return JWTBearerSpec(workload_identity=workload)
+    key_ref = r.ref(data, "keyRef", f"{path}.keyRef")
+    issuer = r.string(data, "issuer", f"{path}.issuer", max_length=1024)
+    subject = r.string(data, "subject", f"{path}.subject", max_length=1024)
+    for key, value in (("issuer", issuer), ("subject", subject)):
+        if data.get(key) is None:
+            r.fail(f"{path}.{key}", "is required with jwtBearer.keyRef")
+        elif not value:
+            r.fail(f"{path}.{key}", "must not be empty")
+    algorithm = None
+    if data.get("algorithm") is not None:
+        algorithm = r.enum(
+            data, "algorithm", f"{path}.algorithm", assertion.ASYMMETRIC_ALGORITHMS, ""
+        )
+    audience = r.string(data, "audience", f"{path}.audience", max_length=2048)
+    if audience == "":
+        r.fail(f"{path}.audience", "must not be empty")
+    lifetime = r.integer(data, "lifetimeSeconds", f"{path}.lifetimeSeconds", 30, 3600)
+    return JWTBearerSpec(
+        key_ref=key_ref,
+        algorithm=algorithm or None,
+        key_id=r.string(data, "keyID", f"{path}.keyID", max_length=256) or None,
+        issuer=issuer or None,
+        subject=subject or None,
+        audience=audience or None,
+        lifetime_seconds=lifetime or JWT_BEARER_LIFETIME_DEFAULT,
     )
 
 
@@ -618,6 +722,37 @@ def assertion_signer(spec: CredentialSpec, values: ResolvedValues) -> assertion.
     return None
 
 
+def grant_signer(spec: CredentialSpec, values: ResolvedValues) -> assertion.SigningKey | None:
+    """The key that signs a jwtBearer grant assertion (None: none is signed here);
+    KeyProblem if the key and algorithm do not fit."""
+    if spec.jwt_bearer is None or spec.jwt_bearer.key_ref is None:
+        return None
+    if values.grant_key_pem is None:
+        raise assertion.KeyProblem("no private key was resolved")
+    return assertion.private_key_signer(
+        values.grant_key_pem, algorithm=spec.jwt_bearer.algorithm, key_id=spec.jwt_bearer.key_id
+    )
+
+
+def grant_assertion_factory(
+    spec: CredentialSpec, values: ResolvedValues
+) -> Callable[[], str] | None:
+    """A fresh signed jwtBearer assertion per request (a ServiceAccount token grant is
+    attached by tokensync.identity, which mints it)."""
+    signer = grant_signer(spec, values)
+    if signer is None:
+        return None
+    settings = spec.jwt_bearer
+    assert settings is not None and settings.issuer and settings.subject and spec.token_url
+    return grants.jwt_bearer_factory(
+        signer,
+        issuer=settings.issuer,
+        subject=settings.subject,
+        audience=settings.audience or spec.token_url,
+        lifetime_seconds=settings.lifetime_seconds,
+    )
+
+
 def to_token_request(spec: CredentialSpec, values: ResolvedValues) -> TokenRequest:
     """The exact token request a credential makes, once its references are resolved (and,
     with issuerURL, its token URL discovered). A workload_identity assertion is attached
@@ -631,9 +766,12 @@ def to_token_request(spec: CredentialSpec, values: ResolvedValues) -> TokenReque
         factory = assertion.assertion_factory(signer, values.client_id, audience)
     return TokenRequest(
         token_url=spec.token_url,
+        grant_type=JWT_BEARER_GRANT if spec.grant_type == "jwt_bearer" else spec.grant_type,
+        grant_assertion=grant_assertion_factory(spec, values),
         client_id=values.client_id,
         client_secret=values.client_secret,
         client_assertion=factory,
+        client_id_in_request=spec.client_id_in_request,
         client_authentication=spec.client_authentication,
         content_type=spec.content_type,
         scope=spec.scope,

@@ -23,6 +23,8 @@ SPEC_FIELDS = {
     "clientIDRef",
     "clientSecretRef",
     "clientAuthentication",
+    "clientIDInRequest",
+    "jwtBearer",
     "clientAssertion",
     "workloadIdentity",
     "contentType",
@@ -44,6 +46,18 @@ NESTED_FIELDS = {
     "spec.clientAssertion": {"keyRef", "algorithm", "keyID", "audience"},
     "spec.clientAssertion.keyRef": {"name", "key"},
     "spec.workloadIdentity": {"serviceAccountName", "audience", "expirationSeconds"},
+    "spec.jwtBearer": {
+        "keyRef",
+        "algorithm",
+        "keyID",
+        "issuer",
+        "subject",
+        "audience",
+        "lifetimeSeconds",
+        "workloadIdentity",
+    },
+    "spec.jwtBearer.keyRef": {"name", "key"},
+    "spec.jwtBearer.workloadIdentity": {"serviceAccountName", "audience", "expirationSeconds"},
     "spec.tls": {"caRef", "insecureSkipVerify", "clientCertificateRef"},
     "spec.tls.caRef": {"kind", "name", "key"},
     "spec.tls.clientCertificateRef": {"name"},
@@ -87,6 +101,7 @@ DEFAULTS = {
     ".spec.allowInsecureHTTP": False,
     ".spec.grantType": "client_credentials",
     ".spec.workloadIdentity.expirationSeconds": 600,
+    ".spec.jwtBearer.workloadIdentity.expirationSeconds": 600,
     ".spec.contentType": "application/x-www-form-urlencoded",
     ".spec.includeScope": True,
     ".spec.tls.insecureSkipVerify": False,
@@ -101,7 +116,8 @@ DEFAULTS = {
     ".status": {"observedGeneration": 0},
 }
 ENUMS = {
-    ".spec.grantType": ["client_credentials"],
+    ".spec.grantType": ["client_credentials", "jwt_bearer"],
+    ".spec.jwtBearer.algorithm": ["RS256", "PS256", "ES256", "ES384"],
     # No schema default: with issuerURL the method comes from discovery.
     ".spec.clientAuthentication": [
         "header",

@@ -33,6 +33,8 @@ EXPECTED_EXAMPLES = {
     "entra-id-certificate.yaml",
     "entra-id-workload-identity.yaml",
     "keycloak-signed-jwt.yaml",
+    "keycloak-workload-identity.yaml",
+    "keycloak-jwt-bearer.yaml",
 }
 
 
@@ -46,6 +48,8 @@ def referenced(credential: dict[str, Any]) -> list[tuple[str, str]]:
     refs = [("Secret", spec["clientSecretRef"]["name"])] if "clientSecretRef" in spec else []
     if "keyRef" in spec.get("clientAssertion", {}):
         refs.append(("Secret", spec["clientAssertion"]["keyRef"]["name"]))
+    if "keyRef" in spec.get("jwtBearer", {}):
+        refs.append(("Secret", spec["jwtBearer"]["keyRef"]["name"]))
     if "clientIDRef" in spec:
         refs.append(("Secret", spec["clientIDRef"]["name"]))
     tls = spec.get("tls", {})

@@ -19,6 +19,11 @@ SECRET = {"name": "client", "key": "client_secret"}
 KEY = {"keyRef": {"name": "signing-key"}}
 WI = {"serviceAccountName": "app", "audience": "api://AzureADTokenExchange"}
 CERT = {"clientCertificateRef": {"name": "client-cert"}}
+GRANT = {
+    "keyRef": {"name": "grant-key", "key": "key.pem"},
+    "issuer": "https://signer.example.com",
+    "subject": "bot",
+}
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +85,28 @@ def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
         ),
         spec_of(clientAuthentication="tls_client_auth", tls=CERT),
         spec_of(clientAuthentication="workload_identity", workloadIdentity=WI),
+        spec_of(
+            clientAuthentication="workload_identity",
+            workloadIdentity=WI,
+            clientIDInRequest=False,
+        ),
+        spec_of(clientSecretRef=SECRET, clientIDInRequest=True),
+        spec_of(clientSecretRef=SECRET, grantType="jwt_bearer", jwtBearer=GRANT),
+        spec_of(clientSecretRef=SECRET, grantType="jwt_bearer", jwtBearer={"workloadIdentity": WI}),
     ],
-    ids=["header", "issuer", "pkjwt-tls-secret", "pkjwt-key", "csjwt", "mtls", "workload"],
+    ids=[
+        "header",
+        "issuer",
+        "pkjwt-tls-secret",
+        "pkjwt-key",
+        "csjwt",
+        "mtls",
+        "workload",
+        "workload-no-client-id",
+        "header-client-id-true",
+        "jwt-bearer-key",
+        "jwt-bearer-serviceaccount",
+    ],
 )
 def test_valid_specs_are_accepted(control_plane, namespace, spec):
     result = dry_run(control_plane, namespace, spec)
@@ -146,6 +171,64 @@ def test_valid_specs_are_accepted(control_plane, namespace, spec):
                 workloadIdentity={**WI, "expirationSeconds": 60},
             ),
             "spec.workloadIdentity.expirationSeconds",
+        ),
+        (
+            spec_of(clientSecretRef=SECRET, clientIDInRequest=False),
+            "spec.clientIDInRequest can be false only with",
+        ),
+        (
+            spec_of(clientAuthentication="tls_client_auth", tls=CERT, clientIDInRequest=False),
+            "spec.clientIDInRequest can be false only with",
+        ),
+        (
+            spec_of(clientSecretRef=SECRET, grantType="jwt_bearer"),
+            "spec.jwtBearer is required with, and only used with, grantType: jwt_bearer",
+        ),
+        (
+            spec_of(clientSecretRef=SECRET, jwtBearer=GRANT),
+            "spec.jwtBearer is required with, and only used with, grantType: jwt_bearer",
+        ),
+        (
+            spec_of(
+                clientSecretRef=SECRET,
+                grantType="jwt_bearer",
+                jwtBearer={**GRANT, "workloadIdentity": WI},
+            ),
+            "spec.jwtBearer needs exactly one of keyRef and workloadIdentity",
+        ),
+        (
+            spec_of(
+                clientSecretRef=SECRET,
+                grantType="jwt_bearer",
+                jwtBearer={"keyRef": GRANT["keyRef"], "issuer": "https://signer.example.com"},
+            ),
+            "spec.jwtBearer.issuer and spec.jwtBearer.subject are required",
+        ),
+        (
+            spec_of(
+                clientSecretRef=SECRET,
+                grantType="jwt_bearer",
+                jwtBearer={"workloadIdentity": WI, "subject": "x"},
+            ),
+            "are only used with spec.jwtBearer.keyRef",
+        ),
+        (
+            spec_of(
+                clientAuthentication="workload_identity",
+                workloadIdentity=WI,
+                grantType="jwt_bearer",
+                jwtBearer={"workloadIdentity": WI},
+            ),
+            "spec.jwtBearer.workloadIdentity cannot be combined",
+        ),
+        (
+            spec_of(
+                clientSecretRef=SECRET,
+                grantType="jwt_bearer",
+                jwtBearer=GRANT,
+                extraParameters={"assertion": "x"},
+            ),
+            "spec.extraParameters may not set assertion",
         ),
     ],
 )

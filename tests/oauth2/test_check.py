@@ -126,6 +126,10 @@ def test_every_credential_example_is_covered():
         "entra-id-certificate.yaml",
         "entra-id-workload-identity.yaml",
         "keycloak-signed-jwt.yaml",
+        # against Keycloak itself in tests/operator/test_operator_idp.py
+        "keycloak-workload-identity.yaml",
+        # a jwt_bearer grant, against Keycloak itself in tests/idp/test_idp_grants.py
+        "keycloak-jwt-bearer.yaml",
     }
     assert with_credentials == set(EXAMPLE_SETUPS) | identity
 

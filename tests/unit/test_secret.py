@@ -173,11 +173,21 @@ def test_times_are_second_precision_utc():
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", decoded(body)["expires_at"])
 
 
-def test_token_type_is_kept_as_returned():
+def test_token_type_is_kept_as_returned_and_the_scheme_is_canonical():
+    # Hydra answers `bearer`; resource servers often match `Bearer` exactly (issue 21).
     token = token_of("tok", token_type="bearer")
-    assert decoded(managed_secret(OWNER, spec_of(), token, "h"))["authorization"] == "bearer tok"
-    dpop = token_of("tok", token_type="DPoP")
-    assert secret_data(dpop, {})["authorization"] == "DPoP tok"
+    data = decoded(managed_secret(OWNER, spec_of(), token, "h"))
+    assert data["authorization"] == "Bearer tok"
+    assert data["token_type"] == "bearer"
+    for returned, scheme in (("BEARER", "Bearer"), ("dpop", "DPoP"), ("DPoP", "DPoP")):
+        data = secret_data(token_of("tok", token_type=returned), {"t": "${token_type}"})
+        assert (data["authorization"], data["token_type"], data["t"]) == (
+            f"{scheme} tok",
+            returned,
+            returned,
+        )
+    # Any other type is a scheme nobody here knows the spelling of: kept as returned.
+    assert secret_data(token_of("tok", token_type="N_A"), {})["authorization"] == "N_A tok"
 
 
 def test_spec_is_not_modified_by_building_a_body():

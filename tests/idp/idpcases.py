@@ -1,0 +1,111 @@
+"""The client authentication matrix against Keycloak and Hydra, shared by the check
+tests (tests/idp) and the operator tests (tests/operator/test_operator_idp.py): each case
+registers a client on the server and says which spec fields and which files (client
+secret, signing key) a credential needs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from idp.idplib import Hydra, IdPClient, Keycloak
+
+KEY_NAME = "signing-key"
+
+
+@dataclass
+class Setup:
+    """What a credential needs: the client, spec fields, and referenced data."""
+
+    client: IdPClient
+    spec: dict[str, Any]
+    key_pem: bytes | None = None  # private_key_jwt: the key Secret's data
+    secret: str = field(default="", repr=False)
+
+
+def _key(kind: str) -> Any:
+    if kind == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1() if kind == "p256" else ec.SECP384R1())
+
+
+def _pem(key: Any, fmt: serialization.PrivateFormat) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+
+
+def _jwk(key: Any, kid: str, alg: str) -> dict[str, Any]:
+    algorithm = jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else None
+    algorithm = algorithm or jwt.algorithms.ECAlgorithm
+    return {
+        **algorithm.to_jwk(key.public_key(), as_dict=True),
+        "kid": kid,
+        "use": "sig",
+        "alg": alg,
+    }
+
+
+@dataclass(frozen=True)
+class Case:
+    """One method (and for private_key_jwt, one key type and format)."""
+
+    label: str
+    method: str
+    key: str | None = None  # rsa | p256 | p384
+    key_format: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8
+    algorithm: str | None = None
+
+    def setup(self, server: Keycloak | Hydra) -> Setup:
+        spec: dict[str, Any] = {"clientAuthentication": self.method}
+        if self.method != "private_key_jwt":
+            client = server.add_client(self.method)
+            spec["clientSecretRef"] = {"name": "client", "key": "client_secret"}
+            return Setup(client, spec, secret=client.client_secret)
+        key = _key(self.key or "rsa")
+        algorithm = (
+            self.algorithm or {"rsa": "RS256", "p256": "ES256", "p384": "ES384"}[self.key or "rsa"]
+        )
+        jwks = {"keys": [_jwk(key, "k1", algorithm)]}
+        if isinstance(server, Hydra):
+            client = server.add_client(self.method, jwks=jwks, algorithm=algorithm)
+        else:
+            client = server.add_client(self.method, jwks=jwks)
+        spec["clientAssertion"] = {
+            "keyRef": {"name": KEY_NAME, "key": "key.pem"},
+            "keyID": "k1",
+            "algorithm": algorithm,
+        }
+        return Setup(client, spec, key_pem=_pem(key, self.key_format))
+
+
+PKCS1 = serialization.PrivateFormat.TraditionalOpenSSL  # PKCS#1 for RSA, SEC1 for EC
+
+KEYCLOAK_CASES = [
+    Case("header", "header"),
+    Case("body", "body"),
+    Case("client_secret_jwt", "client_secret_jwt"),
+    Case("private_key_jwt-RS256-pkcs1", "private_key_jwt", "rsa", PKCS1),
+    Case("private_key_jwt-PS256", "private_key_jwt", "rsa", algorithm="PS256"),
+    Case("private_key_jwt-ES256-sec1", "private_key_jwt", "p256", PKCS1),
+    Case("private_key_jwt-ES384", "private_key_jwt", "p384"),
+]
+# Hydra (fosite) supports client_secret_basic, client_secret_post and private_key_jwt
+# for client credentials; not client_secret_jwt or tls_client_auth.
+HYDRA_CASES = [
+    Case("header", "header"),
+    Case("body", "body"),
+    Case("private_key_jwt-RS256", "private_key_jwt", "rsa"),
+    Case("private_key_jwt-ES256", "private_key_jwt", "p256"),
+]
+
+
+def active_for(introspect: Callable[[str], dict[str, Any]], token: str, client_id: str) -> bool:
+    """The server's own introspection says the token is active and was issued to
+    `client_id`."""
+    verdict = introspect(token)
+    assert verdict.get("active") is True, json.dumps(verdict)[:500]
+    return verdict.get("client_id") == client_id

@@ -1,0 +1,125 @@
+"""`grantType: jwt_bearer` (RFC 7523 2.1) against Keycloak's JWT Authorization Grant:
+tokensync signs the assertion with a key from a file (as from a Secret) and Keycloak
+issues a token for the user linked to the assertion's subject, which its own
+introspection confirms."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from idp.idplib import Keycloak
+
+from tokensync import cli
+
+
+def grant_setup(keycloak: Keycloak) -> tuple[str, str, bytes, str, object]:
+    """A JWT Authorization Grant provider trusting a fresh EC key, a user linked as
+    `subject`, and a client allowed the grant: (issuer, subject, key PEM, username, client)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    alias = f"signer-{secrets.token_hex(3)}"
+    issuer = f"https://{alias}.example.com"
+    keycloak.add_jwt_grant_provider(alias, issuer, public_key_pem=public.decode())
+    subject = f"bot-{secrets.token_hex(3)}"
+    username = keycloak.add_linked_user(alias, subject)
+    client = keycloak.add_grant_client(alias)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,  # SEC1
+        serialization.NoEncryption(),
+    )
+    return issuer, subject, pem, username, client
+
+
+def test_jwt_bearer_grant_through_check(capsys, tmp_path, keycloak):
+    issuer, subject, pem, username, client = grant_setup(keycloak)
+    credential = {
+        "apiVersion": "tokensync.dev/v1alpha1",
+        "kind": "OAuth2Credential",
+        "metadata": {"name": "grant"},
+        "spec": {
+            "tokenURL": keycloak.token_url,
+            "allowInsecureHTTP": True,
+            "clientID": client.client_id,
+            "clientSecretRef": {"name": "client", "key": "secret"},
+            "grantType": "jwt_bearer",
+            "jwtBearer": {
+                "keyRef": {"name": "grant-key", "key": "key.pem"},
+                "issuer": issuer,
+                "subject": subject,
+                "audience": keycloak.issuer,
+            },
+        },
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(credential))
+    (tmp_path / "secret").write_text(client.client_secret)
+    (tmp_path / "key.pem").write_bytes(pem)
+    code = cli.main(
+        [
+            "check",
+            "-f",
+            str(tmp_path / "c.yaml"),
+            "--client-secret-file",
+            str(tmp_path / "secret"),
+            "--ref",
+            f"grant-key/key.pem={tmp_path / 'key.pem'}",
+            "-o",
+            "json",
+            "--show-token",
+        ]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report["result"]
+    assert report["request"]["grant"].startswith("jwt_bearer (assertion signed with Secret")
+    verdict = keycloak.introspect(report["result"]["accessToken"])
+    assert verdict["active"] is True
+    assert (verdict["username"], verdict["client_id"]) == (username, client.client_id)
+
+
+def test_wrong_subject_is_refused(capsys, tmp_path, keycloak):
+    issuer, _subject, pem, _username, client = grant_setup(keycloak)
+    credential = {
+        "apiVersion": "tokensync.dev/v1alpha1",
+        "kind": "OAuth2Credential",
+        "metadata": {"name": "grant"},
+        "spec": {
+            "tokenURL": keycloak.token_url,
+            "allowInsecureHTTP": True,
+            "clientID": client.client_id,
+            "clientSecretRef": {"name": "client", "key": "secret"},
+            "grantType": "jwt_bearer",
+            "jwtBearer": {
+                "keyRef": {"name": "grant-key", "key": "key.pem"},
+                "issuer": issuer,
+                "subject": "nobody-linked",
+                "audience": keycloak.issuer,
+            },
+        },
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(credential))
+    (tmp_path / "secret").write_text(client.client_secret)
+    (tmp_path / "key.pem").write_bytes(pem)
+    code = cli.main(
+        [
+            "check",
+            "-f",
+            str(tmp_path / "c.yaml"),
+            "--client-secret-file",
+            str(tmp_path / "secret"),
+            "--ref",
+            f"grant-key/key.pem={tmp_path / 'key.pem'}",
+            "-o",
+            "json",
+        ]
+    )
+    out = capsys.readouterr().out
+    report = json.loads(out)
+    assert code != 0
+    assert report["result"]["httpStatus"] == 400, report["result"]
+    assert client.client_secret not in out

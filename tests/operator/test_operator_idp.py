@@ -1,0 +1,226 @@
+"""The operator against Keycloak and ORY Hydra (tests/idp): every client authentication
+method each server supports gets a token into the managed Secret, which the server's own
+introspection calls active and issued to that client; workload identity with Keycloak's
+Kubernetes identity provider verifying ServiceAccount tokens this control plane minted.
+
+The servers listen on plain http on loopback: the operators run with --allow-insecure and
+without the private-network guard, and credentials set allowInsecureHTTP."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from idp.idpcases import HYDRA_CASES, KEY_NAME, KEYCLOAK_CASES, Setup, active_for
+from idp.idplib import Hydra, Keycloak
+from operator_helpers import decode
+from test_identity import (  # noqa: F401 - wi_kubeconfig is a fixture
+    INSECURE,
+    create_credential,
+    service_account,
+    token_requests,
+    wi_kubeconfig,
+)
+
+from tokensync.redact import secret_variants
+
+pytestmark = pytest.mark.envtest
+
+
+def idp_credential(cluster, name: str, setup: Setup, **spec: Any) -> None:
+    """The credential of `setup`, with its client secret or signing key as a labelled
+    source bound to the server's URL."""
+    url = setup.client.token_url
+    if setup.secret:
+        cluster.source_secret(f"{name}-client", {"client_secret": setup.secret}, allowed_urls=url)
+        spec["clientSecretRef"] = {"name": f"{name}-client", "key": "client_secret"}
+    if setup.key_pem is not None:
+        cluster.source_secret(
+            f"{name}-{KEY_NAME}", {"key.pem": setup.key_pem.decode()}, allowed_urls=url
+        )
+        assertion = dict(setup.spec["clientAssertion"])
+        assertion["keyRef"] = {"name": f"{name}-{KEY_NAME}", "key": "key.pem"}
+        spec["clientAssertion"] = assertion
+    fields = {k: v for k, v in setup.spec.items() if k not in ("clientSecretRef",)}
+    create_credential(
+        cluster,
+        name,
+        {
+            "tokenURL": url,
+            "clientID": setup.client.client_id,
+            **fields,
+            **spec,
+        },
+    )
+
+
+def _all_methods(cluster, own_operator, server: Keycloak | Hydra, cases, **spec: Any) -> dict:
+    operator = own_operator(*INSECURE)
+    setups = {}
+    for number, case in enumerate(cases):
+        name = f"{server.name}-{number}"
+        setups[name] = (case, case.setup(server))
+        idp_credential(cluster, name, setups[name][1], **spec)
+    issued = {}
+    for name, (case, setup) in setups.items():
+        cluster.wait_ready(name, reason="TokenIssued", timeout=60)
+        data = decode(cluster.secret(name))
+        assert active_for(server.introspect, data["access_token"], setup.client.client_id), (
+            case.label
+        )
+        issued[case.label] = data
+        leaks = secret_variants(data["access_token"])
+        if setup.secret:
+            leaks |= secret_variants(setup.secret, client_id=setup.client.client_id)
+        assert not [v for v in leaks if v in operator.log()], case.label
+    return issued
+
+
+def test_keycloak_every_method_through_the_operator(cluster, own_operator, keycloak):
+    issued = _all_methods(cluster, own_operator, keycloak, KEYCLOAK_CASES)
+    assert {d["token_type"] for d in issued.values()} == {"Bearer"}
+
+
+def test_hydra_every_method_through_the_operator(cluster, own_operator, hydra):
+    issued = _all_methods(cluster, own_operator, hydra, HYDRA_CASES, scope="api:read")
+    for data in issued.values():
+        # Hydra answers `bearer`: kept as token_type, canonical in authorization.
+        assert data["token_type"] == "bearer"
+        assert data["authorization"] == f"Bearer {data['access_token']}"
+
+
+# ---- workload identity with Keycloak's Kubernetes identity provider
+
+
+def keycloak_workload_credential(
+    cluster, keycloak: Keycloak, alias: str, name: str, sa: str, **spec: Any
+) -> str:
+    client = keycloak.add_client(
+        "workload_identity", federated=(alias, f"system:serviceaccount:{cluster.ns}:{sa}")
+    )
+    create_credential(
+        cluster,
+        name,
+        {
+            "tokenURL": keycloak.token_url,
+            "clientID": client.client_id,
+            "clientAuthentication": "workload_identity",
+            # Keycloak's federated validator accepts only its realm issuer as audience.
+            "workloadIdentity": {"serviceAccountName": sa, "audience": keycloak.issuer},
+            **spec,
+        },
+    )
+    return client.client_id
+
+
+def test_keycloak_verifies_the_clusters_serviceaccount_tokens(
+    cluster,
+    installed,
+    own_operator,
+    wi_kubeconfig,  # noqa: F811 - the fixture imported above
+    keycloak,
+    keycloak_kubernetes,
+):
+    """Keycloak 26.5 refuses a client_id that differs from the assertion's sub
+    (`system:serviceaccount:<ns>:<sa>`); with clientIDInRequest: false it issues the token
+    (issue 21 finding 1), and the hint names the field."""
+    since = time.time() - 1
+    operator = own_operator(
+        *INSECURE, "--enable-workload-identity", "--namespace", cluster.ns, kubeconfig=wi_kubeconfig
+    )
+    service_account(cluster, "app", urls=keycloak.issuer + "/", audiences=keycloak.issuer)
+    client_id = keycloak_workload_credential(
+        cluster, keycloak, keycloak_kubernetes, "wi", "app", clientIDInRequest=False
+    )
+    cluster.wait_ready("wi", reason="TokenIssued", timeout=60)
+    token = decode(cluster.secret("wi"))["access_token"]
+    assert active_for(keycloak.introspect, token, client_id)
+    assert token_requests(installed, cluster.ns, since)  # minted by this control plane
+
+    keycloak_workload_credential(cluster, keycloak, keycloak_kubernetes, "wi-client-id", "app")
+    refused = cluster.wait_ready("wi-client-id", "False", "TokenRequestFailed", timeout=60)
+    failure = cluster.credential("wi-client-id")["status"]["lastFailure"]
+    assert failure["error"] == "invalid_client", failure
+    assert "clientIDInRequest: false" in refused["message"]
+    assert not [v for v in secret_variants(token) if v in operator.log()]
+
+
+# ---- grantType jwt_bearer (RFC 7523 2.1) with Keycloak's JWT Authorization Grant
+
+
+def test_keycloak_jwt_bearer_grants_through_the_operator(
+    cluster,
+    installed,
+    own_operator,
+    wi_kubeconfig,  # noqa: F811 - the fixture imported above
+    keycloak,
+    keycloak_kubernetes,
+):
+    """Two grants: an assertion signed with a key from a Secret, and a ServiceAccount
+    token of this control plane (verified by Keycloak with the cluster's JWKS)."""
+    from idp.idplib import KUBE_ISSUER
+    from idp.test_idp_grants import grant_setup
+
+    operator = own_operator(
+        *INSECURE, "--enable-workload-identity", "--namespace", cluster.ns, kubeconfig=wi_kubeconfig
+    )
+    url = keycloak.issuer + "/"
+    # 1. signed with a key from a Secret
+    issuer, subject, pem, username, client = grant_setup(keycloak)
+    cluster.source_secret("grant-client", {"client_secret": client.client_secret}, allowed_urls=url)
+    cluster.source_secret("grant-key", {"key.pem": pem.decode()}, allowed_urls=url)
+    create_credential(
+        cluster,
+        "signed",
+        {
+            "tokenURL": keycloak.token_url,
+            "clientID": client.client_id,
+            "clientSecretRef": {"name": "grant-client", "key": "client_secret"},
+            "grantType": "jwt_bearer",
+            "jwtBearer": {
+                "keyRef": {"name": "grant-key", "key": "key.pem"},
+                "issuer": issuer,
+                "subject": subject,
+                "audience": keycloak.issuer,
+            },
+        },
+    )
+    # 2. a ServiceAccount token as the grant, in a realm of its own: Keycloak finds the
+    # provider by the assertion's issuer, which its Kubernetes provider (workload
+    # identity) in the main realm shares.
+    realm = keycloak.new_realm()
+    url = realm.issuer + "/"
+    alias = "cluster-grant"
+    realm.add_jwt_grant_provider(
+        alias, KUBE_ISSUER, jwks_url=f"{KUBE_ISSUER}/openid/v1/jwks", max_expiration_seconds=3600
+    )
+    sa_user = realm.add_linked_user(alias, f"system:serviceaccount:{cluster.ns}:app")
+    sa_client = realm.add_grant_client(alias)
+    service_account(cluster, "app", urls=url, audiences=realm.issuer)
+    cluster.source_secret(
+        "sa-grant-client", {"client_secret": sa_client.client_secret}, allowed_urls=url
+    )
+    create_credential(
+        cluster,
+        "from-sa",
+        {
+            "tokenURL": realm.token_url,
+            "clientID": sa_client.client_id,
+            "clientSecretRef": {"name": "sa-grant-client", "key": "client_secret"},
+            "grantType": "jwt_bearer",
+            "jwtBearer": {
+                "workloadIdentity": {"serviceAccountName": "app", "audience": realm.issuer}
+            },
+        },
+    )
+    for name, user, grant_client, server in (
+        ("signed", username, client, keycloak),
+        ("from-sa", sa_user, sa_client, realm),
+    ):
+        cluster.wait_ready(name, reason="TokenIssued", timeout=60)
+        token = decode(cluster.secret(name))["access_token"]
+        verdict = server.introspect(token)
+        assert verdict["active"] is True, verdict
+        assert (verdict["username"], verdict["client_id"]) == (user, grant_client.client_id)
+        assert not [v for v in secret_variants(token) if v in operator.log()]
