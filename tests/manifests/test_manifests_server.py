@@ -545,7 +545,11 @@ def test_status_subresource_and_printer_columns(installed: ControlPlane, namespa
         assert column in header
     for value in ("True", "TokenIssued", "2031-01-01T01:00:00Z", "2031-01-01T00:40:00Z"):
         assert value in row
-    assert "REASON" not in installed.kubectl("get", "o2c", "-n", namespace).stdout  # priority 1
+    assert header.split()[-1] == "MESSAGE" and row.endswith("token issued")
+    # The reason in the default columns, the message only with -o wide (priority 1).
+    default = installed.kubectl("get", "o2c", "cols", "-n", namespace).stdout
+    assert "REASON" in default and "TokenIssued" in default
+    assert "MESSAGE" not in default and "token issued" not in default
     # A status that breaks the condition schema is refused.
     bad = copy.deepcopy(status)
     bad["conditions"][0]["status"] = "Maybe"
