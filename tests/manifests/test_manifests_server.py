@@ -25,7 +25,6 @@ pytestmark = pytest.mark.envtest
 CRD_NAME = "oauth2credentials.tokensync.dev"
 OPERATOR_USER = "system:serviceaccount:tokensync-system:tokensync"
 NAMESPACED_OVERLAY_NAMESPACES = ("team-a", "team-b")
-SERVICE_MONITOR = DEPLOY / "examples" / "servicemonitor.yaml"
 
 
 def exists(cp: ControlPlane, *args: str) -> bool:
@@ -106,6 +105,37 @@ def test_namespaced_overlay_is_accepted(installed: ControlPlane) -> None:
             installed.delete_namespace(namespace)
 
 
+def test_namespaced_overlay_applies_where_its_namespaces_do_not_exist_yet(
+    installed: ControlPlane,
+) -> None:
+    """`kubectl apply -k deploy/namespaced/` as it is, on a cluster without team-a and
+    team-b: the overlay brings its namespaces, so the Roles and RoleBindings find them
+    (it failed with `namespaces "team-a" not found`). Applied for real, but only the
+    namespaces and their RBAC: the rest is deploy/'s, which other tests share."""
+    for namespace in NAMESPACED_OVERLAY_NAMESPACES:
+        assert not exists(installed, f"namespace/{namespace}"), "left over by another test"
+    rendered = installed.kubectl("kustomize", str(DEPLOY / "namespaced")).stdout
+    objects = [
+        d
+        for d in yaml.safe_load_all(rendered)
+        if d
+        and (
+            (d["kind"] == "Namespace" and d["metadata"]["name"] in NAMESPACED_OVERLAY_NAMESPACES)
+            or d["metadata"].get("namespace") in NAMESPACED_OVERLAY_NAMESPACES
+        )
+    ]
+    assert {d["kind"] for d in objects} == {"Namespace", "Role", "RoleBinding"}
+    try:
+        listed = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+        installed.kubectl("apply", "-f", "-", input=listed)
+        for namespace in NAMESPACED_OVERLAY_NAMESPACES:
+            assert can_i(installed, "patch", "secrets", "-n", namespace)
+    finally:
+        for namespace in NAMESPACED_OVERLAY_NAMESPACES:
+            if exists(installed, f"namespace/{namespace}"):
+                installed.delete_namespace(namespace)
+
+
 def test_peering_overlay_is_accepted(installed: ControlPlane) -> None:
     result = installed.kubectl("apply", "-k", str(DEPLOY / "peering"), "--dry-run=server")
     assert "role.rbac.authorization.k8s.io/tokensync-leader-election" in result.stdout
@@ -169,8 +199,9 @@ def test_peering_overlay_grants_the_operator_its_lease_and_nothing_more(
 
 @pytest.mark.parametrize(
     "path",
-    # servicemonitor.yaml needs the Prometheus Operator's CRDs (checked in test_deploy.py).
-    [CRD_PATH, *sorted(set((DEPLOY / "examples").glob("*.yaml")) - {SERVICE_MONITOR})],
+    # The ServiceMonitor (deploy/monitoring/) needs the Prometheus Operator's CRDs:
+    # tests/monitoring checks it.
+    [CRD_PATH, *sorted((DEPLOY / "examples").glob("*.yaml"))],
     ids=lambda p: str(p.relative_to(REPO)),
 )
 def test_standalone_manifest_is_accepted(installed: ControlPlane, path: Path) -> None:
