@@ -97,7 +97,12 @@ def not_picked_up(
     observed = status.get("observedGeneration")
     if observed is not None and (generation is None or observed >= generation):
         return None
-    changed = last_spec_change(metadata)
+    # No status at all: never seen since its creation. A status for an older
+    # generation: not seen since the last write of the object (a lower bound, since
+    # annotation writes count too).
+    changed = (
+        last_spec_change(metadata) if status else parse_time(metadata.get("creationTimestamp"))
+    )
     if changed is None or (now - changed).total_seconds() < grace:
         return None
     waited = format_duration((now - changed).total_seconds())

@@ -65,6 +65,10 @@ def test_no_status_after_the_grace_period_says_no_operator() -> None:
     assert problem == "no operator has picked it up: no status after 45s"
     # A credential created a moment ago is not blamed yet.
     assert not_picked_up(credential(None, age=3), NOW) is None
+    # An annotation written since (e.g. by `refresh`) does not restart the clock.
+    annotated = credential(None, age=45)
+    annotated["metadata"]["managedFields"].append({"operation": "Update", "time": iso(NOW)})
+    assert not_picked_up(annotated, NOW) == problem
 
 
 def test_an_old_observed_generation_says_no_operator() -> None:
