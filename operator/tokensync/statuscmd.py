@@ -222,10 +222,9 @@ def refresh_state(
         return f"token request in progress ({refreshing.get('reason', 'Refreshing')})"
     floor_ends = floor_end(status)
     if floor_ends is not None and floor_ends > now:
-        wait = format_duration((floor_ends - now).total_seconds() + 0.999)
         return (
             f"waiting for the operator's {REQUEST_FLOOR_SECONDS:g}s minimum between token "
-            f"requests (about {wait} left)"
+            f"requests (until {floor_ends.astimezone(UTC):%H:%M:%S})"
         )
     return "waiting for the operator to pick up the request"
 

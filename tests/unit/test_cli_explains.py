@@ -122,7 +122,7 @@ def test_refresh_states() -> None:
     )
     floor = credential({"conditions": [READY], "lastRefreshTime": iso(NOW - timedelta(seconds=3))})
     assert refresh_state(floor, requested, "t0", "t0", NOW) == (
-        "waiting for the operator's 10s minimum between token requests (about 7s left)"
+        "waiting for the operator's 10s minimum between token requests (until 12:00:07)"
     )
     busy = credential(
         {"conditions": [READY, {"type": "Refreshing", "status": "True", "reason": "Pending"}]}
