@@ -113,7 +113,12 @@ def test_namespaced_overlay_applies_where_its_namespaces_do_not_exist_yet(
     (it failed with `namespaces "team-a" not found`). Applied for real, but only the
     namespaces and their RBAC: the rest is deploy/'s, which other tests share."""
     for namespace in NAMESPACED_OVERLAY_NAMESPACES:
-        assert not exists(installed, f"namespace/{namespace}"), "left over by another test"
+        # test_namespaced_overlay_is_accepted deletes the ones it made: wait until gone.
+        assert wait_for(
+            lambda ns=namespace: not exists(installed, f"namespace/{ns}"),
+            120,
+            f"namespace {namespace} to be gone",
+        )
     rendered = installed.kubectl("kustomize", str(DEPLOY / "namespaced")).stdout
     objects = [
         d
