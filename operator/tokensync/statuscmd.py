@@ -97,16 +97,16 @@ def not_picked_up(
     observed = status.get("observedGeneration")
     if observed is not None and (generation is None or observed >= generation):
         return None
-    # No status at all: never seen since its creation. A status for an older
-    # generation: not seen since the last write of the object (a lower bound, since
-    # annotation writes count too).
-    changed = (
-        last_spec_change(metadata) if status else parse_time(metadata.get("creationTimestamp"))
-    )
+    # No status from an operator (the CRD defaults observedGeneration to 0, which no
+    # generation is): never seen since its creation. A status for an older generation:
+    # not seen since the last write of the object (a lower bound, since annotation
+    # writes count too).
+    never = not observed
+    changed = parse_time(metadata.get("creationTimestamp")) if never else last_spec_change(metadata)
     if changed is None or (now - changed).total_seconds() < grace:
         return None
     waited = format_duration((now - changed).total_seconds())
-    if not status:
+    if never:
         return f"no operator has picked it up: no status after {waited}"
     return (
         f"no operator has picked it up: status.observedGeneration is {observed}, "

@@ -189,7 +189,8 @@ def test_status_wide_json_and_yaml(cluster, operator, token_endpoint):
 
 def test_refresh_by_selector_and_all(cluster, operator, token_endpoint):
     for name in ("one", "two", "other"):
-        cluster.create_credential(name, token_endpoint.add_client(lifetime=3600))
+        client = token_endpoint.add_client(lifetime=3600)
+        cluster.create_credential(name, client, secret_name=f"{name}-client")
     for name in ("one", "two", "other"):
         cluster.wait_ready(name, reason="TokenIssued")
     for name in ("one", "two"):
@@ -225,7 +226,8 @@ def test_a_refresh_inside_the_request_floor_shows_progress_on_a_terminal(
     assert code == 0, output
     assert output.count("minimum between token requests (until") == 1  # one line per state
     assert re.search(r"\r[|/\\-] \d+s ", output), output  # the spinner
-    assert output.rstrip().splitlines()[-1].startswith(f"Secret {cluster.ns}/api holds a new token")
+    last = output.replace("\x1b[K", "").rstrip().splitlines()[-1]
+    assert last.startswith(f"Secret {cluster.ns}/api holds a new token"), output
 
 
 def test_without_an_operator_status_and_refresh_say_so(cluster, own_operator):

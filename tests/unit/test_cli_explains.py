@@ -65,6 +65,8 @@ def test_no_status_after_the_grace_period_says_no_operator() -> None:
     assert problem == "no operator has picked it up: no status after 45s"
     # A credential created a moment ago is not blamed yet.
     assert not_picked_up(credential(None, age=3), NOW) is None
+    # Defaults of the CRD's status schema are no operator's status.
+    assert not_picked_up(credential({"observedGeneration": 0}, age=45), NOW) == problem
     # An annotation written since (e.g. by `refresh`) does not restart the clock.
     annotated = credential(None, age=45)
     annotated["metadata"]["managedFields"].append({"operation": "Update", "time": iso(NOW)})
