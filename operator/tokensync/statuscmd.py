@@ -524,9 +524,18 @@ def _api_message(error: Any) -> str:
         message = json.loads(error.body or b"{}").get("message")
     except (ValueError, AttributeError):
         message = None
-    if error.status == 404 and not message:
-        message = "not found (is the OAuth2Credential CRD installed? tokensync doctor checks)"
-    return f"Kubernetes API {error.status}: {message or error.reason}"
+    return f"Kubernetes API {error.status}: {message or error.reason}{_missing_crd_hint(error)}"
+
+
+def _missing_crd_hint(error: Any) -> str:
+    """A 404 for the resource type itself (not for one credential) means no CRD."""
+    try:
+        details = json.loads(error.body or b"{}").get("details") or {}
+    except (ValueError, AttributeError):
+        details = {}
+    if error.status == 404 and not details.get("name"):
+        return " (is the OAuth2Credential CRD installed? `tokensync doctor` checks)"
+    return ""
 
 
 def _status(api: _Api, args: argparse.Namespace, out: TextIO) -> int:
@@ -625,6 +634,8 @@ def _refresh(
         issued_before = api.secret_issued_at(namespace, secret) if args.wait else None
         api.annotate(namespace, name, ANNOTATION_REFRESH_REQUESTED, requested)
         print(f"oauth2credential {namespace}/{name}: refresh requested at {requested}", file=out)
+        if problem := not_picked_up(credential, datetime.now(UTC)):
+            print(f"{namespace}/{name}: {problem}; check: {CHECK_OPERATOR}", file=err)
         pending.append(_Pending(credential, requested, issued_before))
     if not args.wait:
         return 0

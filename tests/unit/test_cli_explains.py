@@ -460,3 +460,22 @@ def test_doctor_output() -> None:
         "       fix: look at it\n"
         "1 problem(s), 0 warning(s).\n"
     )
+
+
+class _ApiError:
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status, self.body, self.reason = status, json.dumps(body), "Not Found"
+
+
+def test_a_missing_crd_is_named_but_a_missing_credential_is_not() -> None:
+    from tokensync.statuscmd import _api_message
+
+    no_type = _ApiError(404, {"message": "the server could not find the requested resource"})
+    assert _api_message(no_type) == (
+        "Kubernetes API 404: the server could not find the requested resource "
+        "(is the OAuth2Credential CRD installed? `tokensync doctor` checks)"
+    )
+    gone = {"message": 'oauth2credentials "x" not found', "details": {"name": "x"}}
+    assert _api_message(_ApiError(404, gone)) == (
+        'Kubernetes API 404: oauth2credentials "x" not found'
+    )
