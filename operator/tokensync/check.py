@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tokensync import oauth2
+from tokensync import crd, oauth2
 from tokensync.gates import OperatorConfig, gate_problem
 from tokensync.secret import ANNOTATION_ALLOWED_URLS, LABEL_SOURCE, url_allowed
 from tokensync.sources import (
@@ -180,6 +180,11 @@ def load_manifest(text: bytes, name: str | None, origin: str) -> Manifest:
         hint = "" if credentials == [] else "; choose one with --name"
         raise CheckFailed(EXIT_USAGE, "manifest", [f"{origin}: {found} {KIND}{which} found{hint}"])
     credential = credentials[0]
+    # What the API server would refuse first (strict field validation): a misspelt field
+    # is named as such, not as the missing field it was meant to be.
+    unknown = crd.unknown_fields(credential, crd.schema())
+    if unknown:
+        raise CheckFailed(EXIT_USAGE, "spec", unknown)
     metadata = credential.get("metadata") or {}
     return Manifest(
         name=str(metadata.get("name") or "credential"),
@@ -580,6 +585,29 @@ def error_result(error: oauth2.TokenError) -> dict[str, Any]:
     }
 
 
+NEWLINE_HINT = (
+    "remove the trailing newline from the {what}: it is sent as part of it (create the "
+    "Secret with `kubectl create secret generic ... --from-literal=KEY=VALUE`, or "
+    "`printf %s VALUE`, not `echo`)"
+)
+
+
+def trailing_newline(values: Any) -> str | None:
+    """'client secret' or 'client id' when that value ends in a newline."""
+    for what, value in (("client secret", values.client_secret), ("client id", values.client_id)):
+        if value != value.rstrip("\r\n"):
+            return what
+    return None
+
+
+def newline_hint(result: dict[str, Any], newline_in: str | None) -> dict[str, Any]:
+    """A request refused with 400 or 401 while a value ends in a newline: the newline is
+    the likely cause, so the hint says that instead of suggesting another clientAuthentication."""
+    if newline_in is None or result.get("ok") or result.get("httpStatus") not in (400, 401):
+        return result
+    return {**result, "hint": NEWLINE_HINT.format(what=newline_in)}
+
+
 def secret_warnings(values: Any) -> list[str]:
     warnings_ = []
     for what, value in (("client secret", values.client_secret), ("client id", values.client_id)):
@@ -858,7 +886,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         try:
             token = oauth2.fetch_token(request, deny_private_networks=False)
         except oauth2.TokenError as error:
-            report["result"] = error_result(error)
+            report["result"] = newline_hint(error_result(error), trailing_newline(values))
         else:
             report["result"] = token_result(token, args.show_token)
     return report

@@ -1,4 +1,4 @@
-"""`tokensync run | check | version`."""
+"""`tokensync run | check | status | refresh | doctor | version`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Sequence
 
-from tokensync import __version__, statuscmd
+from tokensync import __version__, doctor, statuscmd
 from tokensync.limits import DEFAULT_MAX_REQUESTS, DEFAULT_MAX_REQUESTS_PER_HOST
 
 
@@ -149,8 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokensync",
         description="Keeps OAuth2 client-credentials access tokens fresh in Kubernetes Secrets.",
+        epilog="Start with `tokensync doctor` (is the installation healthy?), `tokensync "
+        "status -A` (what do the credentials say?) or `tokensync check -f credential.yaml` "
+        "(does this credential work, before applying it?).",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"tokensync {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run_arguments(
         commands.add_parser("run", help="run the operator against the current kubeconfig")
     )
@@ -163,12 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
             commands.add_parser("check", help="request one token as a credential would")
         )
     statuscmd.add_arguments(commands)
+    doctor.add_arguments(
+        commands.add_parser(
+            "doctor",
+            help="check the installation: CRD, operator Deployment and Lease, RBAC, "
+            "admission policy",
+        )
+    )
     commands.add_parser("version", help="print the version")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `tokensync`: what it can do, not a usage error
+        parser.print_help()
+        return 0
     if args.command == "version":
         print(f"tokensync {__version__}")
         return 0
@@ -178,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check.run(args)
     if args.command in ("status", "refresh"):
         return statuscmd.run(args)
+    if args.command == "doctor":
+        return doctor.run(args)
     return run(args)
 
 
@@ -193,6 +210,44 @@ def allow_deep_api_objects() -> None:
     every thread started afterwards (executor threads decode watch events)."""
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * API_OBJECT_MAX_DEPTH))
     threading.stack_size(max(threading.stack_size(), 64 * 1024 * 1024))
+
+
+def startup_banner(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The start-up log line (version, scope, settings) and one warning per guard that is
+    off, from the parsed `run` flags (pure)."""
+    scope = "all namespaces" if args.all_namespaces else "namespaces " + ",".join(args.namespace)
+    hosts = [h.strip() for v in args.allowed_token_hosts for h in v.split(",") if h.strip()]
+    cidrs = [c.strip() for v in args.deny_cidrs for c in v.split(",") if c.strip()]
+    if args.metrics_port == 0:
+        metrics = "off"
+    elif args.metrics_insecure:
+        metrics = f"http :{args.metrics_port} (no authentication)"
+    else:
+        metrics = f"https :{args.metrics_port}"
+    parts = [
+        f"tokensync {__version__} starting",
+        f"scope: {scope}",
+        f"replicas: {'leader election on Lease ' + args.peering if args.peering else 'standalone'}",
+        f"token hosts: {','.join(hosts) if hosts else 'any'}",
+        f"private networks: {'denied' if args.deny_private_networks else 'ALLOWED'}",
+        f"denied CIDRs: {','.join(cidrs) if cidrs else 'none'}",
+        f"insecure specs: {'honoured' if args.allow_insecure else 'refused'}",
+        f"workload identity: {'on' if args.enable_workload_identity else 'off'}",
+        f"metrics: {metrics}",
+        f"max requests: {args.max_requests} ({args.max_requests_per_host} per host)",
+    ]
+    warnings_ = []
+    if not args.deny_private_networks:
+        warnings_.append(
+            "--no-deny-private-networks: token endpoints on loopback, link-local and cloud "
+            "metadata addresses are allowed; any credential author can make the operator "
+            "call them"
+        )
+    if args.allow_insecure:
+        warnings_.append("--allow-insecure: specs may disable TLS verification or use plain http")
+    if args.metrics_port and args.metrics_insecure:
+        warnings_.append("--metrics-insecure: /metrics is served over plain HTTP to anyone")
+    return "; ".join(parts), warnings_
 
 
 def run(args: argparse.Namespace) -> int:
@@ -269,10 +324,11 @@ def run(args: argparse.Namespace) -> int:
     # An insecureSkipVerify the admin allowed is reported per credential (status, Warning
     # event); urllib3's warning on every request would only repeat it.
     warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
-    if args.allow_insecure:
-        logging.getLogger("tokensync").warning(
-            "--allow-insecure: specs may disable TLS verification or use plain http"
-        )
+    banner, guards_off = startup_banner(args)
+    logger = logging.getLogger("tokensync")
+    logger.info(banner)
+    for warning in guards_off:
+        logger.warning(warning)
     allow_deep_api_objects()
     asyncio.run(
         kopf.operator(

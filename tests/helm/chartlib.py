@@ -52,6 +52,38 @@ MODES: dict[str, list[str]] = {
         "--set=admissionPolicy.enabled=false",
         "--set=aggregateRoles=false",
         "--set=metrics.port=0",
+        "--set=crds.enabled=false",
+    ],
+    # The whole monitoring kit of deploy/monitoring/, job= following the release.
+    "monitoring": [
+        "--set=metrics.serviceMonitor.enabled=true",
+        "--set=metrics.prometheusRule.enabled=true",
+        "--set=metrics.grafanaDashboard.enabled=true",
+    ],
+    # OpenShift's restricted SCC assigns the user: no runAsUser / runAsGroup.
+    "openshift": [
+        "--set=podSecurityContext.runAsUser=null",
+        "--set=podSecurityContext.runAsGroup=null",
+    ],
+    # The user brings the ServiceAccount and its RBAC.
+    "bring-your-own-serviceaccount": [
+        "--set=serviceAccount.create=false",
+        "--set=serviceAccount.name=tokensync-byo",
+        "--set=rbac.create=false",
+    ],
+    "overrides": [
+        "--set=nameOverride=tsync",
+        "--set=namespaceOverride=ops",
+        "--set=commonLabels.team=platform",
+        "--set=crds.keep=false",
+        "--set=extraVolumes[0].name=corporate-ca",
+        "--set=extraVolumes[0].configMap.name=corporate-ca",
+        "--set=extraVolumeMounts[0].name=corporate-ca",
+        "--set=extraVolumeMounts[0].mountPath=/etc/corporate-ca",
+        "--set=extraVolumeMounts[0].readOnly=true",
+        "--set=extraEnv[0].name=REQUESTS_CA_BUNDLE",
+        "--set=extraEnv[0].value=/etc/corporate-ca/ca.crt",
+        "--set=extraArgs={--max-requests=8}",
     ],
 }
 
@@ -115,10 +147,30 @@ def _flat_rules(rules: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     )
 
 
+INSTANCE = "app.kubernetes.io/instance"
+
+
+def _drop_instance(value: Any) -> Any:
+    """Selectors without the release label, which only the chart adds (so that two
+    releases in one namespace select only their own pods)."""
+    if isinstance(value, dict):
+        return {k: _drop_instance(v) for k, v in value.items() if k != INSTANCE}
+    if isinstance(value, list):
+        return [_drop_instance(v) for v in value]
+    return value
+
+
 def normalise(obj: dict[str, Any]) -> dict[str, Any]:
     """The object without what legitimately differs between helm and kustomize: labels
-    (compared separately, as a subset), rule grouping and the order of env entries."""
+    (compared separately, as a subset), the release label in selectors, helm's
+    resource-policy annotation, rule grouping and the order of env entries."""
     obj = copy.deepcopy(obj)
+    annotations = obj["metadata"].get("annotations") or {}
+    annotations.pop("helm.sh/resource-policy", None)
+    if not annotations:
+        obj["metadata"].pop("annotations", None)
+    if "spec" in obj and obj["kind"] != "CustomResourceDefinition":
+        obj["spec"] = _drop_instance(obj["spec"])
     labels = obj["metadata"].pop("labels", {}) or {}
     # Aggregation labels are behaviour, not decoration: they stay.
     kept = {k: v for k, v in labels.items() if k.startswith("rbac.authorization.k8s.io/")}

@@ -9,6 +9,7 @@ real `helm install` / `helm uninstall`) are in test_chart_server.py.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import yaml
 from chartlib import (
     CHART,
     DEPLOY,
+    INSTANCE,
     MODES,
     OVERLAY_VALUES,
     PENDING_IN_DEPLOY,
@@ -31,14 +33,65 @@ from chartlib import (
 
 from fixtures.controlplane import ControlPlane
 
+# The chart's files/ are copies of the repository's (a chart cannot read outside itself).
+CHART_COPIES = {
+    "oauth2credential.yaml": REPO / "crds" / "oauth2credential.yaml",
+    "prometheusrule.yaml": DEPLOY / "monitoring" / "prometheusrule.yaml",
+    "grafana-dashboard.json": DEPLOY / "monitoring" / "grafana-dashboard.json",
+}
 
-def test_chart_crd_is_the_crds_file_byte_for_byte() -> None:
-    chart_crd = CHART / "crds" / "oauth2credential.yaml"
-    assert chart_crd.read_bytes() == (REPO / "crds" / "oauth2credential.yaml").read_bytes(), (
-        "charts/tokensync/crds/ is a copy of crds/: cp crds/oauth2credential.yaml "
-        "charts/tokensync/crds/"
+
+@pytest.mark.parametrize("name", list(CHART_COPIES))
+def test_chart_files_are_copies_byte_for_byte(name: str) -> None:
+    source = CHART_COPIES[name]
+    assert (CHART / "files" / name).read_bytes() == source.read_bytes(), (
+        f"charts/tokensync/files/{name} is a copy: cp {source.relative_to(REPO)} "
+        "charts/tokensync/files/"
     )
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["oauth2credential.yaml"]
+    assert sorted(p.name for p in (CHART / "files").iterdir()) == sorted(CHART_COPIES)
+
+
+def test_no_crds_directory() -> None:
+    """helm installs crds/ once and never upgrades it: the CRD is a template instead."""
+    assert not (CHART / "crds").exists()
+
+
+CRD_KEY = ("CustomResourceDefinition", "", "oauth2credentials.tokensync.dev")
+
+
+def test_crd_is_a_template_upgraded_with_the_release_and_kept(helm_bin: Path) -> None:
+    crd = by_key(render(helm_bin))[CRD_KEY]
+    source = yaml.safe_load((REPO / "crds" / "oauth2credential.yaml").read_text())
+    assert crd["spec"] == source["spec"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert crd["metadata"]["labels"].items() >= source["metadata"]["labels"].items()
+    assert crd["metadata"]["labels"]["app.kubernetes.io/instance"] == "tokensync"
+    unkept = by_key(render(helm_bin, "--set=crds.keep=false"))[CRD_KEY]
+    assert "annotations" not in unkept["metadata"]
+    assert CRD_KEY not in by_key(render(helm_bin, "--set=crds.enabled=false"))
+
+
+def test_every_value_is_in_the_schema() -> None:
+    """values.schema.json declares every value of values.yaml (with its type), down to
+    the maps and lists whose content is free (labels, securityContext, ...)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    missing: list[str] = []
+
+    def walk(value: Any, node: dict[str, Any], path: str) -> None:
+        if isinstance(value, dict):
+            properties = node.get("properties")
+            if properties is None:
+                return  # a free-form object (labels, annotations, probes, ...)
+            for key, item in value.items():
+                if key in properties:
+                    walk(item, properties[key], f"{path}.{key}")
+                else:
+                    missing.append(f"{path}.{key}".lstrip("."))
+
+    walk(values, schema, "")
+    assert missing == []
+    assert schema["additionalProperties"] is False
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -185,7 +238,9 @@ def test_service_monitor_toggle(helm_bin: Path) -> None:
         for d in yaml.safe_load_all((DEPLOY / "monitoring" / "servicemonitor.yaml").read_text())
         if d
     ]
-    assert monitor["spec"] == deploy_monitor["spec"]
+    # The same scrape, of this release's Service only.
+    assert normalise(monitor)["spec"] == deploy_monitor["spec"]
+    assert monitor["spec"]["selector"]["matchLabels"][INSTANCE] == "tokensync"
     plain = by_key(
         render(
             helm_bin,
@@ -295,6 +350,16 @@ BAD_VALUES = {
     ),
     "cert-secret-name": (["--set=metrics.certSecret=My_TLS"], "certSecret"),
     "service-monitor-scheme": (["--set=metrics.serviceMonitor.scheme=http"], "scheme"),
+    "crds-keep": (["--set-string=crds.keep=no"], "keep"),
+    "service-account-create": (["--set-string=serviceAccount.create=no"], "create"),
+    "rbac-create": (["--set-string=rbac.create=no"], "create"),
+    "mount-without-path": (["--set=extraVolumeMounts[0].name=ca"], "mountPath"),
+    "volume-without-name": (["--set=extraVolumes[0].emptyDir.medium=Memory"], "name"),
+    "run-as-user-string": (["--set-string=podSecurityContext.runAsUser=root"], "runAsUser"),
+    "namespace-override": (["--set=namespaceOverride=Ops_1"], "namespaceOverride"),
+    "name-override": (["--set=nameOverride=Token_Sync"], "nameOverride"),
+    "common-label-value": (["--set=commonLabels.team=" + "x" * 64], "commonLabels"),
+    "prometheus-rule-toggle": (["--set-string=metrics.prometheusRule.enabled=yes"], "enabled"),
 }
 
 
@@ -335,8 +400,10 @@ def test_chart_renders_what_kustomize_renders(
 ) -> None:
     expected = by_key(kustomize(control_plane, overlay))
     actual = by_key(render(helm_bin, *OVERLAY_VALUES[overlay]))
-    # The chart does not own its release namespace (helm install --create-namespace).
-    expected.pop(("Namespace", "", "tokensync-system"))
+    # The chart owns no namespace: not its release namespace (helm install
+    # --create-namespace), nor the watched ones (deploy/namespaced creates its examples).
+    for key in [k for k in expected if k[0] == "Namespace"]:
+        expected.pop(key)
     # Kinds another branch is adding to deploy/: compared as soon as deploy/ has them.
     for key in [k for k in actual if k[0] in PENDING_IN_DEPLOY]:
         if not any(k[0] == key[0] for k in expected):
@@ -359,3 +426,147 @@ def dict_at(obj: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     for part in path:
         obj = obj.get(part) or {}
     return obj
+
+
+# -- conventions of cert-manager's and ESO's charts ------------------------------------------
+
+
+def pod_spec(objects: dict[Key, dict[str, Any]], namespace: str = "tokensync-system") -> Any:
+    deployments = [o for k, o in objects.items() if k[0] == "Deployment" and k[1] == namespace]
+    (deployment,) = deployments
+    return deployment["spec"]["template"]["spec"]
+
+
+def test_security_contexts_are_values_and_openshift_style_renders(helm_bin: Path) -> None:
+    default = pod_spec(by_key(render(helm_bin)))
+    assert default["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    openshift = pod_spec(by_key(render(helm_bin, *MODES["openshift"])))
+    assert openshift["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (container,) = openshift["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def test_bring_your_own_serviceaccount_and_rbac(helm_bin: Path) -> None:
+    objects = by_key(render(helm_bin, *MODES["bring-your-own-serviceaccount"]))
+    assert not [k for k in objects if k[0] == "ServiceAccount"]
+    assert not [k for k in objects if k[0] in ("Role", "RoleBinding", "ClusterRoleBinding")]
+    assert pod_spec(objects)["serviceAccountName"] == "tokensync-byo"
+    # The admission policy follows the ServiceAccount in use.
+    policy = objects[("ValidatingAdmissionPolicy", "", "tokensync-operator-secrets")]
+    assert (
+        "system:serviceaccount:tokensync-system:tokensync-byo"
+        in (policy["spec"]["matchConditions"][0]["expression"])
+    )
+    # The user roles aggregated into view/edit/admin are not the operator's RBAC.
+    assert ("ClusterRole", "", "tokensync-view") in objects
+    # With replicas and workload identity too, nothing of the operator's own RBAC.
+    more = by_key(
+        render(
+            helm_bin,
+            *MODES["bring-your-own-serviceaccount"],
+            "--set=replicas=2",
+            "--set=workloadIdentity.enabled=true",
+        )
+    )
+    assert not [k for k in more if k[0] in ("Role", "RoleBinding", "ClusterRoleBinding")]
+    default_sa = by_key(render(helm_bin, "--set=serviceAccount.create=false"))
+    assert pod_spec(default_sa)["serviceAccountName"] == "default"
+
+
+def test_names_namespace_labels_and_extras(helm_bin: Path) -> None:
+    objects = by_key(render(helm_bin, *MODES["overrides"]))
+    namespaced = [k for k in objects if k[1]]
+    assert namespaced and {k[1] for k in namespaced} == {"ops"}
+    assert ("Deployment", "ops", "tokensync-tsync") in objects
+    for key, obj in objects.items():
+        assert obj["metadata"]["labels"]["team"] == "platform", key
+    deployment = objects[("Deployment", "ops", "tokensync-tsync")]
+    assert deployment["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "tsync",
+        "app.kubernetes.io/component": "operator",
+        INSTANCE: "tokensync",
+    }
+    binding = objects[("ClusterRoleBinding", "", "tokensync-tsync-operator")]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tokensync-tsync", "namespace": "ops"}
+    ]
+    pod = pod_spec(objects, "ops")
+    assert pod["volumes"][-1] == {"name": "corporate-ca", "configMap": {"name": "corporate-ca"}}
+    (container,) = pod["containers"]
+    assert container["volumeMounts"][-1] == {
+        "name": "corporate-ca",
+        "mountPath": "/etc/corporate-ca",
+        "readOnly": True,
+    }
+    assert {"name": "REQUESTS_CA_BUNDLE", "value": "/etc/corporate-ca/ca.crt"} in container["env"]
+    assert container["args"][-1] == "--max-requests=8"
+    assert "annotations" not in objects[CRD_KEY]["metadata"]  # crds.keep=false
+
+
+def test_two_releases_select_only_their_own_pods(helm_bin: Path) -> None:
+    first = by_key(render(helm_bin, release="one", include_crds=False))
+    second = by_key(render(helm_bin, release="two", include_crds=False))
+    for objects, release in ((first, "one"), (second, "two")):
+        deployment = objects[("Deployment", "tokensync-system", f"{release}-tokensync")]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector[INSTANCE] == release
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= pod_labels.items()
+        service = objects[("Service", "tokensync-system", f"{release}-tokensync-metrics")]
+        assert service["spec"]["selector"] == selector
+    # No object of one release has the name of the other's.
+    assert not set(first) & set(second) - {CRD_KEY}
+
+
+def test_monitoring_follows_the_release(helm_bin: Path) -> None:
+    deploy_rule = yaml.safe_load((DEPLOY / "monitoring" / "prometheusrule.yaml").read_text())
+    same = by_key(render(helm_bin, *MODES["monitoring"]))
+    rule = same[("PrometheusRule", "tokensync-system", "tokensync")]
+    assert rule["spec"] == deploy_rule["spec"]  # release tokensync: deploy/'s job
+    other = by_key(render(helm_bin, *MODES["monitoring"], release="acme", namespace="ops"))
+    rule = other[("PrometheusRule", "ops", "acme-tokensync")]
+    assert rule["spec"] == replace_in_strings(
+        deploy_rule["spec"], 'job="tokensync-metrics"', 'job="acme-tokensync-metrics"'
+    )
+    dashboard = other[("ConfigMap", "ops", "acme-tokensync-dashboard")]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(dashboard["data"]["tokensync.json"])
+    source = json.loads((DEPLOY / "monitoring" / "grafana-dashboard.json").read_text())
+    (job,) = [v for v in board["templating"]["list"] if v["name"] == "job"]
+    assert job["current"] == {"text": "acme-tokensync-metrics", "value": "acme-tokensync-metrics"}
+    job["current"] = {}
+    assert board == source
+    assert not [k for k in by_key(render(helm_bin)) if k[0] in ("PrometheusRule", "ConfigMap")]
+
+
+def replace_in_strings(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, dict):
+        return {k: replace_in_strings(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [replace_in_strings(v, old, new) for v in value]
+    return value
+
+
+def test_notes_link_the_docs_and_chart_has_an_icon(helm_bin: Path) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["icon"].endswith("/charts/tokensync/icon.svg")
+    assert (CHART / "icon.svg").read_text().startswith("<svg")
+    lint = helm(helm_bin, "lint", str(CHART), "--strict")
+    assert "icon is recommended" not in lint.stdout
+    # NOTES.txt (the docs link, `tokensync doctor`): test_chart_server.py, which installs.

@@ -7,12 +7,14 @@ what it needs, enforces the admission policy, and `helm uninstall` removes it ag
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from chartlib import MODES, REPO, helm, key_of, render
+import yaml
+from chartlib import CHART, INSTANCE, MODES, REPO, helm, key_of, render
 from monitoring.promlib import install_monitoring_crds
 
 from fixtures.controlplane import ControlPlane, KubectlError
@@ -30,9 +32,11 @@ def cluster(control_plane: ControlPlane, monitoring_crds: Path) -> ControlPlane:
     install_monitoring_crds(control_plane, monitoring_crds)
     control_plane.kubectl("apply", "-f", str(REPO / "crds" / "oauth2credential.yaml"))
     control_plane.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}")
-    found = control_plane.kubectl("get", "namespace", "tokensync-system", check=False)
-    if found.returncode != 0:
-        control_plane.kubectl("create", "namespace", "tokensync-system")
+    # The release namespace, and the namespaceOverride of MODES["overrides"].
+    for name in ("tokensync-system", "ops"):
+        found = control_plane.kubectl("get", "namespace", name, check=False)
+        if found.returncode != 0:
+            control_plane.kubectl("create", "namespace", name)
     return control_plane
 
 
@@ -60,14 +64,17 @@ def test_every_rendered_object_is_accepted(
     objects = render(helm_bin, *with_namespaces(MODES[mode], watched))
     others = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
     crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
-    assert [c["metadata"]["name"] for c in crds] == [CRD_NAME]
+    with_crd = "--set=crds.enabled=false" not in MODES[mode]
+    assert [c["metadata"]["name"] for c in crds] == ([CRD_NAME] if with_crd else [])
     listed = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
     result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=listed)
     lines = result.stdout.splitlines()
     assert len(lines) == len(objects), result.stdout
     assert all(line.endswith("(server dry run)") for line in lines), result.stdout
     kinds = {o["kind"] for o in others}
-    assert {"Deployment", "ServiceAccount"} <= kinds
+    assert "Deployment" in kinds
+    # Its own ServiceAccount unless the user brings one.
+    assert ("ServiceAccount" in kinds) is ("--set=serviceAccount.create=false" not in MODES[mode])
 
 
 # -- a real helm install --------------------------------------------------------------
@@ -100,7 +107,16 @@ def test_helm_install_and_uninstall(
     kube = [f"--kubeconfig={cluster.kubeconfig}", f"--namespace={namespace}"]
     user = f"system:serviceaccount:{namespace}:helmtest-tokensync"
     try:
-        helm(helm_bin, "install", "helmtest", str(REPO / "charts" / "tokensync"), *kube)
+        # The CRD is there already (kubectl apply of crds/, as the 0.1 chart's crds/ left
+        # it): --take-ownership hands it to this release, as for an upgrade from 0.1.
+        helm(
+            helm_bin,
+            "install",
+            "helmtest",
+            str(REPO / "charts" / "tokensync"),
+            *kube,
+            "--take-ownership",
+        )
         status = json.loads(helm(helm_bin, "status", "helmtest", "-o", "json", *kube).stdout)
         assert status["info"]["status"] == "deployed"
         manifest = helm(helm_bin, "get", "manifest", "helmtest", *kube).stdout
@@ -177,8 +193,9 @@ def test_helm_install_and_uninstall(
         "validatingadmissionpolicy/helmtest-tokensync-operator-secrets",
     ):
         assert not cluster.kubectl("get", gone, "--ignore-not-found", "-o", "name").stdout
-    # helm never deletes what crds/ installed.
-    cluster.kubectl("get", f"crd/{CRD_NAME}")
+    # crds.keep: the CRD stays, and with it every OAuth2Credential.
+    kept = json.loads(cluster.kubectl("get", f"crd/{CRD_NAME}", "-o", "json").stdout)
+    assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     cluster.delete_namespace(namespace)
 
 
@@ -196,10 +213,15 @@ def test_helm_install_server_dry_run_in_namespaced_mode(
         "--dry-run=server",
         f"--kubeconfig={cluster.kubeconfig}",
         "--namespace=tokensync-system",
+        # The CRD is the cluster's already (the fixture's, or another release's).
+        "--take-ownership",
         *values,
     )
     assert "STATUS: pending-install" in result.stdout
     assert f"It watches OAuth2Credentials in: {', '.join(watched)}." in result.stdout
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert f"Documentation: {chart['annotations']['tokensync.dev/docs']}" in result.stdout
+    assert "`tokensync doctor -n tokensync-system` checks" in result.stdout
     rendered = [key_of(o) for o in render(helm_bin, *values)]
     for ns in watched:
         assert ("Role", ns, "tokensync-workload-identity") in rendered
@@ -223,20 +245,122 @@ def test_helm_upgrade_between_one_and_several_replicas(
         return bool(out.stdout.strip())
 
     try:
-        helm(helm_bin, "install", "upgrade", chart, *kube)
+        helm(helm_bin, "install", "upgrade", chart, *kube, "--set=crds.enabled=false")
         assert deployment()["spec"]["strategy"] == {"type": "Recreate"}
-        helm(helm_bin, "upgrade", "upgrade", chart, *kube, "--set=replicas=2")
+        helm(helm_bin, "upgrade", "upgrade", chart, *kube, "--reuse-values", "--set=replicas=2")
         spec = deployment()["spec"]
         assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
         args = spec["template"]["spec"]["containers"][0]["args"]
         assert "--peering=upgrade-tokensync" in args
         assert exists("role/upgrade-tokensync-leader-election")
         assert exists("poddisruptionbudget/upgrade-tokensync")
-        helm(helm_bin, "upgrade", "upgrade", chart, *kube, "--set=replicas=1")
+        helm(helm_bin, "upgrade", "upgrade", chart, *kube, "--reuse-values", "--set=replicas=1")
         spec = deployment()["spec"]
         assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
         assert not exists("role/upgrade-tokensync-leader-election")
         assert not exists("poddisruptionbudget/upgrade-tokensync")
     finally:
         helm(helm_bin, "uninstall", "upgrade", "--wait", *kube)
+        cluster.delete_namespace(namespace)
+
+
+def credential_body(name: str) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "tokensync.dev/v1alpha1",
+            "kind": "OAuth2Credential",
+            "metadata": {"name": name},
+            "spec": {
+                "tokenURL": "https://idp.example/oauth2/token",
+                "clientID": "client",
+                "clientSecretRef": {"name": "client", "key": "secret"},
+            },
+        }
+    )
+
+
+def printer_columns(cluster: ControlPlane) -> list[str]:
+    stored = json.loads(cluster.kubectl("get", f"crd/{CRD_NAME}", "-o", "json").stdout)
+    (version,) = stored["spec"]["versions"]
+    return [c["name"] for c in version["additionalPrinterColumns"]]
+
+
+def test_helm_upgrade_upgrades_the_crd_and_uninstall_keeps_it(
+    cluster: ControlPlane, helm_bin: Path, tmp_path: Path
+) -> None:
+    """The CRD is a template: `helm upgrade` brings a release's CRD to the chart's (here
+    from one without the Message column), and `helm uninstall` leaves it and the
+    credentials in place (crds.keep)."""
+    old_chart = tmp_path / "tokensync"
+    shutil.copytree(CHART, old_chart)
+    crd_file = old_chart / "files" / "oauth2credential.yaml"
+    old_crd = yaml.safe_load(crd_file.read_text())
+    (version,) = old_crd["spec"]["versions"]
+    version["additionalPrinterColumns"] = [
+        c for c in version["additionalPrinterColumns"] if c["name"] != "Message"
+    ]
+    crd_file.write_text(yaml.safe_dump(old_crd, sort_keys=False))
+    namespace = cluster.create_namespace("helm-crd")
+    kube = [f"--kubeconfig={cluster.kubeconfig}", f"--namespace={namespace}"]
+    try:
+        helm(helm_bin, "install", "crd", str(old_chart), *kube, "--take-ownership")
+        assert "Message" not in printer_columns(cluster)
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=credential_body("survivor"))
+        helm(helm_bin, "upgrade", "crd", str(CHART), *kube)
+        assert printer_columns(cluster)[-1] == "Message"
+        stored = json.loads(cluster.kubectl("get", f"crd/{CRD_NAME}", "-o", "json").stdout)
+        assert stored["metadata"]["labels"]["helm.sh/chart"].startswith("tokensync-")
+        helm(helm_bin, "uninstall", "crd", "--wait", *kube)
+        assert printer_columns(cluster)[-1] == "Message"  # kept
+        cluster.kubectl("get", "oauth2credential/survivor", "-n", namespace)
+    finally:
+        # Whatever happened, the cluster's CRD is crds/'s again for the other tests.
+        cluster.kubectl("apply", "-f", str(REPO / "crds" / "oauth2credential.yaml"))
+        cluster.delete_namespace(namespace)
+
+
+def test_two_releases_in_one_namespace(cluster: ControlPlane, helm_bin: Path) -> None:
+    """Two releases side by side (e.g. one per team, namespaced): neither adopts the
+    other's objects, each Deployment selects only its own pods, and uninstalling one
+    leaves the other whole. The CRD belongs to neither (crds.enabled=false)."""
+    namespace = cluster.create_namespace("helm-two")
+    kube = [f"--kubeconfig={cluster.kubeconfig}", f"--namespace={namespace}"]
+    chart = str(CHART)
+    releases = ("first", "second")
+    try:
+        for release in releases:
+            helm(helm_bin, "install", release, chart, *kube, "--set=crds.enabled=false")
+        selectors = {}
+        for release in releases:
+            status = json.loads(helm(helm_bin, "status", release, "-o", "json", *kube).stdout)
+            assert status["info"]["status"] == "deployed"
+            out = cluster.kubectl(
+                "get", f"deployment/{release}-tokensync", "-n", namespace, "-o", "json"
+            )
+            deployment = json.loads(out.stdout)
+            selector = deployment["spec"]["selector"]["matchLabels"]
+            assert selector[INSTANCE] == release
+            selectors[release] = selector
+            listed = cluster.kubectl(
+                "get",
+                "deployments",
+                "-n",
+                namespace,
+                "-l",
+                ",".join(f"{k}={v}" for k, v in selector.items()),
+                "-o",
+                "name",
+            )
+            assert listed.stdout.split() == [f"deployment.apps/{release}-tokensync"]
+        assert selectors["first"] != selectors["second"]
+        helm(helm_bin, "uninstall", "first", "--wait", *kube)
+        cluster.kubectl("get", "deployment/second-tokensync", "-n", namespace)
+        cluster.kubectl("get", "clusterrole/second-tokensync-operator")
+        gone = cluster.kubectl(
+            "get", "clusterrole/first-tokensync-operator", "--ignore-not-found", "-o", "name"
+        )
+        assert gone.stdout == ""
+    finally:
+        for release in releases:
+            helm(helm_bin, "uninstall", release, "--ignore-not-found", "--wait", *kube)
         cluster.delete_namespace(namespace)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from manifestlib import crd_schema, load_crd, walk_schema
+from manifestlib import CRD_PATH, REPO, crd_schema, load_crd, walk_schema
 
 # The API contract's fields (API.md "spec" and "status"), hard-coded on purpose: a field
 # added to or dropped from the CRD must be a deliberate change of this list too.
@@ -187,10 +187,22 @@ def test_names_scope_and_version() -> None:
 def test_printer_columns() -> None:
     (version,) = load_crd()["spec"]["versions"]
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Ready", "Reason", "Secret", "Expires", "Next Refresh", "Age"]
+    assert list(columns) == [
+        "Ready",
+        "Reason",
+        "Secret",
+        "Expires",
+        "Next Refresh",
+        "Age",
+        "Message",
+    ]
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    # The reason in the default columns (as cert-manager and ESO show it), the message
+    # with -o wide.
     assert columns["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'
-    assert columns["Reason"]["priority"] == 1
+    assert "priority" not in columns["Reason"]
+    assert columns["Message"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].message'
+    assert columns["Message"]["priority"] == 1
     assert columns["Secret"]["jsonPath"] == ".status.secretName"
     assert columns["Expires"]["jsonPath"] == ".status.expiresAt"
     assert columns["Next Refresh"]["jsonPath"] == ".status.nextRefreshTime"
@@ -442,3 +454,12 @@ def test_token_url_refusals_match_the_url_rules(
         if (re.search(arg, url) if kind == "matches" else arg in url)
     ]
     assert bool(hits) is refused, hits
+
+
+def test_packaged_crd_is_the_crds_file_byte_for_byte() -> None:
+    """`check` and `doctor` read the CRD from the installed package (data/)."""
+    packaged = REPO / "operator" / "tokensync" / "data" / "oauth2credential.yaml"
+    assert packaged.read_bytes() == CRD_PATH.read_bytes(), (
+        "operator/tokensync/data/ holds a copy of crds/: "
+        "cp crds/oauth2credential.yaml operator/tokensync/data/"
+    )

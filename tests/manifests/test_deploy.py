@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -319,8 +320,20 @@ def test_metrics_are_served_securely_by_default(container: dict[str, Any]) -> No
     )
 
 
-def test_servicemonitor_example_scrapes_https_with_a_token() -> None:
-    objects = by_kind("examples/servicemonitor.yaml")
+def test_one_servicemonitor_ships() -> None:
+    monitors = [
+        path.relative_to(DEPLOY)
+        for path in DEPLOY.rglob("*.yaml")
+        if any(isinstance(d, dict) and d.get("kind") == "ServiceMonitor" for d in load_docs(path))
+    ]
+    assert monitors == [Path("monitoring/servicemonitor.yaml")]
+
+
+def test_servicemonitor_scrapes_https_with_a_token() -> None:
+    objects = {
+        **by_kind("monitoring/servicemonitor.yaml"),
+        **by_kind("examples/prometheus-metrics-reader.yaml"),
+    }
     monitor = objects[("ServiceMonitor", "tokensync")]
     service = by_kind("base/service.yaml")[("Service", "tokensync-metrics")]
     assert (

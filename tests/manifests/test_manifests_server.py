@@ -25,7 +25,6 @@ pytestmark = pytest.mark.envtest
 CRD_NAME = "oauth2credentials.tokensync.dev"
 OPERATOR_USER = "system:serviceaccount:tokensync-system:tokensync"
 NAMESPACED_OVERLAY_NAMESPACES = ("team-a", "team-b")
-SERVICE_MONITOR = DEPLOY / "examples" / "servicemonitor.yaml"
 
 
 def exists(cp: ControlPlane, *args: str) -> bool:
@@ -106,6 +105,42 @@ def test_namespaced_overlay_is_accepted(installed: ControlPlane) -> None:
             installed.delete_namespace(namespace)
 
 
+def test_namespaced_overlay_applies_where_its_namespaces_do_not_exist_yet(
+    installed: ControlPlane,
+) -> None:
+    """`kubectl apply -k deploy/namespaced/` as it is, on a cluster without team-a and
+    team-b: the overlay brings its namespaces, so the Roles and RoleBindings find them
+    (it failed with `namespaces "team-a" not found`). Applied for real, but only the
+    namespaces and their RBAC: the rest is deploy/'s, which other tests share."""
+    for namespace in NAMESPACED_OVERLAY_NAMESPACES:
+        # test_namespaced_overlay_is_accepted deletes the ones it made: wait until gone.
+        assert wait_for(
+            lambda ns=namespace: not exists(installed, f"namespace/{ns}"),
+            120,
+            f"namespace {namespace} to be gone",
+        )
+    rendered = installed.kubectl("kustomize", str(DEPLOY / "namespaced")).stdout
+    objects = [
+        d
+        for d in yaml.safe_load_all(rendered)
+        if d
+        and (
+            (d["kind"] == "Namespace" and d["metadata"]["name"] in NAMESPACED_OVERLAY_NAMESPACES)
+            or d["metadata"].get("namespace") in NAMESPACED_OVERLAY_NAMESPACES
+        )
+    ]
+    assert {d["kind"] for d in objects} == {"Namespace", "Role", "RoleBinding"}
+    try:
+        listed = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+        installed.kubectl("apply", "-f", "-", input=listed)
+        for namespace in NAMESPACED_OVERLAY_NAMESPACES:
+            assert can_i(installed, "patch", "secrets", "-n", namespace)
+    finally:
+        for namespace in NAMESPACED_OVERLAY_NAMESPACES:
+            if exists(installed, f"namespace/{namespace}"):
+                installed.delete_namespace(namespace)
+
+
 def test_peering_overlay_is_accepted(installed: ControlPlane) -> None:
     result = installed.kubectl("apply", "-k", str(DEPLOY / "peering"), "--dry-run=server")
     assert "role.rbac.authorization.k8s.io/tokensync-leader-election" in result.stdout
@@ -169,8 +204,9 @@ def test_peering_overlay_grants_the_operator_its_lease_and_nothing_more(
 
 @pytest.mark.parametrize(
     "path",
-    # servicemonitor.yaml needs the Prometheus Operator's CRDs (checked in test_deploy.py).
-    [CRD_PATH, *sorted(set((DEPLOY / "examples").glob("*.yaml")) - {SERVICE_MONITOR})],
+    # The ServiceMonitor (deploy/monitoring/) needs the Prometheus Operator's CRDs:
+    # tests/monitoring checks it.
+    [CRD_PATH, *sorted((DEPLOY / "examples").glob("*.yaml"))],
     ids=lambda p: str(p.relative_to(REPO)),
 )
 def test_standalone_manifest_is_accepted(installed: ControlPlane, path: Path) -> None:
@@ -547,7 +583,11 @@ def test_status_subresource_and_printer_columns(installed: ControlPlane, namespa
         assert column in header
     for value in ("True", "TokenIssued", "2031-01-01T01:00:00Z", "2031-01-01T00:40:00Z"):
         assert value in row
-    assert "REASON" not in installed.kubectl("get", "o2c", "-n", namespace).stdout  # priority 1
+    assert header.split()[-1] == "MESSAGE" and row.endswith("token issued")
+    # The reason in the default columns, the message only with -o wide (priority 1).
+    default = installed.kubectl("get", "o2c", "cols", "-n", namespace).stdout
+    assert "REASON" in default and "TokenIssued" in default
+    assert "MESSAGE" not in default and "token issued" not in default
     # A status that breaks the condition schema is refused.
     bad = copy.deepcopy(status)
     bad["conditions"][0]["status"] = "Maybe"

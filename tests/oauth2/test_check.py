@@ -288,9 +288,13 @@ def test_connection_refused_is_transient(capsys, tmp_path, secret_file):
 def test_secret_ending_in_newline_is_warned_about(capsys, token_server, credentials, tmp_path):
     path = demo(token_server, credentials, tmp_path)
     echoed = write(tmp_path, "echoed", credentials.client_secret + "\n")
-    code, _, err = in_process(capsys, "-f", str(path), "--client-secret-file", str(echoed))
+    code, out, err = in_process(capsys, "-f", str(path), "--client-secret-file", str(echoed))
     assert code == check.EXIT_CONFIGURATION  # sent as is, so the server refuses it
     assert "client secret ends in a newline" in err
+    # The hint names the newline, not another clientAuthentication.
+    (hint,) = [line for line in out.splitlines() if line.strip().startswith("hint:")]
+    assert "remove the trailing newline from the client secret" in hint
+    assert "clientAuthentication" not in hint
 
 
 def test_json_output(capsys, token_server, credentials, tmp_path, secret_file):

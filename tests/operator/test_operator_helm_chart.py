@@ -42,6 +42,8 @@ def chart_release(installed, cluster, helm_bin: Path) -> Iterator[str]:
         *kube,
         "--set=scope=namespaced",
         f"--set=namespaces={{{cluster.ns}}}",
+        # The CRD is deploy/'s here (the session's `installed`), not this release's.
+        "--set=crds.enabled=false",
     )
     try:
         yield release_ns

@@ -94,9 +94,9 @@ def test_refresh_is_done_when_served_ready_and_the_secret_has_a_new_token() -> N
 
 def test_the_commands_are_registered() -> None:
     args = build_parser().parse_args(["refresh", "lms", "-n", "a", "--wait", "--timeout", "2m"])
-    assert (args.command, args.name, args.namespace, args.wait, args.timeout) == (
+    assert (args.command, args.names, args.namespace, args.wait, args.timeout) == (
         "refresh",
-        "lms",
+        ["lms"],
         "a",
         True,
         120.0,

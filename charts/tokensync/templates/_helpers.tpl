@@ -2,18 +2,41 @@
 Names. With the release name "tokensync" (or any containing it) every object is named as
 in deploy/: tokensync, tokensync-operator, tokensync-metrics, ...
 */}}
+{{- define "tokensync.name" -}}
+{{- .Values.nameOverride | default .Chart.Name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "tokensync.fullname" -}}
+{{- $name := include "tokensync.name" . -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
-{{- else if contains .Chart.Name .Release.Name -}}
+{{- else if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 52 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 52 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
+{{/* The namespace of the operator and its namespaced objects. */}}
+{{- define "tokensync.namespace" -}}
+{{- .Values.namespaceOverride | default .Release.Namespace -}}
+{{- end -}}
+
+{{/* The operator's ServiceAccount: the chart's own (serviceAccount.create), or the one
+you bring (serviceAccount.name, else "default"). */}}
 {{- define "tokensync.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
 {{- .Values.serviceAccount.name | default (include "tokensync.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The ServiceAccount as an RBAC subject. */}}
+{{- define "tokensync.subject" -}}
+kind: ServiceAccount
+name: {{ include "tokensync.serviceAccountName" . }}
+namespace: {{ include "tokensync.namespace" . }}
 {{- end -}}
 
 {{- define "tokensync.leaseName" -}}
@@ -22,27 +45,37 @@ in deploy/: tokensync, tokensync-operator, tokensync-metrics, ...
 
 {{/* The operator's user name, as the API server sees its ServiceAccount token. */}}
 {{- define "tokensync.operatorUser" -}}
-{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "tokensync.serviceAccountName" .) -}}
+{{- printf "system:serviceaccount:%s:%s" (include "tokensync.namespace" .) (include "tokensync.serviceAccountName" .) -}}
 {{- end -}}
 
-{{/* Selector labels: the same as deploy/ (a kustomize install can be taken over). */}}
+{{/* Selector labels: deploy/'s, plus the release, so that two releases in one namespace
+select only their own pods. */}}
 {{- define "tokensync.selectorLabels" -}}
-app.kubernetes.io/name: tokensync
+app.kubernetes.io/name: {{ include "tokensync.name" . }}
 app.kubernetes.io/component: operator
+app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "tokensync.labels" -}}
 {{ include "tokensync.selectorLabels" . }}
-{{ include "tokensync.commonLabels" . }}
+{{ include "tokensync.releaseLabels" . }}
 {{- end -}}
 
-{{/* The labels of an object that belongs to no component of the operator's own. */}}
+{{/* The labels of an object that belongs to no component of the operator's own, and
+the user's commonLabels on every object. */}}
 {{- define "tokensync.commonLabels" -}}
-app.kubernetes.io/part-of: tokensync
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "tokensync.releaseLabels" . }}
+{{- end -}}
+
+{{- define "tokensync.releaseLabels" -}}
+app.kubernetes.io/part-of: tokensync
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "tokensync.image" -}}
