@@ -64,7 +64,11 @@ class Operator:
                 self.process.wait()
 
 
-def start_operator(kubeconfig: Path, log_path: Path, *extra: str) -> Operator:
+def start_operator(
+    kubeconfig: Path, log_path: Path, *extra: str, run_as: tuple[int, int] | None = None
+) -> Operator:
+    """Start `tokensync run`; ``run_as=(uid, gid)`` drops a root test run to that user
+    and group with no supplementary groups (the files it reads must allow it)."""
     health, metrics = _free_port(), _free_port()
     args = [
         sys.executable,
@@ -84,7 +88,8 @@ def start_operator(kubeconfig: Path, log_path: Path, *extra: str) -> Operator:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     env.pop("REQUESTS_CA_BUNDLE", None)
     log = log_path.open("ab")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    ids = {} if run_as is None else {"user": run_as[0], "group": run_as[1], "extra_groups": []}
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, **ids)
     operator = Operator(process, log_path, health, metrics)
     deadline = time.monotonic() + 60
     while not operator.ready():
