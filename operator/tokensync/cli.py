@@ -272,6 +272,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"tokensync run: --deny-cidrs: {error}", file=sys.stderr)
         return 2
+    # Our own identity for kopf too: kopf's default asks getpass.getuser(), which fails
+    # under a UID with no passwd entry (OpenShift's restricted SCC assigns arbitrary ones).
+    identity = leader.default_identity()
     leader_election = None
     if args.peering is not None:
         namespace = args.leader_election_namespace or leader.default_namespace()
@@ -279,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
             if not leader.valid_lease_name(value):
                 print(f"tokensync run: {what} {value!r} is not a valid name", file=sys.stderr)
                 return 2
-        leader_election = (args.peering, namespace, leader.default_identity())
+        leader_election = (args.peering, namespace, identity)
     elif args.leader_election_namespace:
         print("tokensync run: --leader-election-namespace needs --peering", file=sys.stderr)
         return 2
@@ -337,6 +340,7 @@ def run(args: argparse.Namespace) -> int:
             # kopf's peering pauses its watchers but not our workers, and needs its own
             # CRDs; replicas coordinate through tokensync.leader instead (--peering).
             standalone=True,
+            identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
             ready_flag=ready_flag,
             memo=memo,
         )

@@ -65,18 +65,45 @@ class Operator:
 
 
 HOOKS = Path(__file__).resolve().parent / "hooks"  # sitecustomize.py: fault injection
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def python_for_any_user() -> list[str] | None:
+    """A command starting this environment's Python that any user may run: the test's own
+    interpreter may live where only root can enter (pyenv under /root), so the system
+    python3 of the same version, with this environment's site-packages. None if there
+    is no such interpreter."""
+    try:
+        version = subprocess.run(
+            [str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info[:2])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    if version != str(sys.version_info[:2]):
+        return None
+    site = next(p for p in sys.path if p.endswith("site-packages") and sys.prefix in p)
+    boot = f"import site; site.addsitedir({site!r}); import runpy; "
+    boot += "runpy.run_module('tokensync', run_name='__main__', alter_sys=True)"
+    return [str(SYSTEM_PYTHON), "-c", boot]
 
 
 def start_operator(
-    kubeconfig: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None
+    kubeconfig: Path,
+    log_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    run_as: tuple[int, int] | None = None,
 ) -> Operator:
     """`tokensync run` with `extra` arguments; `env` adds variables (and puts the fault
-    injection hooks on its path)."""
+    injection hooks on its path); ``run_as=(uid, gid)`` drops a root test run to that user
+    and group with no supplementary groups (the files it reads must allow it)."""
     health, metrics = _free_port(), _free_port()
+    python = [sys.executable, "-m", "tokensync"]
+    if run_as is not None:
+        python = python_for_any_user() or python
     args = [
-        sys.executable,
-        "-m",
-        "tokensync",
+        *python,
         "run",
         "--health-host=127.0.0.1",
         f"--health-port={health}",
@@ -94,7 +121,8 @@ def start_operator(
         path = environment.get("PYTHONPATH")
         environment.update(env, PYTHONPATH=f"{HOOKS}{os.pathsep}{path}" if path else str(HOOKS))
     log = log_path.open("ab")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=environment)
+    ids = {} if run_as is None else {"user": run_as[0], "group": run_as[1], "extra_groups": []}
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=environment, **ids)
     operator = Operator(process, log_path, health, metrics)
     deadline = time.monotonic() + 60
     while not operator.ready():
