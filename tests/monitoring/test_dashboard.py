@@ -1,6 +1,6 @@
 """deploy/monitoring/grafana-dashboard.json: valid, every query parsed by Prometheus's own
-parser, and every metric it reads one that the docs' metrics reference documents (or one listed as being
-added on another branch). That these are the names the running operator exports is
+parser, and every metric it reads one that docs/reference/metrics.md documents (or one
+listed as being added on another branch). That these are the names the running operator exports is
 checked against a real scrape by tests/operator/test_operator_metrics_monitoring.py.
 """
 
