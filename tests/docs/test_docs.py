@@ -210,3 +210,59 @@ def test_the_readme_is_a_front_page() -> None:
     # Every section of the site is reachable from the README.
     for section in ("getting-started", "concepts", "guides", "operations", "reference", "design"):
         assert any(link.startswith(f"docs/{section}/") for link in linked), section
+
+
+# -- the manifests shown on the pages ----------------------------------------------------
+
+
+def shown_manifests() -> list[tuple[str, dict]]:
+    """Every YAML document of a ```yaml block, and of a heredoc in a ```sh block."""
+    found = []
+    for page in all_pages():
+        text = page.read_text()
+        blocks = re.findall(r"^```yaml\n(.*?)^```", text, flags=re.S | re.M)
+        for sh in re.findall(r"^```sh\n(.*?)^```", text, flags=re.S | re.M):
+            blocks += re.findall(r"<<'EOF'\n(.*?)^EOF$", sh, flags=re.S | re.M)
+        for block in blocks:
+            for doc in yaml.safe_load_all(block):
+                if isinstance(doc, dict):
+                    found.append((str(page.relative_to(REPO)), doc))
+    return found
+
+
+def unknown_fields(value: object, schema: dict, path: str) -> list[str]:
+    """Fields the CRD's structural schema does not have (what the API server rejects as
+    `unknown field`)."""
+    if isinstance(value, dict) and "properties" in schema:
+        unknown = [f"{path}.{k}" for k in value if k not in schema["properties"]]
+        return unknown + [
+            field
+            for k, v in value.items()
+            if k in schema["properties"]
+            for field in unknown_fields(v, schema["properties"][k], f"{path}.{k}")
+        ]
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [f for v in value for f in unknown_fields(v, schema["items"], f"{path}[]")]
+    return []
+
+
+def test_every_credential_shown_is_valid() -> None:
+    from tokensync.spec import parse_spec
+
+    crd = yaml.safe_load((REPO / "crds" / "oauth2credential.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    credentials = [
+        (page, doc) for page, doc in shown_manifests() if doc.get("kind") == "OAuth2Credential"
+    ]
+    pages = {page for page, _ in credentials}
+    assert len(credentials) >= 8 and "README.md" in pages, pages
+    for page, doc in credentials:
+        assert doc["apiVersion"] == "tokensync.dev/v1alpha1", page
+        assert unknown_fields(doc["spec"], schema, "spec") == [], page
+        parse_spec(doc["spec"], name=doc["metadata"]["name"])  # raises SpecError with the field
+
+
+def test_unknown_fields_are_found() -> None:
+    schema = {"properties": {"a": {"properties": {"b": {}}}, "l": {"items": {"properties": {}}}}}
+    value = {"a": {"b": 1, "c": 2}, "x": 1, "l": [{"y": 1}]}
+    assert unknown_fields(value, schema, "spec") == ["spec.x", "spec.a.c", "spec.l[].y"]
