@@ -84,7 +84,8 @@ def type_of(schema: dict[str, Any]) -> str:
 
 
 def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """One table cell: one line, `|` escaped, and `<` too (`<issuerURL>` is not HTML)."""
+    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;")
 
 
 def table(schema: dict[str, Any], root: str) -> str:
