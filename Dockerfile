@@ -13,7 +13,8 @@
 #
 # Base images are pinned by tag AND digest: the digest decides what is pulled, the tag
 # says what it is. Security updates arrive as new digests behind the same tags. To pick
-# them up (README, "Rebuilding the image"), look up the tags' current digests, e.g.
+# them up (docs/operations/install.md, "Rebuilding for security updates"), look up the
+# tags' current digests, e.g.
 #   crane digest gcr.io/distroless/python3-debian12:nonroot
 #   docker buildx imagetools inspect debian:12.13-slim --format '{{json .Manifest.Digest}}'
 # replace them below (or pass --build-arg), rebuild, and publish a new image tag.

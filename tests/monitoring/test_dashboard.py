@@ -1,6 +1,6 @@
 """deploy/monitoring/grafana-dashboard.json: valid, every query parsed by Prometheus's own
-parser, and every metric it reads one that the README documents (or one listed as being
-added on another branch). That these are the names the running operator exports is
+parser, and every metric it reads one that docs/reference/metrics.md documents (or one
+listed as being added on another branch). That these are the names the running operator exports is
 checked against a real scrape by tests/operator/test_operator_metrics_monitoring.py.
 """
 
@@ -22,9 +22,8 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def documented_metrics() -> set[str]:
-    """The sample names the README's Metrics table promises (histograms: their series)."""
-    readme = (REPO / "README.md").read_text()
-    table = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    """The sample names docs/reference/metrics.md promises (histograms: their series)."""
+    table = (REPO / "docs" / "reference" / "metrics.md").read_text()
     names: set[str] = set()
     for name, kind in re.findall(r"^\| `(tokensync_\w+)` \| (\w+) \|", table, re.MULTILINE):
         names.add(name)

@@ -1,6 +1,7 @@
 """deploy/monitoring/: the alert rules pass Prometheus's own checks (`promtool check rules`
 with every lint) and unit tests (`promtool test rules` on tokensync.test.yaml here), each
-alert has a summary, a description and a runbook that exists in the README, and the
+alert has a summary, a description and a runbook that exists in the docs
+(docs/operations/runbooks.md), and the
 ServiceMonitor scrapes the metrics Service of deploy/.
 """
 
@@ -25,7 +26,7 @@ from promlib import (
     write_rule_file,
 )
 
-RUNBOOKS = "https://github.com/tokensync/tokensync/blob/main/README.md#"
+RUNBOOKS = "https://github.com/tokensync/tokensync/blob/main/docs/operations/runbooks.md#"
 # The issue's four alerts, and the leader-election one.
 ALERTS = {
     "TokensyncCredentialNotReady",
@@ -100,9 +101,8 @@ def test_alert_has_summary_description_and_runbook(alert: str) -> None:
     annotations = rule["annotations"]
     assert annotations["summary"].strip() and annotations["description"].strip()
     assert annotations["runbook_url"] == RUNBOOKS + alert.lower()
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Alerts and runbooks", 1)[1].split("\n## ", 1)[0]
-    headings = [line.lstrip("#").strip() for line in section.splitlines() if line.startswith("#")]
+    page = (REPO / "docs" / "operations" / "runbooks.md").read_text()
+    headings = [line.lstrip("#").strip() for line in page.splitlines() if line.startswith("## ")]
     assert alert.lower() in [github_anchor(h) for h in headings], headings
 
 

@@ -42,6 +42,14 @@ def test_the_readme_has_two_one_line_commands() -> None:
     assert all("\n" not in c for c in commands), commands
 
 
+def test_the_docs_show_the_same_run_command() -> None:
+    """docs/operations/install.md ("Run from source") repeats the first command verbatim."""
+    page = (REPO / "docs" / "operations" / "install.md").read_text()
+    section = page.split("\n## Run from source\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```sh\n(.*?)^```", section, flags=re.S | re.M)
+    assert [block.strip() for block in blocks] == [readme_commands()[0]]
+
+
 def test_ci_runs_the_readme_test_command_as_its_last_line() -> None:
     lines = [
         line.strip()
