@@ -388,8 +388,8 @@ def _from_cluster(obj: FoundObject) -> list[str]:
 def unbound_sources(token_url: str, found: Iterable[FoundObject]) -> list[str]:
     """What check read from the cluster that the operator would never send to `token_url`
     (pure): objects without the source label, or whose allowed-token-urls annotation does
-    not allow it (API.md "Referenced Secrets and ConfigMaps"). Files and the manifest are
-    the user's own input and are not held to these rules."""
+    not allow it (docs/concepts/security-model.md). Files and the manifest are the
+    user's own input and are not held to these rules."""
     problems = []
     for obj in found:
         keys = _from_cluster(obj)

@@ -617,7 +617,7 @@ class CredentialWorker:
         assert held_now.issued_at and held_now.expires_at
         point = self._refresh_point(p.spec, held_now)
         await self._report_issued(p, pending.token, held_now, point, pending.trigger)
-        # Status names the new Secret before the old one goes (API.md).
+        # Status names the new Secret before the old one goes (docs/reference/api.md).
         await self._cleanup_old_secret(p.spec, old_secret_name)
         return point.at
 

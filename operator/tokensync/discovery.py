@@ -67,7 +67,7 @@ class Metadata:
 
 def document_urls(issuer: str) -> list[str]:
     """Where the metadata may be, in order: OpenID Connect Discovery, then RFC 8414 (the
-    API.md spelling appended to the issuer, and RFC 8414's own for an issuer with a path:
+    well-known path appended to the issuer, and RFC 8414's own for an issuer with a path:
     the well-known segment inserted before the path)."""
     base = issuer.rstrip("/")
     urls = [base + OPENID_CONFIGURATION, base + OAUTH_AUTHORIZATION_SERVER]
@@ -135,7 +135,7 @@ def parse_metadata(
 
 def choose_client_authentication(metadata: Metadata) -> str:
     """The method when the spec sets none: `header` when the server lists
-    client_secret_basic or nothing, else `body` for client_secret_post (API.md)."""
+    client_secret_basic or nothing, else `body` for client_secret_post (docs/reference/api.md)."""
     if not metadata.auth_methods_listed or metadata.supports_basic:
         return "header"
     if metadata.supports_post:

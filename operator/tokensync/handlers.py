@@ -6,7 +6,7 @@ it in a stated order.
 
 The credential resource is watched by watches.py, not by a kopf handler: for a
 credential watch kopf kept a memory record and the latest full body of every object and
-ran its handler machinery for every status echo (issue 10: most of the memory and a fifth
+ran its handler machinery for every status echo (most of the memory and a fifth
 of the CPU per credential that were not tokensync's own), and kopf sends no server-side
 label selector, which the Secret and ConfigMap watches need. One asyncio task per
 credential (supervisor.py), never a kopf.daemon: kopf puts a finalizer on every object

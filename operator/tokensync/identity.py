@@ -1,10 +1,10 @@
-"""The one hook between the controller and issue 11: turn a resolved credential into the
-token request to send, doing what a plain client secret never needed:
+"""The one hook between the controller and the client authentication methods: turn a
+resolved credential into the token request to send, doing what a plain client secret never needed:
 
 - `issuerURL`: discover the token endpoint (and, if unset, the client authentication), then
   hold it to every rule a `tokenURL` is held to: URL rules, the operator's gates, and the
   `allowed-token-urls` binding of every referenced Secret;
-- `workload_identity`: check the three opt-ins and mint the ServiceAccount token;
+- `workload_identity`: check the four opt-ins and mint the ServiceAccount token;
 - `private_key_jwt` / `client_secret_jwt`: attach the assertion signer (spec.py builds it).
 
 The controller calls `prepare_request` just before it sends, and `request_failed` after a

@@ -81,7 +81,7 @@ class ManagedSecret:
 
 
 # What is kept of a managed Secret is bounded whatever a tenant packs onto a Secret it
-# labels tokensync.dev/credential (issue 18): only the labels and annotations tokensync
+# labels tokensync.dev/credential: only the labels and annotations tokensync
 # reads, values up to MAX_VALUE_CHARS, at most MAX_OWNER_REFERENCES references and
 # MAX_OWNED_KEYS names per owned set (our fixed keys first).
 KEPT_LABELS = (LABEL_CREDENTIAL,)

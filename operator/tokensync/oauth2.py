@@ -461,7 +461,7 @@ def _status_hint(request: TokenRequest, status: int, oauth_error: str | None) ->
 
 def _json_not_understood(request: TokenRequest, status: int, oauth_error: str | None) -> bool:
     """Whether a refusal of a JSON body may come from a server that did not read it: any
-    400 or 401 (API.md "Failure handling"), a 415, or an error about parameters that
+    400 or 401 (docs/concepts/status-and-conditions.md), a 415, or an error about parameters that
     were in fact sent."""
     if status in (400, 401, 415):
         return True

@@ -32,7 +32,7 @@ from tokensync.spec import CredentialSpec, Ref, ResolvedValues, assertion_signer
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
-MAX_VALUE_BYTES = 512 * 1024  # API.md "Bounded inputs": a referenced value over this is invalid
+MAX_VALUE_BYTES = 512 * 1024  # a referenced value over this is invalid (bounded input)
 
 SIGNED = ("private_key_jwt", "client_secret_jwt")
 T = TypeVar("T")

@@ -2,7 +2,7 @@
 
 The CRD enforces most of these rules on the server, but the operator must not trust
 that: a manifest read by `tokensync check` was never seen by a server, and an older CRD
-may be installed. So every rule of API.md is checked here, and all violations are
+may be installed. So every rule of docs/reference/api.md is checked here, and all violations are
 reported at once, each naming its field.
 """
 
@@ -39,7 +39,7 @@ RESERVED_KEY_DOMAINS = ("tokensync.dev", "kubernetes.io", "k8s.io")
 
 DEFAULT_TIMEOUT_SECONDS = 30
 
-# scopeObject is flat (API.md): the CRD refuses anything else, and so does the operator.
+# scopeObject is flat: the CRD refuses anything else, and so does the operator.
 SCOPE_OBJECT_MAX_KEYS = 32
 SCOPE_OBJECT_MAX_ITEMS = 32
 SCOPE_OBJECT_MAX_KEY_LENGTH = 128
@@ -225,7 +225,7 @@ def reserved_key_domain(key: str) -> str | None:
 
 
 def token_url_problem(url: str, allow_insecure_http: bool) -> str | None:
-    """Why a token URL is unacceptable, or None (API.md "URLs": the parser that connects)."""
+    """Why a token URL is unacceptable, or None (the parser that connects decides)."""
     try:
         parsed = parse_url(url)
     except URLProblem as problem:

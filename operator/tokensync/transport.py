@@ -4,7 +4,7 @@ pooled connections, the cached TLS context, the whole-request deadline, the priv
 guard, proxies and the response-size bound.
 
 No OAuth2 and no Kubernetes here; oauth2.py builds the request and classifies what this
-module raises. The rules of API.md hold on every connection, new or reused:
+module raises. The rules of docs/reference/api.md hold on every connection, new or reused:
 
 - Deadline (timeoutSeconds, connect to last byte): every blocking socket operation (TCP
   connect, TLS handshake, CONNECT, send, each recv) first sets the socket's timeout to
@@ -650,7 +650,7 @@ MAX_PROXY_MANAGERS = 8
 
 
 class TokenAdapter(requests.adapters.HTTPAdapter):
-    """A requests transport adapter with the rules of API.md on every connection, new or
+    """A requests transport adapter with the API's URL rules on every connection, new or
     reused. One per trust configuration: `ssl_context` decides whom https URLs trust and
     the client certificate they present (the `verify` and `cert` arguments of requests
     are not used); plain http needs none.

@@ -1,6 +1,6 @@
 """`workload_identity`: a ServiceAccount token, minted for the credential's IdP, is the
 client assertion. Because this mints tokens for a ServiceAccount, it is opt-in three times
-(API.md "Workload identity"), and every opt-in is checked before anything is minted:
+(docs/guides/workload-identity.md), and every opt-in is checked before anything is minted:
 
 1. the operator runs with `--enable-workload-identity` (and the deploy/workload-identity
    overlay): a cluster admin decision;

@@ -17,6 +17,7 @@ from idp.idplib import Hydra, Keycloak
 from operator_helpers import decode
 from test_identity import (  # noqa: F401 - wi_kubeconfig is a fixture
     INSECURE,
+    allow_minting,
     create_credential,
     service_account,
     token_requests,
@@ -130,6 +131,7 @@ def test_keycloak_verifies_the_clusters_serviceaccount_tokens(
         *INSECURE, "--enable-workload-identity", "--namespace", cluster.ns, kubeconfig=wi_kubeconfig
     )
     service_account(cluster, "app", urls=keycloak.issuer + "/", audiences=keycloak.issuer)
+    allow_minting(installed, cluster.ns, "app")  # the namespace's consent (issue 18)
     client_id = keycloak_workload_credential(
         cluster, keycloak, keycloak_kubernetes, "wi", "app", clientIDInRequest=False
     )
@@ -198,6 +200,7 @@ def test_keycloak_jwt_bearer_grants_through_the_operator(
     sa_user = realm.add_linked_user(alias, f"system:serviceaccount:{cluster.ns}:app")
     sa_client = realm.add_grant_client(alias)
     service_account(cluster, "app", urls=url, audiences=realm.issuer)
+    allow_minting(installed, cluster.ns, "app")
     cluster.source_secret(
         "sa-grant-client", {"client_secret": sa_client.client_secret}, allowed_urls=url
     )
