@@ -529,7 +529,23 @@ def describe_request(
 
 
 def _grant_description(spec: CredentialSpec) -> str:
-    """The grant in one phrase: client_credentials, or jwt_bearer and its assertion."""
+    """The grant in one phrase: client_credentials, jwt_bearer and its assertion, or
+    token_exchange and its subject token."""
+    exchange = spec.token_exchange
+    if spec.grant_type == "token_exchange" and exchange is not None:
+        if exchange.workload_identity is not None:
+            subject = (
+                f"a token of ServiceAccount {exchange.workload_identity.service_account_name!r}"
+            )
+        else:
+            assert exchange.subject_token_ref is not None
+            subject = describe(exchange.subject_token_ref)
+        wanted = exchange.requested_token_type
+        return (
+            f"token_exchange (subject token: {subject}, type {exchange.subject_token_type}"
+            + (f"; requested {wanted}" if wanted else "")
+            + ")"
+        )
     grant = spec.jwt_bearer
     if spec.grant_type != "jwt_bearer" or grant is None:
         return spec.grant_type
@@ -814,13 +830,18 @@ def _workload_assertion(
 def _grant_workload_assertion(
     spec: CredentialSpec, args: argparse.Namespace, namespace: str | None
 ) -> str | None:
-    """grantType jwt_bearer with jwtBearer.workloadIdentity: the ServiceAccount token that
-    is the grant, minted the way a workload_identity client assertion is."""
-    grant = spec.jwt_bearer
-    if grant is None or grant.workload_identity is None:
+    """jwtBearer.workloadIdentity or tokenExchange.workloadIdentity: the ServiceAccount
+    token that is the grant or the subject token, minted the way a workload_identity
+    client assertion is."""
+    settings = None
+    if spec.jwt_bearer is not None:
+        settings = spec.jwt_bearer.workload_identity
+    elif spec.token_exchange is not None:
+        settings = spec.token_exchange.workload_identity
+    if settings is None:
         return None
     as_client_assertion = replace(
-        spec, client_authentication="workload_identity", workload_identity=grant.workload_identity
+        spec, client_authentication="workload_identity", workload_identity=settings
     )
     return _workload_assertion(as_client_assertion, args, namespace)
 
@@ -869,7 +890,8 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     if minted is not None:
         request = replace(request, client_assertion=lambda: minted)
     if grant_minted is not None:
-        request = replace(request, grant_assertion=lambda: grant_minted)
+        attach = "grant_assertion" if spec.jwt_bearer is not None else "subject_token"
+        request = replace(request, **{attach: lambda: grant_minted})
     report["request"] = describe_request(spec, request, resolver)
     if spec.issuer_url:
         report["request"]["discoveredFrom"] = spec.issuer_url

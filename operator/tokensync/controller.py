@@ -887,7 +887,8 @@ class CredentialWorker:
     def _sanitize(text: str, resolved: ResolvedValues, *tokens: str) -> str:
         """Defence in depth: oauth2 already strips echoes; strip again before publishing
         (redact first, then truncate, so no prefix of a secret survives the cut)."""
-        return redact(text, [resolved.client_secret, *tokens], client_id=resolved.client_id)[:512]
+        secrets = [resolved.client_secret, resolved.subject_token, *tokens]
+        return redact(text, secrets, client_id=resolved.client_id)[:512]
 
     async def _report_suspended(self, secret: ManagedSecret | None) -> None:
         held = secret.held_token() if secret else None

@@ -4,7 +4,8 @@ resolved credential into the token request to send, doing what a plain client se
 - `issuerURL`: discover the token endpoint (and, if unset, the client authentication), then
   hold it to every rule a `tokenURL` is held to: URL rules, the operator's gates, and the
   `allowed-token-urls` binding of every referenced Secret;
-- `workload_identity`: check the four opt-ins and mint the ServiceAccount token;
+- `workload_identity` (and a ServiceAccount token as a grant or subject token): check the
+  four opt-ins and mint the ServiceAccount token;
 - `private_key_jwt` / `client_secret_jwt`: attach the assertion signer (spec.py builds it).
 
 The controller calls `prepare_request` just before it sends, and `request_failed` after a
@@ -23,7 +24,13 @@ from tokensync.gates import OperatorConfig, effective_request, gate_problem
 from tokensync.oauth2 import TLSSettings, TokenError, TokenRequest, display_url
 from tokensync.secret import url_allowed
 from tokensync.sources import ReferenceProblem, SourceLookup, Unresolved, resolve_references
-from tokensync.spec import CredentialSpec, ResolvedValues, to_token_request, token_url_problem
+from tokensync.spec import (
+    CredentialSpec,
+    ResolvedValues,
+    WorkloadIdentitySpec,
+    to_token_request,
+    token_url_problem,
+)
 
 T = TypeVar("T")
 Blocking = Callable[[Callable[[], T]], Awaitable[T]]
@@ -146,22 +153,23 @@ async def prepare_request(
         if isinstance(minted, ReferenceProblem):
             return minted
         request = dataclasses.replace(request, client_assertion=lambda: minted)
-    grant = spec.jwt_bearer
-    if grant is not None and grant.workload_identity is not None:
-        # grantType jwt_bearer with a ServiceAccount token as the grant: the same three
-        # opt-ins as workload identity, checked by the same code before minting.
+    grant_sa, field = _grant_service_account(spec)
+    if grant_sa is not None:
+        # A ServiceAccount token as the grant (jwt_bearer) or as the subject token
+        # (token_exchange): the same opt-ins as workload identity, checked by the same
+        # code before minting.
         if not config.enable_workload_identity:
             return ReferenceProblem(
                 "InvalidSpec",
-                "jwtBearer.workloadIdentity needs the operator to run with "
+                f"{field} needs the operator to run with "
                 "--enable-workload-identity (and the deploy/workload-identity RBAC overlay)",
             )
-        token_url, settings = spec.token_url, grant.workload_identity
+        token_url = spec.token_url
         minted_grant = await blocking(
             lambda: workload.mint_assertion(
                 kube,
                 namespace,
-                settings,
+                grant_sa,
                 token_url,
                 enabled=True,
                 api_audiences=api_audiences,
@@ -169,8 +177,20 @@ async def prepare_request(
         )
         if isinstance(minted_grant, ReferenceProblem):
             return minted_grant
-        request = dataclasses.replace(request, grant_assertion=lambda: minted_grant)
+        attach = "grant_assertion" if spec.jwt_bearer is not None else "subject_token"
+        request = dataclasses.replace(request, **{attach: lambda: minted_grant})
     return effective_request(request, config)
+
+
+def _grant_service_account(
+    spec: CredentialSpec,
+) -> tuple[WorkloadIdentitySpec | None, str]:
+    """The ServiceAccount whose token the grant carries, and the field naming it."""
+    if spec.jwt_bearer is not None and spec.jwt_bearer.workload_identity is not None:
+        return spec.jwt_bearer.workload_identity, "jwtBearer.workloadIdentity"
+    if spec.token_exchange is not None and spec.token_exchange.workload_identity is not None:
+        return spec.token_exchange.workload_identity, "tokenExchange.workloadIdentity"
+    return None, ""
 
 
 def token_url_in_use(

@@ -96,9 +96,13 @@ class TokenRequest:
     client_assertion: Callable[[], str] | None = field(default=None, repr=False, compare=False)
     # Assertion methods only: also send `client_id` (optional there, RFC 7521 4.2).
     client_id_in_request: bool = True
-    grant_type: str = "client_credentials"  # or JWT_BEARER_GRANT
+    grant_type: str = "client_credentials"  # or JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT
     # JWT_BEARER_GRANT: returns the grant's `assertion` (RFC 7523 2.1) for every request.
     grant_assertion: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    # TOKEN_EXCHANGE_GRANT (RFC 8693 2.1): returns the `subject_token` for every request.
+    subject_token: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    subject_token_type: str | None = None
+    requested_token_type: str | None = None
 
     @property
     def scope_sent(self) -> Any:
@@ -214,6 +218,7 @@ def basic_authorization(client_id: str, client_secret: str) -> str:
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ASSERTION_METHODS = ("private_key_jwt", "client_secret_jwt", "workload_identity")
 CLIENT_AUTHENTICATIONS = ("header", "body", "tls_client_auth", *ASSERTION_METHODS)
 
@@ -242,7 +247,8 @@ def _client_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
 
 
 def _grant_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
-    """grant_type and what the grant itself carries (RFC 6749 4.4, RFC 7523 2.1)."""
+    """grant_type and what the grant itself carries (RFC 6749 4.4, RFC 7523 2.1,
+    RFC 8693 2.1; audience, resource and scope are sent for every grant)."""
     if request.grant_type == "client_credentials":
         return [("grant_type", "client_credentials")]
     if request.grant_type == JWT_BEARER_GRANT:
@@ -251,6 +257,20 @@ def _grant_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
                 "the jwt_bearer grant needs an assertion", reason="InvalidRequest"
             )
         return [("grant_type", JWT_BEARER_GRANT), ("assertion", request.grant_assertion())]
+    if request.grant_type == TOKEN_EXCHANGE_GRANT:
+        if request.subject_token is None or not request.subject_token_type:
+            raise ConfigurationError(
+                "the token_exchange grant needs a subject token and its type",
+                reason="InvalidRequest",
+            )
+        params: list[tuple[str, Any]] = [
+            ("grant_type", TOKEN_EXCHANGE_GRANT),
+            ("subject_token", request.subject_token()),
+            ("subject_token_type", request.subject_token_type),
+        ]
+        if request.requested_token_type:
+            params.append(("requested_token_type", request.requested_token_type))
+        return params
     raise ConfigurationError(
         f"unsupported grant type {request.grant_type!r}", reason="InvalidRequest"
     )
@@ -977,11 +997,12 @@ def _sanitize(
     return error.sanitized(clean, clean_remote)
 
 
-_ASSERTION_PARAMETERS = ("client_assertion", "assertion")
+_ASSERTION_PARAMETERS = ("client_assertion", "assertion", "subject_token")
 
 
 def _assertion_in(sent: bytes) -> list[str]:
-    """The client assertion and the grant's assertion in a request body (form or JSON)."""
+    """The client assertion, the grant's assertion and the subject token in a request
+    body (form or JSON): an endpoint's echo of any of them is removed."""
     text = sent.decode("utf-8", "replace")
     with contextlib.suppress(ValueError):
         data = json.loads(text)

@@ -122,6 +122,18 @@ def config_hash(spec: CredentialSpec, values: ResolvedValues) -> str:
             "workloadIdentity": workload
             and [workload.service_account_name, workload.audience, workload.expiration_seconds],
         }
+    if spec.token_exchange is not None:
+        exchange = spec.token_exchange
+        workload = exchange.workload_identity
+        ref = exchange.subject_token_ref
+        request_fields["tokenExchange"] = {
+            "subjectTokenRef": ref and [ref.name, ref.key],
+            # A new subject token in the Secret is exchanged at once.
+            "subjectToken": values.subject_token and _digest(values.subject_token.encode()),
+            "types": [exchange.subject_token_type, exchange.requested_token_type],
+            "workloadIdentity": workload
+            and [workload.service_account_name, workload.audience, workload.expiration_seconds],
+        }
     return "sha256:" + _digest(request_fields)[:32]
 
 

@@ -359,6 +359,9 @@ def resolve_references(
         client_id = _text(values["client_id"], spec.client_id_ref)
         if isinstance(client_id, ReferenceProblem):
             return client_id
+    subject = _subject_token(spec, values.get("subject_token"))
+    if isinstance(subject, ReferenceProblem):
+        return subject
     ca_pem = values.get("ca")
     if ca_pem is not None and PEM_CERTIFICATE not in ca_pem:
         assert spec.tls.ca_ref is not None
@@ -375,8 +378,27 @@ def resolve_references(
         assertion_key_pem=values.get("assertion_key"),
         assertion_cert_pem=values.get("assertion_cert"),
         grant_key_pem=values.get("grant_key"),
+        subject_token=subject,
     )
     return (_signing_problem(spec, resolved) if check_key else None) or resolved
+
+
+def _subject_token(spec: CredentialSpec, value: bytes | None) -> str | ReferenceProblem | None:
+    """tokenExchange.subjectTokenRef's token. Surrounding whitespace is dropped: a token
+    never holds any (RFC 6750 2.1), and files written with `echo` end in a newline."""
+    exchange = spec.token_exchange
+    if value is None or exchange is None or exchange.subject_token_ref is None:
+        return None
+    ref = exchange.subject_token_ref
+    text = _text(value, ref)
+    if isinstance(text, ReferenceProblem):
+        return text
+    token = text.strip()
+    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        return ReferenceProblem(
+            "ReferenceInvalid", f"{describe(ref)} holds no token (empty, or with inner spaces)"
+        )
+    return token
 
 
 async def key_checked(spec: CredentialSpec, result: T) -> T | ReferenceProblem:
@@ -419,6 +441,8 @@ def _slot(spec: CredentialSpec, ref: Ref) -> str:
         return "assertion_cert"
     if spec.jwt_bearer is not None and ref is spec.jwt_bearer.key_ref:
         return "grant_key"
+    if spec.token_exchange is not None and ref is spec.token_exchange.subject_token_ref:
+        return "subject_token"
     return ref.key  # tls.crt / tls.key of the client certificate Secret
 
 

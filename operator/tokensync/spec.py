@@ -16,7 +16,13 @@ from types import MappingProxyType
 from typing import Any
 
 from tokensync import assertion, grants
-from tokensync.oauth2 import ASSERTION_METHODS, JWT_BEARER_GRANT, TLSSettings, TokenRequest
+from tokensync.oauth2 import (
+    ASSERTION_METHODS,
+    JWT_BEARER_GRANT,
+    TOKEN_EXCHANGE_GRANT,
+    TLSSettings,
+    TokenRequest,
+)
 from tokensync.urls import URLProblem, parse_url
 
 FORM = "application/x-www-form-urlencoded"
@@ -26,8 +32,23 @@ SECRET_METHODS = ("header", "body", "client_secret_jwt")  # need clientSecretRef
 NO_SECRET_METHODS = ("private_key_jwt", "tls_client_auth", "workload_identity")
 CLIENT_AUTHENTICATIONS = SECRET_METHODS + NO_SECRET_METHODS
 WORKLOAD_EXPIRATION_DEFAULT = 600
-GRANT_TYPES = ("client_credentials", "jwt_bearer")
+GRANT_TYPES = ("client_credentials", "jwt_bearer", "token_exchange")
 JWT_BEARER_LIFETIME_DEFAULT = 300
+# RFC 8693 3: token type identifiers. A ServiceAccount token is a JWT; a token from a
+# Secret is most often an access token (the only type Keycloak's standard exchange takes).
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+# The grant's own parameters (RFC 8693 2.1): extraParameters may not set them. The
+# actor token is refused as well: a token must come from a Secret, never from the spec.
+TOKEN_EXCHANGE_PARAMETERS = (
+    "subject_token",
+    "subject_token_type",
+    "requested_token_type",
+    "actor_token",
+    "actor_token_type",
+)
+# An absolute URI (RFC 3986 scheme ":" ...), as token type identifiers are.
+_TOKEN_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[!-~]+\Z")
 DELETION_POLICIES = ("Delete", "Retain")
 CA_REF_KINDS = ("Secret", "ConfigMap")
 
@@ -116,6 +137,17 @@ class JWTBearerSpec:
 
 
 @dataclass(frozen=True)
+class TokenExchangeSpec:
+    """tokenExchange: the RFC 8693 subject token, either read from a Secret key or a token
+    of a ServiceAccount minted for each request, and the token types."""
+
+    subject_token_ref: Ref | None = None
+    workload_identity: WorkloadIdentitySpec | None = None
+    subject_token_type: str = TOKEN_TYPE_ACCESS_TOKEN
+    requested_token_type: str | None = None
+
+
+@dataclass(frozen=True)
 class SecretSpec:
     name: str
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -160,6 +192,7 @@ class CredentialSpec:
     # Assertion methods: whether `client_id` goes into the body next to the assertion.
     client_id_in_request: bool = True
     jwt_bearer: JWTBearerSpec | None = None  # grantType: jwt_bearer
+    token_exchange: TokenExchangeSpec | None = None  # grantType: token_exchange
 
     @property
     def references(self) -> tuple[Ref, ...]:
@@ -178,6 +211,8 @@ class CredentialSpec:
             refs.append(self.client_assertion.certificate_ref)
         if self.jwt_bearer is not None and self.jwt_bearer.key_ref:
             refs.append(self.jwt_bearer.key_ref)
+        if self.token_exchange is not None and self.token_exchange.subject_token_ref:
+            refs.append(self.token_exchange.subject_token_ref)
         return tuple(refs)
 
 
@@ -194,6 +229,7 @@ class ResolvedValues:
     assertion_key_pem: bytes | None = field(default=None, repr=False)  # private_key_jwt
     assertion_cert_pem: bytes | None = None  # its certificate: x5t#S256 / x5t headers
     grant_key_pem: bytes | None = field(default=None, repr=False)  # jwtBearer.keyRef
+    subject_token: str | None = field(default=None, repr=False)  # tokenExchange.subjectTokenRef
 
 
 def _is_secret_key(key: str) -> bool:
@@ -442,6 +478,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         )
     workload = _parse_workload_identity(r, spec, auth)
     jwt_bearer = _parse_jwt_bearer(r, spec, grant_type, auth)
+    token_exchange = _parse_token_exchange(r, spec, grant_type, auth)
     content_type = r.enum(spec, "contentType", "spec.contentType", CONTENT_TYPES, FORM)
     scope = r.string(spec, "scope", "spec.scope", max_length=4096)
     scope_object = None
@@ -461,6 +498,8 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
             r.fail(f"spec.extraParameters.{key}", "is reserved; use the dedicated field")
         elif key.lower() == "assertion" and grant_type == "jwt_bearer":
             r.fail(f"spec.extraParameters.{key}", "is reserved with grantType: jwt_bearer")
+        elif key.lower() in TOKEN_EXCHANGE_PARAMETERS and grant_type == "token_exchange":
+            r.fail(f"spec.extraParameters.{key}", "is reserved with grantType: token_exchange")
 
     tls_data = r.mapping(spec, "tls", "spec.tls")
     ca_ref = r.ref(tls_data, "caRef", "spec.tls.caRef", kinds=CA_REF_KINDS)
@@ -497,6 +536,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         client_assertion=client_assertion,
         client_id_in_request=client_id_in_request,
         jwt_bearer=jwt_bearer,
+        token_exchange=token_exchange,
         workload_identity=workload,
         allow_insecure_http=allow_http,
         grant_type=grant_type,
@@ -656,6 +696,52 @@ def _parse_jwt_bearer(
     )
 
 
+def _parse_token_exchange(
+    r: _Reader, spec: Mapping[str, Any], grant_type: str, auth: str
+) -> TokenExchangeSpec | None:
+    """tokenExchange (grantType: token_exchange): exactly one of subjectTokenRef and
+    workloadIdentity, and the token types (absolute URIs)."""
+    path = "spec.tokenExchange"
+    data = r.mapping(spec, "tokenExchange", path)
+    if grant_type != "token_exchange":
+        if data:
+            r.fail(path, "is only used with grantType: token_exchange")
+        return None
+    if not data:
+        r.fail(path, "is required with grantType: token_exchange")
+        return None
+    has_ref = data.get("subjectTokenRef") is not None
+    has_sa = data.get("workloadIdentity") is not None
+    if has_ref == has_sa:
+        r.fail(path, "exactly one of subjectTokenRef and workloadIdentity is required")
+    subject_ref = r.ref(data, "subjectTokenRef", f"{path}.subjectTokenRef") if has_ref else None
+    workload = None
+    if has_sa:
+        if auth == "workload_identity":
+            r.fail(
+                f"{path}.workloadIdentity",
+                "cannot be combined with clientAuthentication: workload_identity "
+                "(one ServiceAccount token per request)",
+            )
+        sa_data = r.mapping(data, "workloadIdentity", f"{path}.workloadIdentity")
+        workload = _parse_service_account_token(
+            r, sa_data, f"{path}.workloadIdentity", "in tokenExchange.workloadIdentity"
+        )
+    types: dict[str, str | None] = {}
+    for key in ("subjectTokenType", "requestedTokenType"):
+        value = r.string(data, key, f"{path}.{key}", max_length=256)
+        if value is not None and not _TOKEN_TYPE_RE.match(value):
+            r.fail(f"{path}.{key}", "must be an absolute URI such as " + TOKEN_TYPE_JWT)
+        types[key] = value or None
+    default_type = TOKEN_TYPE_JWT if has_sa else TOKEN_TYPE_ACCESS_TOKEN
+    return TokenExchangeSpec(
+        subject_token_ref=subject_ref,
+        workload_identity=workload,
+        subject_token_type=types["subjectTokenType"] or default_type,
+        requested_token_type=types["requestedTokenType"],
+    )
+
+
 def _parse_secret(r: _Reader, data: Mapping[str, Any], credential_name: str) -> SecretSpec:
     name = r.object_name(data, "name", "spec.secret.name") or credential_name
     labels = r.string_map(data, "labels", "spec.secret.labels")
@@ -753,6 +839,9 @@ def grant_assertion_factory(
     )
 
 
+GRANT_TYPE_URIS = {"jwt_bearer": JWT_BEARER_GRANT, "token_exchange": TOKEN_EXCHANGE_GRANT}
+
+
 def to_token_request(spec: CredentialSpec, values: ResolvedValues) -> TokenRequest:
     """The exact token request a credential makes, once its references are resolved (and,
     with issuerURL, its token URL discovered). A workload_identity assertion is attached
@@ -764,10 +853,16 @@ def to_token_request(spec: CredentialSpec, values: ResolvedValues) -> TokenReque
     if signer is not None:
         audience = spec.client_assertion.audience or spec.token_url
         factory = assertion.assertion_factory(signer, values.client_id, audience)
+    exchange = spec.token_exchange
+    subject = values.subject_token
     return TokenRequest(
         token_url=spec.token_url,
-        grant_type=JWT_BEARER_GRANT if spec.grant_type == "jwt_bearer" else spec.grant_type,
+        grant_type=GRANT_TYPE_URIS.get(spec.grant_type, spec.grant_type),
         grant_assertion=grant_assertion_factory(spec, values),
+        # A ServiceAccount subject token is attached by tokensync.identity, which mints it.
+        subject_token=(lambda: subject) if subject is not None else None,
+        subject_token_type=exchange and exchange.subject_token_type,
+        requested_token_type=exchange and exchange.requested_token_type,
         client_id=values.client_id,
         client_secret=values.client_secret,
         client_assertion=factory,

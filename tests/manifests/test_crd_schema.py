@@ -25,6 +25,7 @@ SPEC_FIELDS = {
     "clientAuthentication",
     "clientIDInRequest",
     "jwtBearer",
+    "tokenExchange",
     "clientAssertion",
     "workloadIdentity",
     "contentType",
@@ -58,6 +59,18 @@ NESTED_FIELDS = {
     },
     "spec.jwtBearer.keyRef": {"name", "key"},
     "spec.jwtBearer.workloadIdentity": {"serviceAccountName", "audience", "expirationSeconds"},
+    "spec.tokenExchange": {
+        "subjectTokenRef",
+        "workloadIdentity",
+        "subjectTokenType",
+        "requestedTokenType",
+    },
+    "spec.tokenExchange.subjectTokenRef": {"name", "key"},
+    "spec.tokenExchange.workloadIdentity": {
+        "serviceAccountName",
+        "audience",
+        "expirationSeconds",
+    },
     "spec.tls": {"caRef", "insecureSkipVerify", "clientCertificateRef"},
     "spec.tls.caRef": {"kind", "name", "key"},
     "spec.tls.clientCertificateRef": {"name"},
@@ -102,6 +115,7 @@ DEFAULTS = {
     ".spec.grantType": "client_credentials",
     ".spec.workloadIdentity.expirationSeconds": 600,
     ".spec.jwtBearer.workloadIdentity.expirationSeconds": 600,
+    ".spec.tokenExchange.workloadIdentity.expirationSeconds": 600,
     ".spec.contentType": "application/x-www-form-urlencoded",
     ".spec.includeScope": True,
     ".spec.tls.insecureSkipVerify": False,
@@ -116,7 +130,7 @@ DEFAULTS = {
     ".status": {"observedGeneration": 0},
 }
 ENUMS = {
-    ".spec.grantType": ["client_credentials", "jwt_bearer"],
+    ".spec.grantType": ["client_credentials", "jwt_bearer", "token_exchange"],
     ".spec.jwtBearer.algorithm": ["RS256", "PS256", "ES256", "ES384"],
     # No schema default: with issuerURL the method comes from discovery.
     ".spec.clientAuthentication": [

@@ -24,6 +24,8 @@ GRANT = {
     "issuer": "https://signer.example.com",
     "subject": "bot",
 }
+SUBJECT = {"subjectTokenRef": {"name": "subject", "key": "token"}}
+ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +95,19 @@ def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
         spec_of(clientSecretRef=SECRET, clientIDInRequest=True),
         spec_of(clientSecretRef=SECRET, grantType="jwt_bearer", jwtBearer=GRANT),
         spec_of(clientSecretRef=SECRET, grantType="jwt_bearer", jwtBearer={"workloadIdentity": WI}),
+        spec_of(clientSecretRef=SECRET, grantType="token_exchange", tokenExchange=SUBJECT),
+        spec_of(
+            clientSecretRef=SECRET,
+            grantType="token_exchange",
+            tokenExchange={
+                "workloadIdentity": WI,
+                "subjectTokenType": "urn:ietf:params:oauth:token-type:jwt",
+                "requestedTokenType": ACCESS_TOKEN,
+            },
+            audience="target-service",
+            resource="https://api.example.com/",
+            scope="read",
+        ),
     ],
     ids=[
         "header",
@@ -106,6 +121,8 @@ def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
         "header-client-id-true",
         "jwt-bearer-key",
         "jwt-bearer-serviceaccount",
+        "token-exchange-secret",
+        "token-exchange-serviceaccount",
     ],
 )
 def test_valid_specs_are_accepted(control_plane, namespace, spec):
@@ -229,6 +246,60 @@ def test_valid_specs_are_accepted(control_plane, namespace, spec):
                 extraParameters={"assertion": "x"},
             ),
             "spec.extraParameters may not set assertion",
+        ),
+        (
+            spec_of(clientSecretRef=SECRET, grantType="token_exchange"),
+            "spec.tokenExchange is required with, and only used with, grantType: token_exchange",
+        ),
+        (
+            spec_of(clientSecretRef=SECRET, tokenExchange=SUBJECT),
+            "spec.tokenExchange is required with, and only used with, grantType: token_exchange",
+        ),
+        (
+            spec_of(
+                clientSecretRef=SECRET,
+                grantType="token_exchange",
+                tokenExchange={**SUBJECT, "workloadIdentity": WI},
+            ),
+            "spec.tokenExchange needs exactly one of subjectTokenRef and workloadIdentity",
+        ),
+        (
+            spec_of(clientSecretRef=SECRET, grantType="token_exchange", tokenExchange={}),
+            "spec.tokenExchange needs exactly one of subjectTokenRef and workloadIdentity",
+        ),
+        (
+            spec_of(
+                clientAuthentication="workload_identity",
+                workloadIdentity=WI,
+                grantType="token_exchange",
+                tokenExchange={"workloadIdentity": WI},
+            ),
+            "spec.tokenExchange.workloadIdentity cannot be combined",
+        ),
+        (
+            spec_of(
+                clientSecretRef=SECRET,
+                grantType="token_exchange",
+                tokenExchange=SUBJECT,
+                extraParameters={"Actor_Token": "x"},
+            ),
+            "spec.extraParameters may not set subject_token",
+        ),
+        (
+            spec_of(
+                clientSecretRef=SECRET,
+                grantType="token_exchange",
+                tokenExchange={**SUBJECT, "subjectTokenType": "access_token"},
+            ),
+            "spec.tokenExchange.subjectTokenType",
+        ),
+        (
+            spec_of(
+                clientSecretRef=SECRET,
+                grantType="token_exchange",
+                tokenExchange={**SUBJECT, "requestedTokenType": "urn:a b"},
+            ),
+            "spec.tokenExchange.requestedTokenType",
         ),
     ],
 )
