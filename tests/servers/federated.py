@@ -11,6 +11,13 @@ real signature check (PyJWT) and `iss`, `sub`, `aud`, `exp`.
     ).start()
 
 `rejections` records why each refused assertion was refused.
+
+It also answers the RFC 8693 token exchange (as Google's STS or an Okta/Auth0
+authorization server do for a federated JWT): a client authenticated with its secret
+(`clients`) exchanges a ServiceAccount token, sent as `subject_token` with
+`subject_token_type` urn:ietf:params:oauth:token-type:jwt and verified the same way,
+`federation` mapping that client id to the trusted subject. `exchanges` records the
+parameters of each accepted exchange (without the subject token).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import jwt
 from servers.quirky import Received, Reply, TokenServer, oauth_error, parse_body
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 
 
 class FederatedTokenServer(TokenServer):
@@ -44,6 +53,7 @@ class FederatedTokenServer(TokenServer):
         self.federation = dict(federation)  # client id -> trusted subject
         self.rejections: list[str] = []
         self.verified_claims: list[dict[str, Any]] = []
+        self.exchanges: list[dict[str, Any]] = []
 
     def _trust(self) -> tuple[str, jwt.PyJWKSet]:
         """The cluster's issuer and signing keys, read from the API server each time (a
@@ -79,6 +89,8 @@ class FederatedTokenServer(TokenServer):
         params = parse_body(received.header("Content-Type"), received.body)
         if params is None:
             return oauth_error(400, "invalid_request", "unsupported request body")
+        if params.get("grant_type") == TOKEN_EXCHANGE:
+            return self._exchange(received, params)
         if params.get("client_assertion_type") != JWT_BEARER:
             return oauth_error(401, "invalid_client", "a client assertion is required")
         client_id = str(params.get("client_id"))
@@ -97,3 +109,33 @@ class FederatedTokenServer(TokenServer):
             return oauth_error(400, "unsupported_grant_type")
         scope = params.get("scope")
         return self.issue(client_id, scope if isinstance(scope, str) else None)
+
+    def _exchange(self, received: Received, params: dict[str, Any]) -> Reply:
+        """RFC 8693 2.1: a secret-authenticated client exchanges a ServiceAccount token."""
+        client_id, error = self.authenticate(received, params, ("header", "body"))
+        if error:
+            return error
+        assert client_id is not None
+        if client_id not in self.federation:
+            return oauth_error(400, "invalid_grant", "no federated subject for this client")
+        if params.get("subject_token_type") != TOKEN_TYPE_JWT:
+            return oauth_error(400, "invalid_request", "subject_token_type must be jwt")
+        try:
+            claims = self.verify(str(params.get("subject_token")), client_id)
+        except (jwt.InvalidTokenError, StopIteration, KeyError, ValueError) as error:
+            with self._changed:
+                self.rejections.append(type(error).__name__)
+                self._changed.notify_all()
+            return oauth_error(400, "invalid_grant", "the subject token was not accepted")
+        wanted = (
+            params.get("requested_token_type") or "urn:ietf:params:oauth:token-type:access_token"
+        )
+        with self._changed:
+            self.verified_claims.append(claims)
+            self.exchanges.append({k: v for k, v in params.items() if k != "subject_token"})
+        scope = params.get("scope")
+        return self.issue(
+            client_id,
+            scope if isinstance(scope, str) else None,
+            extra={"issued_token_type": wanted},
+        )
