@@ -387,6 +387,76 @@ class Keycloak:
             },
         )
 
+    def add_audience_mapper(self, client_id: str, audience: str) -> None:
+        """Tokens issued to `client_id` carry the client `audience` in `aud`."""
+        self.admin(
+            "POST",
+            f"/{self.realm}/clients/{self.client_uuid(client_id)}/protocol-mappers/models",
+            {
+                "name": f"audience-{audience}",
+                "protocol": "openid-connect",
+                "protocolMapper": "oidc-audience-mapper",
+                "config": {
+                    "included.client.audience": audience,
+                    "access.token.claim": "true",
+                    "id.token.claim": "false",
+                    "introspection.token.claim": "true",
+                },
+            },
+        )
+
+    def add_user(self) -> tuple[str, str]:
+        """A user with a password: (username, password)."""
+        username, password = f"user-{secrets.token_hex(4)}", unusual_secret()
+        self.admin(
+            "POST",
+            f"/{self.realm}/users",
+            {
+                "username": username,
+                "enabled": True,
+                "email": f"{username}@example.com",
+                "emailVerified": True,
+                "firstName": "Test",
+                "lastName": "User",
+                "credentials": [{"type": "password", "value": password, "temporary": False}],
+            },
+        )
+        return username, password
+
+    def add_exchange_clients(self) -> tuple[IdPClient, IdPClient]:
+        """Standard token exchange (RFC 8693, internal to internal): an `initial` client
+        whose users' tokens name `requester` in `aud`, and `requester`, a client-secret
+        client allowed to exchange them. Returns (initial, requester)."""
+        requester = self.add_client(
+            "header", attributes={"standard.token.exchange.enabled": "true"}
+        )
+        initial = self.add_client("header")
+        self.update_client(initial.client_id, {"directAccessGrantsEnabled": True})
+        self.add_audience_mapper(initial.client_id, requester.client_id)
+        return initial, requester
+
+    def password_token(self, client: IdPClient, username: str, password: str) -> str:
+        """An access token for `username` issued to `client` (resource owner password
+        grant; a user session, as a subject token of standard token exchange needs)."""
+        import base64
+        from urllib.parse import quote_plus
+
+        pair = f"{quote_plus(client.client_id)}:{quote_plus(client.client_secret)}".encode()
+        status, data = _http(
+            self.token_url,
+            method="POST",
+            body=urlencode(
+                {"grant_type": "password", "username": username, "password": password}
+            ).encode(),
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Authorization": "Basic " + base64.b64encode(pair).decode(),
+            },
+        )
+        if status != 200:
+            raise IdPStartError(f"Keycloak password grant: HTTP {status} {data[:300]!r}")
+        return json.loads(data)["access_token"]
+
     def introspect(self, token: str) -> dict[str, Any]:
         """RFC 7662 introspection, authenticated as the realm's introspection client."""
         assert self._introspector is not None

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from idp.idpcases import HYDRA_CASES, KEY_NAME, KEYCLOAK_CASES, Setup, active_for
 from idp.idplib import Hydra, Keycloak
-from operator_helpers import decode
+from operator_helpers import decode, wait_for
 from test_identity import (  # noqa: F401 - wi_kubeconfig is a fixture
     INSECURE,
     allow_minting,
@@ -227,3 +227,59 @@ def test_keycloak_jwt_bearer_grants_through_the_operator(
         assert verdict["active"] is True, verdict
         assert (verdict["username"], verdict["client_id"]) == (user, grant_client.client_id)
         assert not [v for v in secret_variants(token) if v in operator.log()]
+
+
+# ---- grantType token_exchange (RFC 8693) with Keycloak's standard token exchange
+
+
+def test_keycloak_token_exchange_through_the_operator(cluster, own_operator, keycloak):
+    """The subject token is a Keycloak access token of another client, kept in a labelled
+    Secret bound to the realm; a new subject token there is exchanged at once. (Standard
+    token exchange takes only tokens of its own realm, so not a ServiceAccount token: that
+    one is proven in test_operator_token_exchange.py.)"""
+    operator = own_operator(*INSECURE)
+    url = keycloak.issuer + "/"
+    initial, requester = keycloak.add_exchange_clients()
+    first_user, password = keycloak.add_user()
+    subject = keycloak.password_token(initial, first_user, password)
+    cluster.source_secret("te-client", {"client_secret": requester.client_secret}, allowed_urls=url)
+    cluster.source_secret("te-subject", {"token": subject}, allowed_urls=url)
+    create_credential(
+        cluster,
+        "te",
+        {
+            "tokenURL": keycloak.token_url,
+            "clientID": requester.client_id,
+            "clientSecretRef": {"name": "te-client", "key": "client_secret"},
+            "grantType": "token_exchange",
+            "tokenExchange": {
+                "subjectTokenRef": {"name": "te-subject", "key": "token"},
+                "requestedTokenType": "urn:ietf:params:oauth:token-type:access_token",
+            },
+        },
+    )
+    cluster.wait_ready("te", reason="TokenIssued", timeout=60)
+    token = decode(cluster.secret("te"))["access_token"]
+    verdict = keycloak.introspect(token)
+    assert verdict["active"] is True, verdict
+    assert (verdict["username"], verdict["client_id"]) == (first_user, requester.client_id)
+
+    # Another user's token in the Secret: exchanged at once (the config-hash covers it).
+    second_user, password = keycloak.add_user()
+    second_subject = keycloak.password_token(initial, second_user, password)
+    cluster.core.patch_namespaced_secret(
+        "te-subject", cluster.ns, {"stringData": {"token": second_subject}}
+    )
+
+    def exchanged_again() -> str | None:
+        data = decode(cluster.secret("te"))
+        return data["access_token"] if data["access_token"] != token else None
+
+    second = wait_for(exchanged_again, 60, "a token exchanged for the new subject token")
+    verdict = keycloak.introspect(second)
+    assert (verdict["username"], verdict["client_id"]) == (second_user, requester.client_id)
+    leaks = set()
+    for value in (token, second, subject, second_subject):
+        leaks |= secret_variants(value)
+    leaks |= secret_variants(requester.client_secret, client_id=requester.client_id)
+    assert not [v for v in leaks if v in operator.log()]
