@@ -35,6 +35,7 @@ EXPECTED_EXAMPLES = {
     "keycloak-signed-jwt.yaml",
     "keycloak-workload-identity.yaml",
     "keycloak-jwt-bearer.yaml",
+    "keycloak-token-exchange.yaml",
 }
 
 
@@ -50,6 +51,8 @@ def referenced(credential: dict[str, Any]) -> list[tuple[str, str]]:
         refs.append(("Secret", spec["clientAssertion"]["keyRef"]["name"]))
     if "keyRef" in spec.get("jwtBearer", {}):
         refs.append(("Secret", spec["jwtBearer"]["keyRef"]["name"]))
+    if "subjectTokenRef" in spec.get("tokenExchange", {}):
+        refs.append(("Secret", spec["tokenExchange"]["subjectTokenRef"]["name"]))
     if "clientIDRef" in spec:
         refs.append(("Secret", spec["clientIDRef"]["name"]))
     tls = spec.get("tls", {})

@@ -130,6 +130,8 @@ def test_every_credential_example_is_covered():
         "keycloak-workload-identity.yaml",
         # a jwt_bearer grant, against Keycloak itself in tests/idp/test_idp_grants.py
         "keycloak-jwt-bearer.yaml",
+        # a token_exchange grant, against Keycloak itself in tests/idp/test_idp_token_exchange.py
+        "keycloak-token-exchange.yaml",
     }
     assert with_credentials == set(EXAMPLE_SETUPS) | identity
 
