@@ -89,8 +89,8 @@ def test_token_exchange_through_check(capsys, tmp_path, keycloak):
 
 
 def test_audience_selects_the_target_client(capsys, tmp_path, keycloak):
-    """`spec.audience` is sent as RFC 8693 `audience`: Keycloak down-scopes the new token
-    to that client."""
+    """`spec.audience` is sent as RFC 8693 `audience`: the new token is for that client,
+    and Keycloak refuses an audience that is no client of the realm."""
     initial, requester = keycloak.add_exchange_clients()
     target = keycloak.add_client("header")
     keycloak.add_audience_mapper(requester.client_id, target.client_id)
@@ -103,7 +103,13 @@ def test_audience_selects_the_target_client(capsys, tmp_path, keycloak):
     verdict = keycloak.introspect(report["result"]["accessToken"])
     assert verdict["active"] is True, verdict
     audience = verdict["aud"] if isinstance(verdict["aud"], list) else [verdict["aud"]]
-    assert audience == [target.client_id], verdict
+    assert target.client_id in audience, verdict
+
+    manifest = exchange_manifest(keycloak, requester.client_id, audience="no-such-client")
+    code = run_check(tmp_path, manifest, requester.client_secret, subject)
+    report = json.loads(capsys.readouterr().out)
+    assert code != 0
+    assert report["result"]["httpStatus"] == 400, report["result"]
 
 
 def test_a_subject_token_meant_for_another_client_is_refused(capsys, tmp_path, keycloak):
@@ -119,5 +125,6 @@ def test_a_subject_token_meant_for_another_client_is_refused(capsys, tmp_path, k
     out = capsys.readouterr().out
     report = json.loads(out)
     assert code != 0
-    assert report["result"]["httpStatus"] in (400, 403), report["result"]
+    assert (report["result"]["httpStatus"], report["result"]["error"]) == (403, "access_denied")
+    assert "not within the token audience" in report["result"]["errorDescription"]
     assert subject not in out and requester.client_secret not in out
