@@ -110,6 +110,11 @@ def config_hash(spec: CredentialSpec, values: ResolvedValues) -> str:
         request_fields["identity"] = identity
     if not spec.client_id_in_request:
         request_fields["clientIDInRequest"] = False
+    if spec.tls.client_certificate_keys_named:
+        request_fields["clientCertificateKeys"] = [
+            spec.tls.client_certificate_key,
+            spec.tls.client_private_key_key,
+        ]
     if spec.jwt_bearer is not None:
         grant = spec.jwt_bearer
         workload = grant.workload_identity

@@ -332,7 +332,10 @@ def resolve_references(
                 f"{ref.kind} {ref.name!r} may only be sent to the token URLs in its "
                 f"annotation tokensync.dev/allowed-token-urls, and spec.tokenURL is not one",
             )
-        tls_secret = ref.name == spec.tls.client_certificate_secret or (
+        tls_secret = (
+            ref.name == spec.tls.client_certificate_secret
+            and not spec.tls.client_certificate_keys_named
+        ) or (
             spec.client_assertion.certificate_ref is not None
             and ref.name == spec.client_assertion.certificate_ref.name
         )
@@ -443,7 +446,12 @@ def _slot(spec: CredentialSpec, ref: Ref) -> str:
         return "grant_key"
     if spec.token_exchange is not None and ref is spec.token_exchange.subject_token_ref:
         return "subject_token"
-    return ref.key  # tls.crt / tls.key of the client certificate Secret
+    if ref.name == spec.tls.client_certificate_secret:
+        if ref.key == spec.tls.client_certificate_key:
+            return "tls.crt"
+        if ref.key == spec.tls.client_private_key_key:
+            return "tls.key"
+    return ref.key
 
 
 def unresolved_problem(ref: Ref, metadata: Mapping[str, Any] | None) -> ReferenceProblem | None:

@@ -100,7 +100,18 @@ class Ref:
 class TLSSpec:
     ca_ref: Ref | None = None
     insecure_skip_verify: bool = False
-    client_certificate_secret: str | None = None  # a kubernetes.io/tls Secret
+    client_certificate_secret: str | None = None  # a kubernetes.io/tls Secret, unless:
+    # certificateKey / privateKeyKey: the keys of any Secret holding them (an SAP BTP x509
+    # service binding has `certificate` and `key` in an Opaque Secret).
+    client_certificate_key: str = "tls.crt"
+    client_private_key_key: str = "tls.key"
+
+    @property
+    def client_certificate_keys_named(self) -> bool:
+        return (self.client_certificate_key, self.client_private_key_key) != (
+            "tls.crt",
+            "tls.key",
+        )
 
 
 @dataclass(frozen=True)
@@ -204,7 +215,10 @@ class CredentialSpec:
             refs.append(self.tls.ca_ref)
         if self.tls.client_certificate_secret:
             name = self.tls.client_certificate_secret
-            refs += [Ref(name, "tls.crt"), Ref(name, "tls.key")]
+            refs += [
+                Ref(name, self.tls.client_certificate_key),
+                Ref(name, self.tls.client_private_key_key),
+            ]
         if self.client_assertion.key_ref:
             refs.append(self.client_assertion.key_ref)
         if self.client_assertion.certificate_ref:
@@ -504,11 +518,13 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     tls_data = r.mapping(spec, "tls", "spec.tls")
     ca_ref = r.ref(tls_data, "caRef", "spec.tls.caRef", kinds=CA_REF_KINDS)
     cert_name = None
+    cert_keys: dict[str, str] = {}
     if tls_data.get("clientCertificateRef") is not None:
         cert_data = r.mapping(tls_data, "clientCertificateRef", "spec.tls.clientCertificateRef")
         cert_name = r.object_name(cert_data, "name", "spec.tls.clientCertificateRef.name")
         if cert_data.get("name") is None:
             r.fail("spec.tls.clientCertificateRef.name", "is required")
+        cert_keys = _certificate_keys(r, cert_data)
     if auth == "tls_client_auth" and cert_name is None:
         r.fail(
             "spec.tls.clientCertificateRef",
@@ -520,6 +536,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
             tls_data, "insecureSkipVerify", "spec.tls.insecureSkipVerify", False
         ),
         client_certificate_secret=cert_name,
+        **cert_keys,
     )
 
     timeout = r.integer(spec, "timeoutSeconds", "spec.timeoutSeconds", 1, 120)
@@ -557,6 +574,25 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         secret=secret,
         refresh=refresh,
     )
+
+
+def _certificate_keys(r: _Reader, data: Mapping[str, Any]) -> dict[str, str]:
+    """clientCertificateRef.certificateKey and .privateKeyKey: both or neither, distinct
+    Secret keys (TLSSpec field names -> keys; empty: a kubernetes.io/tls Secret)."""
+    path = "spec.tls.clientCertificateRef"
+    names = {"certificateKey": "client_certificate_key", "privateKeyKey": "client_private_key_key"}
+    keys: dict[str, str] = {}
+    for field_name, attribute in names.items():
+        value = r.string(data, field_name, f"{path}.{field_name}", max_length=253)
+        if value is not None:
+            if not _is_secret_key(value):
+                r.fail(f"{path}.{field_name}", "must be a valid Secret key")
+            keys[attribute] = value
+    if len(keys) == 1:
+        r.fail(path, "certificateKey and privateKeyKey are set together or not at all")
+    elif len(keys) == 2 and len(set(keys.values())) == 1:
+        r.fail(path, "certificateKey and privateKeyKey must name different keys")
+    return keys if len(keys) == 2 else {}
 
 
 def _parse_assertion(r: _Reader, spec: Mapping[str, Any], auth: str) -> AssertionSpec:

@@ -361,7 +361,7 @@ def _load_client_certificate(context: ssl.SSLContext, tls: TrustSettings) -> Non
             "the client certificate or key is not valid PEM, or they do not match",
             reason="InvalidClientCertificate",
             hint="tls.clientCertificateRef must name a kubernetes.io/tls Secret with "
-            "tls.crt and tls.key",
+            "tls.crt and tls.key (or the keys certificateKey and privateKeyKey name)",
         ) from None
 
 

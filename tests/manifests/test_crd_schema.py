@@ -73,7 +73,7 @@ NESTED_FIELDS = {
     },
     "spec.tls": {"caRef", "insecureSkipVerify", "clientCertificateRef"},
     "spec.tls.caRef": {"kind", "name", "key"},
-    "spec.tls.clientCertificateRef": {"name"},
+    "spec.tls.clientCertificateRef": {"name", "certificateKey", "privateKeyKey"},
     "spec.secret": {"name", "labels", "annotations", "template", "deletionPolicy"},
     "spec.refresh": {"renewBefore", "renewBeforePercentage", "defaultLifetime"},
     "status.lastFailure": {

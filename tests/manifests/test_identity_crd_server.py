@@ -108,6 +108,16 @@ def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
             resource="https://api.example.com/",
             scope="read",
         ),
+        spec_of(
+            clientAuthentication="tls_client_auth",
+            tls={
+                "clientCertificateRef": {
+                    "name": "binding",
+                    "certificateKey": "certificate",
+                    "privateKeyKey": "key",
+                }
+            },
+        ),
     ],
     ids=[
         "header",
@@ -123,6 +133,7 @@ def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
         "jwt-bearer-serviceaccount",
         "token-exchange-secret",
         "token-exchange-serviceaccount",
+        "mtls-named-keys",
     ],
 )
 def test_valid_specs_are_accepted(control_plane, namespace, spec):
@@ -300,6 +311,26 @@ def test_valid_specs_are_accepted(control_plane, namespace, spec):
                 tokenExchange={**SUBJECT, "requestedTokenType": "urn:a b"},
             ),
             "spec.tokenExchange.requestedTokenType",
+        ),
+        (
+            spec_of(
+                clientAuthentication="tls_client_auth",
+                tls={"clientCertificateRef": {"name": "binding", "certificateKey": "certificate"}},
+            ),
+            "certificateKey and privateKeyKey are set together or not at all",
+        ),
+        (
+            spec_of(
+                clientAuthentication="tls_client_auth",
+                tls={
+                    "clientCertificateRef": {
+                        "name": "binding",
+                        "certificateKey": "pem",
+                        "privateKeyKey": "pem",
+                    }
+                },
+            ),
+            "certificateKey and privateKeyKey must name different keys",
         ),
     ],
 )
