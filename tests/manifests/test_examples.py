@@ -36,6 +36,7 @@ EXPECTED_EXAMPLES = {
     "keycloak-workload-identity.yaml",
     "keycloak-jwt-bearer.yaml",
     "keycloak-token-exchange.yaml",
+    "sap-btp-service-binding.yaml",
 }
 
 

@@ -228,7 +228,7 @@ def test_all_examples_together_in_one_namespace(installed: ControlPlane, namespa
     )
     items = json.loads(result.stdout)["items"]
     credentials = [i for i in items if i["kind"] == "OAuth2Credential"]
-    assert len(credentials) == 14
+    assert len(credentials) == 16
     by_name = {c["metadata"]["name"]: c["spec"] for c in credentials}
     cognito = by_name["cognito-my-api"]
     assert cognito["grantType"] == "client_credentials"
@@ -241,6 +241,8 @@ def test_all_examples_together_in_one_namespace(installed: ControlPlane, namespa
     assert by_name["entra-orders-api"]["clientAuthentication"] == "body"
     assert by_name["keycloak-reporting-jwt-bearer"]["grantType"] == "jwt_bearer"
     assert by_name["keycloak-reports-workload-identity"]["clientIDInRequest"] is False
+    x509 = by_name["sap-btp-orders-x509"]["tls"]["clientCertificateRef"]
+    assert (x509["certificateKey"], x509["privateKeyKey"]) == ("certificate", "key")
     exchange = by_name["keycloak-orders-token-exchange"]
     assert (exchange["grantType"], exchange["audience"]) == ("token_exchange", "orders-api")
 

@@ -132,6 +132,8 @@ def test_every_credential_example_is_covered():
         "keycloak-jwt-bearer.yaml",
         # a token_exchange grant, against Keycloak itself in tests/idp/test_idp_token_exchange.py
         "keycloak-token-exchange.yaml",
+        # binding-shaped Secrets through the operator in test_operator_service_binding.py
+        "sap-btp-service-binding.yaml",
     }
     assert with_credentials == set(EXAMPLE_SETUPS) | identity
 
