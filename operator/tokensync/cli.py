@@ -63,6 +63,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow clientAuthentication: workload_identity, which mints ServiceAccount "
         "tokens (needs the deploy/workload-identity RBAC overlay; see README)",
     )
+    parser.add_argument(
+        "--enable-rollout-restart",
+        action="store_true",
+        help="restart the workloads of spec.rolloutRestart after each new token (each "
+        "namespace grants patch on them; the deploy/rollout-restart overlay sets this)",
+    )
     parser.add_argument("--metrics-port", type=int, default=9090, help="0 disables /metrics")
     parser.add_argument("--metrics-host", default="0.0.0.0", help="address /metrics listens on")
     parser.add_argument(
@@ -233,6 +239,7 @@ def startup_banner(args: argparse.Namespace) -> tuple[str, list[str]]:
         f"denied CIDRs: {','.join(cidrs) if cidrs else 'none'}",
         f"insecure specs: {'honoured' if args.allow_insecure else 'refused'}",
         f"workload identity: {'on' if args.enable_workload_identity else 'off'}",
+        f"rollout restart: {'on' if args.enable_rollout_restart else 'off'}",
         f"metrics: {metrics}",
         f"max requests: {args.max_requests} ({args.max_requests_per_host} per host)",
     ]
@@ -307,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
             allowed_token_hosts=hosts,
             deny_cidrs=deny_cidrs,
             enable_workload_identity=args.enable_workload_identity,
+            enable_rollout_restart=args.enable_rollout_restart,
         ),
         max_requests=args.max_requests,
         max_requests_per_host=args.max_requests_per_host,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from tokensync import discovery, identity, metrics, oauth2, readiness, schedule
+from tokensync import discovery, identity, metrics, oauth2, readiness, rollout, schedule
 from tokensync.attempt import Attempts
 from tokensync.gates import OperatorConfig, gate_problem, insecure_warnings
 from tokensync.kube import Kube, KubeError
@@ -617,9 +617,36 @@ class CredentialWorker:
         assert held_now.issued_at and held_now.expires_at
         point = self._refresh_point(p.spec, held_now)
         await self._report_issued(p, pending.token, held_now, point, pending.trigger)
+        await self._restart_workloads(p.spec, held_now.issued_at)
         # Status names the new Secret before the old one goes (docs/reference/api.md).
         await self._cleanup_old_secret(p.spec, old_secret_name)
         return point.at
+
+    async def _restart_workloads(self, spec: CredentialSpec, issued_at: datetime) -> None:
+        """spec.rolloutRestart, once per new token: one patch per workload; a refusal is a
+        Warning event and never touches Ready (the token itself is fine)."""
+        namespace = self.owner.namespace
+        outcomes = []
+        for workload in rollout.targets(spec, self.ctx.config.enable_rollout_restart):
+            status = None
+            try:
+                await self._kube(
+                    self.ctx.kube.restart_workload,
+                    namespace,
+                    workload.kind,
+                    workload.name,
+                    format_time(issued_at),
+                )
+            except KubeError as error:
+                status = error.status
+            outcomes.append(rollout.Outcome(workload, status))
+        for outcome in outcomes:
+            if outcome.status is not None:
+                message = rollout.failure_message(namespace, outcome)
+                self.ctx.post_event(self.body, "Warning", "RolloutRestartFailed", message)
+        done = rollout.summary(outcomes)
+        if done:
+            self.ctx.post_event(self.body, "Normal", "RolloutRestarted", done)
 
     def _refresh_point(
         self, spec: CredentialSpec, held: schedule.HeldToken
@@ -725,6 +752,9 @@ class CredentialWorker:
 
     def _warnings(self, p: Pass, point: schedule.RefreshPoint | None = None) -> list[str] | None:
         warnings = [*p.warnings, *schedule.lifetime_warnings(p.held)]
+        ignored = rollout.disabled_warning(p.spec, self.ctx.config.enable_rollout_restart)
+        if ignored:
+            warnings.append(ignored)
         if point is not None and point.clamped:
             warnings.append("refresh point clamped to 10% of the token lifetime after issue")
         return warnings or None

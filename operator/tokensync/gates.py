@@ -19,6 +19,7 @@ class OperatorConfig:
     allowed_token_hosts: tuple[str, ...] = ()  # fnmatch patterns; empty: any host
     deny_cidrs: tuple[Network, ...] = ()  # refused in addition to the private-network guard
     enable_workload_identity: bool = False  # mint ServiceAccount tokens (workload_identity)
+    enable_rollout_restart: bool = False  # patch workloads of spec.rolloutRestart
 
 
 def gate_problem(spec: CredentialSpec, config: OperatorConfig) -> ReferenceProblem | None:

@@ -31,6 +31,7 @@ METADATA_LIST_ACCEPT = METADATA_ACCEPT.replace("PartialObjectMetadata", "Partial
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 FIELD_MANAGER = "tokensync"  # = managed.FIELD_MANAGER; kube.py stays free of the token logic
+RESTARTED_AT = "tokensync.dev/restarted-at"  # pod template annotation of rolloutRestart
 LIST_PAGE_SIZE = 500
 # The API server could not be reached at all (connection refused, reset, timeout).
 UNREACHABLE = 0
@@ -144,6 +145,16 @@ class Kube:
         result = self._call("PATCH", path, dict(patch), content_type=MERGE_PATCH)
         assert result is not None
         return result
+
+    def restart_workload(self, namespace: str, kind: str, name: str, stamp: str) -> None:
+        """Set the pod template annotation tokensync.dev/restarted-at (a rolling restart,
+        as `kubectl rollout restart` does with its own annotation); nothing else."""
+        plural = {"Deployment": "deployments", "StatefulSet": "statefulsets"}.get(
+            kind, "daemonsets"
+        )
+        path = f"/apis/apps/v1/namespaces/{namespace}/{plural}/{name}?fieldManager={FIELD_MANAGER}"
+        patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
+        self._call("PATCH", path, patch, content_type=MERGE_PATCH)
 
     def delete_secret(self, namespace: str, name: str, uid: str, resource_version: str) -> None:
         """Delete exactly the object that was checked (preconditions), or nothing."""

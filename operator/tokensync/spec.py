@@ -50,6 +50,8 @@ TOKEN_EXCHANGE_PARAMETERS = (
 # An absolute URI (RFC 3986 scheme ":" ...), as token type identifiers are.
 _TOKEN_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[!-~]+\Z")
 DELETION_POLICIES = ("Delete", "Retain")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")  # rolloutRestart
+MAX_ROLLOUT_RESTART = 16
 CA_REF_KINDS = ("Secret", "ConfigMap")
 
 FIXED_SECRET_KEYS = ("access_token", "token_type", "authorization", "expires_at")
@@ -148,6 +150,14 @@ class JWTBearerSpec:
 
 
 @dataclass(frozen=True)
+class WorkloadRef:
+    """rolloutRestart: a Deployment, StatefulSet or DaemonSet in the credential's namespace."""
+
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
 class TokenExchangeSpec:
     """tokenExchange: the RFC 8693 subject token, either read from a Secret key or a token
     of a ServiceAccount minted for each request, and the token types."""
@@ -204,6 +214,7 @@ class CredentialSpec:
     client_id_in_request: bool = True
     jwt_bearer: JWTBearerSpec | None = None  # grantType: jwt_bearer
     token_exchange: TokenExchangeSpec | None = None  # grantType: token_exchange
+    rollout_restart: tuple[WorkloadRef, ...] = ()  # restarted after each new token
 
     @property
     def references(self) -> tuple[Ref, ...]:
@@ -542,6 +553,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     timeout = r.integer(spec, "timeoutSeconds", "spec.timeoutSeconds", 1, 120)
     suspend = r.boolean(spec, "suspend", "spec.suspend", False)
     secret = _parse_secret(r, r.mapping(spec, "secret", "spec.secret"), name)
+    rollout_restart = _parse_rollout_restart(r, spec)
     refresh = _parse_refresh(r, r.mapping(spec, "refresh", "spec.refresh"))
 
     if r.problems:
@@ -554,6 +566,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         client_id_in_request=client_id_in_request,
         jwt_bearer=jwt_bearer,
         token_exchange=token_exchange,
+        rollout_restart=rollout_restart,
         workload_identity=workload,
         allow_insecure_http=allow_http,
         grant_type=grant_type,
@@ -776,6 +789,37 @@ def _parse_token_exchange(
         subject_token_type=types["subjectTokenType"] or default_type,
         requested_token_type=types["requestedTokenType"],
     )
+
+
+def _parse_rollout_restart(r: _Reader, spec: Mapping[str, Any]) -> tuple[WorkloadRef, ...]:
+    """rolloutRestart: at most 16 distinct {kind, name} workloads of this namespace."""
+    path = "spec.rolloutRestart"
+    items = spec.get("rolloutRestart")
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        r.fail(path, "must be a list")
+        return ()
+    if len(items) > MAX_ROLLOUT_RESTART:
+        r.fail(path, f"lists at most {MAX_ROLLOUT_RESTART} workloads")
+        return ()
+    refs: list[WorkloadRef] = []
+    for index, item in enumerate(items):
+        where = f"{path}[{index}]"
+        if not isinstance(item, Mapping):
+            r.fail(where, "must be an object with kind and name")
+            continue
+        kind = r.enum(item, "kind", f"{where}.kind", WORKLOAD_KINDS, "")
+        name = r.object_name(item, "name", f"{where}.name")
+        for key in ("kind", "name"):
+            if item.get(key) is None:
+                r.fail(f"{where}.{key}", "is required")
+        if kind and name:
+            ref = WorkloadRef(kind, name)
+            if ref in refs:
+                r.fail(where, f"{kind} {name!r} is listed twice")
+            refs.append(ref)
+    return tuple(refs)
 
 
 def _parse_secret(r: _Reader, data: Mapping[str, Any], credential_name: str) -> SecretSpec:

@@ -26,6 +26,7 @@ SPEC_FIELDS = {
     "clientIDInRequest",
     "jwtBearer",
     "tokenExchange",
+    "rolloutRestart",
     "clientAssertion",
     "workloadIdentity",
     "contentType",
@@ -131,6 +132,7 @@ DEFAULTS = {
 }
 ENUMS = {
     ".spec.grantType": ["client_credentials", "jwt_bearer", "token_exchange"],
+    ".spec.rolloutRestart[].kind": ["Deployment", "StatefulSet", "DaemonSet"],
     ".spec.jwtBearer.algorithm": ["RS256", "PS256", "ES256", "ES384"],
     # No schema default: with issuerURL the method comes from discovery.
     ".spec.clientAuthentication": [
@@ -477,3 +479,10 @@ def test_packaged_crd_is_the_crds_file_byte_for_byte() -> None:
         "operator/tokensync/data/ holds a copy of crds/: "
         "cp crds/oauth2credential.yaml operator/tokensync/data/"
     )
+
+
+def test_rollout_restart_lists_workloads(schema: dict) -> None:
+    node = schema["properties"]["spec"]["properties"]["rolloutRestart"]
+    assert (node["maxItems"], node["x-kubernetes-list-map-keys"]) == (16, ["kind", "name"])
+    assert set(node["items"]["properties"]) == {"kind", "name"}
+    assert node["items"]["properties"]["kind"]["enum"] == ["Deployment", "StatefulSet", "DaemonSet"]

@@ -50,7 +50,7 @@ def cel_namespace(installed: ControlPlane) -> Iterator[str]:
 # -- kustomize and the API server accepting everything -----------------------------------
 
 
-@pytest.mark.parametrize("overlay", ["", "namespaced", "peering"])
+@pytest.mark.parametrize("overlay", ["", "namespaced", "peering", "rollout-restart"])
 def test_kustomize_renders(control_plane: ControlPlane, overlay: str) -> None:
     rendered = control_plane.kubectl("kustomize", str(DEPLOY / overlay)).stdout
     objects = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(rendered) if d}
@@ -59,6 +59,19 @@ def test_kustomize_renders(control_plane: ControlPlane, overlay: str) -> None:
     assert ("Namespace", "tokensync-system") in objects
     cluster_role = ("ClusterRole", "tokensync-operator") in objects
     assert cluster_role is (overlay != "namespaced")
+    # The rollout-restart overlay adds the flag and no permission at all.
+    (deployment,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert ("--enable-rollout-restart" in args) is (overlay == "rollout-restart")
+    if overlay == "rollout-restart":
+        base = [
+            d
+            for d in yaml.safe_load_all(control_plane.kubectl("kustomize", str(DEPLOY)).stdout)
+            if d
+        ]
+        assert [d for d in yaml.safe_load_all(rendered) if d and d["kind"] != "Deployment"] == [
+            d for d in base if d["kind"] != "Deployment"
+        ]
 
 
 def test_base_is_accepted_and_installs(installed: ControlPlane) -> None:
