@@ -59,7 +59,8 @@ def test_kustomize_renders(control_plane: ControlPlane, overlay: str) -> None:
     assert ("Namespace", "tokensync-system") in objects
     cluster_role = ("ClusterRole", "tokensync-operator") in objects
     assert cluster_role is (overlay != "namespaced")
-    # The rollout-restart overlay adds the flag and no permission at all.
+    # The rollout-restart overlay adds the flag and its admission policy, and no
+    # permission at all.
     (deployment,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment"]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert ("--enable-rollout-restart" in args) is (overlay == "rollout-restart")
@@ -69,8 +70,14 @@ def test_kustomize_renders(control_plane: ControlPlane, overlay: str) -> None:
             for d in yaml.safe_load_all(control_plane.kubectl("kustomize", str(DEPLOY)).stdout)
             if d
         ]
-        assert [d for d in yaml.safe_load_all(rendered) if d and d["kind"] != "Deployment"] == [
-            d for d in base if d["kind"] != "Deployment"
+        added = [
+            d
+            for d in yaml.safe_load_all(rendered)
+            if d and d["kind"] != "Deployment" and d not in base
+        ]
+        assert [(d["kind"], d["metadata"]["name"]) for d in added] == [
+            ("ValidatingAdmissionPolicy", "tokensync-operator-workloads"),
+            ("ValidatingAdmissionPolicyBinding", "tokensync-operator-workloads"),
         ]
 
 

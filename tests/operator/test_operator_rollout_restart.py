@@ -7,12 +7,19 @@ the operator did); a refusal is a Warning event and Ready stays True."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import kubernetes
 import pytest
 from operator_helpers import wait_for
 
 pytestmark = pytest.mark.envtest
+
+POLICY = (
+    Path(__file__).resolve().parents[2]
+    / "deploy/rollout-restart/component/admission-policy-workloads.yaml"
+)
 
 OPERATOR_USER = "system:serviceaccount:tokensync-system:tokensync"
 ANNOTATION = "tokensync.dev/restarted-at"
@@ -66,13 +73,38 @@ def workload_requests(installed, namespace: str, since: float) -> list[tuple[str
     return [
         (e["verb"], e["objectRef"]["name"], e["responseStatus"]["code"])
         for e in installed.audit_events(user=OPERATOR_USER, since=since)
-        if (e.get("objectRef") or {}).get("resource") in ("deployments", "statefulsets")
+        if e.get("userAgent", "").startswith("tokensync/")  # not the test's kubectl
+        and (e.get("objectRef") or {}).get("resource") in ("deployments", "statefulsets")
         and (e.get("objectRef") or {}).get("namespace") == namespace
     ]
 
 
+@pytest.fixture
+def workload_policy(installed) -> Iterator[Path]:
+    """The overlay's admission policy on workloads; the operator's kubeconfig."""
+    installed.kubectl("apply", "-f", str(POLICY))
+    yield installed.service_account_kubeconfig("tokensync-system", "tokensync")
+    installed.kubectl("delete", "-f", str(POLICY))
+
+
+def patch_as_operator(
+    kubeconfig: Path, namespace: str, name: str, patch: dict, dry_run: bool = False
+) -> str | None:
+    """A merge patch with the operator's own credentials (a PATCH alone: it may not even
+    GET the workload); the refusal's message, or None when admitted."""
+    api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    apps = kubernetes.client.AppsV1Api(api)
+    try:
+        apps.patch_namespaced_deployment(name, namespace, patch, dry_run="All" if dry_run else None)
+    except kubernetes.client.exceptions.ApiException as error:
+        return f"{error.status} {error.body}"
+    finally:
+        api.close()
+    return None
+
+
 def test_new_tokens_restart_the_granted_deployment(
-    cluster, installed, own_operator, token_endpoint
+    cluster, installed, own_operator, token_endpoint, workload_policy
 ):
     since = time.time() - 1
     own_operator(
@@ -93,6 +125,29 @@ def test_new_tokens_restart_the_granted_deployment(
     cluster.wait_ready("api", reason="TokenIssued")
     first = wait_for(lambda: restarted_at(cluster, "orders"), what="the first restart")
     assert first == issued_at(cluster, "api")
+
+    # The admission policy let that patch through; anything else the operator's
+    # ServiceAccount might change on the granted Deployment is refused.
+    # (Server-side dry runs: admission runs, nothing is stored; the first waits until
+    # the API server has loaded the policy.)
+    def attempt(patch: dict) -> str | None:
+        return patch_as_operator(workload_policy, cluster.ns, "orders", patch, dry_run=True)
+
+    label = {"metadata": {"labels": {"team": "x"}}}
+    wait_for(lambda: attempt(label), what="the policy in force")
+    for patch in (
+        {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "evil:1"}]}}}},
+        {"spec": {"template": {"metadata": {"annotations": {"other": "x"}}}}},
+        {"spec": {"template": {"metadata": {"labels": {"app": "orders", "x": "y"}}}}},
+        {"spec": {"replicas": 5}},
+        label,
+    ):
+        refused = attempt(patch)
+        assert refused is not None, patch
+        assert "may change only the pod template annotation" in refused, refused
+    own = {"spec": {"template": {"metadata": {"annotations": {ANNOTATION: "x"}}}}}
+    assert patch_as_operator(workload_policy, cluster.ns, "orders", own) is None
+    first = restarted_at(cluster, "orders")
     assert restarted_at(cluster, "billing") is None
     refused = wait_for(
         lambda: [e for e in cluster.events("api") if e["reason"] == "RolloutRestartFailed"],
