@@ -118,6 +118,14 @@ def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
                 }
             },
         ),
+        spec_of(
+            clientSecretRef=SECRET,
+            rolloutRestart=[
+                {"kind": "Deployment", "name": "orders"},
+                {"kind": "StatefulSet", "name": "orders"},
+                {"kind": "DaemonSet", "name": "agent"},
+            ],
+        ),
     ],
     ids=[
         "header",
@@ -134,6 +142,7 @@ def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
         "token-exchange-secret",
         "token-exchange-serviceaccount",
         "mtls-named-keys",
+        "rollout-restart",
     ],
 )
 def test_valid_specs_are_accepted(control_plane, namespace, spec):
@@ -331,6 +340,17 @@ def test_valid_specs_are_accepted(control_plane, namespace, spec):
                 },
             ),
             "certificateKey and privateKeyKey must name different keys",
+        ),
+        (
+            spec_of(clientSecretRef=SECRET, rolloutRestart=[{"kind": "Pod", "name": "a"}]),
+            'spec.rolloutRestart[0].kind: Unsupported value: "Pod"',
+        ),
+        (
+            spec_of(
+                clientSecretRef=SECRET,
+                rolloutRestart=[{"kind": "Deployment", "name": "a"}] * 2,
+            ),
+            "spec.rolloutRestart[1]: Duplicate value",
         ),
     ],
 )
