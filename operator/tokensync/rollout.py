@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from tokensync.spec import CredentialSpec, WorkloadRef
 
 RESOURCES = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
-OPERATOR_SERVICE_ACCOUNT = "tokensync-system:tokensync"
+# As in the minting hint of tokensync.workload: the install decides the name.
+OPERATOR_SERVICE_ACCOUNT = "<operator namespace>:<operator ServiceAccount>"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ OVERLAY_VALUES: dict[str, list[str]] = {
     "namespaced": ["--set=scope=namespaced", "--set=namespaces={team-a,team-b}"],
     "peering": ["--set=replicas=2"],
     "workload-identity": ["--set=workloadIdentity.enabled=true"],
+    "rollout-restart": ["--set=rolloutRestart.enabled=true"],
 }
 
 # Every mode the chart tests lint, render and dry-run.
@@ -34,6 +35,7 @@ MODES: dict[str, list[str]] = {
     "namespaced": OVERLAY_VALUES["namespaced"],
     "peering": OVERLAY_VALUES["peering"],
     "workload-identity": OVERLAY_VALUES["workload-identity"],
+    "rollout-restart": OVERLAY_VALUES["rollout-restart"],
     "namespaced-peering-workload-identity": [
         *OVERLAY_VALUES["namespaced"],
         "--set=replicas=3",

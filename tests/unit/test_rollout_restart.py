@@ -61,7 +61,7 @@ def test_messages_say_how_to_grant():
     refused = rollout.Outcome(WorkloadRef("StatefulSet", "db"), 403)
     message = rollout.failure_message("team-a", refused)
     assert "--resource=statefulsets.apps --resource-name=db" in message
-    assert "--serviceaccount=tokensync-system:tokensync" in message
+    assert "--serviceaccount=<operator namespace>:<operator ServiceAccount>" in message
     missing = rollout.Outcome(WorkloadRef("Deployment", "gone"), 404)
     assert "does not exist" in rollout.failure_message("team-a", missing)
     done = [rollout.Outcome(WorkloadRef("Deployment", "a"), None), refused]

@@ -178,6 +178,9 @@ watched namespace in namespaced scope.
 {{- if .Values.workloadIdentity.enabled }}
 - --enable-workload-identity
 {{- end }}
+{{- if .Values.rolloutRestart.enabled }}
+- --enable-rollout-restart
+{{- end }}
 {{- range .Values.extraArgs }}
 - {{ . | quote }}
 {{- end }}
