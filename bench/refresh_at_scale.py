@@ -1110,7 +1110,7 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     log(trust_line(trust))
 
     cp.kubectl("apply", "-k", str(REPO / "deploy"))
-    cp.kubectl("wait", "--for=condition=Established", "crd/oauth2credentials.tokensync.dev")
+    cp.wait_established("oauth2credentials.tokensync.dev")
     operator_kubeconfig = cp.service_account_kubeconfig(*OPERATOR_SA)
 
     api = admin_client(cp, pool=max(args.create_concurrency, 4) + 2)

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"token endpoint at {endpoint.url} issuing {args.lifetime}s tokens")
 
         cp.kubectl("apply", "-k", str(REPO / "crds"))
-        cp.kubectl("wait", "--for=condition=Established", "crd/oauth2credentials.tokensync.dev")
+        cp.wait_established("oauth2credentials.tokensync.dev")
         manifests = _manifests(
             endpoint.url, client.client_id, client.secret, ca.cert_pem.bytes().decode()
         )

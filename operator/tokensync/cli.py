@@ -257,9 +257,36 @@ def startup_banner(args: argparse.Namespace) -> tuple[str, list[str]]:
     return "; ".join(parts), warnings_
 
 
+# glibc's mallopt parameter for the number of malloc arenas (malloc.h).
+M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas before any thread starts. Each thread that allocates gets
+    an arena of its own (up to 8 per core), and what a thread freed stays in its arena:
+    with dozens of token and Kubernetes threads parsing tenant input of up to 1 MiB, the
+    operator's RSS kept ~90 MiB after 50 one-MiB discovery documents with the default, ~30
+    with 2 (tests/operator/test_tenant_memory.py). MALLOC_ARENA_MAX, if set, wins. False
+    where there is no glibc (the call is then not made)."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    return bool(mallopt and mallopt(M_ARENA_MAX, arenas) == 1)
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf
     import urllib3
+
+    limit_malloc_arenas()
 
     from tokensync import (
         handlers,  # noqa: F401 - registers the kopf handlers

@@ -260,6 +260,11 @@ def _review(user: str, groups: list[str], attributes: dict[str, str]) -> dict[st
     }
 
 
+def _allowed(cluster: _Cluster, review: dict[str, Any]) -> bool:
+    answer = cluster.post("/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+    return bool((answer.get("status") or {}).get("allowed"))
+
+
 def check_rbac(
     operator: Operator, reviews: Sequence[Mapping[str, Any]], allowed: Sequence[bool]
 ) -> Finding:
@@ -290,11 +295,34 @@ def check_rbac(
     return Finding(OK, what, f"may do its job in {scope} ({len(reviews)} permissions checked)")
 
 
+# The policies of deploy/ and the chart match whoever holds this marker permission (a verb
+# on a resource that does not exist), granted by the ClusterRoleBinding
+# tokensync-admission-subject, and not whoever also holds `exempt` (a wildcard role).
+MARKER = {"group": "tokensync.dev", "resource": "admissionpolicies", "name": "operator"}
+
+
+def marker_reviews(operator: Operator) -> list[dict[str, Any]]:
+    """SubjectAccessReviews of the operator for the marker's `subject` and `exempt`."""
+    user = f"system:serviceaccount:{operator.namespace}:{operator.service_account}"
+    groups = ["system:serviceaccounts", f"system:serviceaccounts:{operator.namespace}"]
+    return [_review(user, groups, {**MARKER, "verb": verb}) for verb in ("subject", "exempt")]
+
+
+def _matches_operator(expression: str, user: str, marked: bool) -> bool:
+    """Whether a policy's match condition selects the operator: by its literal username,
+    or by the marker permission it holds (and no wildcard that exempts it)."""
+    return user in expression or (
+        marked and "'admissionpolicies'" in expression and "'subject'" in expression
+    )
+
+
 def check_admission_policy(
     operator: Operator,
     policies: Sequence[Mapping[str, Any]] | None,
     bindings: Sequence[Mapping[str, Any]] | None,
+    marker: tuple[bool, bool] = (False, False),
 ) -> Finding:
+    """`marker`: whether the operator may `subject` and `exempt` on the marker resource."""
     what = "admission policy"
     if policies is None or bindings is None:
         return Finding(
@@ -304,21 +332,28 @@ def check_admission_policy(
             "limits the operator's Secret writes to its own Secrets",
         )
     user = f"system:serviceaccount:{operator.namespace}:{operator.service_account}"
+    subject, exempt = marker
     matching = [
         p["metadata"]["name"]
         for p in policies
         if any(
-            user in (c.get("expression") or "")
+            _matches_operator(c.get("expression") or "", user, subject and not exempt)
             for c in (p.get("spec") or {}).get("matchConditions") or []
         )
     ]
     if not matching:
+        why = (
+            "it holds a wildcard role, which exempts it from the policies"
+            if exempt
+            else "it is not a subject of the ClusterRoleBinding tokensync-admission-subject"
+        )
         return Finding(
             WARN,
             what,
-            f"no ValidatingAdmissionPolicy matches {user}: its Secret writes are not limited "
-            "to the Opaque Secrets it manages",
-            "helm: admissionPolicy.enabled=true; kustomize: deploy/base/admission-policy.yaml",
+            f"no ValidatingAdmissionPolicy applies to {user} ({why}): its Secret writes are "
+            "not limited to the Opaque Secrets it manages",
+            "helm: admissionPolicy.enabled=true; kustomize: deploy/base/admission-policy.yaml "
+            "(both bind the marker to the operator's ServiceAccount)",
         )
     bound = {(b.get("spec") or {}).get("policyName") for b in bindings}
     unbound = [name for name in matching if name not in bound]
@@ -427,24 +462,16 @@ def _run(args: argparse.Namespace, out: TextIO, clock: Callable[[], datetime]) -
         if lease_finding:
             findings.append(lease_finding)
         reviews = access_reviews(operator)
-        allowed = [
-            bool(
-                (
-                    cluster.post("/apis/authorization.k8s.io/v1/subjectaccessreviews", r).get(
-                        "status"
-                    )
-                    or {}
-                ).get("allowed")
-            )
-            for r in reviews
-        ]
+        allowed = [_allowed(cluster, r) for r in reviews]
         findings.append(check_rbac(operator, reviews, allowed))
+        subject, exempt = (_allowed(cluster, r) for r in marker_reviews(operator))
         base = "/apis/admissionregistration.k8s.io/v1"
         findings.append(
             check_admission_policy(
                 operator,
                 cluster.list(f"{base}/validatingadmissionpolicies"),
                 cluster.list(f"{base}/validatingadmissionpolicybindings"),
+                (subject, exempt),
             )
         )
     render(findings, out)

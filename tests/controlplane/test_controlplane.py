@@ -84,7 +84,7 @@ def widget_crd(control_plane: ControlPlane) -> Iterator[dict[str, str]]:
     }
     name = crd["metadata"]["name"]
     control_plane.kubectl("apply", "-f", "-", input=json.dumps(crd))
-    control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    control_plane.wait_established(name)
     yield {"group": group, "version": "v1", "plural": "widgets", "name": name}
     control_plane.kubectl("delete", "crd", name, "--wait=false", "--ignore-not-found")
 

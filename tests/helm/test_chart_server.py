@@ -31,7 +31,7 @@ def cluster(control_plane: ControlPlane, monitoring_crds: Path) -> ControlPlane:
     ServiceMonitor CRD (for metrics.serviceMonitor.enabled) and the release namespace."""
     install_monitoring_crds(control_plane, monitoring_crds)
     control_plane.kubectl("apply", "-f", str(REPO / "crds" / "oauth2credential.yaml"))
-    control_plane.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}")
+    control_plane.wait_established(CRD_NAME)
     # The release namespace, and the namespaceOverride of MODES["overrides"].
     for name in ("tokensync-system", "ops"):
         found = control_plane.kubectl("get", "namespace", name, check=False)

@@ -31,9 +31,7 @@ ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 @pytest.fixture(scope="module")
 def namespace(control_plane: ControlPlane) -> Iterator[str]:
     control_plane.kubectl("apply", "-k", str(DEPLOY))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/oauth2credentials.tokensync.dev"
-    )
+    control_plane.wait_established("oauth2credentials.tokensync.dev")
     name = control_plane.create_namespace("identity-cel")
     yield name
     control_plane.delete_namespace(name)

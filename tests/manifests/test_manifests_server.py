@@ -36,7 +36,7 @@ def installed(control_plane: ControlPlane) -> ControlPlane:
     """deploy/ applied for real (idempotent): the CRD, namespace, RBAC, Deployment, Service.
     No kubelet runs, so the Deployment's pod never starts; every object is stored."""
     control_plane.kubectl("apply", "-k", str(DEPLOY))
-    control_plane.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    control_plane.wait_established(CRD_NAME)
     return control_plane
 
 

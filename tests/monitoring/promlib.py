@@ -68,7 +68,7 @@ def install_monitoring_crds(cp: Any, crds: Path) -> None:
         cp.kubectl(
             "apply", "--server-side", "-f", str(crds / f"monitoring.coreos.com_{plural}.yaml")
         )
-        cp.kubectl("wait", "--for=condition=Established", f"crd/{plural}.monitoring.coreos.com")
+        cp.wait_established(f"{plural}.monitoring.coreos.com")
 
 
 def load_yaml(path: Path) -> Any:

@@ -49,6 +49,7 @@ def test_restricted_pod_reads_a_secret_volume(node: Node, control_plane, namespa
             "volumes": [{"name": "data", "secret": {"secretName": "data"}}],
         },
     }
+    cp.wait_default_service_account(namespace)
     cp.kubectl("apply", "-f", "-", input=json.dumps(pod))
     cp.kubectl("wait", "-n", namespace, "pod/reader", "--for=condition=Ready", "--timeout=60s")
     got = json.loads(cp.kubectl("get", "pod", "reader", "-n", namespace, "-o", "json").stdout)

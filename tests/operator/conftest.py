@@ -43,9 +43,7 @@ def token_endpoint(ca: trustme.CA) -> Iterator[TokenEndpoint]:
 def installed(control_plane: Any) -> Any:
     """tokensync installed from deploy/ (CRD, RBAC, ServiceAccount; no pods run here)."""
     control_plane.kubectl("apply", "-k", str(REPO / "deploy"))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/oauth2credentials.tokensync.dev"
-    )
+    control_plane.wait_established("oauth2credentials.tokensync.dev")
     return control_plane
 
 

@@ -72,6 +72,7 @@ def start_reader(cluster, name: str, secret: str) -> None:
             "volumes": [{"name": "token", "secret": {"secretName": secret}}],
         },
     }
+    cluster.cp.wait_default_service_account(cluster.ns)
     cluster.cp.kubectl("apply", "-f", "-", input=json.dumps(pod))
 
 

@@ -59,6 +59,7 @@ class TokenEndpoint:
         self.lock = threading.Lock()
         self.discovery_delay = 0.0  # seconds before the metadata document is answered
         self.discovery_requests: list[float] = []
+        self.documents: dict[str, bytes] = {}  # more metadata documents, by request path
         self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -164,6 +165,9 @@ def _handler(endpoint: TokenEndpoint) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:
+            if self.path in endpoint.documents:
+                self._send(200, endpoint.documents[self.path])
+                return
             if self.path != "/.well-known/openid-configuration":
                 self.send_error(404)
                 return
@@ -176,6 +180,13 @@ def _handler(endpoint: TokenEndpoint) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body.encode())
+
+        def _send(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

@@ -443,6 +443,28 @@ def test_doctor_admission_policy() -> None:
     assert doctor.check_admission_policy(operator, [policy], []).level == doctor.FAIL
     assert doctor.check_admission_policy(operator, [], []).level == doctor.WARN
     assert doctor.check_admission_policy(operator, None, None).level == doctor.WARN
+    # deploy/'s policies match the holders of the marker permission, not a username.
+    marked = {
+        "metadata": {"name": "m"},
+        "spec": {
+            "matchConditions": [
+                {
+                    "expression": "authorizer.group('tokensync.dev').resource('admissionpolicies')"
+                    ".name('operator').check('subject').allowed() && !authorizer.group("
+                    "'tokensync.dev').resource('admissionpolicies').name('operator')"
+                    ".check('exempt').allowed()"
+                }
+            ]
+        },
+    }
+    bound = {"spec": {"policyName": "m"}}
+    check = doctor.check_admission_policy
+    assert check(operator, [marked], [bound], (True, False)).level == doctor.OK
+    not_subject = check(operator, [marked], [bound], (False, False))
+    assert not_subject.level == doctor.WARN and "tokensync-admission-subject" in not_subject.detail
+    exempted = check(operator, [marked], [bound], (True, True))
+    assert exempted.level == doctor.WARN and "wildcard role" in exempted.detail
+    assert check(operator, [marked], [], (True, False)).level == doctor.FAIL
 
 
 def test_doctor_output() -> None:
