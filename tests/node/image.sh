@@ -147,6 +147,7 @@ sock="unix://$work/buildkitd.sock"
 # Host networking: the build stage's apt-get and pip reach the network as this machine does.
 "$bk/buildkitd" --config "$work/buildkitd.toml" --root "$state" --addr "$sock" \
   --oci-worker=true --containerd-worker=false --oci-worker-net=host \
+  --otel-socket-path "$work/otel-grpc.sock" \
   > "$work/buildkitd.log" 2>&1 &
 buildkitd_pid=$!
 for _ in $(seq 100); do
