@@ -125,6 +125,7 @@ def test_overlay_changes_only_test_settings():
     assert f'KUBERNETES_SERVICE_PORT, value: "{port}"' in text
 
 
+@pytest.mark.timeout(900)  # the first use builds (or finds) and imports the image
 def test_deploy_runs_on_the_node_and_survives_a_pod_deletion(
     deployed, pod_cluster: Cluster, pod_endpoint: TokenEndpoint, node: Node
 ):
@@ -172,6 +173,7 @@ def _replacement(cp: Any, old_name: str) -> dict[str, Any] | None:
     return pod if pod["metadata"]["name"] != old_name else None
 
 
+@pytest.mark.timeout(900)
 def test_deploy_runs_under_an_arbitrary_uid_with_gid_0(
     deployed, pod_cluster: Cluster, pod_endpoint: TokenEndpoint, node: Node
 ):
