@@ -51,7 +51,7 @@ def _layer_paths(tar: tarfile.TarFile, digest: str) -> set[str]:
         return {m.name.removeprefix("./") for m in layer}
 
 
-@pytest.mark.timeout(900)  # cold: BuildKit, the bases and the image, about 7 minutes
+@pytest.mark.timeout(900)  # cold: BuildKit, the bases and the image, about 8 minutes
 def test_image_from_the_dockerfile_is_what_it_promises(archive: Path):
     with tarfile.open(archive) as tar:
         index_file = tar.extractfile("index.json")
