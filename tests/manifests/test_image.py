@@ -1,4 +1,5 @@
-"""The Dockerfile, checked without building it (no container engine on the test machines):
+"""The Dockerfile, checked without building it (tests/node/test_image_build.py builds it and
+tests/operator/test_deploy_on_node.py runs the image on the test node):
 base images pinned by tag and digest, multi-stage, a distroless final stage (no shell,
 no package manager), runtime dependencies only, numeric non-root user, and `tokensync` as
 the entrypoint."""

@@ -63,7 +63,10 @@ class TokenEndpoint:
         self._server = _Server(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        # Its URL's host is in the certificate too (e.g. the test node's gateway, which
+        # relays to 127.0.0.1 for pods).
+        names = dict.fromkeys(["127.0.0.1", "localhost", host])
+        ca.issue_cert(*names).configure_cert(context)
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
