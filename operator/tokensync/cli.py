@@ -61,7 +61,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--enable-workload-identity",
         action="store_true",
         help="allow clientAuthentication: workload_identity, which mints ServiceAccount "
-        "tokens (needs the deploy/workload-identity RBAC overlay; see README)",
+        "tokens (needs the deploy/workload-identity RBAC overlay; see "
+        "docs/guides/workload-identity.md)",
     )
     parser.add_argument(
         "--enable-rollout-restart",

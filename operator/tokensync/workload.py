@@ -231,6 +231,6 @@ def token_request_forbidden(namespace: str, name: str, error: str) -> ReferenceP
     return ReferenceProblem(
         "ReferenceNotLabeled",
         f"the namespace has not allowed the operator to mint tokens of ServiceAccount "
-        f"{name!r}: a namespace admin grants it with a Role and RoleBinding (README "
-        f'"Workload identity"): {MINT_ROLE_HINT.format(ns=namespace, sa=name)}',
+        f"{name!r}: a namespace admin grants it with a Role and RoleBinding "
+        f"(docs/guides/workload-identity.md): {MINT_ROLE_HINT.format(ns=namespace, sa=name)}",
     )

@@ -201,7 +201,7 @@ def workload_credential(cluster, server, name: str, sa: str, audience: str = AUD
 
 
 def allow_minting(installed, namespace: str, sa: str) -> None:
-    """The namespace's consent in RBAC (README "Workload identity"), for WI_SA."""
+    """The namespace's consent in RBAC (docs/guides/workload-identity.md), for WI_SA."""
     role = f"tokensync-mint-{sa}"
     installed.kubectl(
         "-n", namespace, "create", "role", role, "--verb=create",
