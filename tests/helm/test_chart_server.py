@@ -23,6 +23,9 @@ from fixtures.polling import wait_for
 pytestmark = pytest.mark.envtest
 
 CRD_NAME = "oauth2credentials.tokensync.dev"
+# Not tokensync-system: the operator tests' `installed` fixture applies deploy/ there, whose
+# Deployment has another (immutable) selector, so a dry run there would depend on order.
+DRY_RUN_NAMESPACE = "helm-dry-run"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def cluster(control_plane: ControlPlane, monitoring_crds: Path) -> ControlPlane:
     control_plane.kubectl("apply", "-f", str(REPO / "crds" / "oauth2credential.yaml"))
     control_plane.wait_established(CRD_NAME)
     # The release namespace, and the namespaceOverride of MODES["overrides"].
-    for name in ("tokensync-system", "ops"):
+    for name in (DRY_RUN_NAMESPACE, "ops"):
         found = control_plane.kubectl("get", "namespace", name, check=False)
         if found.returncode != 0:
             control_plane.kubectl("create", "namespace", name)
@@ -61,7 +64,7 @@ def with_namespaces(values: list[str], namespaces: list[str]) -> list[str]:
 def test_every_rendered_object_is_accepted(
     cluster: ControlPlane, helm_bin: Path, watched: list[str], mode: str
 ) -> None:
-    objects = render(helm_bin, *with_namespaces(MODES[mode], watched))
+    objects = render(helm_bin, *with_namespaces(MODES[mode], watched), namespace=DRY_RUN_NAMESPACE)
     others = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
     crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
     with_crd = "--set=crds.enabled=false" not in MODES[mode]

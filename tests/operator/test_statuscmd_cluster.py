@@ -331,7 +331,8 @@ def test_doctor_names_what_a_broken_installation_lacks(cluster):
     )
     assert "fix: grant the operator's rules" in out
     assert (
-        f"[warn] admission policy: no ValidatingAdmissionPolicy matches "
-        f"system:serviceaccount:{cluster.ns}:nobody" in out
+        f"[warn] admission policy: no ValidatingAdmissionPolicy applies to "
+        f"system:serviceaccount:{cluster.ns}:nobody (it is not a subject of the "
+        "ClusterRoleBinding tokensync-admission-subject)" in out
     )
     assert "Traceback" not in result.stderr
