@@ -14,7 +14,7 @@ import hashlib
 import json
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -248,8 +248,9 @@ class DiscoveryCache:
     discovery. Thread-safe (used from the executor).
 
     Bounded: at most `max_entries` documents (least recently used out first), each only
-    the few fields of `Metadata`; entries older than twice the TTL, whose issuer no
-    credential asked for since, are dropped whenever another is stored. The cache says
+    the few fields of `Metadata`; an issuer's documents are dropped with the last
+    credential that names it (`IssuerUsers`), and entries older than twice the TTL, whose
+    issuer no credential asked for since, whenever another is stored. The cache says
     what was discovered, not whether a credential may use it: callers check the endpoint
     against each credential's own settings (identity.discover)."""
 
@@ -305,12 +306,42 @@ class DiscoveryCache:
             items = [v for k, v in self._items.items() if k[0] == issuer]
         return max(items, key=lambda item: item[2])[1].token_endpoint if items else None
 
+    def forget(self, issuer: str) -> None:
+        """Drop every document of `issuer` (its last credential is gone)."""
+        with self._lock:
+            for key in [k for k in self._items if k[0] == issuer]:
+                del self._items[key]
+
     def invalidate(self, issuer: str) -> None:
         """Read the documents of `issuer` again next time (kept for a transient failure)."""
         with self._lock:
             for key, (_, metadata, used) in list(self._items.items()):
                 if key[0] == issuer:
                     self._items[key] = (float("-inf"), metadata, used)
+
+
+class IssuerUsers:
+    """Which credentials name which issuerURL, so that the cache drops an issuer's
+    documents when its last credential is deleted or moves to another issuer (a tenant
+    cycling issuers would otherwise fill the cache up to its bound and keep it there).
+    Used on the event loop only."""
+
+    def __init__(self, cache: DiscoveryCache) -> None:
+        self._cache = cache
+        self._issuer_of: dict[str, str] = {}  # credential UID -> its issuerURL
+        self._users: Counter[str] = Counter()
+
+    def set(self, uid: str, issuer: str | None) -> None:
+        """The credential `uid` now names `issuer` (None: none, or it is gone)."""
+        old = self._issuer_of.pop(uid, None)
+        if issuer is not None:
+            self._issuer_of[uid] = issuer
+            self._users[issuer] += 1
+        if old is not None:
+            self._users[old] -= 1
+            if self._users[old] <= 0:
+                del self._users[old]
+                self._cache.forget(old)
 
 
 def invalidates_discovery(error: TokenError) -> bool:

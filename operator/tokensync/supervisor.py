@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tokensync import metrics
+from tokensync import discovery, identity, metrics
 from tokensync.controller import CredentialWorker, OperatorContext
 from tokensync.managed import managed_state
 from tokensync.secret import ANNOTATION_REFRESH_REQUESTED, LABEL_CREDENTIAL
@@ -48,6 +48,7 @@ class Supervisor:
         # its own last event (kept for deleted UIDs too, until a sweep no longer needs it).
         self.sequence = 0
         self.last_event: dict[str, int] = {}
+        self.issuers = discovery.IssuerUsers(identity.DISCOVERY)
 
     def is_own_echo(self, body: Mapping[str, Any]) -> bool:
         """Our own status patch coming back through the watch (called on its thread):
@@ -93,6 +94,7 @@ class Supervisor:
         self.by_name[key] = uid
         # Replaces the previous references: values still read are kept, not read again.
         self.sources.set_references(uid, referenced(body))
+        self.issuers.set(uid, _issuer_url(body))
         worker = self.workers.get(uid)
         if worker is None:
             worker = CredentialWorker(self.ctx, dict(body))
@@ -157,6 +159,7 @@ class Supervisor:
         return len(gone)
 
     def _forget_references(self, uid: str) -> None:
+        self.issuers.set(uid, None)
         self.sources.forget(uid)
 
     def source_event(self, uids: set[str]) -> None:
@@ -218,6 +221,11 @@ class Supervisor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _issuer_url(body: Mapping[str, Any]) -> str | None:
+    issuer = (body.get("spec") or {}).get("issuerURL")
+    return issuer if isinstance(issuer, str) else None
 
 
 def _refresh_requested(metadata: Mapping[str, Any]) -> str | None:

@@ -159,3 +159,26 @@ def test_the_cache_is_bounded_and_forgets_unused_issuers():
     now[0] = 2 * discovery.CACHE_SECONDS + 1
     cache.get("https://fresh", TLSSettings(), read(99))
     assert cache.entries() == 1
+
+
+def test_an_issuers_documents_go_with_its_last_credential():
+    cache = discovery.DiscoveryCache()
+    users = discovery.IssuerUsers(cache)
+
+    def read(issuer: str):
+        return lambda: discovery.Metadata(
+            issuer, f"{issuer}/token", False, False, False, "none", "d"
+        )
+
+    for issuer in ("https://a", "https://b"):
+        cache.get(issuer, TLSSettings(), read(issuer))
+    users.set("uid-1", "https://a")
+    users.set("uid-2", "https://a")
+    users.set("uid-3", "https://b")
+    users.set("uid-1", None)  # deleted: uid-2 still names a
+    assert cache.token_endpoint("https://a") == "https://a/token"
+    users.set("uid-2", "https://b")  # moved to another issuer: a has no credential left
+    assert cache.token_endpoint("https://a") is None
+    users.set("uid-2", None)
+    users.set("uid-3", None)
+    assert cache.entries() == 0
