@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 DEFAULT_SHARDS = 32
 MAX_SHARDS = 1024  # a Lease each: more would be API load without benefit
+MAX_PREFIX = 63  # the prefix is also a label value (LABEL_SET)
 LABEL_SET = "tokensync.dev/lease-set"  # the --peering NAME: every Lease of one deployment
 LABEL_ROLE = "tokensync.dev/lease-role"  # "shard" or "member"
 ROLE_SHARD, ROLE_MEMBER = "shard", "member"
@@ -69,6 +70,11 @@ def preference(identity: str, shard: int) -> int:
     """Rendezvous weight: a replica takes its highest-weighted free shards first and gives
     back its lowest-weighted ones first."""
     return _digest(f"{identity}/{shard}")
+
+
+def valid_prefix(prefix: str, shards: int) -> bool:
+    """The --peering NAME is the Leases' prefix and a label value; names stay short."""
+    return 1 <= shards <= MAX_SHARDS and len(prefix) <= MAX_PREFIX and prefix[-1].isalnum()
 
 
 def shard_lease_name(prefix: str, shard: int) -> str:
