@@ -272,8 +272,15 @@ class CredentialWorker:
             except CredentialGone as gone:
                 log.info("%s/%s: stopping: %s", self.owner.namespace, self.owner.name, gone)
                 return
-            except (NotLeading, NotHolding):
-                continue  # waits for leadership (or the shard) at the top of the loop
+            except NotLeading:
+                continue  # waits for leadership at the top of the loop
+            except NotHolding:
+                log.info(
+                    "%s/%s: its shard is no longer held here: nothing written",
+                    self.owner.namespace,
+                    self.owner.name,
+                )
+                continue  # waits for the shard at the top of the loop (or is stopped)
             except KubeError as error:  # its text is the API's Status message only
                 wake_at = self._kube_failed(error)
             except Exception as error:  # keep the loop alive; never log data

@@ -244,6 +244,7 @@ class ShardKeeper:
                 self._drop(shard, f"its Lease is held by {state.holder or 'nobody'}")
         self._expire_overdue()
 
+        held_before = self.held()
         renewals = [self._renew_member(by_name)]
         for shard in self.held():
             if now - self._held[shard] >= self.renew_interval:
@@ -263,6 +264,8 @@ class ShardKeeper:
                     for s in decided.take
                 )
             )
+        if self.held() != held_before:
+            self.on_change()  # once for every shard taken: their workers start
 
     def _judge(self, name: str, item: dict[str, Any], now: float) -> ShardState:
         record = LeaseRecord.from_object(item)
@@ -295,7 +298,6 @@ class ShardKeeper:
             self._events[shard].set()
             metrics.SHARD_HELD.labels(str(shard)).set(1)
             log.info("took shard %d", shard)
-            self.on_change()
 
     async def _renew_member(self, by_name: dict[str, dict[str, Any]]) -> None:
         if self.clock() - self._member_renewed < self.renew_interval:

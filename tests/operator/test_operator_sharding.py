@@ -23,6 +23,7 @@ from operator_helpers import wait_for
 from operator_process import REPO, Operator
 
 from tokensync.leader import LEASE_DURATION
+from tokensync.secret import ANNOTATION_REFRESH_REQUESTED
 from tokensync.shards import LABEL_ROLE, LABEL_SET, fair_share, shard_of
 
 pytestmark = pytest.mark.envtest
@@ -281,7 +282,27 @@ def test_a_replica_cut_off_loses_its_shards_and_writes_nothing_for_them_when_res
     # is stopped, and are due in its own schedule when it resumes.
     clients = credentials(cluster, token_endpoint, 8, lifetime=30)
     victim = replicas["replica-c"]
-    lost = {s for s, h in table(leases).items() if h == "replica-c"}
+    held = table(leases)
+    lost_to = "replica-c"
+    lost = {s for s, h in held.items() if h == lost_to}
+    # One of its credentials has a token request in flight when it is cut off: the
+    # answer is waiting when it resumes, and must not be written.
+    ours = [n for n, u in uids(cluster, clients).items() if held[shard_of(u, SHARDS)] == lost_to]
+    while not ours:  # UIDs are random: one more until the victim serves one
+        assert len(clients) < 40, "UIDs that all hash to the other replicas' shards?"
+        name = f"cred-{len(clients)}"
+        clients[name] = token_endpoint.add_client(lifetime=30)
+        created = cluster.create_credential(name, clients[name], secret_name=f"client-{name}")
+        cluster.wait_ready(name, reason="TokenIssued", timeout=30)
+        if held[shard_of(created["metadata"]["uid"], SHARDS)] == lost_to:
+            ours.append(name)
+    slow = ours[0]
+    clients[slow].delay = 6.0
+    sent = len(clients[slow].requests)
+    cluster.patch_credential(
+        slow, {"metadata": {"annotations": {ANNOTATION_REFRESH_REQUESTED: str(time.time())}}}
+    )
+    wait_for(lambda: len(clients[slow].requests) > sent, 10, "the slow token request")
     os.kill(victim.process.pid, signal.SIGSTOP)
     try:
         stopped = time.monotonic()

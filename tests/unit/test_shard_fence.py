@@ -1,0 +1,77 @@
+"""The fence of sharding, without a cluster: a worker writes nothing for a credential
+whose shard this replica no longer holds, checked after the token request and again on
+the thread that sends each write, and the keeper's hold ends at the renew deadline on
+its own clock, whatever its loop is doing. The end-to-end proofs (audit log, kill -9,
+SIGSTOP) are in tests/operator/test_operator_sharding.py."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from test_worker import FakeKube, credential, world  # noqa: F401 - the fixture
+
+from tokensync import oauth2
+from tokensync.controller import CredentialWorker
+from tokensync.shardkeeper import ShardKeeper
+from tokensync.shards import NotHolding, shard_of
+
+
+def test_a_token_that_arrives_after_the_shard_was_lost_is_not_written(world, monkeypatch):  # noqa: F811
+    kube, endpoint, ctx = world
+    holding = [True]
+    ctx.holds = lambda uid: holding[0]
+
+    def lose_the_shard_meanwhile(request: oauth2.TokenRequest, **kw: Any) -> oauth2.Token:
+        holding[0] = False
+        return endpoint(request, **kw)
+
+    monkeypatch.setattr(oauth2, "fetch_token", lose_the_shard_meanwhile)
+    worker = CredentialWorker(ctx, credential())
+    with pytest.raises(NotHolding):
+        asyncio.run(worker.reconcile())
+    assert endpoint.requests == 1
+    assert "create_secret" not in kube.calls
+
+
+def test_the_write_fence_refuses_on_the_sending_thread(world):  # noqa: F811
+    """`holds` said yes when the pass looked; the fence, entered right before the call,
+    says no: the Secret is not created."""
+    kube, _endpoint, ctx = world
+
+    def refuse(uid: str) -> Any:
+        raise NotHolding(uid)
+
+    ctx.writing = refuse
+    worker = CredentialWorker(ctx, credential())
+    with pytest.raises(NotHolding):
+        asyncio.run(worker.reconcile())
+    assert "create_secret" not in kube.calls
+
+
+def test_a_held_shard_ends_at_the_renew_deadline_on_the_keeper_s_own_clock():
+    clock = [100.0]
+    keeper = ShardKeeper(
+        None,  # type: ignore[arg-type]  # no API call is made here
+        "tokensync",
+        "ns",
+        "me",
+        8,
+        on_change=lambda: None,
+        clock=lambda: clock[0],
+    )
+    uid = "cred-uid"
+    shard = shard_of(uid, 8)
+    assert not keeper.holds_uid(uid)
+    keeper._held[shard] = 100.0  # as a successful renewal sent at 100 s records it
+    with keeper.writing(uid):
+        assert keeper._in_flight[shard] == 1  # counted: a hand-back waits for it
+    assert keeper._in_flight[shard] == 0
+    clock[0] = 100.0 + keeper.renew_deadline - 0.1
+    assert keeper.holds_uid(uid)
+    clock[0] = 100.0 + keeper.renew_deadline  # no renewal since: the loop may be stalled
+    assert not keeper.holds_uid(uid)
+    with pytest.raises(NotHolding), keeper.writing(uid):
+        pass
+    assert keeper.renew_deadline < keeper.lease_duration  # before anyone may take it
