@@ -13,6 +13,8 @@ import pytest
 from test_worker import FakeKube, credential, world  # noqa: F401 - the fixture
 
 from tokensync import oauth2
+from tokensync.cli import build_parser
+from tokensync.cli import run as cli_run
 from tokensync.controller import CredentialWorker
 from tokensync.shardkeeper import ShardKeeper
 from tokensync.shards import NotHolding, shard_of
@@ -75,3 +77,17 @@ def test_a_held_shard_ends_at_the_renew_deadline_on_the_keeper_s_own_clock():
     with pytest.raises(NotHolding), keeper.writing(uid):
         pass
     assert keeper.renew_deadline < keeper.lease_duration  # before anyone may take it
+
+
+def test_cli_shards_flag(capsys):
+    parser = build_parser()
+    args = parser.parse_args(["run", "-A", "--peering", "tokensync", "--shards", "32"])
+    assert args.shards == 32
+    assert parser.parse_args(["run", "-A"]).shards is None  # default: unchanged
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "-A", "--peering", "tokensync", "--shards", "0"])
+    assert cli_run(parser.parse_args(["run", "-A", "--shards", "8"])) == 2
+    assert "--shards needs --peering" in capsys.readouterr().err
+    too_many = parser.parse_args(["run", "-A", "--peering", "tokensync", "--shards", "5000"])
+    assert cli_run(too_many) == 2
+    assert "at most 1024 shards" in capsys.readouterr().err
