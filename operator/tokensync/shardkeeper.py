@@ -54,9 +54,11 @@ from tokensync.leader import (
 from tokensync.shards import (
     LABEL_ROLE,
     LABEL_SET,
+    LABEL_SHARDS,
     ROLE_MEMBER,
     ROLE_SHARD,
     NotHolding,
+    Plan,
     ShardState,
     live_members,
     member_lease_name,
@@ -116,6 +118,7 @@ class ShardKeeper:
         self._task: asyncio.Task[None] | None = None
         self._last_problem: str | None = None
         self._live: set[str] = {identity}
+        self._mismatch: set[str] = set()  # live replicas with another --shards
 
     @property
     def selector(self) -> str:
@@ -229,14 +232,19 @@ class ShardKeeper:
             if name in by_name:
                 states[shard] = self._judge(name, by_name[name], now)
         members: dict[str, bool] = {}
+        differing: set[str] = set()
         for name, item in by_name.items():
-            if (item["metadata"].get("labels") or {}).get(LABEL_ROLE) != ROLE_MEMBER:
+            labels = item["metadata"].get("labels") or {}
+            if labels.get(LABEL_ROLE) != ROLE_MEMBER:
                 continue
             state = self._judge(name, item, now)
             if state.holder:
                 members[state.holder] = state.expired
+                if not state.expired and labels.get(LABEL_SHARDS) != str(self.shards):
+                    differing.add(state.holder)
             await self._collect_garbage(name, item, now)
         self._live = live_members(members, self.identity)
+        self._differing(differing - {self.identity})
 
         # Held shards someone else holds now: lost (our Lease expired as they saw it).
         for shard, state in states.items():
@@ -253,6 +261,8 @@ class ShardKeeper:
         await asyncio.gather(*renewals)
 
         decided = plan(self.identity, self.shards, states, self._live, self.held())
+        if self._mismatch:  # keep what we hold (and renew it); take nothing new
+            decided = Plan(take=(), release=())
         for shard in decided.release:
             self._drop(shard, "given back to balance the replicas", lost=False)
         if decided.release:
@@ -321,7 +331,7 @@ class ShardKeeper:
             duration=self.lease_duration,
         )
         labels = dict(body["metadata"].get("labels") or {})
-        labels.update({LABEL_SET: self.prefix, LABEL_ROLE: role})
+        labels.update({LABEL_SET: self.prefix, LABEL_ROLE: role, LABEL_SHARDS: str(self.shards)})
         body["metadata"] = {**body["metadata"], "labels": labels}
         if current is None:
             await self._blocking(self.kube.create_lease, self.namespace, body)
@@ -381,6 +391,22 @@ class ShardKeeper:
         else:
             log.info("gave back shard %d: %s", shard, why)
         self.on_change()
+
+    def _differing(self, replicas: set[str]) -> None:
+        """Log when replicas with another --shards appear or go (an error while they run:
+        nothing new is taken until they are gone)."""
+        if replicas == self._mismatch:
+            return
+        if replicas:
+            log.error(
+                "replicas %s run with another number of shards than %d: taking no shard "
+                "until they stop (scale to 0 before changing --shards)",
+                ", ".join(sorted(replicas)),
+                self.shards,
+            )
+        else:
+            log.info("every live replica runs with %d shards again", self.shards)
+        self._mismatch = replicas
 
     def _expire_overdue(self) -> None:
         with self._lock:

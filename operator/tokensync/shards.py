@@ -36,6 +36,10 @@ MAX_SHARDS = 1024  # a Lease each: more would be API load without benefit
 MAX_PREFIX = 63  # the prefix is also a label value (LABEL_SET)
 LABEL_SET = "tokensync.dev/lease-set"  # the --peering NAME: every Lease of one deployment
 LABEL_ROLE = "tokensync.dev/lease-role"  # "shard" or "member"
+# The number of shards the writer hashes with: replicas that differ (a rolling update
+# that changes --shards) would map one credential to different shards, so a replica
+# takes no shard while a live replica counts differently.
+LABEL_SHARDS = "tokensync.dev/shards"
 ROLE_SHARD, ROLE_MEMBER = "shard", "member"
 
 

@@ -38,19 +38,23 @@ SHARDING = (
 )
 SHARD_LEASE = re.compile(rf"{PREFIX}-shard-(\d+)")
 WRITES = {"create", "update", "patch", "delete"}
+OVERLAY_KINDS = ("Role", "RoleBinding", "ValidatingAdmissionPolicy")
+OVERLAY_KINDS += ("ValidatingAdmissionPolicyBinding",)
+OVERLAY_NAMES = ("tokensync-sharding", "tokensync-operator-leases")
 
 
 @pytest.fixture
 def leases(installed, admin_api) -> Iterator[kubernetes.client.CoordinationV1Api]:
-    """deploy/sharding's Role and RoleBinding (removed afterwards if this test created
-    them), and no Lease of the set before or after. Request it before own_operator, so
-    that the operators stop before the RBAC goes."""
+    """deploy/sharding's Role, RoleBinding and Lease admission policy (removed afterwards
+    if this test created them), and no Lease of the set before or after. Request it
+    before own_operator, so that the operators stop before the RBAC goes."""
     rendered = installed.kubectl("kustomize", str(REPO / "deploy" / "sharding")).stdout
     rbac = [
         d
         for d in yaml.safe_load_all(rendered)
-        if d and d["kind"] in ("Role", "RoleBinding") and "sharding" in d["metadata"]["name"]
+        if d and d["kind"] in OVERLAY_KINDS and d["metadata"]["name"] in OVERLAY_NAMES
     ]
+    assert len(rbac) == 4
     names = [f"{d['kind'].lower()}/{d['metadata']['name']}" for d in rbac]
     ns = ("-n", LEASE_NAMESPACE)
     created = [n for n in names if not installed.kubectl("get", n, *ns, check=False).stdout]
@@ -324,3 +328,66 @@ def test_a_replica_cut_off_loses_its_shards_and_writes_nothing_for_them_when_res
     after = [w for w in writes if w[1] == "replica-c" and w[0] >= resumed]
     report(f"writes of the resumed replica (each under a Lease it re-took): {len(after)}", 0)
     assert_all_valid(cluster, clients)
+
+
+def test_a_replica_with_another_number_of_shards_takes_nothing(leases, own_operator, monkeypatch):
+    """A rolling update that changes --shards would hash one credential to two shards
+    held by two replicas: the newcomer takes no shard while the other runs."""
+    replicas = start(own_operator, monkeypatch, "replica-a")
+    wait_balanced(leases, {"replica-a"})
+    monkeypatch.setenv("POD_NAME", "replica-b")
+    other = own_operator(*SHARDING[:1], "--shards=4", *SHARDING[2:])
+    monkeypatch.delenv("POD_NAME")
+    wait_for(lambda: "another number of shards" in other.log(), 20, "the newcomer's error")
+    time.sleep(5)  # a few cycles
+    assert set(table(leases).values()) == {"replica-a"}
+    assert held_by_metrics(other) == set()
+    replicas["replica-a"].stop()  # hands back; the newcomer may serve now, with its 4
+    wait_for(lambda: set(table(leases).values()) == {"replica-b", ""}, 30, "the takeover")
+    assert len([h for h in table(leases).values() if h == "replica-b"]) == 4
+
+
+def _lease(name: str, labels: dict[str, str]) -> dict:
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"holderIdentity": "x", "leaseDurationSeconds": 15},
+    }
+
+
+def test_the_operator_may_write_only_its_own_leases(leases, installed, operator_kubeconfig):
+    """RBAC grants every Lease of the namespace (the names are not known in advance);
+    the admission policy of deploy/sharding narrows that to the set's own Leases."""
+    api = kubernetes.client.CoordinationV1Api(installed.api_client(operator_kubeconfig))
+    ours = {LABEL_SET: PREFIX}
+
+    def refused(name: str, labels: dict[str, str]) -> bool:
+        try:
+            api.create_namespaced_lease(LEASE_NAMESPACE, _lease(name, labels), dry_run="All")
+        except kubernetes.client.ApiException as error:
+            assert error.status == 403, error.body
+            return "tokensync-operator-leases" in (error.body or "")
+        return False
+
+    # Policies reach the admission plugin through an informer: wait until it applies.
+    wait_for(lambda: refused("kube-scheduler", {}), 20, "the Lease policy to deny")
+    assert refused("kube-scheduler", ours)  # labelled, but not one of the set's names
+    assert refused(f"{PREFIX}-shard-1", {})  # the right name, unlabelled
+    assert refused(f"{PREFIX}-shard-1", {LABEL_SET: "other"})
+    assert not refused(f"{PREFIX}-shard-1", ours)
+    assert not refused(f"{PREFIX}-member-0123abcd", ours)
+    # Someone else's Lease can be neither changed nor deleted.
+    admin = leases
+    admin.create_namespaced_lease(LEASE_NAMESPACE, _lease("someone-else", {}))
+    try:
+        theirs = api.read_namespaced_lease("someone-else", LEASE_NAMESPACE)
+        theirs.spec.holder_identity = "tokensync"
+        with pytest.raises(kubernetes.client.ApiException) as caught:
+            api.replace_namespaced_lease("someone-else", LEASE_NAMESPACE, theirs)
+        assert caught.value.status == 403
+        with pytest.raises(kubernetes.client.ApiException) as caught:
+            api.delete_namespaced_lease("someone-else", LEASE_NAMESPACE)
+        assert caught.value.status == 403
+    finally:
+        admin.delete_namespaced_lease("someone-else", LEASE_NAMESPACE)
