@@ -49,6 +49,7 @@ SWEEP_INTERVAL_SECONDS = 300.0
 KUBE_THREADS = 16  # Kubernetes API calls: short, never behind token requests
 PASSES_PER_SECOND = 500.0  # mass wake-ups (start, leadership, API back) are paced to this
 WRITES_DRAIN_SECONDS = 10.0  # at shutdown, for Kubernetes calls of cancelled workers
+KEEPER_FIRST_LOOK_SECONDS = 10.0  # at start, with --shards: the first look at the Leases
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,15 @@ class Runtime:
         )
         rebalance.target = supervisor.rebalance
         runtime = cls(options, kube, kube_executor, limits, supervisor, elector or keeper, synced)
+        if keeper is not None:
+            metrics.LEADER.set(1)  # every replica serves (its shards)
+            keeper.start()
+            # The shards held before the first list: the sources listed then keep the
+            # values of this replica's credentials only, and those are not read one by
+            # one (a replica that starts among others gets its share a cycle later).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KEEPER_FIRST_LOOK_SECONDS):
+                    await keeper.first_cycle.wait()
         runtime.watches = _start_watches(runtime)
         runtime.background.append(supervised("credential sweep", runtime.sweep_forever))
         metrics.serve(
@@ -162,13 +172,10 @@ class Runtime:
             options.metrics_host,
             options.metrics_security,
         )
-        if keeper is not None:
-            metrics.LEADER.set(1)  # every replica serves (its shards)
-            keeper.start()
-        elif elector is None:
-            metrics.LEADER.set(1)
-        else:
+        if elector is not None:
             elector.start()
+        elif keeper is None:
+            metrics.LEADER.set(1)
         if options.health_port:
             runtime.health = await _serve_health(options, started, synced)
         return runtime

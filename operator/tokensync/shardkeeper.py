@@ -119,6 +119,7 @@ class ShardKeeper:
         self._last_problem: str | None = None
         self._live: set[str] = {identity}
         self._mismatch: set[str] = set()  # live replicas with another --shards
+        self.first_cycle = asyncio.Event()  # one look at the Leases done (or failed)
 
     @property
     def selector(self) -> str:
@@ -189,6 +190,7 @@ class ShardKeeper:
                 raise
             except Exception as error:  # API trouble: the deadline fences the shards
                 self._problem(_describe(error))
+            self.first_cycle.set()
             self._expire_overdue()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.retry_period):
