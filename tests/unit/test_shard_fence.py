@@ -1,8 +1,9 @@
-"""The fence of sharding, without a cluster: a worker writes nothing for a credential
-whose shard this replica no longer holds, checked after the token request and again on
-the thread that sends each write, and the keeper's hold ends at the renew deadline on
-its own clock, whatever its loop is doing. The end-to-end proofs (audit log, kill -9,
-SIGSTOP) are in tests/operator/test_operator_sharding.py."""
+"""Sharding without a cluster: a worker writes nothing for a credential whose shard
+this replica no longer holds, checked after the token request and again on the thread
+that sends each write; the keeper's hold ends at the renew deadline on its own clock,
+whatever its loop is doing; the supervisor runs workers only for held shards. The
+end-to-end proofs (audit log, kill -9, SIGSTOP) are in
+tests/operator/test_operator_sharding.py."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from test_worker import FakeKube, credential, world  # noqa: F401 - the fixture
 from tokensync import oauth2
 from tokensync.cli import build_parser
 from tokensync.cli import run as cli_run
-from tokensync.controller import CredentialWorker
+from tokensync.controller import CredentialWorker, OperatorContext
+from tokensync.gates import OperatorConfig
 from tokensync.shardkeeper import ShardKeeper
 from tokensync.shards import NotHolding, shard_of
+from tokensync.sources import SourceCache
+from tokensync.supervisor import Supervisor
 
 
 def test_a_token_that_arrives_after_the_shard_was_lost_is_not_written(world, monkeypatch):  # noqa: F811
@@ -91,3 +95,56 @@ def test_cli_shards_flag(capsys):
     too_many = parser.parse_args(["run", "-A", "--peering", "tokensync", "--shards", "5000"])
     assert cli_run(too_many) == 2
     assert "at most 1024 shards" in capsys.readouterr().err
+
+
+def _idle_context() -> OperatorContext:
+    """Workers never get past sources_synced: only the store is exercised."""
+    return OperatorContext(
+        config=OperatorConfig(),
+        kube=None,  # type: ignore[arg-type]
+        kube_executor=None,  # type: ignore[arg-type]
+        sources=lambda _ns: lambda _kind, _name: None,
+        post_event=lambda *_: None,
+        sources_synced=asyncio.Event().wait,
+    )
+
+
+def _body(uid: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = credential()
+    body["metadata"].update(uid=uid, name=uid, namespace="ns")
+    body["status"] = status or {}
+    return body
+
+
+def test_the_supervisor_runs_workers_only_for_the_shards_it_holds():
+    async def scenario() -> None:
+        owned = {"a"}
+        sources = SourceCache()
+        supervisor = Supervisor(_idle_context(), sources, owns=lambda uid: uid in owned)
+        supervisor.observe("LISTED", _body("a"))
+        supervisor.observe("LISTED", _body("b", {"expiresAt": "old"}))
+        assert set(supervisor.workers) == {"a"} and set(supervisor.parked) == {"b"}
+        assert set(sources._references) == {"a"}  # source values for served ones only
+        # The other replica writes b's status: the parked body follows.
+        supervisor.observe("MODIFIED", _body("b", {"expiresAt": "new"}))
+
+        owned.clear()
+        owned.add("b")  # shards moved: a given away, b gained
+        supervisor.rebalance()
+        assert set(supervisor.workers) == {"b"} and set(supervisor.parked) == {"a"}
+        assert supervisor.workers["b"].status == {"expiresAt": "new"}
+        assert set(sources._references) == {"b"}
+        assert supervisor.by_name == {("ns", "a"): "a", ("ns", "b"): "b"}
+        assert [s.name for s in supervisor.samples()] == ["b"]  # metrics of served ones
+
+        supervisor.observe("DELETED", _body("a"))  # gone while parked: forgotten
+        assert "a" not in supervisor.parked and ("ns", "a") not in supervisor.by_name
+        began = supervisor.list_began()
+        supervisor.observe("LISTED", _body("c"))  # not owned: parked
+        assert supervisor.sweep({"b"}, began) == 0  # c's event is newer than the list
+        assert "c" in supervisor.parked
+        assert supervisor.sweep({"b"}, supervisor.list_began()) == 0
+        assert "c" not in supervisor.parked  # a parked credential missed by a list: gone
+        await supervisor.stop()
+
+    asyncio.run(scenario())
