@@ -108,6 +108,8 @@ class Supervisor:
                 self.park(uid)
             self.parked[uid] = dict(body)
             self.sources.forget(uid)  # primed at start, maybe: not ours to keep
+            # Listed before its credential was known, maybe: not ours to keep either.
+            self.ctx.managed_secrets.pop(_secret_key(body), None)
             return
         self.parked.pop(uid, None)
         # Replaces the previous references: values still read are kept, not read again.
@@ -130,6 +132,9 @@ class Supervisor:
             self.park(uid)
         for uid in [u for u in self.parked if self.owns(u)]:
             body = self.parked.pop(uid)
+            # No view of its Secret: the worker reads it once, fresh, before deciding
+            # whether a token is due (the previous holder may have just renewed it).
+            self.ctx.managed_secrets.pop(_secret_key(body), None)
             self.observe(None, body)
         log.info(
             "serving %d credentials (%d served elsewhere)", len(self.workers), len(self.parked)
@@ -145,8 +150,7 @@ class Supervisor:
         key = (worker.owner.namespace, worker.owner.name)
         self.stop_worker(uid)
         # Its managed Secret's view goes too: the worker that gains it reads it once.
-        secret_name = ((body.get("spec") or {}).get("secret") or {}).get("name")
-        self.ctx.managed_secrets.pop((key[0], secret_name or ""), None)
+        self.ctx.managed_secrets.pop(_secret_key(body), None)
         self.parked[uid] = body
         self.by_name[key] = uid
 
@@ -284,6 +288,14 @@ class Supervisor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _secret_key(body: Mapping[str, Any]) -> tuple[str, str]:
+    """(namespace, name) of the credential's managed Secret (spec.secret.name, by
+    default the credential's name)."""
+    metadata = body.get("metadata") or {}
+    secret = (body.get("spec") or {}).get("secret") or {}
+    return metadata.get("namespace", ""), secret.get("name") or metadata.get("name", "")
 
 
 def _refresh_requested(metadata: Mapping[str, Any]) -> str | None:

@@ -128,9 +128,19 @@ def test_the_supervisor_runs_workers_only_for_the_shards_it_holds():
         # The other replica writes b's status: the parked body follows.
         supervisor.observe("MODIFIED", _body("b", {"expiresAt": "new"}))
 
+        # A view of b's Secret from before b was known (the managed Secrets are listed
+        # first): not kept, and never the basis of b's first pass once b is gained.
+        supervisor.ctx.managed_secrets[("ns", "a")] = "view of a"  # type: ignore[assignment]
+        supervisor.ctx.managed_secrets[("ns", "b")] = "stale view"  # type: ignore[assignment]
+        supervisor.observe("MODIFIED", _body("b", {"expiresAt": "new"}))
+        assert ("ns", "b") not in supervisor.ctx.managed_secrets
+
         owned.clear()
         owned.add("b")  # shards moved: a given away, b gained
+        supervisor.ctx.managed_secrets[("ns", "b")] = "stale view"  # type: ignore[assignment]
         supervisor.rebalance()
+        assert ("ns", "b") not in supervisor.ctx.managed_secrets  # read fresh by its worker
+        assert ("ns", "a") not in supervisor.ctx.managed_secrets  # a's view left with it
         assert set(supervisor.workers) == {"b"} and set(supervisor.parked) == {"a"}
         assert supervisor.workers["b"].status == {"expiresAt": "new"}
         assert set(sources._references) == {"b"}
