@@ -105,6 +105,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "own namespace, else 'default')",
     )
     parser.add_argument(
+        "--shards",
+        type=_positive,
+        metavar="N",
+        help="with --peering NAME: every replica serves credentials, split into N shards "
+        "(a stable hash of the UID) on the Leases NAME-shard-0..N-1, balanced across the "
+        "live replicas and taken over when a replica stops renewing (15 s); 32 is a good "
+        "start (default: one leader serves everything)",
+    )
+    parser.add_argument(
         "--max-requests",
         "--workers",  # its 0.1 name
         dest="max_requests",
@@ -234,7 +243,7 @@ def startup_banner(args: argparse.Namespace) -> tuple[str, list[str]]:
     parts = [
         f"tokensync {__version__} starting",
         f"scope: {scope}",
-        f"replicas: {'leader election on Lease ' + args.peering if args.peering else 'standalone'}",
+        f"replicas: {_replicas(args)}",
         f"token hosts: {','.join(hosts) if hosts else 'any'}",
         f"private networks: {'denied' if args.deny_private_networks else 'ALLOWED'}",
         f"denied CIDRs: {','.join(cidrs) if cidrs else 'none'}",
@@ -283,6 +292,14 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     return bool(mallopt and mallopt(M_ARENA_MAX, arenas) == 1)
 
 
+def _replicas(args: argparse.Namespace) -> str:
+    if not args.peering:
+        return "standalone"
+    if getattr(args, "shards", None):
+        return f"{args.shards} shards on Leases {args.peering}-shard-*"
+    return f"leader election on Lease {args.peering}"
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf
     import urllib3
@@ -292,6 +309,7 @@ def run(args: argparse.Namespace) -> int:
     from tokensync import (
         handlers,  # noqa: F401 - registers the kopf handlers
         leader,
+        shards,
     )
     from tokensync.gates import OperatorConfig
     from tokensync.metrics_auth import MetricsSecurity, cert_dir_problem
@@ -318,6 +336,17 @@ def run(args: argparse.Namespace) -> int:
                 print(f"tokensync run: {what} {value!r} is not a valid name", file=sys.stderr)
                 return 2
         leader_election = (args.peering, namespace, identity)
+        if args.shards is not None and not shards.valid_prefix(args.peering, args.shards):
+            print(
+                f"tokensync run: --shards {args.shards} with --peering {args.peering!r}: at "
+                f"most {shards.MAX_SHARDS} shards, and NAME at most {shards.MAX_PREFIX} "
+                "characters of a label value",
+                file=sys.stderr,
+            )
+            return 2
+    elif args.shards is not None:
+        print("tokensync run: --shards needs --peering NAME (the Leases' prefix)", file=sys.stderr)
+        return 2
     elif args.leader_election_namespace:
         print("tokensync run: --leader-election-namespace needs --peering", file=sys.stderr)
         return 2
@@ -356,6 +385,7 @@ def run(args: argparse.Namespace) -> int:
             insecure=args.metrics_insecure, cert_dir=args.metrics_cert_dir
         ),
         leader_election=leader_election,  # (lease name, namespace, identity) or None
+        shards=args.shards,
     )
     if not args.verbose:
         # kopf reports every handled event at INFO; at a thousand credentials that is noise.

@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -43,6 +44,7 @@ from tokensync.secret import (
     owned_by,
     url_allowed,
 )
+from tokensync.shards import NotHolding
 from tokensync.sources import (
     ReferenceProblem,
     SourceLookup,
@@ -130,6 +132,13 @@ class OperatorContext:
     leadership: Callable[[], Awaitable[None]] | None = None
     # Whether this replica leads right now (checked before writes that follow a wait).
     is_leading: Callable[[], bool] = lambda: True
+    # With --shards (shardkeeper.py): whether this replica holds the Lease of the shard
+    # of the credential with this UID, current; returns once it does; and the fence
+    # every write of a worker goes through (entered on the thread that sends the write,
+    # raises NotHolding when the shard is not held). Without: always, at once, no fence.
+    holds: Callable[[str], bool] = lambda uid: True
+    held: Callable[[str], Awaitable[None]] | None = None
+    writing: Callable[[str], AbstractContextManager[Any]] = lambda uid: contextlib.nullcontext()
     # Returns once the labelled sources and managed Secrets are listed: before that, a
     # missing object may just not have arrived yet.
     sources_synced: Callable[[], Awaitable[Any]] | None = None
@@ -244,8 +253,8 @@ class CredentialWorker:
         that requests tokens and writes anything, runs only while this replica leads."""
         if self.ctx.sources_synced is not None:
             await self.ctx.sources_synced()
-        if self.ctx.leadership is not None:
-            await self.ctx.leadership()
+        if self.ctx.leadership is not None or self.ctx.held is not None:
+            await self._until_serving()
             # A standby never writes status, so what it holds is the status of the body
             # it was created with; the leader has written since. Start from the latest
             # body, as a restarted operator would (a stale observedGeneration or
@@ -253,8 +262,7 @@ class CredentialWorker:
             self.status = dict(self.body.get("status") or {})
         self.arm_expiry()  # a Ready=True it starts from may be stale already
         while True:
-            if self.ctx.leadership is not None:
-                await self.ctx.leadership()
+            await self._until_serving()
             self.wake_event.clear()
             try:
                 wake_at = await self.reconcile()
@@ -266,6 +274,13 @@ class CredentialWorker:
                 return
             except NotLeading:
                 continue  # waits for leadership at the top of the loop
+            except NotHolding:
+                log.info(
+                    "%s/%s: its shard is no longer held here: nothing written",
+                    self.owner.namespace,
+                    self.owner.name,
+                )
+                continue  # waits for the shard at the top of the loop (or is stopped)
             except KubeError as error:  # its text is the API's Status message only
                 wake_at = self._kube_failed(error)
             except Exception as error:  # keep the loop alive; never log data
@@ -279,6 +294,16 @@ class CredentialWorker:
                 )
                 wake_at = self.ctx.now() + UNEXPECTED_ERROR_RETRY
             await self._sleep_until(wake_at)
+
+    async def _until_serving(self) -> None:
+        if self.ctx.leadership is not None:
+            await self.ctx.leadership()
+        if self.ctx.held is not None:
+            await self.ctx.held(self.owner.uid)
+
+    def _serving(self) -> bool:
+        """This replica leads (or runs alone) and holds the credential's shard."""
+        return self.ctx.is_leading() and self.ctx.holds(self.owner.uid)
 
     def _kube_failed(self, error: KubeError) -> datetime:
         """Back off, per worker and with jitter. An unreachable API server is logged for
@@ -324,6 +349,24 @@ class CredentialWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.ctx.kube_executor, lambda: fn(*args))
 
+    async def _kube_write(self, fn: Callable[..., T], *args: Any, gate: bool = True) -> T:
+        """A write: checked against leadership and the shard's Lease on the very thread
+        that sends it, right before it is sent (a task cancelled when its shard was lost
+        may still have its call queued), and counted in flight while it runs, so that a
+        shard is handed back only once its writes have returned."""
+        if gate:
+            await self._through_gate()
+        uid = self.owner.uid
+
+        def fenced() -> T:
+            with self.ctx.writing(uid):
+                if not self.ctx.is_leading():
+                    raise NotLeading()
+                return fn(*args)
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.ctx.kube_executor, fenced)
+
     async def _on_endpoint(self, url: str, fn: Callable[[], T]) -> T:
         """Discovery and assertion minting: blocking calls for the token side, in the
         endpoint's slot and on its threads, like the token request."""
@@ -359,14 +402,14 @@ class CredentialWorker:
         backing off). Only the leader writes; a failed write is retried shortly."""
         try:
             async with self.status_lock:
-                if not self.ctx.is_leading():
+                if not self._serving():
                     return
                 report = readiness.expired_report(self.status, self.ctx.now())
                 if report is None:
                     self.arm_expiry()  # a renewal was written meanwhile
                     return
                 await self._write_status(report, None)
-        except (CredentialGone, asyncio.CancelledError):
+        except (CredentialGone, NotLeading, NotHolding, asyncio.CancelledError):
             return
         except Exception as error:  # its text is safe for KubeError only; log the class
             log.warning(
@@ -552,6 +595,8 @@ class CredentialWorker:
         # The request may have taken minutes: only a leader writes what it brought.
         if not self.ctx.is_leading():
             raise NotLeading()
+        if not self.ctx.holds(self.owner.uid):
+            raise NotHolding()
         return await self._retry_write(p)
 
     async def _discover(self, p: Pass) -> oauth2.TokenError | None:
@@ -697,10 +742,10 @@ class CredentialWorker:
                         await self._check_still_exists()
                         checked = True
                     body = managed_secret(owner, p.spec, token, p.fingerprint)
-                    result = await self._kube(kube.create_secret, owner.namespace, body)
+                    result = await self._kube_write(kube.create_secret, owner.namespace, body)
                 else:
                     patch = update_patch(owner, p.spec, token, p.fingerprint, current)
-                    result = await self._kube(kube.patch_secret, owner.namespace, name, patch)
+                    result = await self._kube_write(kube.patch_secret, owner.namespace, name, patch)
                 return self._remember_secret(managed_state(result))
             except KubeError as error:
                 if error.status not in (404, 409):
@@ -744,7 +789,7 @@ class CredentialWorker:
         old = await self._kube(kube.read_secret, owner.namespace, old_name)
         if old is not None and owned_by(old, owner):
             meta = old["metadata"]
-            await self._kube(
+            await self._kube_write(
                 kube.delete_secret, owner.namespace, old_name, meta["uid"], meta["resourceVersion"]
             )
 
@@ -969,14 +1014,9 @@ class CredentialWorker:
         args = (owner.namespace, owner.name, owner.uid, status)
         self.status_in_flight = status
         try:
-            if through_gate:
-                result = await self._kube(self.ctx.kube.patch_credential_status, *args)
-            else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(
-                    self.ctx.kube_executor,
-                    lambda: self.ctx.kube.patch_credential_status(*args),
-                )
+            result = await self._kube_write(
+                self.ctx.kube.patch_credential_status, *args, gate=through_gate
+            )
         except KubeError as error:
             if error.status == 404:
                 raise CredentialGone("the credential no longer exists") from None
@@ -992,7 +1032,7 @@ class CredentialWorker:
     def _event(self, type_: str, reason: str, message: str) -> None:
         """Post an event when it says something new, not on every identical pass."""
         key = (reason, message)
-        if key == self.last_event:
+        if key == self.last_event or not self._serving():
             return
         self.last_event = key
         self.ctx.post_event(self.body, type_, reason, message[:1024])

@@ -81,6 +81,7 @@ class Operator:
     lease: str | None
     lease_namespace: str
     selector: Mapping[str, str]
+    shards: int | None = None  # --shards: `lease` is the prefix of the shard Leases
 
 
 def operator_of(deployment: Mapping[str, Any]) -> Operator:
@@ -98,7 +99,15 @@ def operator_of(deployment: Mapping[str, Any]) -> Operator:
         lease=(values.get("--peering") or [None])[-1],
         lease_namespace=(values.get("--leader-election-namespace") or [metadata["namespace"]])[-1],
         selector=(spec.get("selector") or {}).get("matchLabels") or {},
+        shards=_int((values.get("--shards") or [None])[-1]),
     )
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _flag_values(args: Sequence[str]) -> dict[str, list[str]]:
@@ -209,6 +218,40 @@ def check_lease(
     return Finding(OK, what, f"held by {holder}, renewed {statuscmd.relative(renewed, now)}")
 
 
+def check_shards(
+    operator: Operator, leases: Sequence[Mapping[str, Any]] | None, now: datetime
+) -> Finding | None:
+    """With --shards: every shard Lease held and renewed within its duration."""
+    if operator.lease is None or operator.shards is None:
+        return None
+    what = (
+        f"shard Leases {operator.lease_namespace}/{operator.lease}-shard-0..{operator.shards - 1}"
+    )
+    by_name = {(lease.get("metadata") or {}).get("name"): lease for lease in leases or []}
+    holders: dict[str, int] = {}
+    unserved = []
+    for shard in range(operator.shards):
+        spec = (by_name.get(f"{operator.lease}-shard-{shard}") or {}).get("spec") or {}
+        holder = spec.get("holderIdentity")
+        renewed = statuscmd.parse_time(spec.get("renewTime"))
+        duration = spec.get("leaseDurationSeconds") or 15
+        if not holder or renewed is None or renewed + timedelta(seconds=duration) < now:
+            unserved.append(str(shard))
+            continue
+        holders[holder] = holders.get(holder, 0) + 1
+    if unserved:
+        return Finding(
+            FAIL,
+            what,
+            f"{len(unserved)} of {operator.shards} not held or not renewed (shards "
+            f"{', '.join(unserved[:10])}{', ...' if len(unserved) > 10 else ''}): their "
+            "credentials are not served",
+            "check the operator's pods and logs",
+        )
+    share = ", ".join(f"{holder}: {count}" for holder, count in sorted(holders.items()))
+    return Finding(OK, what, f"all held by {len(holders)} replicas ({share})")
+
+
 # (verb, group, resource, subresource) the operator needs in each watched namespace.
 NEEDED: tuple[tuple[str, str, str, str], ...] = (
     ("list", "tokensync.dev", "oauth2credentials", ""),
@@ -239,7 +282,16 @@ def access_reviews(operator: Operator) -> list[dict[str, Any]]:
             if namespace:
                 attributes["namespace"] = namespace
             reviews.append(_review(user, groups, attributes))
-    if operator.lease:
+    if operator.lease and operator.shards is not None:
+        for verb in ("get", "list", "create", "update"):
+            attributes = {
+                "verb": verb,
+                "group": "coordination.k8s.io",
+                "resource": "leases",
+                "namespace": operator.lease_namespace,
+            }
+            reviews.append(_review(user, groups, attributes))
+    elif operator.lease:
         for verb in ("get", "update"):
             attributes = {
                 "verb": verb,
@@ -453,12 +505,15 @@ def _run(args: argparse.Namespace, out: TextIO, clock: Callable[[], datetime]) -
     findings.append(check_deployment(deployments, pods, where))
     if deployments:
         lease = None
-        if operator.lease:
-            lease = cluster.get(
-                f"/apis/coordination.k8s.io/v1/namespaces/{operator.lease_namespace}/leases/"
-                f"{operator.lease}"
-            )
-        lease_finding = check_lease(operator, lease, clock())
+        leases_path = f"/apis/coordination.k8s.io/v1/namespaces/{operator.lease_namespace}/leases"
+        if operator.lease and operator.shards is not None:
+            selector = f"tokensync.dev%2Flease-set%3D{operator.lease}"
+            shard_leases = cluster.list(f"{leases_path}?labelSelector={selector}")
+            lease_finding = check_shards(operator, shard_leases, clock())
+        else:
+            if operator.lease:
+                lease = cluster.get(f"{leases_path}/{operator.lease}")
+            lease_finding = check_lease(operator, lease, clock())
         if lease_finding:
             findings.append(lease_finding)
         reviews = access_reviews(operator)

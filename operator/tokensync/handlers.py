@@ -49,6 +49,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         health_port=memo.health_port,
         health_host=memo.health_host,
         leader_election=memo.leader_election,
+        shards=memo.shards,
     )
     memo.runtime = await Runtime.start(options, memo.ready_flag)
 

@@ -81,12 +81,17 @@ def _credentials_path(namespace: str | None) -> str:
 
 
 class Kube:
-    def __init__(self, configuration: kubernetes.client.Configuration) -> None:
+    def __init__(
+        self, configuration: kubernetes.client.Configuration, replica: str | None = None
+    ) -> None:
+        """`replica`: this replica's identity, added to the user agent (with --shards),
+        so that the API server's audit log tells which replica wrote what."""
+        suffix = f" replica/{replica}" if replica else ""
         self._client = kubernetes.client.ApiClient(configuration)
         self.api = self._client  # for the label-selected watches (watches.py)
-        self._client.user_agent = USER_AGENT
+        self._client.user_agent = USER_AGENT + suffix
         self._metadata_client = kubernetes.client.ApiClient(configuration)
-        self._metadata_client.user_agent = METADATA_USER_AGENT
+        self._metadata_client.user_agent = METADATA_USER_AGENT + suffix
 
     def _call(
         self,
@@ -295,3 +300,17 @@ class Kube:
         result = self._call("PUT", path, dict(lease), timeout=LEASE_REQUEST_TIMEOUT)
         assert result is not None
         return result
+
+    def list_leases(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The Leases of one shard set (tokensync.shardkeeper): one call per cycle."""
+        query = urlencode({"labelSelector": selector})
+        result = self._call(
+            "GET", LEASES.format(namespace=namespace) + f"?{query}", timeout=LEASE_REQUEST_TIMEOUT
+        )
+        return list((result or {}).get("items") or [])
+
+    def delete_lease(self, namespace: str, name: str, resource_version: str) -> None:
+        """DELETE only that version (a 409 if it was renewed since); gone already: fine."""
+        body = {"preconditions": {"resourceVersion": resource_version}}
+        path = LEASES.format(namespace=namespace) + f"/{name}"
+        self._call("DELETE", path, body, missing_ok=True, timeout=LEASE_REQUEST_TIMEOUT)

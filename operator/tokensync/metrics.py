@@ -48,6 +48,12 @@ LEADER = Gauge(
     "1 while this replica serves credentials (always, without --peering); 0 while it "
     "stands by for the leader-election Lease.",
 )
+SHARD_HELD = Gauge(
+    "tokensync_shard_held",
+    "1 for each shard whose Lease this replica holds and serves (with --shards); the "
+    "series of a shard it gives back or loses is removed.",
+    ["shard"],
+)
 for _result in ("success", "transient", "configuration", "protocol"):
     TOKEN_REQUESTS.labels(_result)
 

@@ -2,12 +2,13 @@
 stated order (as kopf's own reactor does in `_core/reactor/running.py`).
 
 Start: the Kubernetes threads and the per-endpoint token limits, the store of workers
-(supervisor.Supervisor), the elector (with --peering), the label-selected watches
+(supervisor.Supervisor), the elector (with --peering) or the shard keeper (with --peering
+and --shards: shardkeeper.ShardKeeper), the label-selected watches
 (watches.py), the sweep, metrics and the health endpoints.
 
 Stop (`Runtime.stop`): the watches and the sweep, then the workers, then the Kubernetes
 writes the workers left in flight (a cancelled task's thread still runs its call; bounded
-wait), then the Lease: nothing of ours writes once a standby can take over.
+wait), then the Lease(s): nothing of ours writes once another replica can take over.
 
 Background tasks are supervised: an unexpected exit is logged and the task restarted.
 """
@@ -34,6 +35,7 @@ from tokensync.leader import LeaderElector
 from tokensync.limits import PassGate, RequestLimits
 from tokensync.metrics_auth import MetricsSecurity
 from tokensync.secret import ANNOTATION_REFRESH_REQUESTED, LABEL_CREDENTIAL, LABEL_SOURCE
+from tokensync.shardkeeper import ShardKeeper
 from tokensync.sources import SourceCache
 from tokensync.supervisor import Supervisor, referenced
 from tokensync.watches import LISTED, LabelledWatch, WatchTarget
@@ -47,6 +49,7 @@ SWEEP_INTERVAL_SECONDS = 300.0
 KUBE_THREADS = 16  # Kubernetes API calls: short, never behind token requests
 PASSES_PER_SECOND = 500.0  # mass wake-ups (start, leadership, API back) are paced to this
 WRITES_DRAIN_SECONDS = 10.0  # at shutdown, for Kubernetes calls of cancelled workers
+KEEPER_FIRST_LOOK_SECONDS = 10.0  # at start, with --shards: the first look at the Leases
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class Options:
     health_port: int | None
     health_host: str
     leader_election: tuple[str, str, str] | None  # (lease name, namespace, identity)
+    # With leader_election: the number of shards (the Lease name is their prefix); None:
+    # one leader.
+    shards: int | None = None
 
 
 @dataclass
@@ -72,7 +78,7 @@ class Runtime:
     kube_executor: ThreadPoolExecutor
     limits: RequestLimits
     supervisor: Supervisor
-    elector: LeaderElector | None
+    elector: LeaderElector | ShardKeeper | None
     synced: asyncio.Event  # credentials, sources and managed Secrets listed
     sweep_now: asyncio.Event = field(default_factory=asyncio.Event)
     watches: list[LabelledWatch] = field(default_factory=list)
@@ -90,11 +96,26 @@ class Runtime:
         limits = RequestLimits(options.max_requests, options.max_requests_per_host)
         # One pool for the API calls and the label-selected watches (each holds a
         # connection).
-        kube = Kube(load_configuration(connection_pool_size=KUBE_THREADS + 8))
+        sharded = options.leader_election is not None and options.shards is not None
+        replica = options.leader_election[2] if sharded and options.leader_election else None
+        kube = Kube(load_configuration(connection_pool_size=KUBE_THREADS + 8), replica=replica)
         sources = SourceCache()
         synced = asyncio.Event()
         elector = None
-        if options.leader_election is not None:
+        keeper: ShardKeeper | None = None
+        rebalance = _Coalesced()
+        if sharded and options.leader_election is not None and options.shards is not None:
+            prefix, namespace, identity = options.leader_election
+            # Its own API client, as the elector's: renewals never queue behind writes.
+            keeper = ShardKeeper(
+                Kube(load_configuration(connection_pool_size=4), replica=identity),
+                prefix,
+                namespace,
+                identity,
+                options.shards,
+                on_change=rebalance,
+            )
+        elif options.leader_election is not None:
             name, namespace, identity = options.leader_election
             # Its own API client: renewals never queue behind token-request writes.
             elector = LeaderElector(
@@ -118,11 +139,31 @@ class Runtime:
                 is_leading=leading,
                 sources_synced=synced.wait,
                 fill_source=sources.fill,
+                **(
+                    {
+                        "holds": keeper.holds_uid,
+                        "held": keeper.wait_held,
+                        "writing": keeper.writing,
+                    }
+                    if keeper
+                    else {}
+                ),
             ),
             sources,
             serving=leading,
+            owns=keeper.holds_uid if keeper else None,
         )
-        runtime = cls(options, kube, kube_executor, limits, supervisor, elector, synced)
+        rebalance.target = supervisor.rebalance
+        runtime = cls(options, kube, kube_executor, limits, supervisor, elector or keeper, synced)
+        if keeper is not None:
+            metrics.LEADER.set(1)  # every replica serves (its shards)
+            keeper.start()
+            # The shards held before the first list: the sources listed then keep the
+            # values of this replica's credentials only, and those are not read one by
+            # one (a replica that starts among others gets its share a cycle later).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KEEPER_FIRST_LOOK_SECONDS):
+                    await keeper.first_cycle.wait()
         runtime.watches = _start_watches(runtime)
         runtime.background.append(supervised("credential sweep", runtime.sweep_forever))
         metrics.serve(
@@ -131,10 +172,10 @@ class Runtime:
             options.metrics_host,
             options.metrics_security,
         )
-        if elector is None:
-            metrics.LEADER.set(1)
-        else:
+        if elector is not None:
             elector.start()
+        elif keeper is None:
+            metrics.LEADER.set(1)
         if options.health_port:
             runtime.health = await _serve_health(options, started, synced)
         return runtime
@@ -173,8 +214,8 @@ class Runtime:
             supervisor.sweep(existing, began)
             # References of credentials primed at start but deleted before the watch
             # listed them (credentials created since the list have workers, and keep
-            # theirs).
-            supervisor.sources.retain(existing | set(supervisor.workers))
+            # theirs); with --shards, of those served elsewhere too.
+            supervisor.sources.retain((existing - set(supervisor.parked)) | set(supervisor.workers))
 
 
 async def stop_in_order(
@@ -182,7 +223,7 @@ async def stop_in_order(
     watches: list[LabelledWatch],
     supervisor: Supervisor | None,
     kube_executor: ThreadPoolExecutor | None,
-    elector: LeaderElector | None,
+    elector: LeaderElector | ShardKeeper | None,
     background: list[asyncio.Task[None]],
     writes_timeout: float = WRITES_DRAIN_SECONDS,
 ) -> None:
@@ -211,6 +252,25 @@ async def stop_in_order(
             return  # a standby takes over when the Lease expires, not before
     if elector is not None:
         await elector.stop()
+
+
+class _Coalesced:
+    """Calls `target` once on the next loop iteration however often it is asked in
+    this one (the keeper reports every shard it takes; one rebalance does for all)."""
+
+    def __init__(self) -> None:
+        self.target: Callable[[], None] = lambda: None
+        self._pending = False
+
+    def __call__(self) -> None:
+        if self._pending:
+            return
+        self._pending = True
+        asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        self._pending = False
+        self.target()
 
 
 def supervised(

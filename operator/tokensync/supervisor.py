@@ -4,6 +4,13 @@ One asyncio task per credential (CredentialWorker.run), keyed by UID. Credential
 start, wake and stop workers; a periodic list of credentials may only stop the workers
 of credentials whose last event came before that list began. Source and managed-Secret
 events wake the workers that read them.
+
+With --shards a replica runs workers only for the credentials of the shards it holds
+(`owns`); it keeps the compact body of every other credential ("parked": spec and status,
+a few hundred bytes each) so that a shard it gains starts its workers at once, without a
+list, from the status the previous holder wrote. Source values and references are kept
+for owned credentials only; the managed-Secret views for the Secrets of owned ones.
+`rebalance` starts and stops workers when the held shards change.
 """
 
 from __future__ import annotations
@@ -38,11 +45,14 @@ class Supervisor:
         ctx: OperatorContext,
         sources: SourceCache,
         serving: Callable[[], bool] = lambda: True,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.ctx = ctx
         self.sources = sources
         self.serving = serving  # False on a standby
+        self.owns = owns  # with --shards: whether this replica serves that UID now
         self.workers: dict[str, CredentialWorker] = {}
+        self.parked: dict[str, dict[str, Any]] = {}  # UID -> body, of credentials not owned
         self.by_name: dict[tuple[str, str], str] = {}  # (namespace, name) -> UID
         # Event sequence: the number of the last event applied, and per UID the number of
         # its own last event (kept for deleted UIDs too, until a sweep no longer needs it).
@@ -84,6 +94,7 @@ class Supervisor:
         if event_type == "DELETED" or metadata.get("deletionTimestamp"):
             # Being deleted (foreground deletion, a GitOps prune): nothing more is written.
             self.stop_worker(uid)
+            self._unpark(uid)
             return
         previous = self.by_name.get(key)
         if previous is not None and previous != uid:
@@ -91,7 +102,17 @@ class Supervisor:
             # gap, or a re-list reports only the new object): the old one is gone.
             log.info("%s/%s was re-created: the old object's worker stopped", *key)
             self.stop_worker(previous)
+            self._unpark(previous)
         self.by_name[key] = uid
+        if self.owns is not None and not self.owns(uid):
+            if uid in self.workers:  # its shard was lost and rebalance has not run yet
+                self.park(uid)
+            self.parked[uid] = dict(body)
+            self.sources.forget(uid)  # primed at start, maybe: not ours to keep
+            # Listed before its credential was known, maybe: not ours to keep either.
+            self.ctx.managed_secrets.pop(_secret_key(body), None)
+            return
+        self.parked.pop(uid, None)
         # Replaces the previous references: values still read are kept, not read again.
         self.sources.set_references(uid, referenced(body))
         self.issuers.set(uid, _issuer_url(body))
@@ -103,6 +124,47 @@ class Supervisor:
             self.workers[uid] = worker
         else:
             worker.observe(body)
+
+    def rebalance(self) -> None:
+        """The held shards changed: park the workers of credentials no longer owned (the
+        fence already stops their writes), start workers for the parked ones now owned."""
+        if self.owns is None:
+            return
+        for uid in [u for u in self.workers if not self.owns(u)]:
+            self.park(uid)
+        for uid in [u for u in self.parked if self.owns(u)]:
+            body = self.parked.pop(uid)
+            # No view of its Secret: the worker reads it once, fresh, before deciding
+            # whether a token is due (the previous holder may have just renewed it).
+            self.ctx.managed_secrets.pop(_secret_key(body), None)
+            self.observe(None, body)
+        log.info(
+            "serving %d credentials (%d served elsewhere)", len(self.workers), len(self.parked)
+        )
+
+    def park(self, uid: str) -> None:
+        """Stop the worker of a credential another replica serves now; keep its body,
+        with the status as this worker last knew it, and its name."""
+        worker = self.workers.get(uid)
+        if worker is None:
+            return
+        body = {**worker.body, "status": worker.status}
+        key = (worker.owner.namespace, worker.owner.name)
+        self.stop_worker(uid)
+        # Its managed Secret's view goes too: the worker that gains it reads it once.
+        self.ctx.managed_secrets.pop(_secret_key(body), None)
+        self.parked[uid] = body
+        self.by_name[key] = uid
+
+    def _unpark(self, uid: str) -> None:
+        body = self.parked.pop(uid, None)
+        if body is None:
+            return
+        metadata = body.get("metadata") or {}
+        key = (metadata.get("namespace", ""), metadata.get("name", ""))
+        if self.by_name.get(key) == uid:
+            del self.by_name[key]
+        self.sources.forget(uid)
 
     def stop_worker(self, uid: str) -> None:
         self._forget_references(uid)
@@ -152,9 +214,12 @@ class Supervisor:
         for uid in gone:
             log.info("credential %s is gone (missed while a watch was down): worker stopped", uid)
             self.stop_worker(uid)
+        for uid in [u for u in self.parked if u not in existing]:
+            if self.last_event.get(uid, 0) <= began:
+                self._unpark(uid)
         # Sequence numbers of UIDs without a worker matter to no later sweep.
         for uid in [u for u, seen in self.last_event.items() if seen <= began]:
-            if uid not in self.workers:
+            if uid not in self.workers and uid not in self.parked:
                 del self.last_event[uid]
         return len(gone)
 
@@ -175,6 +240,12 @@ class Supervisor:
         metadata = body.get("metadata") or {}
         key = (metadata.get("namespace", ""), metadata.get("name", ""))
         known = self.ctx.managed_secrets.get(key)
+        credential = (metadata.get("labels") or {}).get(LABEL_CREDENTIAL)
+        if self.owns is not None:
+            uid = self.by_name.get((key[0], credential or ""))
+            if uid is not None and not self.owns(uid):  # served elsewhere: no view kept
+                self.ctx.managed_secrets.pop(key, None)
+                return
         if event_type == "DELETED":
             if known is not None and known.uid == metadata.get("uid"):
                 del self.ctx.managed_secrets[key]
@@ -184,7 +255,6 @@ class Supervisor:
             if known is not None and known.resource_version == version:
                 return  # our own write, already recorded when it returned
             self.ctx.managed_secrets[key] = managed_state(body)
-        credential = (metadata.get("labels") or {}).get(LABEL_CREDENTIAL)
         worker = self.workers.get(self.by_name.get((key[0], credential or ""), ""))
         if worker is None or event_type == LISTED:
             return
@@ -226,6 +296,14 @@ class Supervisor:
 def _issuer_url(body: Mapping[str, Any]) -> str | None:
     issuer = (body.get("spec") or {}).get("issuerURL")
     return issuer if isinstance(issuer, str) else None
+
+
+def _secret_key(body: Mapping[str, Any]) -> tuple[str, str]:
+    """(namespace, name) of the credential's managed Secret (spec.secret.name, by
+    default the credential's name)."""
+    metadata = body.get("metadata") or {}
+    secret = (body.get("spec") or {}).get("secret") or {}
+    return metadata.get("namespace", ""), secret.get("name") or metadata.get("name", "")
 
 
 def _refresh_requested(metadata: Mapping[str, Any]) -> str | None:

@@ -25,6 +25,11 @@ OVERLAY_VALUES: dict[str, list[str]] = {
     "": [],
     "namespaced": ["--set=scope=namespaced", "--set=namespaces={team-a,team-b}"],
     "peering": ["--set=replicas=2"],
+    "sharding": [
+        "--set=replicas=3",
+        "--set=sharding.shards=32",
+        "--set=podDisruptionBudget.maxUnavailable=1",
+    ],
     "workload-identity": ["--set=workloadIdentity.enabled=true"],
     "rollout-restart": ["--set=rolloutRestart.enabled=true"],
 }
@@ -34,6 +39,7 @@ MODES: dict[str, list[str]] = {
     "default": [],
     "namespaced": OVERLAY_VALUES["namespaced"],
     "peering": OVERLAY_VALUES["peering"],
+    "sharding": OVERLAY_VALUES["sharding"],
     "workload-identity": OVERLAY_VALUES["workload-identity"],
     "rollout-restart": OVERLAY_VALUES["rollout-restart"],
     "namespaced-peering-workload-identity": [

@@ -217,6 +217,40 @@ def test_peering_overlay_needs_no_kopf_peering() -> None:
     assert config["resources"] == ["../base", "rbac-peering.yaml", "poddisruptionbudget.yaml"]
 
 
+def test_sharding_overlay_runs_every_replica_with_shards() -> None:
+    (patch,) = load_docs(DEPLOY / "sharding" / "deployment-sharding.yaml")
+    assert patch["spec"]["replicas"] >= 3
+    assert patch["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    assert "--peering=tokensync" in container["args"] and "--shards=32" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    (budget,) = load_docs(DEPLOY / "sharding" / "poddisruptionbudget.yaml")
+    assert budget["spec"]["maxUnavailable"] == 1
+
+
+def test_sharding_overlay_grants_leases_in_its_namespace_only() -> None:
+    """The Lease names are not known in advance, so no resourceNames; Leases only, in
+    tokensync-system only, no watch or patch. The admission policy narrows the names."""
+    objects = by_kind("sharding/rbac-sharding.yaml")
+    role = objects[("Role", "tokensync-sharding")]
+    assert role["metadata"]["namespace"] == "tokensync-system"
+    assert flat_rules(role["rules"]) == [
+        ("coordination.k8s.io", "leases", ["get", "list", "create", "update", "delete"])
+    ]
+    assert not any("resourceNames" in rule for rule in role["rules"])
+    binding = objects[("RoleBinding", "tokensync-sharding")]
+    assert binding["roleRef"]["name"] == "tokensync-sharding"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tokensync", "namespace": "tokensync-system"}
+    ]
+    policies = by_kind("sharding/admission-policy-leases.yaml")
+    policy = policies[("ValidatingAdmissionPolicy", "tokensync-operator-leases")]
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["leases"]
+    binding = policies[("ValidatingAdmissionPolicyBinding", "tokensync-operator-leases")]
+    assert "Deny" in binding["spec"]["validationActions"]
+
+
 def test_every_deploy_file_is_part_of_a_kustomization() -> None:
     """Every manifest under deploy/ is installed by some kustomization (and so rendered and
     server-validated by test_manifests_server.py), except the optional deploy/examples/."""
@@ -284,7 +318,7 @@ def test_admission_policy_matches_the_operators_secret_writes() -> None:
 def test_base_and_overlays_keep_the_policy_and_metrics_auth() -> None:
     base = load_docs(DEPLOY / "base" / "kustomization.yaml")[0]["resources"]
     assert "admission-policy.yaml" in base and "rbac-metrics.yaml" in base
-    for overlay in ("namespaced", "peering"):
+    for overlay in ("namespaced", "peering", "sharding"):
         for path in (DEPLOY / overlay).glob("*.yaml"):
             for doc in load_docs(path):
                 if isinstance(doc, dict) and doc.get("$patch") == "delete":
@@ -313,7 +347,11 @@ def test_metrics_rbac() -> None:
 
 
 def test_metrics_are_served_securely_by_default(container: dict[str, Any]) -> None:
-    for path in ("base/deployment.yaml", "peering/deployment-peering.yaml"):
+    for path in (
+        "base/deployment.yaml",
+        "peering/deployment-peering.yaml",
+        "sharding/deployment-sharding.yaml",
+    ):
         assert "--metrics-insecure" not in json.dumps(load_docs(DEPLOY / path))
     assert "--metrics-insecure" not in json.dumps(
         load_docs(DEPLOY / "namespaced" / "deployment-args.yaml")

@@ -50,7 +50,7 @@ def cel_namespace(installed: ControlPlane) -> Iterator[str]:
 # -- kustomize and the API server accepting everything -----------------------------------
 
 
-@pytest.mark.parametrize("overlay", ["", "namespaced", "peering", "rollout-restart"])
+@pytest.mark.parametrize("overlay", ["", "namespaced", "peering", "rollout-restart", "sharding"])
 def test_kustomize_renders(control_plane: ControlPlane, overlay: str) -> None:
     rendered = control_plane.kubectl("kustomize", str(DEPLOY / overlay)).stdout
     objects = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(rendered) if d}
@@ -167,6 +167,15 @@ def test_peering_overlay_is_accepted(installed: ControlPlane) -> None:
     assert "rolebinding.rbac.authorization.k8s.io/tokensync-leader-election" in result.stdout
     assert "poddisruptionbudget.policy/tokensync" in result.stdout
     assert "kopf" not in result.stdout
+
+
+def test_sharding_overlay_is_accepted(installed: ControlPlane) -> None:
+    result = installed.kubectl("apply", "-k", str(DEPLOY / "sharding"), "--dry-run=server")
+    assert "role.rbac.authorization.k8s.io/tokensync-sharding" in result.stdout
+    assert "validatingadmissionpolicy.admissionregistration.k8s.io/tokensync-operator-leases" in (
+        result.stdout
+    )
+    assert "poddisruptionbudget.policy/tokensync" in result.stdout
 
 
 def can_i(cp: ControlPlane, *args: str) -> bool:

@@ -431,6 +431,31 @@ def test_doctor_lease() -> None:
     assert finding.level == doctor.FAIL and "not renewed (last 5m ago)" in finding.detail
 
 
+def test_doctor_shards() -> None:
+    """With --shards there is no Lease named --peering: every shard Lease is checked."""
+    operator = doctor.operator_of(deployment(args=["run", "-A", "--peering=lead", "--shards=3"]))
+    assert operator.shards == 3
+
+    def shard(n: int, holder: str, renewed: datetime = NOW) -> dict:
+        spec = {"holderIdentity": holder, "renewTime": iso(renewed), "leaseDurationSeconds": 15}
+        return {"metadata": {"name": f"lead-shard-{n}"}, "spec": spec}
+
+    ok = doctor.check_shards(operator, [shard(0, "a"), shard(1, "b"), shard(2, "a")], NOW)
+    assert (ok.level, ok.detail) == (doctor.OK, "all held by 2 replicas (a: 2, b: 1)")
+    stale = shard(2, "c", NOW - timedelta(minutes=1))
+    bad = doctor.check_shards(operator, [shard(0, "a"), stale], NOW)
+    assert bad.level == doctor.FAIL
+    assert bad.detail.startswith("2 of 3 not held or not renewed (shards 1, 2)")
+    assert doctor.check_shards(doctor.operator_of(deployment()), [], NOW) is None
+    leases = [
+        r["spec"]["resourceAttributes"]
+        for r in doctor.access_reviews(operator)
+        if r["spec"]["resourceAttributes"]["resource"] == "leases"
+    ]
+    assert [a["verb"] for a in leases] == ["get", "list", "create", "update"]
+    assert not any("name" in a for a in leases)
+
+
 def test_doctor_admission_policy() -> None:
     operator = doctor.operator_of(deployment())
     user = "system:serviceaccount:tokensync-system:tokensync"

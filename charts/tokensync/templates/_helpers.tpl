@@ -157,6 +157,9 @@ watched namespace in namespaced scope.
 {{- end }}
 {{- if gt (int .Values.replicas) 1 }}
 - --peering={{ include "tokensync.leaseName" . }}
+{{- if gt (int .Values.sharding.shards) 0 }}
+- --shards={{ .Values.sharding.shards }}
+{{- end }}
 {{- end }}
 - --health-port={{ .Values.health.port }}
 - --metrics-port={{ .Values.metrics.port }}

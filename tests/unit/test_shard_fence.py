@@ -1,0 +1,160 @@
+"""Sharding without a cluster: a worker writes nothing for a credential whose shard
+this replica no longer holds, checked after the token request and again on the thread
+that sends each write; the keeper's hold ends at the renew deadline on its own clock,
+whatever its loop is doing; the supervisor runs workers only for held shards. The
+end-to-end proofs (audit log, kill -9, SIGSTOP) are in
+tests/operator/test_operator_sharding.py."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from test_worker import FakeKube, credential, world  # noqa: F401 - the fixture
+
+from tokensync import oauth2
+from tokensync.cli import build_parser
+from tokensync.cli import run as cli_run
+from tokensync.controller import CredentialWorker, OperatorContext
+from tokensync.gates import OperatorConfig
+from tokensync.shardkeeper import ShardKeeper
+from tokensync.shards import NotHolding, shard_of
+from tokensync.sources import SourceCache
+from tokensync.supervisor import Supervisor
+
+
+def test_a_token_that_arrives_after_the_shard_was_lost_is_not_written(world, monkeypatch):  # noqa: F811
+    kube, endpoint, ctx = world
+    holding = [True]
+    ctx.holds = lambda uid: holding[0]
+
+    def lose_the_shard_meanwhile(request: oauth2.TokenRequest, **kw: Any) -> oauth2.Token:
+        holding[0] = False
+        return endpoint(request, **kw)
+
+    monkeypatch.setattr(oauth2, "fetch_token", lose_the_shard_meanwhile)
+    worker = CredentialWorker(ctx, credential())
+    with pytest.raises(NotHolding):
+        asyncio.run(worker.reconcile())
+    assert endpoint.requests == 1
+    assert "create_secret" not in kube.calls
+
+
+def test_the_write_fence_refuses_on_the_sending_thread(world):  # noqa: F811
+    """`holds` said yes when the pass looked; the fence, entered right before the call,
+    says no: the Secret is not created."""
+    kube, _endpoint, ctx = world
+
+    def refuse(uid: str) -> Any:
+        raise NotHolding(uid)
+
+    ctx.writing = refuse
+    worker = CredentialWorker(ctx, credential())
+    with pytest.raises(NotHolding):
+        asyncio.run(worker.reconcile())
+    assert "create_secret" not in kube.calls
+
+
+def test_a_held_shard_ends_at_the_renew_deadline_on_the_keeper_s_own_clock():
+    clock = [100.0]
+    keeper = ShardKeeper(
+        None,  # type: ignore[arg-type]  # no API call is made here
+        "tokensync",
+        "ns",
+        "me",
+        8,
+        on_change=lambda: None,
+        clock=lambda: clock[0],
+    )
+    uid = "cred-uid"
+    shard = shard_of(uid, 8)
+    assert not keeper.holds_uid(uid)
+    keeper._held[shard] = 100.0  # as a successful renewal sent at 100 s records it
+    with keeper.writing(uid):
+        assert keeper._in_flight[shard] == 1  # counted: a hand-back waits for it
+    assert keeper._in_flight[shard] == 0
+    clock[0] = 100.0 + keeper.renew_deadline - 0.1
+    assert keeper.holds_uid(uid)
+    clock[0] = 100.0 + keeper.renew_deadline  # no renewal since: the loop may be stalled
+    assert not keeper.holds_uid(uid)
+    with pytest.raises(NotHolding), keeper.writing(uid):
+        pass
+    assert keeper.renew_deadline < keeper.lease_duration  # before anyone may take it
+
+
+def test_cli_shards_flag(capsys):
+    parser = build_parser()
+    args = parser.parse_args(["run", "-A", "--peering", "tokensync", "--shards", "32"])
+    assert args.shards == 32
+    assert parser.parse_args(["run", "-A"]).shards is None  # default: unchanged
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "-A", "--peering", "tokensync", "--shards", "0"])
+    assert cli_run(parser.parse_args(["run", "-A", "--shards", "8"])) == 2
+    assert "--shards needs --peering" in capsys.readouterr().err
+    too_many = parser.parse_args(["run", "-A", "--peering", "tokensync", "--shards", "5000"])
+    assert cli_run(too_many) == 2
+    assert "at most 1024 shards" in capsys.readouterr().err
+
+
+def _idle_context() -> OperatorContext:
+    """Workers never get past sources_synced: only the store is exercised."""
+    return OperatorContext(
+        config=OperatorConfig(),
+        kube=None,  # type: ignore[arg-type]
+        kube_executor=None,  # type: ignore[arg-type]
+        sources=lambda _ns: lambda _kind, _name: None,
+        post_event=lambda *_: None,
+        sources_synced=asyncio.Event().wait,
+    )
+
+
+def _body(uid: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = credential()
+    body["metadata"].update(uid=uid, name=uid, namespace="ns")
+    body["status"] = status or {}
+    return body
+
+
+def test_the_supervisor_runs_workers_only_for_the_shards_it_holds():
+    async def scenario() -> None:
+        owned = {"a"}
+        sources = SourceCache()
+        supervisor = Supervisor(_idle_context(), sources, owns=lambda uid: uid in owned)
+        supervisor.observe("LISTED", _body("a"))
+        supervisor.observe("LISTED", _body("b", {"expiresAt": "old"}))
+        assert set(supervisor.workers) == {"a"} and set(supervisor.parked) == {"b"}
+        assert set(sources._references) == {"a"}  # source values for served ones only
+        # The other replica writes b's status: the parked body follows.
+        supervisor.observe("MODIFIED", _body("b", {"expiresAt": "new"}))
+
+        # A view of b's Secret from before b was known (the managed Secrets are listed
+        # first): not kept, and never the basis of b's first pass once b is gained.
+        supervisor.ctx.managed_secrets[("ns", "a")] = "view of a"  # type: ignore[assignment]
+        supervisor.ctx.managed_secrets[("ns", "b")] = "stale view"  # type: ignore[assignment]
+        supervisor.observe("MODIFIED", _body("b", {"expiresAt": "new"}))
+        assert ("ns", "b") not in supervisor.ctx.managed_secrets
+
+        owned.clear()
+        owned.add("b")  # shards moved: a given away, b gained
+        supervisor.ctx.managed_secrets[("ns", "b")] = "stale view"  # type: ignore[assignment]
+        supervisor.rebalance()
+        assert ("ns", "b") not in supervisor.ctx.managed_secrets  # read fresh by its worker
+        assert ("ns", "a") not in supervisor.ctx.managed_secrets  # a's view left with it
+        assert set(supervisor.workers) == {"b"} and set(supervisor.parked) == {"a"}
+        assert supervisor.workers["b"].status == {"expiresAt": "new"}
+        assert set(sources._references) == {"b"}
+        assert supervisor.by_name == {("ns", "a"): "a", ("ns", "b"): "b"}
+        assert [s.name for s in supervisor.samples()] == ["b"]  # metrics of served ones
+
+        supervisor.observe("DELETED", _body("a"))  # gone while parked: forgotten
+        assert "a" not in supervisor.parked and ("ns", "a") not in supervisor.by_name
+        began = supervisor.list_began()
+        supervisor.observe("LISTED", _body("c"))  # not owned: parked
+        assert supervisor.sweep({"b"}, began) == 0  # c's event is newer than the list
+        assert "c" in supervisor.parked
+        assert supervisor.sweep({"b"}, supervisor.list_began()) == 0
+        assert "c" not in supervisor.parked  # a parked credential missed by a list: gone
+        await supervisor.stop()
+
+    asyncio.run(scenario())
