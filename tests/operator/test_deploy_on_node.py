@@ -8,19 +8,25 @@ arbitrary UID with GID 0, as OpenShift's restricted SCC runs it."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helm.chartlib import CHART, helm
 from operator_helpers import Cluster, decode, wait_for
 from operator_process import find_secrets
 from token_endpoint import Client, TokenEndpoint
 
 from fixtures.controlplane import POD_GATEWAY
-from fixtures.node import API_SERVER_FOR_PODS, Node
+from fixtures.gotools import GoTool
+from fixtures.node import API_SERVER_FOR_PODS, BUSYBOX_IMAGE, TOLERATION, Node
 
 pytestmark = pytest.mark.envtest
 
@@ -202,3 +208,184 @@ def test_deploy_runs_under_an_arbitrary_uid_with_gid_0(
     log = node.pod_log(NS, pod["metadata"]["name"])
     assert "getpwuid" not in log
     assert not find_secrets(log, pod_endpoint)
+
+
+HELM = GoTool("helm", REPO / "tests/helm/build.sh", fixture="helm_bin")
+
+
+def chart_values_for_the_node(watched_namespace: str) -> list[str]:
+    """The chart's OpenShift-style values (an arbitrary UID, GID 0, as the restricted SCC
+    assigns) plus what only this node needs, as in tests/node/deploy."""
+    host, port = API_SERVER_FOR_PODS
+    return [
+        "--set=crds.enabled=false",  # the session installed the CRD
+        "--set=scope=namespaced",
+        f"--set=namespaces={{{watched_namespace}}}",
+        f"--set=podSecurityContext.runAsUser={ARBITRARY_UID}",
+        "--set=podSecurityContext.runAsGroup=0",
+        "--set=image.repository=tokensync.test/operator",
+        "--set=image.tag=local",
+        "--set=image.pullPolicy=Never",
+        f"--set=tolerations[0].key={TOLERATION['key']}",
+        "--set=tolerations[0].operator=Exists",
+        "--set=tolerations[0].effect=NoSchedule",
+        "--set=extraEnv[0].name=KUBERNETES_SERVICE_HOST",
+        f"--set-string=extraEnv[0].value={host}",
+        "--set=extraEnv[1].name=KUBERNETES_SERVICE_PORT",
+        f"--set-string=extraEnv[1].value={port}",
+    ]
+
+
+@pytest.mark.timeout(900)
+def test_the_chart_runs_under_an_arbitrary_uid_with_gid_0(
+    deployed,
+    pod_cluster: Cluster,
+    pod_endpoint: TokenEndpoint,
+    node: Node,
+    operator_image: str,
+    request: pytest.FixtureRequest,
+):
+    """The Helm chart, installed with helm, runs on the node under an arbitrary UID and
+    GID 0, passes its probes, serves and renews."""
+    helm_bin = HELM.path(request.config)
+    cp = pod_cluster.cp
+    release_ns = cp.create_namespace("chart-on-node")
+    kube = [f"--kubeconfig={cp.kubeconfig}", f"--namespace={release_ns}"]
+    try:
+        helm(
+            helm_bin, "install", "anyuid", str(CHART), *kube,
+            *chart_values_for_the_node(pod_cluster.ns), "--wait", "--timeout=5m",
+        )  # fmt: skip
+        pods = json.loads(
+            cp.kubectl(
+                "get", "pods", "-n", release_ns, "-o", "json",
+                "-l", "app.kubernetes.io/instance=anyuid",
+            ).stdout
+        )["items"]  # fmt: skip
+        (pod,) = pods
+        assert pod["spec"]["nodeName"] == node.name
+        assert process_ids(node, pod) == (ARBITRARY_UID, 0)
+        client = pod_endpoint.add_client(lifetime=60)  # renewed with ~30 s left
+        serves(pod_cluster, "chart-any-uid", client)
+        wait_for(lambda: len(client.issued) >= 2, timeout=90, what="a renewal")
+        log = node.pod_log(release_ns, pod["metadata"]["name"])
+        assert "getpwuid" not in log
+        assert not find_secrets(log, pod_endpoint)
+    finally:
+        helm(helm_bin, "uninstall", "anyuid", "--wait", "--ignore-not-found", *kube)
+        cp.delete_namespace(release_ns)
+
+
+QUICKSTART = REPO / "docs/getting-started/kind.md"
+QUICKSTART_OVERLAYS = REPO / "tests/node/quickstart"
+QUICKSTART_IMAGE = "docker.io/library/tokensync:dev"  # `tokensync:dev` as the node names it
+TOY_PORT = 8443
+
+
+def quickstart_script(markdown: str, substitutions: dict[str, str]) -> str:
+    """The quickstart's shell block with each listed command replaced (each must be there,
+    so a changed quickstart fails here rather than being skipped)."""
+    script = markdown.split("```sh\n", 1)[1].split("\n```", 1)[0]
+    for command, replacement in substitutions.items():
+        assert command in script, f"the quickstart no longer has {command!r}"
+        script = script.replace(command, replacement)
+    return script
+
+
+def consumer_on_the_node(path: Path) -> Path:
+    """examples/consumer-deployment.yaml with what only this node needs: its busybox (no
+    curl: the request fails, after the token is read) and the node's toleration."""
+    deployment = yaml.safe_load((REPO / "examples/consumer-deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    pod["tolerations"] = [TOLERATION]
+    pod["containers"][0] |= {"image": BUSYBOX_IMAGE, "imagePullPolicy": "Never"}
+    path.write_text(yaml.safe_dump(deployment))
+    return path
+
+
+@pytest.mark.timeout(900)
+def test_the_kind_quickstart_runs_as_written(
+    deployed, installed, node: Node, operator_image: str, tmp_path: Path
+):
+    """docs/getting-started/kind.md's commands from `kubectl apply -k deploy/` on, in one
+    shell, as a user pastes them; only kind, docker and the listed overlays (this node's
+    taint, no registry, no kube-proxy or cluster DNS) are replaced."""
+    cp = installed
+    node.ctr("images", "tag", "--force", operator_image, QUICKSTART_IMAGE)
+
+    def toy_pod_address() -> str:
+        pods = json.loads(
+            cp.kubectl("get", "pods", "-n", "toy-idp", "-o", "json", check=False).stdout or "{}"
+        )
+        return next(
+            p["status"]["podIP"]
+            for p in pods.get("items", [])
+            if p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp")
+        )
+
+    node.relay_service(TOY_PORT, toy_pod_address)
+    script = quickstart_script(
+        QUICKSTART.read_text(),
+        {
+            "kind create cluster": "true",
+            "docker build -t tokensync:dev .": "true",
+            "kind load docker-image tokensync:dev": "true",  # tagged in the node above
+            "kubectl apply -k deploy/ ": f"kubectl apply -k {QUICKSTART_OVERLAYS}/operator ",
+            "kubectl apply -k deploy/examples/toy-token-endpoint": (
+                f"kubectl apply -k {QUICKSTART_OVERLAYS}/toy-token-endpoint"
+            ),
+            "apply -f examples/consumer-deployment.yaml": (
+                f"apply -f {consumer_on_the_node(tmp_path / 'consumer.yaml')}"
+            ),
+        },
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{cp.bin_dir}:{os.environ['PATH']}",
+        "KUBECONFIG": str(cp.kubeconfig),
+    }
+    try:
+        run = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+        # The expires_at step's output (no newline after it).
+        printed = re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", run.stdout)
+        assert printed, run.stdout[-3000:]
+        expires_at = datetime.fromisoformat(printed.group(0).replace("Z", "+00:00"))
+        assert expires_at.timestamp() - time.time() > 200  # the toy's 300 s token
+
+        # The consumer reads the token file (its request then fails: no curl, no URL).
+        def consumer_log() -> str | None:
+            pods = cp.kubectl(
+                "get", "pods", "-n", "integrations", "-o", "name",
+                "-l", "app.kubernetes.io/name=inventory-sync",
+            ).stdout.split()  # fmt: skip
+            log = "".join(node.pod_log("integrations", p.split("/")[1]) for p in pods)
+            return log if "request failed" in log else None
+
+        log = wait_for(consumer_log, timeout=120, what="the consumer's first request")
+        assert "No such file" not in log, log
+
+        client_secret = decode(
+            json.loads(
+                cp.kubectl("get", "secret", "toy-client", "-n", "toy-idp", "-o", "json").stdout
+            )
+        )["client_secret"]
+        token = decode(
+            json.loads(
+                cp.kubectl("get", "secret", "inventory", "-n", "integrations", "-o", "json").stdout
+            )
+        )["access_token"]
+        operator_log = node.pod_log(NS, running_pod(cp)["metadata"]["name"])
+        assert "inventory" in operator_log
+        assert client_secret not in operator_log and token not in operator_log
+    finally:
+        for namespace in ("integrations", "toy-idp"):
+            cp.delete_namespace(namespace)
