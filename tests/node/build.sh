@@ -45,8 +45,10 @@ if [ ${#missing_packages[@]} -gt 0 ]; then
   echo "node: apt-get install ${missing_packages[*]} ..." >&2
   start=$(date +%s)
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends "${missing_packages[@]}" >&2
+  # One apt-get at a time on this machine: .ci/run builds the node and the image side by side.
+  flock /tmp/tokensync-apt.lock sh -c \
+    'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@"' apt \
+    "${missing_packages[@]}" >&2
   echo "node: packages installed in $(( $(date +%s) - start ))s" >&2
 fi
 

@@ -48,8 +48,10 @@ done
 if [ ${#missing_packages[@]} -gt 0 ]; then
   log "apt-get install ${missing_packages[*]} ..."
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends "${missing_packages[@]}" >&2
+  # One apt-get at a time on this machine: .ci/run builds the node and the image side by side.
+  flock /tmp/tokensync-apt.lock sh -c \
+    'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@"' apt \
+    "${missing_packages[@]}" >&2
 fi
 
 cache=${TOKENSYNC_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokensync/image}
@@ -92,7 +94,7 @@ fi
 
 # -- the two bases -------------------------------------------------------------------
 suite=bookworm   # the Dockerfile's bases are Debian 12
-mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' \
+mirror=$(flock /tmp/tokensync-apt.lock apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' \
   | awk -v s="$suite" '$2 == s && $3 == "main" { print $1; exit }')
 if [ -z "$mirror" ]; then
   log "no apt source for Debian $suite main on this machine (see /etc/apt/sources.list*)"
