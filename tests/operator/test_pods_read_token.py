@@ -144,9 +144,11 @@ def test_five_minute_tokens_at_the_default_kubelet_sync(
 
         def renewals_seen() -> list[Read] | None:
             seen = reads(node.pod_log(cluster.ns, "reader-5m"))
-            return seen if len({r.digest for r in seen}) >= 3 else None
+            # One renewal is the claim (the first token, then its successor in time); a
+            # second one would cost another 3 minutes and prove the same thing.
+            return seen if len({r.digest for r in seen}) >= 2 else None
 
-        seen = wait_for(renewals_seen, timeout=660, what="two renewals read by the pod")
+        seen = wait_for(renewals_seen, timeout=480, what="a renewal read by the pod")
     issued = {md5(i.token): i for i in client.issued}
     assert not expired_reads(seen, {d: i.expires_at for d, i in issued.items()})
     latencies = api_to_pod(seen, issued)
