@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -32,7 +33,7 @@ from tokensync.attempt import Attempts
 from tokensync.gates import OperatorConfig, gate_problem, insecure_warnings
 from tokensync.kube import Kube, KubeError
 from tokensync.limits import Coalescer, PassGate, RequestLimits
-from tokensync.managed import ManagedSecret, managed_state, update_patch
+from tokensync.managed import ManagedSecret, managed_state, needs_replacing, update_patch
 from tokensync.redact import redact
 from tokensync.secret import (
     ANNOTATION_REFRESH_REQUESTED,
@@ -737,6 +738,10 @@ class CredentialWorker:
         checked = current is None  # checked before the token request
         for _ in range(WRITE_ATTEMPTS):
             try:
+                if current is not None and needs_replacing(p.spec, current):
+                    body = managed_secret(owner, p.spec, token, p.fingerprint)
+                    await self._delete_for_new_type(body, current)
+                    current, checked = None, True
                 if current is None:
                     if not checked:
                         await self._check_still_exists()
@@ -748,12 +753,42 @@ class CredentialWorker:
                     result = await self._kube_write(kube.patch_secret, owner.namespace, name, patch)
                 return self._remember_secret(managed_state(result))
             except KubeError as error:
-                if error.status not in (404, 409):
+                # 422 from a Secret whose type only a read tells: read it, then replace.
+                type_unknown = current is not None and current.secret_type is None
+                if error.status not in (404, 409) and not (error.status == 422 and type_unknown):
                     raise
             current = await self._read_target(name)
             if current is not None and not current.owned_by(owner):
                 return None
         raise KubeError(409, f"Secret {name!r} kept changing while being written")
+
+    async def _delete_for_new_type(self, body: Mapping[str, Any], current: ManagedSecret) -> None:
+        """spec.secret.type changed: delete exactly the Secret checked to be ours (its
+        uid and resourceVersion as preconditions), so the caller creates it anew. First a
+        dry-run create of the new Secret: admission and validation run before the name
+        clash (409), so a new Secret that would be refused never costs the held token."""
+        kube = self.ctx.kube
+        try:
+            dry_run = functools.partial(kube.create_secret, dry_run=True)
+            await self._kube_write(dry_run, current.namespace, body)
+        except KubeError as error:
+            if error.status != 409:
+                raise
+        await self._kube_write(
+            self.ctx.kube.delete_secret,
+            current.namespace,
+            current.name,
+            current.uid,
+            current.resource_version,
+        )
+        self.ctx.managed_secrets.pop((current.namespace, current.name), None)
+        self._event(
+            "Normal",
+            "SecretRecreated",
+            f"Secret {current.name!r} is of type {current.secret_type} and "
+            f"spec.secret.type is {body['type']}: a Secret's type cannot change, so it "
+            "was deleted and is created again with the new token",
+        )
 
     async def _read_target(self, name: str) -> ManagedSecret | None:
         """GET the Secret of that name. Ours is kept as the view later passes use; a

@@ -135,9 +135,14 @@ class Kube:
     def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}", missing_ok=True)
 
-    def create_secret(self, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any]:
-        """POST only: a 409 means a Secret of that name exists and is never overwritten."""
+    def create_secret(
+        self, namespace: str, secret: Mapping[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """POST only: a 409 means a Secret of that name exists and is never overwritten.
+        A dry run passes admission and validation, and stores nothing."""
         path = f"/api/v1/namespaces/{namespace}/secrets?fieldManager={FIELD_MANAGER}"
+        if dry_run:
+            path += "&dryRun=All"
         result = self._call("POST", path, dict(secret))
         assert result is not None
         return result

@@ -53,6 +53,8 @@ class ManagedSecret:
     owned_data: frozenset[str]
     owned_labels: frozenset[str]
     owned_annotations: frozenset[str]
+    # Known from a full read or a write's answer; None from the metadata-only watch.
+    secret_type: str | None = None
 
     def as_object(self) -> dict[str, Any]:
         """The metadata view `secret.owned_by` expects."""
@@ -162,7 +164,12 @@ def managed_state(body: Mapping[str, Any]) -> ManagedSecret:
         owned_data=_capped(owned_data, FIXED_KEYS),
         owned_labels=_capped(owned["labels"], KEPT_LABELS),
         owned_annotations=_capped(owned["annotations"], KEPT_ANNOTATIONS),
+        secret_type=_type_of(body.get("type")),
     )
+
+
+def _type_of(value: Any) -> str | None:
+    return value if isinstance(value, str) and len(value) <= MAX_VALUE_CHARS else None
 
 
 def _with_removals(wanted: Mapping[str, Any], owned: frozenset[str]) -> dict[str, Any]:
@@ -172,6 +179,12 @@ def _with_removals(wanted: Mapping[str, Any], owned: frozenset[str]) -> dict[str
     for key in owned - wanted.keys():
         result[key] = None
     return result
+
+
+def needs_replacing(spec: CredentialSpec, current: ManagedSecret) -> bool:
+    """Kubernetes does not change a Secret's type in place: an owned Secret of another
+    type than spec.secret.type is deleted and created again."""
+    return current.secret_type is not None and current.secret_type != spec.secret.type
 
 
 def update_patch(
@@ -193,5 +206,8 @@ def update_patch(
         patch_metadata["ownerReferences"] = references
     return {
         "metadata": patch_metadata,
+        # A Secret's type cannot change: sent so that a Secret of another type (seen
+        # only through the metadata watch) fails with 422 rather than keep its old type.
+        "type": wanted["type"],
         "data": _with_removals(wanted["data"], current.owned_data),
     }

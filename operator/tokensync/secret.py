@@ -13,7 +13,13 @@ from typing import Any
 
 from tokensync.oauth2 import Token
 from tokensync.schedule import HeldToken, parse_time
-from tokensync.spec import CredentialSpec, ResolvedValues, SpecError
+from tokensync.spec import (
+    DOCKER_CONFIG_KEY,
+    CredentialSpec,
+    DockerConfigSpec,
+    ResolvedValues,
+    SpecError,
+)
 from tokensync.urls import prefixes_admit
 
 DOMAIN = "tokensync.dev"
@@ -173,11 +179,45 @@ def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def rendered_size(values: Mapping[str, str], template: Mapping[str, str]) -> int:
+def _docker_auth(username: str, token: str) -> str:
+    return base64.b64encode(f"{username}:{token}".encode()).decode()
+
+
+def docker_config_json(docker: DockerConfigSpec, token: str) -> str:
+    """The `.dockerconfigjson` value: the token as the password of docker.username for
+    each registry, with the `auth` field the kubelet and docker read (base64 user:token)."""
+    entry = {
+        "username": docker.username,
+        "password": token,
+        "auth": _docker_auth(docker.username, token),
+    }
+    return json.dumps({"auths": {registry: entry for registry in docker.registries}})
+
+
+def docker_config_size(docker: DockerConfigSpec, token: str) -> int:
+    """Bytes of docker_config_json's result, without repeating the token per registry."""
+    # One entry with empty password and auth, then the two filled in (json.dumps escapes
+    # to ASCII, so characters are bytes).
+    empty_entry = len(json.dumps({"username": docker.username, "password": "", "auth": ""}))
+    password = len(json.dumps(token)) - 2  # without its quotes
+    auth = 4 * -(-(_utf8_size(docker.username) + 1 + _utf8_size(token)) // 3)  # base64
+    entry = empty_entry + password + auth
+    keys = sum(len(json.dumps(registry)) + len(": ") for registry in docker.registries)
+    separators = len(", ") * (len(docker.registries) - 1)
+    return len(json.dumps({"auths": {}})) + keys + entry * len(docker.registries) + separators
+
+
+def rendered_size(
+    values: Mapping[str, str],
+    template: Mapping[str, str],
+    docker: DockerConfigSpec | None = None,
+) -> int:
     """Bytes of the managed Secret's data (every key and value) once rendered, computed
     from placeholder counts and value sizes without expanding anything."""
     sizes = {name: _utf8_size(value) for name, value in values.items()}
     total = sum(_utf8_size(key) + sizes[key] for key in FIXED_KEYS)
+    if docker is not None:
+        total += len(DOCKER_CONFIG_KEY) + docker_config_size(docker, values["access_token"])
     for key, text in template.items():
         total += _utf8_size(key) + _utf8_size(text)
         for match in _PLACEHOLDER_RE.finditer(text):
@@ -186,18 +226,22 @@ def rendered_size(values: Mapping[str, str], template: Mapping[str, str]) -> int
     return total
 
 
-def _check_size(values: Mapping[str, str], template: Mapping[str, str]) -> None:
-    size = rendered_size(values, template)
+def _check_size(
+    values: Mapping[str, str], template: Mapping[str, str], docker: DockerConfigSpec | None
+) -> None:
+    size = rendered_size(values, template, docker)
     if size <= MAX_SECRET_DATA_BYTES:
         return
     uses = sum(
         text.count("${access_token}") + text.count("${authorization}") for text in template.values()
     )
+    registries = f" and dockerConfig for {len(docker.registries)} registries" if docker else ""
     raise SecretTooLarge(
         [
             f"spec.secret.template: the managed Secret would hold {size / 1024:.0f} KiB of "
             f"data, more than the limit of {MAX_SECRET_DATA_BYTES // 1024} KiB (the token is "
-            f"{_kib(values['access_token'])} KiB and the template uses it {uses} times)"
+            f"{_kib(values['access_token'])} KiB and the template uses it {uses} times"
+            f"{registries})"
         ]
     )
 
@@ -206,14 +250,19 @@ def _kib(text: str) -> str:
     return f"{_utf8_size(text) / 1024:.1f}"
 
 
-def secret_data(token: Token, template: Mapping[str, str]) -> dict[str, str]:
-    """The managed Secret's keys, as plain strings. Raises SecretTooLarge, before
-    rendering, when they would exceed MAX_SECRET_DATA_BYTES."""
+def secret_data(
+    token: Token, template: Mapping[str, str], docker: DockerConfigSpec | None = None
+) -> dict[str, str]:
+    """The managed Secret's keys, as plain strings: the fixed keys, the template's, and
+    `.dockerconfigjson` for docker. Raises SecretTooLarge, before rendering, when they
+    would exceed MAX_SECRET_DATA_BYTES."""
     values = template_values(token)
-    _check_size(values, template)
+    _check_size(values, template, docker)
     data = {key: values[key] for key in FIXED_KEYS}
     for key, text in template.items():
         data[key] = render_template(text, values)
+    if docker is not None:
+        data[DOCKER_CONFIG_KEY] = docker_config_json(docker, token.access_token)
     return data
 
 
@@ -256,12 +305,14 @@ def managed_secret(
         metadata["resourceVersion"] = resource_version
     data = {
         key: base64.b64encode(value.encode()).decode()
-        for key, value in secret_data(token, spec.secret.template).items()
+        for key, value in secret_data(
+            token, spec.secret.template, spec.secret.docker_config
+        ).items()
     }
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "type": "Opaque",
+        "type": spec.secret.type,
         "metadata": metadata,
         "data": data,
     }

@@ -50,6 +50,19 @@ TOKEN_EXCHANGE_PARAMETERS = (
 # An absolute URI (RFC 3986 scheme ":" ...), as token type identifiers are.
 _TOKEN_TYPE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[!-~]+\Z")
 DELETION_POLICIES = ("Delete", "Retain")
+SECRET_TYPE_OPAQUE = "Opaque"
+SECRET_TYPE_DOCKER_CONFIG = "kubernetes.io/dockerconfigjson"
+SECRET_TYPES = (SECRET_TYPE_OPAQUE, SECRET_TYPE_DOCKER_CONFIG)
+DOCKER_CONFIG_KEY = ".dockerconfigjson"  # the key Kubernetes requires for that type
+# Google Artifact Registry / Container Registry take an OAuth2 access token as the
+# password of this user name; other registries name their own.
+DEFAULT_REGISTRY_USERNAME = "oauth2accesstoken"
+MAX_REGISTRIES = 16
+# A registry as image references and the kubelet's credential matching name it: a host
+# (optionally `*.` for one label, as the kubelet matches), an optional port and path.
+_REGISTRY_RE = re.compile(
+    r"^(\*\.)?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[-A-Za-z0-9._/]*)?\Z"
+)
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")  # rolloutRestart
 MAX_ROLLOUT_RESTART = 16
 CA_REF_KINDS = ("Secret", "ConfigMap")
@@ -169,12 +182,23 @@ class TokenExchangeSpec:
 
 
 @dataclass(frozen=True)
+class DockerConfigSpec:
+    """secret.dockerConfig: the registries a `kubernetes.io/dockerconfigjson` Secret
+    holds the token for, as the password of `username`."""
+
+    registries: tuple[str, ...]
+    username: str = DEFAULT_REGISTRY_USERNAME
+
+
+@dataclass(frozen=True)
 class SecretSpec:
     name: str
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     template: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     deletion_policy: str = "Delete"
+    type: str = SECRET_TYPE_OPAQUE
+    docker_config: DockerConfigSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -844,13 +868,55 @@ def _parse_secret(r: _Reader, data: Mapping[str, Any], credential_name: str) -> 
     policy = r.enum(
         data, "deletionPolicy", "spec.secret.deletionPolicy", DELETION_POLICIES, "Delete"
     )
+    secret_type = r.enum(data, "type", "spec.secret.type", SECRET_TYPES, SECRET_TYPE_OPAQUE)
+    docker_config = None
+    if secret_type == SECRET_TYPE_DOCKER_CONFIG:
+        if data.get("dockerConfig") is None:
+            r.fail("spec.secret.dockerConfig", f"is required with type {SECRET_TYPE_DOCKER_CONFIG}")
+        else:
+            docker_config = _parse_docker_config(
+                r, r.mapping(data, "dockerConfig", "spec.secret.dockerConfig")
+            )
+        if DOCKER_CONFIG_KEY in template:
+            r.fail(
+                f"spec.secret.template.{DOCKER_CONFIG_KEY}",
+                "is written from spec.secret.dockerConfig with this type",
+            )
+    elif data.get("dockerConfig") is not None:
+        r.fail("spec.secret.dockerConfig", f"is only allowed with type {SECRET_TYPE_DOCKER_CONFIG}")
     return SecretSpec(
         name=name,
         labels=MappingProxyType(labels),
         annotations=MappingProxyType(annotations),
         template=MappingProxyType(template),
         deletion_policy=policy,
+        type=secret_type,
+        docker_config=docker_config,
     )
+
+
+def _parse_docker_config(r: _Reader, data: Mapping[str, Any]) -> DockerConfigSpec | None:
+    path = "spec.secret.dockerConfig"
+    problems_before = len(r.problems)
+    registries = data.get("registries")
+    if not isinstance(registries, list) or not 1 <= len(registries) <= MAX_REGISTRIES:
+        r.fail(f"{path}.registries", f"must list 1 to {MAX_REGISTRIES} registries")
+        return None
+    for index, registry in enumerate(registries):
+        if not isinstance(registry, str) or len(registry) > 253 or not _REGISTRY_RE.match(registry):
+            r.fail(
+                f"{path}.registries[{index}]",
+                "must be a registry host with an optional port and path, such as "
+                "europe-docker.pkg.dev or registry.example.com:5000 (no scheme)",
+            )
+    if len(set(registries)) != len(registries):
+        r.fail(f"{path}.registries", "lists a registry twice")
+    username = r.string(data, "username", f"{path}.username", max_length=256)
+    if username is not None and (not username or ":" in username or not username.isprintable()):
+        r.fail(f"{path}.username", "must be a non-empty printable user name without ':'")
+    if len(r.problems) > problems_before:
+        return None
+    return DockerConfigSpec(tuple(registries), username or DEFAULT_REGISTRY_USERNAME)
 
 
 def _parse_refresh(r: _Reader, data: Mapping[str, Any]) -> RefreshSpec:

@@ -75,7 +75,16 @@ NESTED_FIELDS = {
     "spec.tls": {"caRef", "insecureSkipVerify", "clientCertificateRef"},
     "spec.tls.caRef": {"kind", "name", "key"},
     "spec.tls.clientCertificateRef": {"name", "certificateKey", "privateKeyKey"},
-    "spec.secret": {"name", "labels", "annotations", "template", "deletionPolicy"},
+    "spec.secret": {
+        "name",
+        "labels",
+        "annotations",
+        "template",
+        "deletionPolicy",
+        "type",
+        "dockerConfig",
+    },
+    "spec.secret.dockerConfig": {"registries", "username"},
     "spec.refresh": {"renewBefore", "renewBeforePercentage", "defaultLifetime"},
     "status.lastFailure": {
         "httpStatus",
@@ -125,6 +134,8 @@ DEFAULTS = {
     # {} so that the nested defaults below apply when the object is omitted.
     ".spec.secret": {},
     ".spec.secret.deletionPolicy": "Delete",
+    ".spec.secret.type": "Opaque",
+    ".spec.secret.dockerConfig.username": "oauth2accesstoken",
     ".spec.refresh": {},
     ".spec.refresh.defaultLifetime": "1h",
     # "Not yet observed" for kstatus until the operator writes status (test_gitops_health).
@@ -155,6 +166,7 @@ ENUMS = {
     ".spec.contentType": ["application/x-www-form-urlencoded", "application/json"],
     ".spec.tls.caRef.kind": ["Secret", "ConfigMap"],
     ".spec.secret.deletionPolicy": ["Delete", "Retain"],
+    ".spec.secret.type": ["Opaque", "kubernetes.io/dockerconfigjson"],
     ".status.conditions[].status": ["True", "False", "Unknown"],
     ".status.lastFailure.kind": ["transient", "configuration", "protocol"],
 }

@@ -37,6 +37,7 @@ EXPECTED_EXAMPLES = {
     "keycloak-jwt-bearer.yaml",
     "keycloak-token-exchange.yaml",
     "sap-btp-service-binding.yaml",
+    "registry-pull-secret.yaml",
 }
 
 
@@ -158,6 +159,9 @@ def test_endpoint_styles() -> None:
     assert "401" in (EXAMPLES / "aws-cognito.yaml").read_text()
     private = spec_of("private-ca.yaml")
     assert private["tls"]["caRef"]["kind"] == "ConfigMap"
+    registry = spec_of("registry-pull-secret.yaml")["secret"]
+    assert registry["type"] == "kubernetes.io/dockerconfigjson"
+    assert registry["dockerConfig"]["registries"]
 
 
 def test_consumer_mounts_the_whole_secret_and_reads_it_per_request() -> None:

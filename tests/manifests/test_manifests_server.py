@@ -257,7 +257,7 @@ def test_all_examples_together_in_one_namespace(installed: ControlPlane, namespa
     )
     items = json.loads(result.stdout)["items"]
     credentials = [i for i in items if i["kind"] == "OAuth2Credential"]
-    assert len(credentials) == 16
+    assert len(credentials) == 17
     by_name = {c["metadata"]["name"]: c["spec"] for c in credentials}
     cognito = by_name["cognito-my-api"]
     assert cognito["grantType"] == "client_credentials"
@@ -272,6 +272,10 @@ def test_all_examples_together_in_one_namespace(installed: ControlPlane, namespa
     assert by_name["keycloak-reports-workload-identity"]["clientIDInRequest"] is False
     x509 = by_name["sap-btp-orders-x509"]["tls"]["clientCertificateRef"]
     assert (x509["certificateKey"], x509["privateKeyKey"]) == ("certificate", "key")
+    pull = by_name["registry-pull"]["secret"]
+    assert pull["type"] == "kubernetes.io/dockerconfigjson"
+    assert pull["dockerConfig"]["username"] == "oauth2"
+    assert cognito["secret"]["type"] == "Opaque"
     exchange = by_name["keycloak-orders-token-exchange"]
     assert (exchange["grantType"], exchange["audience"]) == ("token_exchange", "orders-api")
 

@@ -5,7 +5,8 @@ RBAC cannot restrict writes by type or label, so without the policy a compromise
 pod could create a `kubernetes.io/service-account-token` Secret for any ServiceAccount (the
 token controller fills it in) or rewrite any Secret of the cluster. The policy, applied
 with the rest of deploy/ by the `installed` fixture, lets the operator's ServiceAccount
-create, update and delete only Opaque Secrets labelled `tokensync.dev/credential`.
+create, update and delete only Opaque and kubernetes.io/dockerconfigjson Secrets labelled
+`tokensync.dev/credential`.
 
 Every request here authenticates with a real token of the operator's ServiceAccount, as
 the operator itself does; the operator test at the end still issues a token under it.
@@ -128,26 +129,36 @@ def test_unlabelled_secret_cannot_be_edited_or_deleted(cluster, as_operator, pol
     assert not cluster.secret("db-password")["metadata"].get("labels")
 
 
+def _pull_secret(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    body = _secret(name, type_="kubernetes.io/dockerconfigjson", labels=labels)
+    return body | {"stringData": {".dockerconfigjson": '{"auths": {}}'}}
+
+
 def test_other_secret_types_and_unlabelled_creates_are_denied(cluster, as_operator, policy_active):
     for body in (
         _secret("plain"),
         _secret("wrong-label", labels={"tokensync.dev/credential-source": "true"}),
+        _pull_secret("unlabelled-registry"),
         _secret(
-            "registry",
-            type_="kubernetes.io/dockerconfigjson",
+            "basic",
+            type_="kubernetes.io/basic-auth",
             labels={CREDENTIAL_LABEL: "x"},
         )
-        | {"stringData": {".dockerconfigjson": "{}"}},
+        | {"stringData": {"username": "u", "password": "p"}},
     ):
         assert _policy_denies(_denied(as_operator.create_namespaced_secret, cluster.ns, body))
 
 
-def test_labelled_opaque_secret_can_be_written(cluster, as_operator, policy_active):
-    as_operator.create_namespaced_secret(
-        cluster.ns, _secret("managed", labels={CREDENTIAL_LABEL: "c"})
+@pytest.mark.parametrize("kind", ["opaque", "dockerconfigjson"])
+def test_labelled_managed_secret_types_can_be_written(cluster, as_operator, policy_active, kind):
+    """Exactly the two types spec.secret.type offers."""
+    labels = {CREDENTIAL_LABEL: "c"}
+    body = (
+        _secret("managed", labels=labels) if kind == "opaque" else _pull_secret("managed", labels)
     )
+    as_operator.create_namespaced_secret(cluster.ns, body)
     as_operator.patch_namespaced_secret("managed", cluster.ns, {"data": {"k": "bmV3"}})
-    assert decode(cluster.secret("managed")) == {"k": "new"}
+    assert decode(cluster.secret("managed"))["k"] == "new"
     # Dropping the label would release the Secret from the policy's protection: denied.
     release = {"metadata": {"labels": {CREDENTIAL_LABEL: None}}}
     assert _policy_denies(
@@ -175,3 +186,10 @@ def test_operator_still_issues_tokens_under_the_policy(
     cluster.patch_credential("under-policy", {"spec": {"secret": {"name": "moved"}}})
     wait_for(lambda: cluster.secret("under-policy") is None, what="old Secret deleted")
     assert decode(cluster.secret("moved"))["access_token"] == client.issued[-1].token
+    # A type change: the dry-run create, the delete and the create all pass.
+    registry = {"type": "kubernetes.io/dockerconfigjson", "dockerConfig": {"registries": ["r.io"]}}
+    cluster.patch_credential("under-policy", {"spec": {"secret": registry}})
+    wait_for(
+        lambda: (cluster.secret("moved") or {}).get("type") == registry["type"],
+        what="the Secret re-created as a pull secret",
+    )

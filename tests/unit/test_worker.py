@@ -41,6 +41,7 @@ class FakeKube:
         self.status_error: KubeError | None = None
         self.status_error_when: str | None = None  # only for patches setting this field
         self.credential_exists = True
+        self.refused_types: set[str] = set()
 
     def _stamp(self, body: dict[str, Any]) -> dict[str, Any]:
         self.version += 1
@@ -62,15 +63,31 @@ class FakeKube:
         ]
         return body
 
-    def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append("create_secret")
+    def create_secret(
+        self, namespace: str, body: dict[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        self.calls.append("create_secret" + (" (dry run)" if dry_run else ""))
         if self.refuse_writes:
             raise self.refuse_writes
-        stored = self._stamp(
-            {"metadata": dict(body["metadata"]), "data": dict(body["data"]), "type": "Opaque"}
-        )
-        self.secrets[body["metadata"]["name"]] = stored
+        if body["type"] in self.refused_types:  # an admission policy, before the name check
+            raise KubeError(403, f"type {body['type']} denied by admission policy")
+        if body["metadata"]["name"] in self.secrets:
+            raise KubeError(409, "already exists")
+        stored = {
+            "metadata": dict(body["metadata"]),
+            "data": dict(body["data"]),
+            "type": body["type"],
+        }
+        if dry_run:
+            return stored
+        self.secrets[body["metadata"]["name"]] = self._stamp(stored)
         return stored
+
+    def delete_secret(self, namespace: str, name: str, uid: str, resource_version: str) -> None:
+        self.calls.append("delete_secret")
+        current = self.secrets[name]["metadata"]
+        assert (current["uid"], current["resourceVersion"]) == (uid, resource_version)
+        del self.secrets[name]
 
     def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         self.calls.append("patch_secret")
@@ -82,6 +99,8 @@ class FakeKube:
         for where in ("labels", "annotations"):
             merged = {**current["metadata"].get(where, {}), **patch["metadata"][where]}
             current["metadata"][where] = {k: v for k, v in merged.items() if v is not None}
+        if patch.get("type", current["type"]) != current["type"]:
+            raise KubeError(422, "type: Invalid value: field is immutable")
         merged = {**current["data"], **patch["data"]}
         current["data"] = {k: v for k, v in merged.items() if v is not None}
         return self._stamp(current)
@@ -429,3 +448,65 @@ def test_looking_at_a_valid_token_does_not_wait_for_the_pass_gate(world):
         restarted.task.cancel()
 
     run(scenario())
+
+
+DOCKER_SECRET = {
+    "type": "kubernetes.io/dockerconfigjson",
+    "dockerConfig": {"registries": ["europe-docker.pkg.dev"]},
+}
+
+
+def test_a_type_change_is_checked_by_a_dry_run_before_the_old_secret_is_deleted(world):
+    """A Secret's type cannot change in place, so it is deleted and created again; a
+    new type that admission refuses must not cost the Secret holding a valid token."""
+    kube, _endpoint, ctx = world
+    worker = CredentialWorker(ctx, credential())
+    run(worker.reconcile())
+    ctx.clock[0] += timedelta(seconds=30)  # past the request floor
+    old_token = kube.secrets["c"]["data"]["access_token"]
+    changed = credential(generation=2)
+    changed["spec"]["secret"] = DOCKER_SECRET
+    worker.observe(changed)
+
+    kube.refused_types.add("kubernetes.io/dockerconfigjson")
+    kube.calls.clear()
+    run(worker.reconcile())
+    assert "delete_secret" not in kube.calls
+    assert "create_secret (dry run)" in kube.calls
+    assert kube.secrets["c"]["data"]["access_token"] == old_token
+    assert kube.secrets["c"]["type"] == "Opaque"
+    reasons = {c["reason"] for c in kube.status["conditions"]}
+    assert "SecretWriteFailed" in reasons
+
+    kube.refused_types.clear()
+    kube.calls.clear()
+    ctx.clock[0] += timedelta(seconds=30)
+    run(worker.reconcile())
+    writes = [c for c in kube.calls if c.endswith("_secret") or "dry run" in c]
+    assert writes == ["create_secret (dry run)", "delete_secret", "create_secret"]
+    assert kube.secrets["c"]["type"] == "kubernetes.io/dockerconfigjson"
+    assert ".dockerconfigjson" in kube.secrets["c"]["data"]
+
+
+def test_a_type_known_only_from_metadata_is_replaced_after_the_api_server_refuses(world):
+    kube, _endpoint, ctx = world
+    worker = CredentialWorker(ctx, credential())
+    run(worker.reconcile())
+    ctx.clock[0] += timedelta(seconds=30)  # past the request floor
+    # What the metadata-only watch delivers after a restart: no type.
+    key = ("ns", "c")
+    ctx.managed_secrets[key] = dataclasses.replace(ctx.managed_secrets[key], secret_type=None)
+    changed = credential(generation=2)
+    changed["spec"]["secret"] = DOCKER_SECRET
+    worker.observe(changed)
+    kube.calls.clear()
+    run(worker.reconcile())
+    writes = [c for c in kube.calls if "secret" in c]
+    assert writes == [
+        "patch_secret",  # 422: the type is immutable
+        "read_secret",
+        "create_secret (dry run)",
+        "delete_secret",
+        "create_secret",
+    ]
+    assert kube.secrets["c"]["type"] == "kubernetes.io/dockerconfigjson"
