@@ -112,6 +112,7 @@ EXAMPLE_SETUPS: dict[str, ExampleSetup] = {
     "okta.yaml": standard(None, "okta-client/client_id"),
     "sap-iot.yaml": standard(None, "sap-iot-client/clientid"),
     "private-ca.yaml": standard("billing-sync"),
+    "registry-pull-secret.yaml": standard("image-puller"),
 }
 
 
