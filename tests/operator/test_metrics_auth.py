@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import secrets
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -19,6 +21,8 @@ import pytest
 import trustme
 from operator_helpers import wait_for
 from operator_process import OPERATOR_USER
+
+from tokensync import metrics_auth
 
 pytestmark = pytest.mark.envtest
 
@@ -205,3 +209,72 @@ def test_certificate_from_cert_dir_is_used_and_reloaded(own_operator, reader, tm
     assert _scrape(operator.metrics_port, reader, verified_by(second))[0] == 200
     with pytest.raises(ssl.SSLError):
         _scrape(operator.metrics_port, reader, verified_by(first))
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def _token_reviews(installed: Any, since: float) -> int:
+    return sum(
+        1
+        for e in installed.audit_events(user=OPERATOR_USER, since=since)
+        if e.get("objectRef", {}).get("resource") == "tokenreviews"
+    )
+
+
+def test_idle_connections_and_unknown_bearers_are_bounded(own_operator, installed, reader):
+    """The attack on the real operator: 400 idle connections to the metrics port started
+    a thread each (54 seen), and every unknown bearer cost a TokenReview (200 in 0.8 s),
+    which could also push the scrapers' cached grants out. Now the threads stay within
+    MAX_CONNECTIONS, unknown bearers get at most the review budget, and the scraper is
+    still answered from its cached grant."""
+    operator = own_operator(
+        "--no-metrics-insecure", "--metrics-host=127.0.0.1", "--no-deny-private-networks"
+    )
+    pid = operator.process.pid
+    wait_for(
+        lambda: _scrape(operator.metrics_port, reader)[0] == 200,
+        timeout=20,
+        what="the reader's scrape to be allowed",
+    )
+    granted_at = time.monotonic()
+
+    baseline = _threads(pid)
+    idle = [socket.create_connection(("127.0.0.1", operator.metrics_port)) for _ in range(400)]
+    try:
+        peak = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            peak = max(peak, _threads(pid) - baseline)
+            time.sleep(0.05)
+    finally:
+        for connection in idle:
+            connection.close()
+    assert peak <= metrics_auth.MAX_CONNECTIONS + 2, peak
+
+    # The connections are gone (or time out in their handshake): scrapes are served again.
+    wait_for(
+        lambda: _scrape(operator.metrics_port, reader)[0] == 200,
+        timeout=metrics_auth.REVIEW_TIMEOUT[1] + 20,
+        what="the metrics port to serve again after the idle connections",
+    )
+
+    since = time.time() - 0.5
+    started = time.monotonic()
+    statuses = [_scrape(operator.metrics_port, secrets.token_urlsafe(24))[0] for _ in range(300)]
+    elapsed = time.monotonic() - started
+    assert set(statuses) <= {401, 429}, set(statuses)
+    assert statuses.count(429) > 0
+    reviews = _token_reviews(installed, since)
+    budget = metrics_auth.REVIEW_BURST + metrics_auth.REVIEW_RATE_PER_SECOND * elapsed + 1
+    assert reviews <= budget, (reviews, budget, elapsed)
+
+    # The scraper's grant was not pushed out by the flood: answered without a review.
+    assert time.monotonic() - granted_at < metrics_auth.ALLOW_TTL_SECONDS - 5
+    before = _token_reviews(installed, since)
+    assert _scrape(operator.metrics_port, reader)[0] == 200
+    assert _token_reviews(installed, since) == before
