@@ -4,7 +4,12 @@ Each test reproduces what issue 8 found against 0.1 on the real control plane.""
 
 from __future__ import annotations
 
+import base64
+import json
+import secrets
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -386,3 +391,80 @@ def test_a_credential_deleted_during_a_watch_gap_stops_its_worker(
     assert len(client.requests) == requests, "the orphan worker kept requesting tokens"
     assert operator.process.poll() is None
     assert "Traceback" not in operator.log()
+
+
+class _PlainTokenEndpoint(ThreadingHTTPServer):
+    """A plain-http token endpoint that keeps every request it got (headers and body)."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                scheme, _, basic = (self.headers.get("Authorization") or "").partition(" ")
+                decoded = base64.b64decode(basic) if scheme.lower() == "basic" else b""
+                outer.received.append(bytes(self.headers) + body + decoded)
+                answer = json.dumps(
+                    {
+                        "access_token": secrets.token_urlsafe(16),
+                        "token_type": "Bearer",
+                        "expires_in": 3600,
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/token"
+
+
+def test_an_http_endpoint_one_tenant_allowed_is_not_used_for_another(
+    cluster, own_operator, token_endpoint
+):
+    """Tenant A sets allowInsecureHTTP on an issuer whose document names an http://
+    token endpoint; the operator caches that document. Tenant B names the same issuer
+    without the opt-in: its client secret must not go to the http endpoint in clear text
+    (before the fix it did, from A's cache entry), and B says why."""
+    plain = _PlainTokenEndpoint()
+    try:
+        own_operator("--allow-insecure", "--no-deny-private-networks")
+        issuer = f"{token_endpoint.issuer}/shared"
+        token_endpoint.documents["/shared/.well-known/openid-configuration"] = json.dumps(
+            {"issuer": issuer, "token_endpoint": plain.url}
+        ).encode()
+        tenants = {}
+        for name, insecure in (("tenant-a", True), ("tenant-b", False)):
+            client = token_endpoint.add_client(lifetime=3600)
+            tenants[name] = client
+            # Both sources allow the http endpoint: only B's missing opt-in protects it.
+            cluster.source_secret(
+                f"{name}-client", {"client_secret": client.secret}, allowed_urls=plain.url
+            )
+            spec = cluster.credential_spec(client, f"{name}-client", issuerURL=issuer)
+            del spec["tokenURL"]
+            if insecure:
+                spec["allowInsecureHTTP"] = True
+            cluster.create_credential_object(name, spec)
+            if insecure:
+                cluster.wait_ready(name, reason="TokenIssued")
+        condition = cluster.wait_ready("tenant-b", "False", reason="DiscoveryFailed")
+        assert "allowInsecureHTTP" in condition["message"], condition
+        seen = b"".join(plain.received)
+        assert tenants["tenant-a"].client_id.encode() in seen  # A's own choice
+        assert tenants["tenant-b"].client_id.encode() not in seen
+        assert tenants["tenant-b"].secret.encode() not in seen
+    finally:
+        plain.shutdown()
+        plain.server_close()
