@@ -33,6 +33,8 @@ TENANT_OBJECTS = 50
 # server would add 8 minutes to the suite, for the same objects on the operator's side).
 KEYS_PER_SECRET = 90_000
 KEY_ALPHABET = string.ascii_letters + string.digits + "-_."
+PACKED_LABELS = 5_000
+PACKED_OWNER_REFERENCES = 2_000
 DOCUMENT_BYTES = 1024 * 1024 - 4096  # just under the 1 MiB a metadata document may have
 # The growth all 125 tenant objects may cause. What the bounds in docs/concepts/limits.md
 # let the operator keep is well under 10 MiB; the rest is the allocator keeping what the
@@ -66,6 +68,24 @@ def _many_keys_secrets(cluster: Any, control_plane: Any, count: int) -> None:
     response = cluster.core.read_namespaced_secret(last, cluster.ns, _preload_content=False)
     served = json.loads(response.data)
     assert served["metadata"]["uid"] == copies[last] and len(served["data"]) == KEYS_PER_SECRET
+
+
+def _packed_managed_secrets(cluster: Any, control_plane: Any, count: int) -> None:
+    """Secrets a tenant labels as managed by a credential that does not exist, packed with
+    what the managed-Secret view once kept: tokensync.dev/* labels, ownerReferences, and
+    managedFields naming 90,000 keys."""
+    labels = {"tokensync.dev/credential": "nobody"}
+    labels.update({f"tokensync.dev/x{i}": "v" for i in range(PACKED_LABELS)})
+    owners = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": f"n{i}", "uid": str(uuid.uuid4())}
+        for i in range(PACKED_OWNER_REFERENCES)
+    ]
+    names = itertools.product(KEY_ALPHABET, repeat=3)
+    data = {"".join(name): "" for name in itertools.islice(names, KEYS_PER_SECRET)}
+    metadata = {"name": "packed-00", "labels": labels, "ownerReferences": owners}
+    first = cluster.core.create_namespaced_secret(cluster.ns, {"metadata": metadata, "data": data})
+    copies = {f"packed-{i:02}": str(uuid.uuid4()) for i in range(1, count)}
+    control_plane.etcd_copy("secrets", cluster.ns, "packed-00", first.metadata.uid, copies)
 
 
 def _metadata_document(issuer: str, token_url: str) -> bytes:
@@ -144,6 +164,10 @@ def test_tenant_objects_stay_inside_the_memory_budget(
         "every signing credential sent its assertion",
     )
     steps["50 4096-bit RSA signing keys"] = _settled_rss(pid)
+
+    # 4. Secrets labelled as managed, packed with labels, ownerReferences, managedFields.
+    _packed_managed_secrets(cluster, installed, TENANT_OBJECTS)
+    steps["50 packed managed-looking Secrets"] = _settled_rss(pid, 15)
 
     report = ", ".join(f"{what}: {mb:.0f} MiB" for what, mb in steps.items())
     print(f"operator RSS: {report}")
