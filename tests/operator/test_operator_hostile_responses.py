@@ -198,3 +198,28 @@ def test_cognito_invalid_client_to_json_names_the_form_content_type_first(
         lambda: [e for e in cluster.events("cognito") if e["reason"] == "TokenRequestFailed"], 30
     )
     assert first_hint in events[0]["message"]
+
+
+def test_a_deeply_nested_discovery_document_is_discovery_failed(
+    cluster, own_operator, token_endpoint
+):
+    """A metadata document nested deeper than the operator's recursion limit once raised
+    RecursionError past DiscoveryFailed (a traceback, and a retry every 30 s); now the
+    depth is refused before parsing, with a clear condition."""
+    operator = own_operator("--no-deny-private-networks")
+    issuer = f"{token_endpoint.issuer}/deep"
+    depth = 50_000  # over the 40,000 the operator allows API objects (cli.py)
+    document = json.dumps({"issuer": issuer, "token_endpoint": token_endpoint.url})
+    document = document[:-1] + f', "x": {"[" * depth}{"]" * depth}}}'
+    token_endpoint.documents["/deep/.well-known/openid-configuration"] = document.encode()
+    client = token_endpoint.add_client(lifetime=3600)
+    cluster.source_secret(
+        "nested-client", {"client_secret": client.secret}, allowed_urls=token_endpoint.url
+    )
+    spec = cluster.credential_spec(client, "nested-client", issuerURL=issuer)
+    del spec["tokenURL"]
+    cluster.create_credential_object("nested", spec)
+    condition = cluster.wait_ready("nested", "False", reason="DiscoveryFailed")
+    assert "nests deeper than" in condition["message"], condition
+    assert not client.requests
+    assert "RecursionError" not in operator.log() and "Traceback" not in operator.log()
