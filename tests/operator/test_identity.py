@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 INSECURE = ("--allow-insecure", "--no-deny-private-networks")
 WI_SA = ("tokensync-system", "tokensync-wi")
 WI_USER = "system:serviceaccount:tokensync-system:tokensync-wi"
+OPERATOR_USER = "system:serviceaccount:tokensync-system:tokensync"
 AUDIENCE = "api://tokensync-test"
 API_SERVER_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # the fixture's issuer
 
@@ -324,29 +325,33 @@ def test_without_the_namespaces_role_binding_nothing_is_minted(
     assert federated.received == []
 
 
+def can_mint(installed, namespace: str, account: str = "", user: str = WI_USER) -> str:
+    """`kubectl auth can-i` for TokenRequest: the subresource must be a flag, since
+    `serviceaccounts/token` would ask about a ServiceAccount named "token"."""
+    resource = f"serviceaccounts/{account}" if account else "serviceaccounts"
+    result = installed.kubectl(
+        "auth", "can-i", "create", resource, "--subresource=token", f"--as={user}",
+        "-n", namespace, check=False,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
 def test_default_install_cannot_mint(installed):
     """The first opt-in's RBAC half: the default operator role grants no TokenRequest."""
-    result = installed.kubectl(
-        "auth",
-        "can-i",
-        "create",
-        "serviceaccounts/token",
-        "--as=system:serviceaccount:tokensync-system:tokensync",
-        "-n",
-        "default",
-        check=False,
-    )
-    assert result.stdout.strip() == "no"
-
-
-def test_the_overlay_grants_no_minting(installed, wi_kubeconfig):
-    """Issue 18: deploy/workload-identity reads ServiceAccounts but mints nowhere by itself."""
     for namespace in ("default", "kube-system", "tokensync-system"):
-        result = installed.kubectl(
-            "auth", "can-i", "create", "serviceaccounts/token", f"--as={WI_USER}",
-            "-n", namespace, check=False,
-        )  # fmt: skip
-        assert result.stdout.strip() == "no", namespace
+        assert can_mint(installed, namespace, user=OPERATOR_USER) == "no", namespace
+
+
+def test_the_overlay_grants_no_minting(cluster, installed, wi_kubeconfig):
+    """Issue 18: deploy/workload-identity reads ServiceAccounts but mints nowhere by itself;
+    the namespace's RoleBinding grants exactly the account it names (the positive control
+    shows the question would see a grant)."""
+    for namespace in ("default", "kube-system", "tokensync-system", cluster.ns):
+        assert can_mint(installed, namespace) == "no", namespace
+    allow_minting(installed, cluster.ns, "app")
+    assert can_mint(installed, cluster.ns, "app") == "yes"
+    assert can_mint(installed, cluster.ns, "other") == "no"
+    assert can_mint(installed, "default", "app") == "no"
 
 
 # ---- discovery
