@@ -313,6 +313,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from tokensync.gates import OperatorConfig
     from tokensync.metrics_auth import MetricsSecurity, cert_dir_problem
+    from tokensync.runtime import Options
     from tokensync.transport import parse_cidrs
 
     if not args.namespace and not args.all_namespaces:
@@ -364,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
         h.strip() for value in args.allowed_token_hosts for h in value.split(",") if h.strip()
     )
     ready_flag = asyncio.Event()
-    memo = kopf.Memo(
+    options = Options(
         config=OperatorConfig(
             allow_insecure=args.allow_insecure,
             deny_private_networks=args.deny_private_networks,
@@ -373,20 +374,21 @@ def run(args: argparse.Namespace) -> int:
             enable_workload_identity=args.enable_workload_identity,
             enable_rollout_restart=args.enable_rollout_restart,
         ),
+        namespaces=args.namespace or None,
         max_requests=args.max_requests,
         max_requests_per_host=args.max_requests_per_host,
         metrics_port=args.metrics_port,
-        health_port=args.health_port,
-        health_host=args.health_host,
-        ready_flag=ready_flag,
-        namespaces=args.namespace or None,
         metrics_host=args.metrics_host,
         metrics_security=MetricsSecurity(
             insecure=args.metrics_insecure, cert_dir=args.metrics_cert_dir
         ),
+        health_port=args.health_port,
+        health_host=args.health_host,
         leader_election=leader_election,  # (lease name, namespace, identity) or None
         shards=args.shards,
     )
+    # kopf gives every credential a shallow copy of this memo: keep it to two entries.
+    memo = kopf.Memo(options=options, ready_flag=ready_flag)
     if not args.verbose:
         # kopf reports every handled event at INFO; at a thousand credentials that is noise.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -1,7 +1,8 @@
 """The few Kubernetes API calls tokensync makes itself (blocking; run them in an executor).
 
-kopf watches credentials and labelled sources; everything written (managed Secrets,
-credential status, the leader-election Lease) and the one metadata probe go through
+kopf watches credentials (handlers.py) and watches.py the labelled Secrets and
+ConfigMaps; everything written (managed Secrets, credential status, the Leases), the
+lists of credentials (once at start, and for the sweep) and the metadata probe go through
 here, with the `kubernetes` client returning plain dicts. Errors become `KubeError`
 carrying the API's status code and its Status message only, never a request or response
 body.
@@ -33,6 +34,7 @@ JSON_PATCH = "application/json-patch+json"
 FIELD_MANAGER = "tokensync"  # = managed.FIELD_MANAGER; kube.py stays free of the token logic
 RESTARTED_AT = "tokensync.dev/restarted-at"  # pod template annotation of rolloutRestart
 LIST_PAGE_SIZE = 500
+CREDENTIAL_PAGE_SIZE = 100
 # The API server could not be reached at all (connection refused, reset, timeout).
 UNREACHABLE = 0
 REQUEST_TIMEOUT = (10, 30)  # connect, read
@@ -238,12 +240,24 @@ class Kube:
                 uids.add(item["metadata"]["uid"])
         return uids
 
-    def _pages(self, path: str) -> Iterator[dict[str, Any]]:
-        accept = METADATA_LIST_ACCEPT
+    def credentials(self, namespaces: list[str] | None) -> Iterator[dict[str, Any]]:
+        """Every credential that exists now, whole (paginated): read once at start, so
+        that the source cache knows what is referenced before it lists the sources."""
+        for namespace in namespaces or [None]:
+            yield from self._pages(_credentials_path(namespace), metadata_only=False)
+
+    def _pages(self, path: str, metadata_only: bool = True) -> Iterator[dict[str, Any]]:
+        # Whole credentials are a few KiB by their schema, but annotations and
+        # managedFields are anyone's to fill: smaller pages for them.
+        accept, client, limit = (
+            (METADATA_LIST_ACCEPT, self._metadata_client, LIST_PAGE_SIZE)
+            if metadata_only
+            else ("application/json", self._client, CREDENTIAL_PAGE_SIZE)
+        )
         token = ""
         while True:
-            query = f"?limit={LIST_PAGE_SIZE}" + (f"&continue={quote(token)}" if token else "")
-            page = self._call("GET", path + query, accept=accept, client=self._metadata_client)
+            query = f"?limit={limit}" + (f"&continue={quote(token)}" if token else "")
+            page = self._call("GET", path + query, accept=accept, client=client)
             assert page is not None
             yield from page.get("items") or []
             token = (page.get("metadata") or {}).get("continue") or ""

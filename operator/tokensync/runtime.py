@@ -1,10 +1,13 @@
 """Everything the operator process owns, in one typed object, started and stopped in a
 stated order (as kopf's own reactor does in `_core/reactor/running.py`).
 
-Start: the Kubernetes threads and the per-endpoint token limits, the store of workers
-(supervisor.Supervisor), the elector (with --peering) or the shard keeper (with --peering
-and --shards: shardkeeper.ShardKeeper), the label-selected watches
-(watches.py), the sweep, metrics and the health endpoints.
+Start (kopf's startup handler, before kopf watches anything): the Kubernetes threads and
+the per-endpoint token limits, the store of workers (supervisor.Supervisor), the elector
+(with --peering) or the shard keeper (with --peering and --shards:
+shardkeeper.ShardKeeper), one list of the credentials (what they reference, so the
+source cache keeps those values only), the label-selected watches (watches.py), the
+sweep, metrics and the health endpoints. Then kopf watches the credentials and hands
+each event to `Runtime.credential_event` (handlers.py): the store applies it.
 
 Stop (`Runtime.stop`): the watches and the sweep, then the workers, then the Kubernetes
 writes the workers left in flight (a cancelled task's thread still runs its call; bounded
@@ -30,7 +33,7 @@ from aiohttp import web
 from tokensync import events, metrics
 from tokensync.controller import OperatorContext, where
 from tokensync.gates import OperatorConfig
-from tokensync.kube import GROUP, PLURAL, VERSION, Kube, KubeError, load_configuration
+from tokensync.kube import Kube, KubeError, load_configuration
 from tokensync.leader import LeaderElector
 from tokensync.limits import PassGate, RequestLimits
 from tokensync.metrics_auth import MetricsSecurity
@@ -38,13 +41,14 @@ from tokensync.secret import ANNOTATION_REFRESH_REQUESTED, LABEL_CREDENTIAL, LAB
 from tokensync.shardkeeper import ShardKeeper
 from tokensync.sources import SourceCache
 from tokensync.supervisor import Supervisor, referenced
-from tokensync.watches import LISTED, LabelledWatch, WatchTarget
+from tokensync.watches import LabelledWatch, WatchTarget
 
 log = logging.getLogger("tokensync")
 
 SOURCE_SELECTOR = f"{LABEL_SOURCE}=true"
 # Workers are compared with a complete list of credentials this often, and after every
-# re-list of a watch: a safety net under the credential watch's own sweep.
+# re-list of a watch: kopf reports no DELETED for a credential deleted while its watch
+# was down (it lists again after 410 Gone), so the sweep stops those workers.
 SWEEP_INTERVAL_SECONDS = 300.0
 KUBE_THREADS = 16  # Kubernetes API calls: short, never behind token requests
 PASSES_PER_SECOND = 500.0  # mass wake-ups (start, leadership, API back) are paced to this
@@ -79,7 +83,7 @@ class Runtime:
     limits: RequestLimits
     supervisor: Supervisor
     elector: LeaderElector | ShardKeeper | None
-    synced: asyncio.Event  # credentials, sources and managed Secrets listed
+    synced: asyncio.Event  # credentials read once, sources and managed Secrets listed
     sweep_now: asyncio.Event = field(default_factory=asyncio.Event)
     watches: list[LabelledWatch] = field(default_factory=list)
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -164,7 +168,7 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(KEEPER_FIRST_LOOK_SECONDS):
                     await keeper.first_cycle.wait()
-        runtime.watches = _start_watches(runtime)
+        runtime.watches = await _start_watches(runtime)
         runtime.background.append(supervised("credential sweep", runtime.sweep_forever))
         metrics.serve(
             options.metrics_port,
@@ -191,6 +195,30 @@ class Runtime:
         self.limits.close()
         if self.health is not None:
             await self.health.cleanup()
+
+    def credential_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A credential event from kopf (type None: listed). Our own status echoes (most
+        events) stop here; the rest is reduced to what a worker uses, then stored."""
+        supervisor = self.supervisor
+        try:
+            if event_type != "DELETED" and supervisor.is_own_echo(body):
+                return
+            uid = body["metadata"]["uid"]
+            if event_type is None and self.synced.is_set() and uid in supervisor.last_event:
+                # kopf listed again (410 Gone, or its watch failed): a credential deleted
+                # meanwhile gets no DELETED, so compare the workers with a complete list.
+                self.sweep_now.set()
+            compact = _compact(body)
+        except Exception as error:  # one malformed object must not stop the others' events
+            metadata = body.get("metadata") or {}
+            log.error(
+                "credential %s/%s skipped: unexpected %s",
+                metadata.get("namespace"),
+                metadata.get("name"),
+                type(error).__name__,
+            )
+            return
+        supervisor.observe(event_type, compact)
 
     async def sweep_forever(self) -> None:
         """Mark and sweep the workers against a complete list of credentials,
@@ -332,13 +360,15 @@ async def _serve_health(
     return runner
 
 
-def _start_watches(runtime: Runtime) -> list[LabelledWatch]:
+async def _start_watches(runtime: Runtime) -> list[LabelledWatch]:
     """Sources and managed Secrets, label-selected; source events are applied to the
     cache on their watch thread, the rest handled on the loop. The sources are listed
-    only after the existing credentials' references are known (one list of credentials),
-    so that list keeps their values and no worker reads its sources one by one at start."""
+    only after the existing credentials' references are known (one list of credentials,
+    here, before kopf starts its own watch), so that list keeps their values and no
+    worker reads its sources one by one at start."""
     loop = asyncio.get_running_loop()
     kube, supervisor, synced = runtime.kube, runtime.supervisor, runtime.synced
+    namespaces = runtime.options.namespaces
 
     def on_loop(handler: Callable[..., None], *first: str) -> Callable[[str, dict], None]:
         return lambda event_type, body: loop.call_soon_threadsafe(handler, *first, event_type, body)
@@ -357,7 +387,6 @@ def _start_watches(runtime: Runtime) -> list[LabelledWatch]:
 
         return apply
 
-    namespaces = runtime.options.namespaces
     source_watches = [
         LabelledWatch(
             kube.api,
@@ -375,39 +404,15 @@ def _start_watches(runtime: Runtime) -> list[LabelledWatch]:
         on_loop(supervisor.managed_secret_event),
         on_relisted=relisted,
     )
-
-    def on_credential(event_type: str, body: dict) -> None:
-        # On the watch thread: our own status echoes (most events) stop here, the rest is
-        # reduced to what a worker uses before anything queues it.
-        try:
-            if event_type != "DELETED" and supervisor.is_own_echo(body):
-                return
-            if event_type == LISTED:  # before the sources are listed: keep what it reads
-                supervisor.sources.prime(body["metadata"]["uid"], referenced(body))
-            compact = _compact(body)
-        except Exception as error:  # an error here would stop the watch for every credential
-            metadata = body.get("metadata") or {}
-            log.error(
-                "credential %s/%s skipped by the watch: unexpected %s",
-                metadata.get("namespace"),
-                metadata.get("name"),
-                type(error).__name__,
-            )
-            return
-        loop.call_soon_threadsafe(supervisor.observe, event_type, compact)
-
-    credentials = LabelledWatch(
-        kube.api,
-        WatchTarget(PLURAL, "", api=f"/apis/{GROUP}/{VERSION}", small=True),
-        namespaces,
-        on_credential,
-        on_relisted=relisted,
-    )
     managed.start()
 
     def start_sources() -> None:
-        credentials.start()
-        credentials.synced.wait()
+        try:
+            for body in kube.credentials(namespaces):
+                supervisor.sources.prime(body["metadata"]["uid"], referenced(body))
+        except KubeError as error:
+            # Nothing primed: each worker reads its sources once instead.
+            log.warning("credentials not listed before the sources: %s", error)
         for watch in source_watches:
             watch.start()
         for watch in [*source_watches, managed]:
@@ -415,12 +420,12 @@ def _start_watches(runtime: Runtime) -> list[LabelledWatch]:
         loop.call_soon_threadsafe(synced.set)
 
     threading.Thread(target=start_sources, name="sources-start", daemon=True).start()
-    return [credentials, *source_watches, managed]
+    return [*source_watches, managed]
 
 
 def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Only what a worker uses of a credential just decoded by the watch: no
-    managedFields, no other annotations or labels."""
+    """Only what a worker uses of a credential kopf just decoded: no managedFields, no
+    other annotations or labels."""
     metadata = body.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     kept_metadata = {
@@ -443,7 +448,7 @@ def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
         "metadata": kept_metadata,
-        # Fresh from the watch's decoder and referenced by nothing else: no copy needed.
+        # Fresh from kopf's decoder; kopf keeps no reference to it after the handler.
         "spec": body.get("spec") or {},
         "status": body.get("status") or {},
     }

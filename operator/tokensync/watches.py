@@ -1,15 +1,15 @@
-"""List+watch of credentials and of label-selected Secrets and ConfigMaps, outside kopf.
+"""List+watch of label-selected Secrets and ConfigMaps, outside kopf (kopf watches the
+credentials: handlers.py).
 
-Three things are watched this way, the last two with their label selector sent to the
-API server:
-- credentials (OAuth2Credential), full objects, handed to the supervisor;
+Two things are watched this way, with their label selector sent to the API server:
 - sources (`tokensync.dev/credential-source=true`), full objects, into a cache;
 - managed Secrets (`tokensync.dev/credential`), metadata only (PartialObjectMetadata, so
   no token ever crosses the wire for it), to notice deletes and edits by others.
 
-Why not kopf: kopf's server-side selector is one per resource, and "source OR managed"
-is not expressible; and kopf indices hold every handler until all objects are indexed,
-with a cost that grew with the square of the object count in the benchmark.
+Why not kopf: kopf sends no server-side label selector (it would receive every Secret
+and ConfigMap of the cluster), "source OR managed" is not one selector anyway, and kopf
+indices hold every handler until all objects are indexed, with a cost that grew with the
+square of the object count in the benchmark.
 
 Each watch runs in a thread per namespace (one for all namespaces): it lists, page by
 page, reports every object, signals `synced`, then watches from the list's
@@ -53,11 +53,8 @@ MAX_RETRY_SECONDS = 30.0
 # the retry delay starts over.
 HEALTHY_SECONDS = 10.0
 # Objects per list page. Full objects (Secrets up to 1 MiB each) in small pages, so one
-# page held in memory while it is parsed stays around 20 MiB; metadata in large ones;
-# credentials (a few KiB by their schema, but annotations and managedFields are anyone's
-# to fill) in between.
+# page held in memory while it is parsed stays around 20 MiB; metadata in large ones.
 PAGE_SIZE = 20
-SMALL_PAGE_SIZE = 100
 METADATA_PAGE_SIZE = 500
 LISTED = "LISTED"  # event type for objects of the first list
 # Labels a DELETED event after a re-list carries (the last ones seen): enough to find a
@@ -78,22 +75,18 @@ class WatchFailed(Exception):
 
 @dataclass(frozen=True)
 class WatchTarget:
-    plural: str  # "secrets" | "configmaps" | "oauth2credentials"
-    label_selector: str  # "" for none
+    plural: str  # "secrets" | "configmaps" (core API)
+    label_selector: str
     metadata_only: bool = False
-    api: str = "/api/v1"  # the group version's path
-    small: bool = False  # objects of a few KiB at most (credentials): large pages
 
     @property
     def page_size(self) -> int:
-        if self.metadata_only:
-            return METADATA_PAGE_SIZE
-        return SMALL_PAGE_SIZE if self.small else PAGE_SIZE
+        return METADATA_PAGE_SIZE if self.metadata_only else PAGE_SIZE
 
     def path(self, namespace: str | None) -> str:
         if namespace:
-            return f"{self.api}/namespaces/{namespace}/{self.plural}"
-        return f"{self.api}/{self.plural}"
+            return f"/api/v1/namespaces/{namespace}/{self.plural}"
+        return f"/api/v1/{self.plural}"
 
 
 @dataclass(frozen=True)

@@ -47,13 +47,11 @@ def test_sweep_reports_only_objects_gone_since_the_last_list():
     assert set(known) == {("a", "kept")}
 
 
-def test_pages_are_small_for_full_secrets_and_large_for_metadata_and_credentials():
+def test_pages_are_small_for_full_secrets_and_large_for_metadata():
     assert WatchTarget("secrets", "x").page_size == 20
     assert WatchTarget("secrets", "x", metadata_only=True).page_size == 500
-    assert WatchTarget("oauth2credentials", "", api="/apis/g/v", small=True).page_size == 100
-    assert WatchTarget("oauth2credentials", "", api="/apis/g/v").path("ns") == (
-        "/apis/g/v/namespaces/ns/oauth2credentials"
-    )
+    assert WatchTarget("configmaps", "x").path("ns") == "/api/v1/namespaces/ns/configmaps"
+    assert WatchTarget("configmaps", "x").path(None) == "/api/v1/configmaps"
 
 
 def test_a_silent_watch_connection_is_noticed_and_listed_again(monkeypatch):
