@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from operator_helpers import wait_for
+from operator_process import OPERATOR_USER
 from token_endpoint import TokenEndpoint
 
 pytestmark = pytest.mark.envtest
@@ -170,3 +171,79 @@ def test_a_refresh_request_rechecks_a_conflict_at_once(cluster, operator, token_
     )
     cluster.wait_ready("wants-held", reason="TokenIssued", timeout=15)
     assert time.monotonic() - requested < 15
+
+
+# --- kopf handles the credentials ---------------------------------------------------------
+
+
+def _serves(operator: Any, namespace: str, name: str) -> bool:
+    """Whether the operator has a worker for the credential (its gauges come from one)."""
+    return any(
+        line.startswith("tokensync_token_expiry_seconds")
+        and f'namespace="{namespace}"' in line
+        and f'name="{name}"' in line
+        for line in operator.metrics().splitlines()
+    )
+
+
+def test_kopf_watches_the_credentials_and_tokensync_only_labelled_objects(
+    cluster, own_operator, token_endpoint, installed
+):
+    """kopf's handler API receives the credentials (its own user agent on the watch);
+    tokensync's own watches ask for label-selected Secrets and ConfigMaps only, and
+    nothing of the operator writes a credential except its status."""
+    since = time.time() - 1
+    own_operator("--no-deny-private-networks", "--namespace", cluster.ns)
+    client = token_endpoint.add_client(lifetime=300)
+    cluster.create_credential("watched", client)
+    cluster.wait_ready("watched", reason="TokenIssued")
+    time.sleep(2)  # the status echo went through kopf too
+    requests = installed.audit_events(user=OPERATOR_USER, since=since)
+    watches = [e for e in requests if e["verb"] == "watch"]
+    credential_watches = [e for e in watches if e["objectRef"]["resource"] == "oauth2credentials"]
+    assert credential_watches, "no watch of credentials"
+    assert all(e["userAgent"].startswith("kopf/") for e in credential_watches)
+    for event in watches:
+        if event["objectRef"]["resource"] in ("secrets", "configmaps"):
+            assert "labelSelector=" in event["requestURI"], event["requestURI"]
+            assert not event["userAgent"].startswith("kopf/")
+    credential_writes = [
+        e
+        for e in requests
+        if (e.get("objectRef") or {}).get("resource") == "oauth2credentials"
+        and e["verb"] in ("create", "update", "patch", "delete")
+    ]
+    assert credential_writes, "no status written"
+    assert {e["objectRef"].get("subresource") for e in credential_writes} == {"status"}
+
+
+def test_a_credential_deleted_while_the_watch_was_down_loses_its_worker(
+    cluster, own_operator, token_endpoint, control_plane
+):
+    """kopf reports no DELETED for a credential deleted while its watch was down: after
+    410 Gone it lists again, and the store compares its workers with a complete list
+    (asked for by kopf's re-list and by the label-selected watches', which the
+    compaction sends to list again too; the kopf half alone:
+    tests/unit/test_core_loop_decisions.py). The deleted credential's worker stops long
+    before its next renewal (which would have found it gone by a failed write); the
+    watch goes on after the re-list."""
+    operator = own_operator("--no-deny-private-networks", "--namespace", cluster.ns)
+    clients = {name: token_endpoint.add_client(lifetime=600) for name in ("kept", "gone", "new")}
+    for name in ("kept", "gone"):
+        cluster.create_credential(name, clients[name], secret_name=f"client-{name}")
+        cluster.wait_ready(name, reason="TokenIssued")
+    assert _serves(operator, cluster.ns, "gone")
+
+    def delete_unseen_and_compact() -> None:
+        deleted = control_plane.etcd_delete("tokensync.dev/oauth2credentials", cluster.ns, "gone")
+        assert deleted == 1
+        control_plane.compact()  # kopf's resourceVersion is gone: 410, it lists again
+        time.sleep(3)
+
+    control_plane.restart_apiserver(while_down=delete_unseen_and_compact)
+    wait_for(lambda: not _serves(operator, cluster.ns, "gone"), 60, "the gone worker stopped")
+    assert _serves(operator, cluster.ns, "kept")
+    assert len(clients["gone"].issued) == 1  # its renewal was minutes away
+    cluster.create_credential("new", clients["new"], secret_name="client-new")
+    cluster.wait_ready("new", reason="TokenIssued")
+    assert cluster.credential("kept")["status"]["conditions"]

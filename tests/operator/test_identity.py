@@ -22,6 +22,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from operator_helpers import SOURCE_LABEL, decode, wait_for
+from operator_process import OPERATOR_USER
 
 from servers.federated import FederatedTokenServer
 from tokensync.redact import secret_variants
@@ -32,7 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 INSECURE = ("--allow-insecure", "--no-deny-private-networks")
 WI_SA = ("tokensync-system", "tokensync-wi")
 WI_USER = "system:serviceaccount:tokensync-system:tokensync-wi"
-OPERATOR_USER = "system:serviceaccount:tokensync-system:tokensync"
 AUDIENCE = "api://tokensync-test"
 API_SERVER_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # the fixture's issuer
 

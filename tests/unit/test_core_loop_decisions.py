@@ -20,7 +20,7 @@ from tokensync.controller import CredentialWorker, NotLeading, OperatorContext
 from tokensync.gates import OperatorConfig
 from tokensync.limits import Coalescer, RequestLimits
 from tokensync.readiness import expired_report
-from tokensync.runtime import stop_in_order, supervised
+from tokensync.runtime import Runtime, stop_in_order, supervised
 from tokensync.secret import format_time
 from tokensync.sources import SourceCache
 from tokensync.supervisor import Supervisor
@@ -434,3 +434,56 @@ def test_a_status_echo_that_arrives_before_the_write_returned_is_recognised():
         await supervisor.stop()
 
     asyncio.run(scenario())
+
+
+# --- kopf's events into the store -----------------------------------------------------------
+
+
+def _store_only_runtime(supervisor: Supervisor) -> Runtime:
+    return Runtime(
+        options=None,  # type: ignore[arg-type]
+        kube=None,  # type: ignore[arg-type]
+        kube_executor=None,  # type: ignore[arg-type]
+        limits=None,  # type: ignore[arg-type]
+        supervisor=supervisor,
+        elector=None,
+        synced=asyncio.Event(),
+    )
+
+
+def test_kopf_listing_a_known_credential_again_asks_for_a_sweep():
+    """kopf lists again after 410 Gone and reports no DELETED for what went meanwhile: a
+    listed event (type None) for a credential the store already knew means a re-list,
+    and the store compares its workers with a complete list. The first listing does not;
+    neither does a listed credential that is new."""
+
+    async def scenario() -> None:
+        supervisor = Supervisor(_idle_context(), SourceCache())
+        runtime = _store_only_runtime(supervisor)
+        runtime.credential_event(None, _body("uid-1", "a"))  # kopf's first listing ...
+        runtime.synced.set()  # ... may still run when the sources are synced
+        runtime.credential_event(None, _body("uid-2", "b"))
+        assert not runtime.sweep_now.is_set()
+        assert set(supervisor.workers) == {"uid-1", "uid-2"}
+        runtime.credential_event("MODIFIED", _body("uid-1", "a"))
+        assert not runtime.sweep_now.is_set()
+        runtime.credential_event(None, _body("uid-1", "a"))  # listed again: a gap
+        assert runtime.sweep_now.is_set()
+        runtime.credential_event("DELETED", _body("uid-2", "b"))
+        assert set(supervisor.workers) == {"uid-1"}
+        await supervisor.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_malformed_credential_event_is_skipped_without_stopping_the_others(caplog):
+    async def scenario() -> None:
+        supervisor = Supervisor(_idle_context(), SourceCache())
+        runtime = _store_only_runtime(supervisor)
+        runtime.credential_event("ADDED", {"metadata": {"name": "no-uid", "namespace": "ns"}})
+        runtime.credential_event("ADDED", _body("uid-1", "a"))
+        assert set(supervisor.workers) == {"uid-1"}
+        await supervisor.stop()
+
+    asyncio.run(scenario())
+    assert "credential ns/no-uid skipped: unexpected KeyError" in caplog.text
