@@ -36,12 +36,29 @@ from tokensync.runtime import Options, Runtime
 LIST_CHUNK = 100
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf deep-copies and compares every object on every event, for change handlers
+    and their diff-base annotation; there are none here, so nothing is built, read or
+    written (a tenth of kopf's CPU per event in the 3,000-credential profile)."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return None
+
+    def fetch(self, *, body: Any) -> Any:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # The resources are fixed: no need to watch CRDs and namespaces (nor the RBAC for it).
     settings.scanning.disabled = True
     # tokensync posts its own events (events.py); kopf would turn log lines into events.
     settings.posting.enabled = False
     settings.watching.chunk_size = LIST_CHUNK
+    # An event handler keeps no progress; the diff-base is for change handlers only.
+    settings.persistence.diffbase_storage = NoDiffBase()
     # A watch request that hangs (a half-open connection) is noticed by kopf's
     # inactivity timeout (70 s: bookmarks come every minute); between two watch
     # requests kopf waits this long, so an API server that ends watches at once is not
