@@ -68,7 +68,12 @@ import trustme  # noqa: E402
 from summarize_profile import format_summary, parse_lines, read_profiles, summarize  # noqa: E402
 from token_endpoint import Client, Issue, TokenEndpoint  # noqa: E402
 
-from fixtures.controlplane import ControlPlane, _remove_state, start_control_plane  # noqa: E402
+from fixtures.controlplane import (  # noqa: E402
+    ControlPlane,
+    _remove_state,
+    audit_files,
+    start_control_plane,
+)
 
 
 def _load_operator_conftest() -> Any:
@@ -792,13 +797,6 @@ def secret_history(
             h.expired_seconds += stop - expired_from
             h.expired_intervals.append((expired_from, stop))
     return h
-
-
-def audit_files(path: Path) -> list[Path]:
-    """The audit log and the files kube-apiserver rotated it into (every 100 MB, as
-    `audit-<time>.log` next to it; none are deleted), oldest first."""
-    rotated = sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"))
-    return [*rotated, path] if path.exists() else rotated
 
 
 def audit_lines(path: Path) -> Iterator[str]:
