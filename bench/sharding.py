@@ -226,6 +226,20 @@ def fencing(cp, ns: str, uid_of: dict[str, str], shards: int, since: float):
     return violations, writes
 
 
+def violation_kinds(violations: list) -> dict[str, int]:
+    """Why each write counted as unfenced: no renewal of its shard's Lease before it in
+    the log, another replica's renewal last, or the writer's own renewal too old."""
+    kinds: Counter[str] = Counter()
+    for _at, writer, _name, last in violations:
+        if last is None:
+            kinds["no Lease write before it"] += 1
+        elif last[1] != writer:
+            kinds["another replica's Lease"] += 1
+        else:
+            kinds[f"own Lease older than {LEASE_DURATION:.0f} s"] += 1
+    return dict(kinds)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--credentials", type=int, default=300)
@@ -362,7 +376,11 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     listing = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
     uid_of = {item["metadata"]["name"]: item["metadata"]["uid"] for item in listing}
     violations, writes = fencing(cp, ns, uid_of, shards, since)
-    results["audit"] = {"writes": len(writes), "violations": len(violations)}
+    results["audit"] = {
+        "writes": len(writes),
+        "violations": len(violations),
+        "violation_kinds": violation_kinds(violations),
+    }
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -396,7 +414,8 @@ def report(r: dict[str, Any]) -> None:
         f"{roll['early']} before their refresh point",
         f"  renewals over the run: {t['renewals']}, {t['early']} before their refresh point",
         f"  audit log: {a['writes']} writes by replicas, {a['violations']} outside the "
-        "writer's shard Lease",
+        "writer's shard Lease"
+        + "".join(f"; {kind}: {n}" for kind, n in a.get("violation_kinds", {}).items()),
     ]
     print("\n".join(lines))
 
