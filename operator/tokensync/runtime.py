@@ -168,7 +168,7 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(KEEPER_FIRST_LOOK_SECONDS):
                     await keeper.first_cycle.wait()
-        runtime.watches = await _start_watches(runtime)
+        runtime.watches = _start_watches(runtime)
         runtime.background.append(supervised("credential sweep", runtime.sweep_forever))
         metrics.serve(
             options.metrics_port,
@@ -360,12 +360,14 @@ async def _serve_health(
     return runner
 
 
-async def _start_watches(runtime: Runtime) -> list[LabelledWatch]:
+def _start_watches(runtime: Runtime) -> list[LabelledWatch]:
     """Sources and managed Secrets, label-selected; source events are applied to the
     cache on their watch thread, the rest handled on the loop. The sources are listed
     only after the existing credentials' references are known (one list of credentials,
-    here, before kopf starts its own watch), so that list keeps their values and no
-    worker reads its sources one by one at start."""
+    on the thread started here), so that list keeps their values and no worker reads its
+    sources one by one at start. kopf's own credential watch starts when the startup
+    handler returns, so it may list while this thread does: its events reach the store
+    either way; this list only primes the source cache."""
     loop = asyncio.get_running_loop()
     kube, supervisor, synced = runtime.kube, runtime.supervisor, runtime.synced
     namespaces = runtime.options.namespaces
