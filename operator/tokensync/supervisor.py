@@ -16,6 +16,7 @@ for owned credentials only; the managed-Secret views for the Secrets of owned on
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -83,6 +84,13 @@ class Supervisor:
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A credential was listed, added, changed or deleted."""
+        # In an empty context, not the caller's: inside a kopf handler that holds kopf's
+        # cause (the whole decoded event, its patch, logger and memo), and every task,
+        # timer and callback started here copies it and keeps it alive, a worker's task
+        # for as long as its credential lives.
+        contextvars.Context().run(self._observe, event_type, body)
+
+    def _observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         metadata = body["metadata"]
         # A DELETED found by a re-list's sweep carries the name only.
         uid = metadata.get("uid") or self.by_name.get((metadata["namespace"], metadata["name"]))

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import dataclasses
+import gc
 import secrets
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -412,6 +415,40 @@ def test_a_deletion_found_by_a_relist_stops_the_worker_by_name():
         assert supervisor.workers == {} and supervisor.by_name == {}
         await asyncio.sleep(0)
         assert worker.task is not None and worker.task.cancelled()
+        await supervisor.stop()
+
+    run(scenario())
+
+
+class _KopfCause:
+    """Stands in for what kopf puts in a context variable while a handler runs."""
+
+
+_CAUSE: contextvars.ContextVar[_KopfCause] = contextvars.ContextVar("cause")
+
+
+def test_a_worker_started_from_a_handler_does_not_keep_the_handlers_context():
+    # Issue 17, memory at 10,000: a worker task created inside kopf's event handler
+    # copied the handler's context, in which kopf keeps the cause (the decoded event
+    # with managedFields, its patch, logger and memo): one full event alive per
+    # credential for as long as it lived.
+    async def scenario() -> None:
+        ctx = _never_leading_context()
+        supervisor = Supervisor(ctx, SourceCache())
+        causes = [_KopfCause()]
+        held = weakref.ref(causes[0])
+
+        def handler() -> None:
+            _CAUSE.set(causes[0])
+            supervisor.observe("ADDED", credential())
+
+        contextvars.copy_context().run(handler)
+        causes.clear()  # kopf is done with the event
+        await asyncio.sleep(0)
+        gc.collect()
+        assert held() is None
+        worker = supervisor.workers["cred-uid"]
+        assert worker.task is not None and not worker.task.done()
         await supervisor.stop()
 
     run(scenario())
