@@ -33,9 +33,8 @@ import signal
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +54,9 @@ from refresh_at_scale import (  # noqa: E402
 )
 from token_endpoint import TokenEndpoint  # noqa: E402
 
+from fixtures import fencing  # noqa: E402
 from fixtures.controlplane import _remove_state, start_control_plane  # noqa: E402
-from tokensync.leader import LEASE_DURATION  # noqa: E402
-from tokensync.shards import LABEL_ROLE, LABEL_SET, shard_of  # noqa: E402
+from tokensync.shards import LABEL_ROLE, LABEL_SET  # noqa: E402
 
 GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "oauth2credentials"
 SOURCE_LABEL = {"tokensync.dev/credential-source": "true"}
@@ -190,54 +189,6 @@ def early_requests(clients, lifetime: float, since: float, until: float) -> tupl
                 made += 1
                 early += requested - previous < earliest
     return made, early
-
-
-def fencing(cp, ns: str, uid_of: dict[str, str], shards: int, since: float):
-    """(violations, writes checked), as tests/operator/test_operator_sharding.py."""
-    lease_writes: dict[int, list[tuple[float, str | None]]] = defaultdict(list)
-    writes = []
-
-    def replica(event: dict) -> str | None:
-        match = re.search(r"replica/(\S+)", event.get("userAgent", ""))
-        return match[1] if match else None
-
-    for event in cp.audit_events(since=since):
-        ref = event.get("objectRef") or {}
-        at = datetime.fromisoformat(event["requestReceivedTimestamp"]).timestamp()
-        code = (event.get("responseStatus") or {}).get("code", 0)
-        if ref.get("resource") == "leases" and event["verb"] in ("create", "update"):
-            match = SHARD_LEASE.fullmatch(ref.get("name") or "")
-            if match and 200 <= code < 300:
-                lease_writes[int(match[1])].append((at, replica(event)))
-        elif (
-            event["verb"] in ("create", "update", "patch", "delete")
-            and ref.get("resource") in ("secrets", "oauth2credentials")
-            and ref.get("namespace") == ns
-            and ref.get("name") in uid_of
-            and replica(event)
-        ):
-            writes.append((at, replica(event), ref["name"]))
-    violations = []
-    for at, writer, name in writes:
-        shard = shard_of(uid_of[name], shards)
-        before = [w for w in lease_writes[shard] if w[0] <= at]
-        if not before or before[-1][1] != writer or at - before[-1][0] > LEASE_DURATION:
-            violations.append((at, writer, name, before[-1] if before else None))
-    return violations, writes
-
-
-def violation_kinds(violations: list) -> dict[str, int]:
-    """Why each write counted as unfenced: no renewal of its shard's Lease before it in
-    the log, another replica's renewal last, or the writer's own renewal too old."""
-    kinds: Counter[str] = Counter()
-    for _at, writer, _name, last in violations:
-        if last is None:
-            kinds["no Lease write before it"] += 1
-        elif last[1] != writer:
-            kinds["another replica's Lease"] += 1
-        else:
-            kinds[f"own Lease older than {LEASE_DURATION:.0f} s"] += 1
-    return dict(kinds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,11 +326,17 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     results["requests_by_credential"] = {n: c.requests for n, c in clients.items()}
     listing = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
     uid_of = {item["metadata"]["name"]: item["metadata"]["uid"] for item in listing}
-    violations, writes = fencing(cp, ns, uid_of, shards, since)
+    unfenced, writes = fencing.check(
+        cp.audit_events(since=since),
+        namespace=ns,
+        uid_of=uid_of,
+        shards=shards,
+        lease_pattern=SHARD_LEASE,
+    )
     results["audit"] = {
         "writes": len(writes),
-        "violations": len(violations),
-        "violation_kinds": violation_kinds(violations),
+        "violations": len(unfenced),
+        "violation_kinds": fencing.kinds(unfenced),
     }
     report(results)
     if args.json:

@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -22,6 +22,7 @@ import yaml
 from operator_helpers import wait_for
 from operator_process import REPO, Operator
 
+from fixtures import fencing
 from tokensync.leader import LEASE_DURATION
 from tokensync.secret import ANNOTATION_REFRESH_REQUESTED
 from tokensync.shards import LABEL_ROLE, LABEL_SET, fair_share, shard_of
@@ -37,7 +38,6 @@ SHARDING = (
     "--no-deny-private-networks",
 )
 SHARD_LEASE = re.compile(rf"{PREFIX}-shard-(\d+)")
-WRITES = {"create", "update", "patch", "delete"}
 OVERLAY_KINDS = ("Role", "RoleBinding", "ValidatingAdmissionPolicy")
 OVERLAY_KINDS += ("ValidatingAdmissionPolicyBinding",)
 OVERLAY_NAMES = ("tokensync-sharding", "tokensync-operator-leases")
@@ -135,52 +135,18 @@ def uids(cluster, names) -> dict[str, str]:
     return {name: cluster.credential(name)["metadata"]["uid"] for name in names}
 
 
-def _time(event: dict) -> float:
-    return datetime.fromisoformat(event["requestReceivedTimestamp"]).timestamp()
-
-
-def _replica(event: dict) -> str | None:
-    match = re.search(r"replica/(\S+)", event.get("userAgent", ""))
-    return match[1] if match else None
-
-
 def fencing_violations(installed, namespace: str, uid_of: dict[str, str], since: float):
     """Every write of a replica to a credential's Secret or status, checked against the
-    audit log's successful writes of that credential's shard Lease: the last one before
-    the write must be the writer's own and younger than a Lease duration. Returns the
-    violations and the writes checked."""
-    lease_writes: dict[int, list[tuple[float, str | None]]] = defaultdict(list)
-    writes = []
-    for event in installed.audit_events(since=since):
-        ref = event.get("objectRef") or {}
-        code = (event.get("responseStatus") or {}).get("code", 0)
-        if ref.get("resource") == "leases" and event["verb"] in ("create", "update"):
-            match = SHARD_LEASE.fullmatch(ref.get("name") or "")
-            if match and 200 <= code < 300:
-                lease_writes[int(match[1])].append((_time(event), _replica(event)))
-        elif (
-            event["verb"] in WRITES
-            and ref.get("resource") in ("secrets", "oauth2credentials")
-            and ref.get("namespace") == namespace
-            and ref.get("name") in uid_of
-            and _replica(event) is not None
-        ):
-            writes.append((_time(event), _replica(event), ref["name"], event["verb"]))
-    violations = []
-    for at, writer, name, verb in writes:
-        shard = shard_of(uid_of[name], SHARDS)
-        before = [w for w in lease_writes[shard] if w[0] <= at]
-        if not before:
-            violations.append(f"{writer} {verb} {name}: shard {shard} never acquired")
-            continue
-        lease_at, holder = before[-1]
-        if holder != writer:
-            violations.append(f"{writer} {verb} {name} while {holder} held shard {shard}")
-        elif at - lease_at > LEASE_DURATION:
-            violations.append(
-                f"{writer} {verb} {name}: shard {shard} not renewed for {at - lease_at:.0f}s"
-            )
-    return violations, writes
+    audit log's successful writes of that credential's shard Lease (fixtures/fencing.py).
+    Returns the violations, as text, and the writes checked."""
+    unfenced, writes = fencing.check(
+        installed.audit_events(since=since),
+        namespace=namespace,
+        uid_of=uid_of,
+        shards=SHARDS,
+        lease_pattern=SHARD_LEASE,
+    )
+    return [str(u) for u in unfenced], writes
 
 
 def assert_all_valid(cluster, names) -> None:
