@@ -482,6 +482,7 @@ _AUTH_STYLES = {
     "client_secret_jwt": "client_secret_jwt (RFC 7523 assertion signed with the client secret)",
     "tls_client_auth": "tls_client_auth (RFC 8705 mutual TLS, client_id in the body)",
     "workload_identity": "workload_identity (a ServiceAccount token as the client assertion)",
+    "none": "none (a public client: client_id in the body, no secret)",
 }
 
 
@@ -529,8 +530,8 @@ def describe_request(
 
 
 def _grant_description(spec: CredentialSpec) -> str:
-    """The grant in one phrase: client_credentials, jwt_bearer and its assertion, or
-    token_exchange and its subject token."""
+    """The grant in one phrase: client_credentials, jwt_bearer or saml2_bearer and its
+    assertion, or token_exchange and its subject token."""
     exchange = spec.token_exchange
     if spec.grant_type == "token_exchange" and exchange is not None:
         if exchange.workload_identity is not None:
@@ -545,6 +546,12 @@ def _grant_description(spec: CredentialSpec) -> str:
             f"token_exchange (subject token: {subject}, type {exchange.subject_token_type}"
             + (f"; requested {wanted}" if wanted else "")
             + ")"
+        )
+    saml2 = spec.saml2_bearer
+    if spec.grant_type == "saml2_bearer" and saml2 is not None:
+        return (
+            f"saml2_bearer (assertion signed with {describe(saml2.key_ref)}, "
+            f"NameID {saml2.subject}, audience {saml2.audience})"
         )
     grant = spec.jwt_bearer
     if spec.grant_type != "jwt_bearer" or grant is None:

@@ -80,7 +80,7 @@ class TokenRequest:
     client_id: str
     client_secret: str = field(repr=False)
     # "header" | "body" | "private_key_jwt" | "client_secret_jwt" | "tls_client_auth" |
-    # "workload_identity"
+    # "workload_identity" | "none"
     client_authentication: str = "header"
     content_type: str = FORM  # or JSON
     scope: str | None = None
@@ -96,8 +96,10 @@ class TokenRequest:
     client_assertion: Callable[[], str] | None = field(default=None, repr=False, compare=False)
     # Assertion methods only: also send `client_id` (optional there, RFC 7521 4.2).
     client_id_in_request: bool = True
-    grant_type: str = "client_credentials"  # or JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT
-    # JWT_BEARER_GRANT: returns the grant's `assertion` (RFC 7523 2.1) for every request.
+    # or JWT_BEARER_GRANT, SAML2_BEARER_GRANT, TOKEN_EXCHANGE_GRANT
+    grant_type: str = "client_credentials"
+    # JWT_BEARER_GRANT, SAML2_BEARER_GRANT: returns the grant's `assertion` (RFC 7523 2.1,
+    # RFC 7522 2.1) for every request.
     grant_assertion: Callable[[], str] | None = field(default=None, repr=False, compare=False)
     # TOKEN_EXCHANGE_GRANT (RFC 8693 2.1): returns the `subject_token` for every request.
     subject_token: Callable[[], str] | None = field(default=None, repr=False, compare=False)
@@ -219,8 +221,10 @@ def basic_authorization(client_id: str, client_secret: str) -> str:
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+SAML2_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:saml2-bearer"
 ASSERTION_METHODS = ("private_key_jwt", "client_secret_jwt", "workload_identity")
-CLIENT_AUTHENTICATIONS = ("header", "body", "tls_client_auth", *ASSERTION_METHODS)
+# none: a public client, identified by client_id alone (RFC 6749 3.2.1, RFC 8414 "none").
+CLIENT_AUTHENTICATIONS = ("header", "body", "tls_client_auth", "none", *ASSERTION_METHODS)
 
 
 def _client_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
@@ -228,6 +232,8 @@ def _client_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
     method = request.client_authentication
     if method == "body":
         return [("client_id", request.client_id), ("client_secret", request.client_secret)]
+    if method == "none":
+        return [("client_id", request.client_id)]
     if method == "tls_client_auth":
         if request.tls.client_cert_pem is None:
             raise ConfigurationError(
@@ -251,12 +257,12 @@ def _grant_parameters(request: TokenRequest) -> list[tuple[str, Any]]:
     RFC 8693 2.1; audience, resource and scope are sent for every grant)."""
     if request.grant_type == "client_credentials":
         return [("grant_type", "client_credentials")]
-    if request.grant_type == JWT_BEARER_GRANT:
+    if request.grant_type in (JWT_BEARER_GRANT, SAML2_BEARER_GRANT):
         if request.grant_assertion is None:
             raise ConfigurationError(
-                "the jwt_bearer grant needs an assertion", reason="InvalidRequest"
+                f"the {request.grant_type} grant needs an assertion", reason="InvalidRequest"
             )
-        return [("grant_type", JWT_BEARER_GRANT), ("assertion", request.grant_assertion())]
+        return [("grant_type", request.grant_type), ("assertion", request.grant_assertion())]
     if request.grant_type == TOKEN_EXCHANGE_GRANT:
         if request.subject_token is None or not request.subject_token_type:
             raise ConfigurationError(
@@ -519,6 +525,11 @@ def _auth_hint(request: TokenRequest) -> str:
         )
     if method == "tls_client_auth":
         return "check that the endpoint registered tls_client_auth with this client certificate"
+    if method == "none":
+        return (
+            "check clientID; the endpoint may want the client to authenticate "
+            "(clientAuthentication header or body with a clientSecretRef)"
+        )
     if request.client_authentication == "body":
         return (
             "check clientID and the client secret; the endpoint may expect "

@@ -133,6 +133,20 @@ def config_hash(spec: CredentialSpec, values: ResolvedValues) -> str:
             "workloadIdentity": workload
             and [workload.service_account_name, workload.audience, workload.expiration_seconds],
         }
+    if spec.saml2_bearer is not None:
+        grant = spec.saml2_bearer
+        cert = grant.certificate_ref
+        request_fields["saml2Bearer"] = {
+            "key": [grant.key_ref.name, grant.key_ref.key],
+            "keyData": values.grant_key_pem and _digest(values.grant_key_pem),
+            "certificate": cert and [cert.name, cert.key],
+            "certificateData": values.grant_cert_pem and _digest(values.grant_cert_pem),
+            "claims": [grant.issuer, grant.subject, grant.audience, grant.name_id_format],
+            "attributes": sorted(grant.attributes.items()),
+            "companyID": grant.company_id,
+            "encoding": grant.encoding,
+            "lifetime": grant.lifetime_seconds,
+        }
     if spec.token_exchange is not None:
         exchange = spec.token_exchange
         workload = exchange.workload_identity

@@ -381,6 +381,7 @@ def resolve_references(
         assertion_key_pem=values.get("assertion_key"),
         assertion_cert_pem=values.get("assertion_cert"),
         grant_key_pem=values.get("grant_key"),
+        grant_cert_pem=values.get("grant_cert"),
         subject_token=subject,
     )
     return (_signing_problem(spec, resolved) if check_key else None) or resolved
@@ -407,7 +408,9 @@ def _subject_token(spec: CredentialSpec, value: bytes | None) -> str | Reference
 async def key_checked(spec: CredentialSpec, result: T) -> T | ReferenceProblem:
     """`result` once its signing key (if any) was checked in a thread, never on the event
     loop: a key is tenant input, and parsing one costs milliseconds to seconds."""
-    if not isinstance(result, ResolvedValues) or spec.client_authentication not in SIGNED:
+    if not isinstance(result, ResolvedValues):
+        return result
+    if spec.client_authentication not in SIGNED and _grant_key_ref(spec) is None:
         return result
     problem = await asyncio.to_thread(_signing_problem, spec, result)
     return problem or result
@@ -425,9 +428,19 @@ def _signing_problem(spec: CredentialSpec, resolved: ResolvedValues) -> Referenc
     try:
         grant_signer(spec, resolved)
     except KeyProblem as problem:
-        assert spec.jwt_bearer is not None and spec.jwt_bearer.key_ref is not None
-        where = f"Secret {spec.jwt_bearer.key_ref.name!r}"
-        return ReferenceProblem("ReferenceInvalid", f"{where} (jwtBearer.keyRef) {problem}")
+        ref, field_name = _grant_key_ref(spec) or (None, "")
+        assert ref is not None
+        where = f"Secret {ref.name!r}"
+        return ReferenceProblem("ReferenceInvalid", f"{where} ({field_name}) {problem}")
+    return None
+
+
+def _grant_key_ref(spec: CredentialSpec) -> tuple[Ref, str] | None:
+    """The key that signs the grant's assertion here, and its field, if any."""
+    if spec.saml2_bearer is not None:
+        return spec.saml2_bearer.key_ref, "saml2Bearer.keyRef"
+    if spec.jwt_bearer is not None and spec.jwt_bearer.key_ref is not None:
+        return spec.jwt_bearer.key_ref, "jwtBearer.keyRef"
     return None
 
 
@@ -444,6 +457,10 @@ def _slot(spec: CredentialSpec, ref: Ref) -> str:
         return "assertion_cert"
     if spec.jwt_bearer is not None and ref is spec.jwt_bearer.key_ref:
         return "grant_key"
+    if spec.saml2_bearer is not None and ref is spec.saml2_bearer.key_ref:
+        return "grant_key"
+    if spec.saml2_bearer is not None and ref is spec.saml2_bearer.certificate_ref:
+        return "grant_cert"
     if spec.token_exchange is not None and ref is spec.token_exchange.subject_token_ref:
         return "subject_token"
     if ref.name == spec.tls.client_certificate_secret:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from tokensync import assertion, grants
+from tokensync import assertion, grants, saml
 from tokensync.oauth2 import (
     ASSERTION_METHODS,
     JWT_BEARER_GRANT,
+    SAML2_BEARER_GRANT,
     TOKEN_EXCHANGE_GRANT,
     TLSSettings,
     TokenRequest,
@@ -29,11 +30,17 @@ FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 CONTENT_TYPES = (FORM, JSON)
 SECRET_METHODS = ("header", "body", "client_secret_jwt")  # need clientSecretRef
-NO_SECRET_METHODS = ("private_key_jwt", "tls_client_auth", "workload_identity")
+# none: a public client (RFC 8414's "none"), client_id in the body; only with a grant
+# that carries its own proof (an assertion or a subject token), never client_credentials.
+NO_SECRET_METHODS = ("private_key_jwt", "tls_client_auth", "workload_identity", "none")
 CLIENT_AUTHENTICATIONS = SECRET_METHODS + NO_SECRET_METHODS
 WORKLOAD_EXPIRATION_DEFAULT = 600
-GRANT_TYPES = ("client_credentials", "jwt_bearer", "token_exchange")
+GRANT_TYPES = ("client_credentials", "jwt_bearer", "token_exchange", "saml2_bearer")
 JWT_BEARER_LIFETIME_DEFAULT = 300
+SAML2_BEARER_LIFETIME_DEFAULT = 300
+MAX_SAML_ATTRIBUTES = 16
+# The `assertion` parameter is the grant itself with these grant types.
+ASSERTION_GRANTS = ("jwt_bearer", "saml2_bearer")
 # RFC 8693 3: token type identifiers. A ServiceAccount token is a JWT; a token from a
 # Secret is most often an access token (the only type Keycloak's standard exchange takes).
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
@@ -163,6 +170,23 @@ class JWTBearerSpec:
 
 
 @dataclass(frozen=True)
+class SAML2BearerSpec:
+    """saml2Bearer: the RFC 7522 grant's SAML 2.0 assertion, signed here with `key_ref`
+    (SAP SuccessFactors: issuer and api_key the client ID, NameID the API user)."""
+
+    key_ref: Ref
+    subject: str
+    certificate_ref: Ref | None = None  # its certificate, sent in KeyInfo
+    issuer: str | None = None  # None: the client ID
+    audience: str = saml.SUCCESSFACTORS_AUDIENCE
+    name_id_format: str = saml.NAMEID_UNSPECIFIED
+    lifetime_seconds: int = SAML2_BEARER_LIFETIME_DEFAULT
+    attributes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    company_id: str | None = None  # sent as company_id (SuccessFactors)
+    encoding: str = "base64url"  # or "base64": how the assertion parameter is encoded
+
+
+@dataclass(frozen=True)
 class WorkloadRef:
     """rolloutRestart: a Deployment, StatefulSet or DaemonSet in the credential's namespace."""
 
@@ -238,6 +262,7 @@ class CredentialSpec:
     client_id_in_request: bool = True
     jwt_bearer: JWTBearerSpec | None = None  # grantType: jwt_bearer
     token_exchange: TokenExchangeSpec | None = None  # grantType: token_exchange
+    saml2_bearer: SAML2BearerSpec | None = None  # grantType: saml2_bearer
     rollout_restart: tuple[WorkloadRef, ...] = ()  # restarted after each new token
 
     @property
@@ -262,6 +287,10 @@ class CredentialSpec:
             refs.append(self.jwt_bearer.key_ref)
         if self.token_exchange is not None and self.token_exchange.subject_token_ref:
             refs.append(self.token_exchange.subject_token_ref)
+        if self.saml2_bearer is not None:
+            refs.append(self.saml2_bearer.key_ref)
+            if self.saml2_bearer.certificate_ref:
+                refs.append(self.saml2_bearer.certificate_ref)
         return tuple(refs)
 
 
@@ -277,7 +306,9 @@ class ResolvedValues:
     client_key_pem: bytes | None = field(default=None, repr=False)
     assertion_key_pem: bytes | None = field(default=None, repr=False)  # private_key_jwt
     assertion_cert_pem: bytes | None = None  # its certificate: x5t#S256 / x5t headers
-    grant_key_pem: bytes | None = field(default=None, repr=False)  # jwtBearer.keyRef
+    # jwtBearer.keyRef or saml2Bearer.keyRef, and saml2Bearer.certificateRef
+    grant_key_pem: bytes | None = field(default=None, repr=False)
+    grant_cert_pem: bytes | None = None
     subject_token: str | None = field(default=None, repr=False)  # tokenExchange.subjectTokenRef
 
 
@@ -528,6 +559,13 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     workload = _parse_workload_identity(r, spec, auth)
     jwt_bearer = _parse_jwt_bearer(r, spec, grant_type, auth)
     token_exchange = _parse_token_exchange(r, spec, grant_type, auth)
+    saml2_bearer = _parse_saml2_bearer(r, spec, grant_type)
+    if auth == "none" and grant_type == "client_credentials":
+        r.fail(
+            "spec.clientAuthentication",
+            "none (a public client) needs a grant that carries its own proof: jwt_bearer, "
+            "saml2_bearer or token_exchange",
+        )
     content_type = r.enum(spec, "contentType", "spec.contentType", CONTENT_TYPES, FORM)
     scope = r.string(spec, "scope", "spec.scope", max_length=4096)
     scope_object = None
@@ -545,8 +583,10 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
     for key in extra:
         if key in RESERVED_PARAMETERS or key.startswith(RESERVED_PARAMETER_PREFIX):
             r.fail(f"spec.extraParameters.{key}", "is reserved; use the dedicated field")
-        elif key.lower() == "assertion" and grant_type == "jwt_bearer":
-            r.fail(f"spec.extraParameters.{key}", "is reserved with grantType: jwt_bearer")
+        elif key.lower() == "assertion" and grant_type in ASSERTION_GRANTS:
+            r.fail(f"spec.extraParameters.{key}", f"is reserved with grantType: {grant_type}")
+        elif key.lower() == "company_id" and saml2_bearer and saml2_bearer.company_id:
+            r.fail(f"spec.extraParameters.{key}", "is set by spec.saml2Bearer.companyID")
         elif key.lower() in TOKEN_EXCHANGE_PARAMETERS and grant_type == "token_exchange":
             r.fail(f"spec.extraParameters.{key}", "is reserved with grantType: token_exchange")
 
@@ -590,6 +630,7 @@ def parse_spec(spec: Mapping[str, Any], *, name: str) -> CredentialSpec:
         client_id_in_request=client_id_in_request,
         jwt_bearer=jwt_bearer,
         token_exchange=token_exchange,
+        saml2_bearer=saml2_bearer,
         rollout_restart=rollout_restart,
         workload_identity=workload,
         allow_insecure_http=allow_http,
@@ -815,6 +856,70 @@ def _parse_token_exchange(
     )
 
 
+def _parse_saml2_bearer(
+    r: _Reader, spec: Mapping[str, Any], grant_type: str
+) -> SAML2BearerSpec | None:
+    """saml2Bearer (grantType: saml2_bearer): keyRef and subject, the rest defaulted for
+    SAP SuccessFactors."""
+    path = "spec.saml2Bearer"
+    data = r.mapping(spec, "saml2Bearer", path)
+    if grant_type != "saml2_bearer":
+        if data:
+            r.fail(path, "is only used with grantType: saml2_bearer")
+        return None
+    if not data:
+        r.fail(path, "is required with grantType: saml2_bearer")
+        return None
+    problems_before = len(r.problems)
+    key_ref = r.ref(data, "keyRef", f"{path}.keyRef")
+    if data.get("keyRef") is None:
+        r.fail(f"{path}.keyRef", "is required")
+    certificate_ref = r.ref(data, "certificateRef", f"{path}.certificateRef")
+    texts: dict[str, str | None] = {}
+    for key, limit in (
+        ("subject", 1024),
+        ("issuer", 1024),
+        ("audience", 2048),
+        ("nameIDFormat", 256),
+        ("companyID", 256),
+    ):
+        value = r.string(data, key, f"{path}.{key}", max_length=limit)
+        if value == "":
+            r.fail(f"{path}.{key}", "must not be empty")
+        elif value is not None and (problem := saml.text_problem(value)):
+            r.fail(f"{path}.{key}", problem)
+        texts[key] = value or None
+    if data.get("subject") is None:
+        r.fail(f"{path}.subject", "is required (the user the token is for)")
+    attributes = r.string_map(
+        data, "attributes", f"{path}.attributes", max_items=MAX_SAML_ATTRIBUTES
+    )
+    for name, value in attributes.items():
+        bad_text = saml.text_problem(name) or saml.text_problem(value)
+        if not name or len(name) > 256 or not value or bad_text:
+            r.fail(
+                f"{path}.attributes.{name}",
+                "names (at most 256 characters) and values must be non-empty text "
+                "without control characters",
+            )
+    lifetime = r.integer(data, "lifetimeSeconds", f"{path}.lifetimeSeconds", 30, 3600)
+    encoding = r.enum(data, "encoding", f"{path}.encoding", saml.ENCODINGS, saml.ENCODINGS[0])
+    if len(r.problems) > problems_before or key_ref is None or texts["subject"] is None:
+        return None
+    return SAML2BearerSpec(
+        key_ref=key_ref,
+        subject=texts["subject"],
+        certificate_ref=certificate_ref,
+        issuer=texts["issuer"],
+        audience=texts["audience"] or saml.SUCCESSFACTORS_AUDIENCE,
+        name_id_format=texts["nameIDFormat"] or saml.NAMEID_UNSPECIFIED,
+        lifetime_seconds=lifetime or SAML2_BEARER_LIFETIME_DEFAULT,
+        attributes=MappingProxyType(attributes),
+        company_id=texts["companyID"],
+        encoding=encoding,
+    )
+
+
 def _parse_rollout_restart(r: _Reader, spec: Mapping[str, Any]) -> tuple[WorkloadRef, ...]:
     """rolloutRestart: at most 16 distinct {kind, name} workloads of this namespace."""
     path = "spec.rolloutRestart"
@@ -955,8 +1060,19 @@ def assertion_signer(spec: CredentialSpec, values: ResolvedValues) -> assertion.
 
 
 def grant_signer(spec: CredentialSpec, values: ResolvedValues) -> assertion.SigningKey | None:
-    """The key that signs a jwtBearer grant assertion (None: none is signed here);
-    KeyProblem if the key and algorithm do not fit."""
+    """The key that signs a jwtBearer or saml2Bearer grant assertion (None: none is
+    signed here); KeyProblem if the key, certificate and algorithm do not fit."""
+    if spec.saml2_bearer is not None:
+        if values.grant_key_pem is None:
+            raise assertion.KeyProblem("no private key was resolved")
+        if spec.saml2_bearer.issuer is None and saml.text_problem(values.client_id):
+            raise assertion.KeyProblem(
+                "cannot sign for this client ID: the assertion's issuer (the client ID) "
+                + str(saml.text_problem(values.client_id))
+            )
+        signer = assertion.private_key_signer(values.grant_key_pem, cert_pem=values.grant_cert_pem)
+        saml.signature_method(signer)
+        return signer
     if spec.jwt_bearer is None or spec.jwt_bearer.key_ref is None:
         return None
     if values.grant_key_pem is None:
@@ -966,14 +1082,37 @@ def grant_signer(spec: CredentialSpec, values: ResolvedValues) -> assertion.Sign
     )
 
 
+def saml_claims(spec: CredentialSpec, client_id: str) -> saml.SAMLClaims:
+    """What a saml2Bearer assertion says: the defaults are SAP SuccessFactors' (issuer and
+    api_key the client ID, audience www.successfactors.com), Recipient the token URL."""
+    settings = spec.saml2_bearer
+    assert settings is not None and spec.token_url is not None
+    return saml.SAMLClaims(
+        issuer=settings.issuer or client_id,
+        subject=settings.subject,
+        audience=settings.audience,
+        recipient=spec.token_url,
+        lifetime_seconds=settings.lifetime_seconds,
+        name_id_format=settings.name_id_format,
+        attributes={saml.API_KEY_ATTRIBUTE: client_id, **settings.attributes},
+    )
+
+
 def grant_assertion_factory(
     spec: CredentialSpec, values: ResolvedValues
 ) -> Callable[[], str] | None:
-    """A fresh signed jwtBearer assertion per request (a ServiceAccount token grant is
-    attached by tokensync.identity, which mints it)."""
+    """A fresh signed jwtBearer or saml2Bearer assertion per request (a ServiceAccount
+    token grant is attached by tokensync.identity, which mints it)."""
     signer = grant_signer(spec, values)
     if signer is None:
         return None
+    if spec.saml2_bearer is not None:
+        return saml.saml2_bearer_factory(
+            signer,
+            saml_claims(spec, values.client_id),
+            cert_pem=values.grant_cert_pem,
+            encoding=spec.saml2_bearer.encoding,
+        )
     settings = spec.jwt_bearer
     assert settings is not None and settings.issuer and settings.subject and spec.token_url
     return grants.jwt_bearer_factory(
@@ -985,7 +1124,11 @@ def grant_assertion_factory(
     )
 
 
-GRANT_TYPE_URIS = {"jwt_bearer": JWT_BEARER_GRANT, "token_exchange": TOKEN_EXCHANGE_GRANT}
+GRANT_TYPE_URIS = {
+    "jwt_bearer": JWT_BEARER_GRANT,
+    "token_exchange": TOKEN_EXCHANGE_GRANT,
+    "saml2_bearer": SAML2_BEARER_GRANT,
+}
 
 
 def to_token_request(spec: CredentialSpec, values: ResolvedValues) -> TokenRequest:
@@ -1020,7 +1163,7 @@ def to_token_request(spec: CredentialSpec, values: ResolvedValues) -> TokenReque
         include_scope=spec.include_scope,
         audience=spec.audience,
         resource=spec.resource,
-        extra_parameters=dict(spec.extra_parameters),
+        extra_parameters=_extra_parameters(spec),
         tls=TLSSettings(
             ca_pem=values.ca_pem,
             insecure_skip_verify=spec.tls.insecure_skip_verify,
@@ -1031,3 +1174,11 @@ def to_token_request(spec: CredentialSpec, values: ResolvedValues) -> TokenReque
         timeout_seconds=float(spec.timeout_seconds),
         default_lifetime_seconds=spec.refresh.default_lifetime_seconds,
     )
+
+
+def _extra_parameters(spec: CredentialSpec) -> dict[str, str]:
+    """extraParameters, and SuccessFactors' company_id from saml2Bearer.companyID."""
+    extra = dict(spec.extra_parameters)
+    if spec.saml2_bearer is not None and spec.saml2_bearer.company_id:
+        extra["company_id"] = spec.saml2_bearer.company_id
+    return extra

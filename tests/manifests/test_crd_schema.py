@@ -26,6 +26,7 @@ SPEC_FIELDS = {
     "clientIDInRequest",
     "jwtBearer",
     "tokenExchange",
+    "saml2Bearer",
     "rolloutRestart",
     "clientAssertion",
     "workloadIdentity",
@@ -67,6 +68,20 @@ NESTED_FIELDS = {
         "requestedTokenType",
     },
     "spec.tokenExchange.subjectTokenRef": {"name", "key"},
+    "spec.saml2Bearer": {
+        "keyRef",
+        "certificateRef",
+        "subject",
+        "issuer",
+        "audience",
+        "nameIDFormat",
+        "companyID",
+        "attributes",
+        "lifetimeSeconds",
+        "encoding",
+    },
+    "spec.saml2Bearer.keyRef": {"name", "key"},
+    "spec.saml2Bearer.certificateRef": {"name", "key"},
     "spec.tokenExchange.workloadIdentity": {
         "serviceAccountName",
         "audience",
@@ -142,9 +157,10 @@ DEFAULTS = {
     ".status": {"observedGeneration": 0},
 }
 ENUMS = {
-    ".spec.grantType": ["client_credentials", "jwt_bearer", "token_exchange"],
+    ".spec.grantType": ["client_credentials", "jwt_bearer", "token_exchange", "saml2_bearer"],
     ".spec.rolloutRestart[].kind": ["Deployment", "StatefulSet", "DaemonSet"],
     ".spec.jwtBearer.algorithm": ["RS256", "PS256", "ES256", "ES384"],
+    ".spec.saml2Bearer.encoding": ["base64url", "base64"],
     # No schema default: with issuerURL the method comes from discovery.
     ".spec.clientAuthentication": [
         "header",
@@ -153,6 +169,7 @@ ENUMS = {
         "client_secret_jwt",
         "tls_client_auth",
         "workload_identity",
+        "none",
     ],
     ".spec.clientAssertion.algorithm": [
         "RS256",

@@ -38,6 +38,7 @@ EXPECTED_EXAMPLES = {
     "keycloak-token-exchange.yaml",
     "sap-btp-service-binding.yaml",
     "registry-pull-secret.yaml",
+    "sap-successfactors-saml2-bearer.yaml",
 }
 
 
@@ -55,6 +56,9 @@ def referenced(credential: dict[str, Any]) -> list[tuple[str, str]]:
         refs.append(("Secret", spec["jwtBearer"]["keyRef"]["name"]))
     if "subjectTokenRef" in spec.get("tokenExchange", {}):
         refs.append(("Secret", spec["tokenExchange"]["subjectTokenRef"]["name"]))
+    for key in ("keyRef", "certificateRef"):
+        if key in spec.get("saml2Bearer", {}):
+            refs.append(("Secret", spec["saml2Bearer"][key]["name"]))
     if "clientIDRef" in spec:
         refs.append(("Secret", spec["clientIDRef"]["name"]))
     tls = spec.get("tls", {})

@@ -135,6 +135,9 @@ def test_every_credential_example_is_covered():
         "keycloak-token-exchange.yaml",
         # binding-shaped Secrets through the operator in test_operator_service_binding.py
         "sap-btp-service-binding.yaml",
+        # a saml2_bearer grant, against a SuccessFactors-like endpoint
+        # (test_successfactors_saml.py)
+        "sap-successfactors-saml2-bearer.yaml",
     }
     assert with_credentials == set(EXAMPLE_SETUPS) | identity
 
