@@ -21,7 +21,7 @@ import logging
 import random
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -210,6 +210,9 @@ class CredentialWorker:
     status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     expiry_timer: asyncio.TimerHandle | None = None
     expiry_task: asyncio.Task[None] | None = None
+    # Resolved when the token request in flight has been answered and written: a clean
+    # stop waits for it (bounded) instead of throwing away a token the endpoint issued.
+    requesting: asyncio.Future[None] | None = None
 
     def __post_init__(self) -> None:
         self.status = dict(self.body.get("status") or {})
@@ -585,31 +588,43 @@ class CredentialWorker:
             await self._report_problem(request)
             return self.ctx.now() + timedelta(seconds=identity.RECHECK_SECONDS)
         self.attempts = self.attempts.sent(mono)
-        sent = asyncio.Event()
-        fetch = asyncio.ensure_future(self._fetch(request, sent))
-        try:
-            # A renewal that answers quickly costs no Refreshing=True write.
-            if routine and await _is_slow(fetch, sent):
-                await self._report(
-                    Report(
-                        ready=readiness.while_refreshing(self.status, p.held, trigger, now),
-                        refreshing=refreshing,
+        with self._request_in_flight():
+            sent = asyncio.Event()
+            fetch = asyncio.ensure_future(self._fetch(request, sent))
+            try:
+                # A renewal that answers quickly costs no Refreshing=True write.
+                if routine and await _is_slow(fetch, sent):
+                    await self._report(
+                        Report(
+                            ready=readiness.while_refreshing(self.status, p.held, trigger, now),
+                            refreshing=refreshing,
+                        )
                     )
-                )
-            token = await fetch
-        except oauth2.TokenError as error:
-            identity.request_failed(p.spec, error)  # re-discover after 404/connect
-            return await self._report_failure(p, trigger, error, attempt_key)
+                token = await fetch
+            except oauth2.TokenError as error:
+                identity.request_failed(p.spec, error)  # re-discover after 404/connect
+                return await self._report_failure(p, trigger, error, attempt_key)
+            finally:
+                fetch.cancel()  # no-op once done; a failed report must not orphan it
+            self.attempts = self.attempts.answered()
+            self.unwritten = Unwritten(
+                token, p.generation, p.fingerprint, p.refresh_request, trigger
+            )
+            # The request may have taken minutes: only a leader writes what it brought.
+            if not self.ctx.is_leading():
+                raise NotLeading()
+            if not self.ctx.holds(self.owner.uid):
+                raise NotHolding()
+            return await self._retry_write(p)
+
+    @contextlib.contextmanager
+    def _request_in_flight(self) -> Iterator[None]:
+        self.requesting = asyncio.get_running_loop().create_future()
+        try:
+            yield
         finally:
-            fetch.cancel()  # no-op once done; a failed report must not orphan the request
-        self.attempts = self.attempts.answered()
-        self.unwritten = Unwritten(token, p.generation, p.fingerprint, p.refresh_request, trigger)
-        # The request may have taken minutes: only a leader writes what it brought.
-        if not self.ctx.is_leading():
-            raise NotLeading()
-        if not self.ctx.holds(self.owner.uid):
-            raise NotHolding()
-        return await self._retry_write(p)
+            _resolve(self.requesting)
+            self.requesting = None
 
     async def _discover(self, p: Pass) -> oauth2.TokenError | None:
         """Read the issuer's metadata into the discovery cache (a cache hit costs no

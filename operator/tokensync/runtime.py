@@ -9,9 +9,10 @@ source cache keeps those values only), the label-selected watches (watches.py), 
 sweep, metrics and the health endpoints. Then kopf watches the credentials and hands
 each event to `Runtime.credential_event` (handlers.py): the store applies it.
 
-Stop (`Runtime.stop`): the watches and the sweep, then the workers, then the Kubernetes
-writes the workers left in flight (a cancelled task's thread still runs its call; bounded
-wait), then the Lease(s): nothing of ours writes once another replica can take over.
+Stop (`Runtime.stop`): the watches and the sweep, then the workers (a token request in
+flight is answered and written first, bounded wait), then the Kubernetes writes the
+workers left in flight (a cancelled task's thread still runs its call; bounded wait), then
+the Lease(s): nothing of ours writes once another replica can take over.
 
 Background tasks are supervised: an unexpected exit is logged and the task restarted.
 """
@@ -53,6 +54,9 @@ SWEEP_INTERVAL_SECONDS = 300.0
 KUBE_THREADS = 16  # Kubernetes API calls: short, never behind token requests
 PASSES_PER_SECOND = 500.0  # mass wake-ups (start, leadership, API back) are paced to this
 WRITES_DRAIN_SECONDS = 10.0  # at shutdown, for Kubernetes calls of cancelled workers
+# At shutdown, for token requests in flight to be answered and written (a rolling update
+# must not throw tokens away); with the writes' drain, within the pod's 30 s grace period.
+REQUESTS_DRAIN_SECONDS = 10.0
 KEEPER_FIRST_LOOK_SECONDS = 10.0  # at start, with --shards: the first look at the Leases
 
 
@@ -254,17 +258,19 @@ async def stop_in_order(
     elector: LeaderElector | ShardKeeper | None,
     background: list[asyncio.Task[None]],
     writes_timeout: float = WRITES_DRAIN_SECONDS,
+    requests_timeout: float = REQUESTS_DRAIN_SECONDS,
 ) -> None:
     """Stop so that nothing of ours writes once a standby can take over: events and
-    background tasks, then the workers, then the Kubernetes writes they left in flight
-    (a cancelled task's thread still runs its call; bounded wait), then the Lease."""
+    background tasks, then the workers (those with a token request in flight once it is
+    written, bounded wait), then the Kubernetes writes they left in flight (a cancelled
+    task's thread still runs its call; bounded wait), then the Lease."""
     for watch in watches:
         watch.stop()
     for task in background:
         task.cancel()
     await asyncio.gather(*background, return_exceptions=True)
     if supervisor is not None:
-        await supervisor.stop()
+        await supervisor.stop(requests_grace=requests_timeout)
     if kube_executor is not None:
         drained = asyncio.get_running_loop().run_in_executor(
             None, lambda: kube_executor.shutdown(wait=True, cancel_futures=True)

@@ -290,13 +290,25 @@ class Supervisor:
             for w in list(self.workers.values())
         ]
 
-    async def stop(self) -> None:
-        """Cancel every worker and expiry report, and wait until they have ended."""
+    async def stop(self, requests_grace: float = 0.0) -> None:
+        """Cancel every worker and expiry report, and wait until they have ended. Workers
+        with a token request in flight get up to `requests_grace` seconds to write what it
+        brings first: cancelled, the token the endpoint issued is lost and whoever serves
+        the credential next asks again, ahead of its renew window."""
+        workers = list(self.workers.values())
+        in_flight = {w.requesting for w in workers if w.requesting is not None}
         tasks = []
-        for worker in self.workers.values():
+        for worker in workers:
             worker.disarm_expiry()
             tasks += [t for t in (worker.task, worker.expiry_task) if t is not None]
+        waiting = [w.task for w in workers if w.requesting in in_flight and w.task is not None]
         for task in tasks:
+            if task not in waiting or requests_grace <= 0:
+                task.cancel()  # first, so that no new pass starts meanwhile
+        if waiting and requests_grace > 0:
+            log.info("waiting up to %.0fs for %d token requests", requests_grace, len(waiting))
+            await asyncio.wait(in_flight, timeout=requests_grace)
+        for task in waiting:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 

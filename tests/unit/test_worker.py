@@ -11,6 +11,8 @@ import contextvars
 import dataclasses
 import gc
 import secrets
+import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -547,3 +549,52 @@ def test_a_type_known_only_from_metadata_is_replaced_after_the_api_server_refuse
         "create_secret",
     ]
     assert kube.secrets["c"]["type"] == "kubernetes.io/dockerconfigjson"
+
+
+def _stop_while_a_request_is_in_flight(
+    world: Any, monkeypatch: pytest.MonkeyPatch, *, answer_after: float, grace: float
+) -> float:
+    """Start a credential's first token request, stop the supervisor while the endpoint
+    has not answered yet (it answers `answer_after` seconds into the stop); the time the
+    stop took."""
+    _kube, endpoint, ctx = world
+    asked, answer = threading.Event(), threading.Event()
+
+    def slow_endpoint(request: oauth2.TokenRequest, **kwargs: Any) -> oauth2.Token:
+        asked.set()
+        answer.wait(10)
+        return endpoint(request, **kwargs)
+
+    monkeypatch.setattr(oauth2, "fetch_token", slow_endpoint)
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        supervisor = Supervisor(ctx, SourceCache())
+        supervisor.observe("LISTED", credential())
+        await loop.run_in_executor(None, asked.wait, 5)
+        loop.call_later(answer_after, answer.set)
+        began = time.monotonic()
+        await supervisor.stop(requests_grace=grace)
+        return time.monotonic() - began
+
+    try:
+        return run(scenario())
+    finally:
+        answer.set()
+
+
+def test_a_clean_stop_writes_the_token_of_a_request_in_flight(world, monkeypatch):
+    # Issue 22's rolling update: a token request cancelled at stop threw away the token
+    # the endpoint had issued, and the next replica asked again ahead of the window.
+    kube, endpoint, _ctx = world
+    took = _stop_while_a_request_is_in_flight(world, monkeypatch, answer_after=0.3, grace=5)
+    assert endpoint.requests == 1
+    assert "create_secret" in kube.calls and kube.calls[-1] == "patch_status"
+    assert took < 3  # it waited for the answer and its writes, not for the grace
+
+
+def test_a_stop_waits_for_a_request_in_flight_no_longer_than_its_grace(world, monkeypatch):
+    kube, _endpoint, _ctx = world
+    took = _stop_while_a_request_is_in_flight(world, monkeypatch, answer_after=3, grace=0.3)
+    assert took < 2
+    assert "create_secret" not in kube.calls  # cancelled: nothing written after the stop
