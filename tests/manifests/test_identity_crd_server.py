@@ -25,6 +25,8 @@ GRANT = {
     "subject": "bot",
 }
 SUBJECT = {"subjectTokenRef": {"name": "subject", "key": "token"}}
+SAML = {"keyRef": {"name": "sf-key", "key": "tls.key"}, "subject": "sfadmin"}
+PUBLIC = {"clientAuthentication": "none", "grantType": "saml2_bearer"}
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 
 
@@ -124,6 +126,23 @@ def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
                 {"kind": "DaemonSet", "name": "agent"},
             ],
         ),
+        spec_of(**PUBLIC, saml2Bearer=SAML),
+        spec_of(
+            **PUBLIC,
+            saml2Bearer={
+                **SAML,
+                "certificateRef": {"name": "sf-key", "key": "tls.crt"},
+                "issuer": "client",
+                "audience": "www.successfactors.com",
+                "nameIDFormat": "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress",
+                "companyID": "ACME01",
+                "attributes": {"use_username": "true"},
+                "lifetimeSeconds": 600,
+                "encoding": "base64",
+            },
+            extraParameters={"target": "odata"},
+        ),
+        spec_of(clientAuthentication="none", grantType="jwt_bearer", jwtBearer=GRANT),
     ],
     ids=[
         "header",
@@ -141,6 +160,9 @@ def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
         "token-exchange-serviceaccount",
         "mtls-named-keys",
         "rollout-restart",
+        "saml2-bearer",
+        "saml2-bearer-every-field",
+        "jwt-bearer-public-client",
     ],
 )
 def test_valid_specs_are_accepted(control_plane, namespace, spec):
@@ -349,6 +371,43 @@ def test_valid_specs_are_accepted(control_plane, namespace, spec):
                 rolloutRestart=[{"kind": "Deployment", "name": "a"}] * 2,
             ),
             "spec.rolloutRestart[1]: Duplicate value",
+        ),
+        (spec_of(clientAuthentication="none"), "spec.clientAuthentication none (a public client)"),
+        (
+            spec_of(**PUBLIC, saml2Bearer=SAML, clientSecretRef=SECRET),
+            "spec.clientSecretRef is not allowed",
+        ),
+        (
+            spec_of(**PUBLIC),
+            "spec.saml2Bearer is required with, and only used with, grantType: saml2_bearer",
+        ),
+        (
+            spec_of(clientSecretRef=SECRET, saml2Bearer=SAML),
+            "spec.saml2Bearer is required with, and only used with, grantType: saml2_bearer",
+        ),
+        (
+            spec_of(**PUBLIC, saml2Bearer={"keyRef": SAML["keyRef"]}),
+            "spec.saml2Bearer.subject: Required value",
+        ),
+        (
+            spec_of(**PUBLIC, saml2Bearer={**SAML, "subject": "a\u0007b"}),
+            "spec.saml2Bearer.subject must not contain control characters",
+        ),
+        (
+            spec_of(**PUBLIC, saml2Bearer={**SAML, "encoding": "hex"}),
+            'spec.saml2Bearer.encoding: Unsupported value: "hex"',
+        ),
+        (
+            spec_of(**PUBLIC, saml2Bearer=SAML, extraParameters={"ASSERTION": "x"}),
+            "spec.extraParameters may not set assertion",
+        ),
+        (
+            spec_of(
+                **PUBLIC,
+                saml2Bearer={**SAML, "companyID": "ACME01"},
+                extraParameters={"company_id": "OTHER"},
+            ),
+            "spec.extraParameters may not set company_id",
         ),
     ],
 )

@@ -257,7 +257,7 @@ def test_all_examples_together_in_one_namespace(installed: ControlPlane, namespa
     )
     items = json.loads(result.stdout)["items"]
     credentials = [i for i in items if i["kind"] == "OAuth2Credential"]
-    assert len(credentials) == 17
+    assert len(credentials) == 18
     by_name = {c["metadata"]["name"]: c["spec"] for c in credentials}
     cognito = by_name["cognito-my-api"]
     assert cognito["grantType"] == "client_credentials"
@@ -278,6 +278,11 @@ def test_all_examples_together_in_one_namespace(installed: ControlPlane, namespa
     assert cognito["secret"]["type"] == "Opaque"
     exchange = by_name["keycloak-orders-token-exchange"]
     assert (exchange["grantType"], exchange["audience"]) == ("token_exchange", "orders-api")
+    successfactors = by_name["successfactors-odata"]
+    assert (successfactors["grantType"], successfactors["clientAuthentication"]) == (
+        "saml2_bearer",
+        "none",
+    )
 
 
 def test_short_names_and_category(installed: ControlPlane) -> None:
