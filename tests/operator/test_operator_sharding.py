@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import kubernetes
 import pytest
 import yaml
-from operator_helpers import wait_for
+from operator_helpers import decode, wait_for
 from operator_process import REPO, Operator
 
 from fixtures import fencing
@@ -129,6 +129,32 @@ def credentials(cluster, token_endpoint, count: int, lifetime: int) -> dict[str,
     for name in clients:
         cluster.wait_ready(name, reason="TokenIssued", timeout=60)
     return clients
+
+
+def served_by(cluster, token_endpoint, clients, held, replica: str, lifetime: int) -> str:
+    """A credential whose shard `replica` holds: one of `clients`, or one more created
+    until one hashes there (UIDs are random)."""
+    for name, uid in uids(cluster, clients).items():
+        if held[shard_of(uid, SHARDS)] == replica:
+            return name
+    while True:
+        assert len(clients) < 40, f"UIDs that all hash to the shards of others than {replica}?"
+        name = f"cred-{len(clients)}"
+        clients[name] = token_endpoint.add_client(lifetime=lifetime)
+        created = cluster.create_credential(name, clients[name], secret_name=f"client-{name}")
+        cluster.wait_ready(name, reason="TokenIssued", timeout=30)
+        if held[shard_of(created["metadata"]["uid"], SHARDS)] == replica:
+            return name
+
+
+def request_refresh(cluster, clients, name: str) -> int:
+    """Ask for a new token of `name` now; the number of its requests before."""
+    sent = len(clients[name].requests)
+    cluster.patch_credential(
+        name, {"metadata": {"annotations": {ANNOTATION_REFRESH_REQUESTED: str(time.time())}}}
+    )
+    wait_for(lambda: len(clients[name].requests) > sent, 10, f"{name}'s token request")
+    return sent
 
 
 def uids(cluster, names) -> dict[str, str]:
@@ -257,22 +283,9 @@ def test_a_replica_cut_off_loses_its_shards_and_writes_nothing_for_them_when_res
     lost = {s for s, h in held.items() if h == lost_to}
     # One of its credentials has a token request in flight when it is cut off: the
     # answer is waiting when it resumes, and must not be written.
-    ours = [n for n, u in uids(cluster, clients).items() if held[shard_of(u, SHARDS)] == lost_to]
-    while not ours:  # UIDs are random: one more until the victim serves one
-        assert len(clients) < 40, "UIDs that all hash to the other replicas' shards?"
-        name = f"cred-{len(clients)}"
-        clients[name] = token_endpoint.add_client(lifetime=30)
-        created = cluster.create_credential(name, clients[name], secret_name=f"client-{name}")
-        cluster.wait_ready(name, reason="TokenIssued", timeout=30)
-        if held[shard_of(created["metadata"]["uid"], SHARDS)] == lost_to:
-            ours.append(name)
-    slow = ours[0]
+    slow = served_by(cluster, token_endpoint, clients, held, lost_to, lifetime=30)
     clients[slow].delay = 6.0
-    sent = len(clients[slow].requests)
-    cluster.patch_credential(
-        slow, {"metadata": {"annotations": {ANNOTATION_REFRESH_REQUESTED: str(time.time())}}}
-    )
-    wait_for(lambda: len(clients[slow].requests) > sent, 10, "the slow token request")
+    request_refresh(cluster, clients, slow)
     os.kill(victim.process.pid, signal.SIGSTOP)
     try:
         stopped = time.monotonic()
@@ -294,6 +307,31 @@ def test_a_replica_cut_off_loses_its_shards_and_writes_nothing_for_them_when_res
     after = [w for w in writes if w[1] == "replica-c" and w[0] >= resumed]
     report(f"writes of the resumed replica (each under a Lease it re-took): {len(after)}", 0)
     assert_all_valid(cluster, clients)
+
+
+def test_a_clean_stop_writes_the_token_of_a_request_in_flight_before_handing_back(
+    leases, cluster, own_operator, token_endpoint, monkeypatch, installed
+):
+    """A rolling update's SIGTERM while one of the stopping replica's credentials has a
+    token request in flight: the replica waits for the answer and writes it before it
+    hands its shards back, so the next holder finds the new token and asks for none (it
+    used to cancel the request, and the next holder asked again, ahead of the window)."""
+    since = time.time()
+    replicas = start(own_operator, monkeypatch, "replica-a", "replica-b")
+    wait_balanced(leases, set(replicas))
+    clients = credentials(cluster, token_endpoint, 4, lifetime=3600)
+    slow = served_by(cluster, token_endpoint, clients, table(leases), "replica-b", 3600)
+    clients[slow].delay = 4.0
+    sent = request_refresh(cluster, clients, slow)
+    replicas["replica-b"].stop()  # SIGTERM, with the request still unanswered
+    wait_balanced(leases, {"replica-a"}, timeout=20)
+    time.sleep(3)  # time for a second request, if the next holder made one
+    assert len(clients[slow].requests) == sent + 1
+    assert "waiting up to 10s for 1 token requests" in replicas["replica-b"].log()
+    written = decode(cluster.secret(slow))["access_token"]
+    assert written == clients[slow].issued[-1].token
+    violations, writes = fencing_violations(installed, cluster.ns, uids(cluster, clients), since)
+    assert writes and not violations, violations
 
 
 def test_a_replica_with_another_number_of_shards_takes_nothing(leases, own_operator, monkeypatch):
