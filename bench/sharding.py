@@ -28,7 +28,6 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -56,12 +55,10 @@ from token_endpoint import TokenEndpoint  # noqa: E402
 
 from fixtures import fencing  # noqa: E402
 from fixtures.controlplane import _remove_state, start_control_plane  # noqa: E402
-from tokensync.shards import LABEL_ROLE, LABEL_SET  # noqa: E402
 
 GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "oauth2credentials"
 SOURCE_LABEL = {"tokensync.dev/credential-source": "true"}
 PREFIX, LEASE_NAMESPACE = "tokensync", "tokensync-system"
-SHARD_LEASE = re.compile(rf"{PREFIX}-shard-(\d+)")
 
 
 def log(message: str) -> None:
@@ -78,14 +75,7 @@ def wait_for(probe, timeout: float, what: str, every: float = 0.25):
 
 
 def holders(coordination) -> dict[int, str]:
-    items = coordination.list_namespaced_lease(
-        LEASE_NAMESPACE, label_selector=f"{LABEL_SET}={PREFIX},{LABEL_ROLE}=shard"
-    ).items
-    return {
-        int(m[1]): lease.spec.holder_identity or ""
-        for lease in items
-        if (m := SHARD_LEASE.fullmatch(lease.metadata.name))
-    }
+    return fencing.lease_holders(coordination, LEASE_NAMESPACE, PREFIX)
 
 
 def balanced(coordination, live: set[str], shards: int) -> bool:
@@ -331,7 +321,7 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         namespace=ns,
         uid_of=uid_of,
         shards=shards,
-        lease_pattern=SHARD_LEASE,
+        prefix=PREFIX,
     )
     results["audit"] = {
         "writes": len(writes),

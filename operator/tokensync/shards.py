@@ -85,6 +85,14 @@ def shard_lease_name(prefix: str, shard: int) -> str:
     return f"{prefix}-shard-{shard}"
 
 
+def shard_of_lease(prefix: str, name: str) -> int | None:
+    """The shard whose Lease `name` is (shard_lease_name's inverse), or None."""
+    head, _, number = name.rpartition("-shard-")
+    if head != prefix or not number.isdigit() or shard_lease_name(prefix, int(number)) != name:
+        return None
+    return int(number)
+
+
 def member_lease_name(prefix: str, identity: str) -> str:
     """The identity may not be a valid object name (the default has an underscore): a
     hash of it, long enough that two replicas never collide."""

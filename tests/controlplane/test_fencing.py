@@ -4,12 +4,10 @@ on both sides of a log rotation can be read in either order)."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from fixtures import fencing
 
-LEASE = re.compile(r"tokensync-shard-(\d+)")
 NAMESPACE = "team-a"
 UID_OF = {"orders": "uid-orders"}  # one shard: every credential is in shard 0
 
@@ -39,7 +37,7 @@ def _patch(second: float, replica: str, resource: str = "secrets") -> dict:
 
 
 def _check(events: list[dict]) -> tuple[list[fencing.Unfenced], list[fencing.Write]]:
-    return fencing.check(events, namespace=NAMESPACE, uid_of=UID_OF, shards=1, lease_pattern=LEASE)
+    return fencing.check(events, namespace=NAMESPACE, uid_of=UID_OF, shards=1, prefix="tokensync")
 
 
 def test_a_write_under_the_writers_own_fresh_lease_is_fenced():

@@ -25,7 +25,7 @@ from operator_process import REPO, Operator
 from fixtures import fencing
 from tokensync.leader import LEASE_DURATION
 from tokensync.secret import ANNOTATION_REFRESH_REQUESTED
-from tokensync.shards import LABEL_ROLE, LABEL_SET, fair_share, shard_of
+from tokensync.shards import LABEL_SET, fair_share, shard_of
 
 pytestmark = pytest.mark.envtest
 
@@ -37,7 +37,6 @@ SHARDING = (
     f"--leader-election-namespace={LEASE_NAMESPACE}",
     "--no-deny-private-networks",
 )
-SHARD_LEASE = re.compile(rf"{PREFIX}-shard-(\d+)")
 OVERLAY_KINDS = ("Role", "RoleBinding", "ValidatingAdmissionPolicy")
 OVERLAY_KINDS += ("ValidatingAdmissionPolicyBinding",)
 OVERLAY_NAMES = ("tokensync-sharding", "tokensync-operator-leases")
@@ -71,14 +70,7 @@ def leases(installed, admin_api) -> Iterator[kubernetes.client.CoordinationV1Api
 
 def table(api: kubernetes.client.CoordinationV1Api) -> dict[int, str]:
     """shard -> holder ("" when free), as the Leases say."""
-    items = api.list_namespaced_lease(
-        LEASE_NAMESPACE, label_selector=f"{LABEL_SET}={PREFIX},{LABEL_ROLE}=shard"
-    ).items
-    found = {}
-    for lease in items:
-        if match := SHARD_LEASE.fullmatch(lease.metadata.name):
-            found[int(match[1])] = lease.spec.holder_identity or ""
-    return found
+    return fencing.lease_holders(api, LEASE_NAMESPACE, PREFIX)
 
 
 def balanced(api: kubernetes.client.CoordinationV1Api, live: set[str]) -> dict[int, str] | None:
@@ -170,7 +162,7 @@ def fencing_violations(installed, namespace: str, uid_of: dict[str, str], since:
         namespace=namespace,
         uid_of=uid_of,
         shards=SHARDS,
-        lease_pattern=SHARD_LEASE,
+        prefix=PREFIX,
     )
     return [str(u) for u in unfenced], writes
 

@@ -19,6 +19,7 @@ from tokensync.shards import (
     plan,
     shard_lease_name,
     shard_of,
+    shard_of_lease,
     takeable,
     target,
 )
@@ -175,3 +176,18 @@ def test_the_target_is_at_most_the_fair_share_plus_one_and_covers_all(shards, li
     assert target(shards, live) <= fair_share(shards, live) + 1
     assert target(shards, live) * live >= shards
     assert math.ceil(shards / live) == target(shards, live)
+
+
+def test_a_shard_lease_name_is_read_back_only_for_its_own_prefix():
+    for shard in (0, 7, 31):
+        assert shard_of_lease("tokensync", shard_lease_name("tokensync", shard)) == shard
+    for name in (
+        "tokensync-member-ab12",
+        "other-shard-3",
+        "tokensync-shard-",
+        "tokensync-shard-03",  # not a name the operator writes
+        "tokensync-shard-x",
+        "team-tokensync-shard-3",
+    ):
+        assert shard_of_lease("tokensync", name) is None
+    assert shard_of_lease("a-shard-b", "a-shard-b-shard-2") == 2
