@@ -145,6 +145,10 @@ class OperatorContext:
     sources_synced: Callable[[], Awaitable[Any]] | None = None
     # Keeps the referenced values of a source read with kube.read_source (SourceCache.fill).
     fill_source: Callable[[str, Mapping[str, Any]], bool] = lambda kind, body: False
+    # Token requests in flight (credential uid -> resolved once answered and written): a
+    # clean stop waits for them (bounded) instead of throwing away issued tokens. Kept
+    # here, not on the worker: a field per parked worker costs memory at 10,000.
+    requests_in_flight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -210,9 +214,6 @@ class CredentialWorker:
     status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     expiry_timer: asyncio.TimerHandle | None = None
     expiry_task: asyncio.Task[None] | None = None
-    # Resolved when the token request in flight has been answered and written: a clean
-    # stop waits for it (bounded) instead of throwing away a token the endpoint issued.
-    requesting: asyncio.Future[None] | None = None
 
     def __post_init__(self) -> None:
         self.status = dict(self.body.get("status") or {})
@@ -619,12 +620,14 @@ class CredentialWorker:
 
     @contextlib.contextmanager
     def _request_in_flight(self) -> Iterator[None]:
-        self.requesting = asyncio.get_running_loop().create_future()
+        uid, in_flight = self.owner.uid, self.ctx.requests_in_flight
+        done = in_flight[uid] = asyncio.get_running_loop().create_future()
         try:
             yield
         finally:
-            _resolve(self.requesting)
-            self.requesting = None
+            _resolve(done)
+            if in_flight.get(uid) is done:
+                del in_flight[uid]
 
     async def _discover(self, p: Pass) -> oauth2.TokenError | None:
         """Read the issuer's metadata into the discovery cache (a cache hit costs no

@@ -296,18 +296,18 @@ class Supervisor:
         brings first: cancelled, the token the endpoint issued is lost and whoever serves
         the credential next asks again, ahead of its renew window."""
         workers = list(self.workers.values())
-        in_flight = {w.requesting for w in workers if w.requesting is not None}
+        in_flight = dict(self.ctx.requests_in_flight)
         tasks = []
         for worker in workers:
             worker.disarm_expiry()
             tasks += [t for t in (worker.task, worker.expiry_task) if t is not None]
-        waiting = [w.task for w in workers if w.requesting in in_flight and w.task is not None]
+        waiting = [w.task for w in workers if w.owner.uid in in_flight and w.task is not None]
         for task in tasks:
             if task not in waiting or requests_grace <= 0:
                 task.cancel()  # first, so that no new pass starts meanwhile
         if waiting and requests_grace > 0:
             log.info("waiting up to %.0fs for %d token requests", requests_grace, len(waiting))
-            await asyncio.wait(in_flight, timeout=requests_grace)
+            await asyncio.wait(in_flight.values(), timeout=requests_grace)
         for task in waiting:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
