@@ -1,7 +1,7 @@
-"""The client authentication matrix against Keycloak and Hydra, shared by the check
-tests (tests/idp) and the operator tests (tests/operator/test_operator_idp.py): each case
-registers a client on the server and says which spec fields and which files (client
-secret, signing key) a credential needs."""
+"""The client authentication matrix against Keycloak, Hydra and oidc-provider, shared by
+the check tests (tests/idp) and the operator tests (tests/operator/test_operator_idp.py):
+each case registers a client on the server and says which spec fields and which files
+(client secret, signing key) a credential needs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from idp.idplib import Hydra, IdPClient, Keycloak
+from idp.idplib import Hydra, IdPClient, Keycloak, OIDCProviderIdP
 
 KEY_NAME = "signing-key"
 
@@ -51,16 +51,23 @@ def _jwk(key: Any, kid: str, alg: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Case:
-    """One method (and for private_key_jwt, one key type and format)."""
+    """One method (and for private_key_jwt, one key type and format). `discovered`: the
+    spec names the server's issuerURL instead of tokenURL and clientAuthentication, so
+    discovery finds both (a client-secret method)."""
 
     label: str
     method: str
     key: str | None = None  # rsa | p256 | p384
     key_format: serialization.PrivateFormat = serialization.PrivateFormat.PKCS8
     algorithm: str | None = None
+    discovered: bool = False
 
-    def setup(self, server: Keycloak | Hydra) -> Setup:
+    def setup(self, server: Keycloak | Hydra | OIDCProviderIdP) -> Setup:
         spec: dict[str, Any] = {"clientAuthentication": self.method}
+        if self.discovered:  # None: the credential leaves tokenURL out
+            spec = {"tokenURL": None, "issuerURL": server.issuer}
+        if isinstance(server, Hydra):
+            spec["scope"] = "api:read"  # of the scopes its clients are registered with
         if self.method != "private_key_jwt":
             client = server.add_client(self.method)
             spec["clientSecretRef"] = {"name": "client", "key": "client_secret"}
@@ -70,10 +77,10 @@ class Case:
             self.algorithm or {"rsa": "RS256", "p256": "ES256", "p384": "ES384"}[self.key or "rsa"]
         )
         jwks = {"keys": [_jwk(key, "k1", algorithm)]}
-        if isinstance(server, Hydra):
-            client = server.add_client(self.method, jwks=jwks, algorithm=algorithm)
-        else:
+        if isinstance(server, Keycloak):
             client = server.add_client(self.method, jwks=jwks)
+        else:
+            client = server.add_client(self.method, jwks=jwks, algorithm=algorithm)
         spec["clientAssertion"] = {
             "keyRef": {"name": KEY_NAME, "key": "key.pem"},
             "keyID": "k1",
@@ -101,6 +108,19 @@ HYDRA_CASES = [
     Case("private_key_jwt-RS256", "private_key_jwt", "rsa"),
     Case("private_key_jwt-ES256", "private_key_jwt", "p256"),
 ]
+# oidc-provider (tests/servers/oidc_server.mjs) enables every one of Keycloak's cases;
+# tls_client_auth needs its mTLS port (tests/oauth2/test_check_identity.py).
+OIDC_PROVIDER_CASES = KEYCLOAK_CASES
+# Every server with the cases it supports, by fixture name (tests/fixtures/idp_servers.py).
+SERVER_CASES = {
+    "keycloak": KEYCLOAK_CASES,
+    "keycloak_newer": KEYCLOAK_CASES,  # the second pinned version (tests/idp/keycloak/versions)
+    "hydra": HYDRA_CASES,
+    "oidc_idp": OIDC_PROVIDER_CASES,
+}
+# issuerURL alone: each server's discovery document lists client_secret_basic, so the
+# method found is `header`.
+DISCOVERY = Case("issuerURL", "header", discovered=True)
 
 
 def active_for(introspect: Callable[[str], dict[str, Any]], token: str, client_id: str) -> bool:

@@ -12,6 +12,10 @@ free ports, with in-memory or per-session databases, and are stopped by their fi
         client = hydra.add_client("body")
         hydra.introspect(access_token)
 
+The suite's oidc-provider (tests/servers/oidc.py) gets the same interface from
+`OIDCProviderIdP(provider)`, so that one matrix of cases (tests/idp/idpcases.py) runs
+against all three.
+
 Workload identity with Keycloak's Kubernetes identity provider: Keycloak fetches
 `<issuer>/.well-known/openid-configuration` and its `jwks_uri`. The test control plane's
 issuer (https://kubernetes.default.svc.cluster.local) resolves nowhere, so Keycloak runs
@@ -44,6 +48,8 @@ from urllib.parse import quote, urlencode
 from urllib.request import Request, urlopen
 
 import trustme
+
+from servers.oidc import OIDCProvider
 
 KUBE_ISSUER_HOST = "kubernetes.default.svc.cluster.local"
 KUBE_ISSUER = f"https://{KUBE_ISSUER_HOST}"
@@ -599,6 +605,47 @@ class Hydra:
 
     def introspect(self, token: str) -> dict[str, Any]:
         return _introspect(f"{self.admin_url}/admin/oauth2/introspect", token, None)
+
+
+# --------------------------------------------------------------------------------------
+# oidc-provider (tests/servers/oidc.py), seen like Keycloak and Hydra
+
+
+class OIDCProviderIdP:
+    """The suite's oidc-provider with the interface of Keycloak and Hydra: clients in
+    tokensync's method names, and its own introspection (RFC 7662) as the verdict."""
+
+    name = "oidc-provider"
+
+    def __init__(self, provider: OIDCProvider) -> None:
+        self.provider = provider
+        self.issuer = provider.issuer
+        self.token_url = provider.token_url
+        self._introspector = provider.add_client("client_secret_basic")
+
+    def add_client(
+        self, method: str, *, jwks: dict[str, Any] | None = None, algorithm: str | None = None
+    ) -> IdPClient:
+        """header, body, client_secret_jwt or private_key_jwt (with `jwks`, signed with
+        `algorithm`)."""
+        spelling = {"header": "client_secret_basic", "body": "client_secret_post"}
+        metadata: dict[str, Any] = {}
+        if jwks is not None:
+            metadata["jwks"] = jwks
+        if algorithm:
+            metadata["token_endpoint_auth_signing_alg"] = algorithm
+        client = self.provider.add_client(spelling.get(method, method), metadata=metadata)
+        return IdPClient(
+            self.name, client.client_id, client.client_secret, method, client.token_url
+        )
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        introspector = self._introspector
+        return _introspect(
+            f"{self.issuer}/token/introspection",
+            token,
+            (introspector.client_id, introspector.client_secret),
+        )
 
 
 # --------------------------------------------------------------------------------------

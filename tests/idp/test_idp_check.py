@@ -1,7 +1,9 @@
-"""`tokensync check` against Keycloak and ORY Hydra: every client authentication method
-each server supports gets a token that the server's own introspection calls active and
-issued to that client; `--probe` finds the one change that works; the Secret's
-`authorization` value uses the canonical `Bearer` whatever case the server answers."""
+"""`tokensync check` against Keycloak (both pinned versions), ORY Hydra and oidc-provider:
+every client authentication method each server supports gets a token that the server's
+own introspection calls active and issued to that client, through check, through
+`--probe` from a wrong content type (which finds the one change that works), and through
+issuerURL discovery; the Secret's `authorization` value uses the canonical `Bearer`
+whatever case the server answers."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from idp.idpcases import HYDRA_CASES, KEY_NAME, KEYCLOAK_CASES, Case, Setup, active_for
+from idp.idpcases import DISCOVERY, HYDRA_CASES, KEY_NAME, SERVER_CASES, Case, Setup, active_for
 from idp.idplib import Hydra, Keycloak, pinned_keycloak
 
 from tokensync import cli
@@ -28,7 +30,6 @@ def run_check(capsys, tmp_path: Path, setup: Setup, *extra: str, **spec: Any) ->
             "tokenURL": setup.client.token_url,
             "allowInsecureHTTP": True,
             "clientID": setup.client.client_id,
-            "scope": "api:read" if setup.client.server == "hydra" else None,
             **setup.spec,
             **spec,
         },
@@ -52,72 +53,64 @@ def run_check(capsys, tmp_path: Path, setup: Setup, *extra: str, **spec: Any) ->
     return report
 
 
-@pytest.mark.parametrize("case", KEYCLOAK_CASES, ids=lambda c: c.label)
-def test_keycloak_issues_a_token_to_check(capsys, tmp_path, keycloak: Keycloak, case: Case):
-    setup = case.setup(keycloak)
-    report = run_check(capsys, tmp_path, setup)
-    assert report["exitCode"] == 0, report["result"]
-    token = report["result"]["accessToken"]
-    assert active_for(keycloak.introspect, token, setup.client.client_id)
+MATRIX = [
+    pytest.param(server, case, id=f"{server}-{case.label}")
+    for server, cases in SERVER_CASES.items()
+    for case in cases
+]
 
 
-@pytest.mark.parametrize("case", KEYCLOAK_CASES, ids=lambda c: c.label)
-def test_the_newer_keycloak_issues_a_token_to_check(
-    capsys, tmp_path, keycloak_newer: Keycloak, case: Case
-):
-    """The second pinned Keycloak version (tests/idp/keycloak/versions): every method."""
-    setup = case.setup(keycloak_newer)
-    report = run_check(capsys, tmp_path, setup)
-    assert report["exitCode"] == 0, report["result"]
-    token = report["result"]["accessToken"]
-    assert active_for(keycloak_newer.introspect, token, setup.client.client_id)
-    assert keycloak_newer.version == pinned_keycloak("keycloak_newer")
-
-
-@pytest.mark.parametrize("case", HYDRA_CASES, ids=lambda c: c.label)
-def test_hydra_issues_a_token_to_check(capsys, tmp_path, hydra: Hydra, case: Case):
-    setup = case.setup(hydra)
-    report = run_check(capsys, tmp_path, setup)
-    assert report["exitCode"] == 0, report["result"]
-    token = report["result"]["accessToken"]
-    assert active_for(hydra.introspect, token, setup.client.client_id)
-
-
-def test_keycloak_discovery_chooses_the_method(capsys, tmp_path, keycloak: Keycloak):
-    """issuerURL: Keycloak's discovery document lists client_secret_basic first."""
-    setup = KEYCLOAK_CASES[0].setup(keycloak)
-    setup.spec.pop("clientAuthentication")
-    report = run_check(capsys, tmp_path, setup, tokenURL=None, issuerURL=keycloak.issuer)
-    assert report["exitCode"] == 0, report["result"]
-    assert report["request"]["discoveredFrom"] == keycloak.issuer
-    assert active_for(keycloak.introspect, report["result"]["accessToken"], setup.client.client_id)
-
-
-@pytest.mark.parametrize("server_name", ["keycloak", "hydra"])
-def test_probe_changes_only_the_content_type(capsys, tmp_path, request, server_name):
-    """issue 21: `body` + JSON, where `body` + form works, is probed to `body` + form
-    (one change), not to the standard `header` + form."""
-    server = request.getfixturevalue(server_name)
-    setup = Case("body", "body").setup(server)
-    report = run_check(capsys, tmp_path, setup, "--probe", contentType="application/json")
+def issued_to_the_client(server: Any, setup: Setup, report: dict) -> bool:
     assert report["exitCode"] == 0, report
+    return active_for(server.introspect, report["result"]["accessToken"], setup.client.client_id)
+
+
+@pytest.mark.parametrize(("server_name", "case"), MATRIX)
+def test_check_gets_a_token(capsys, tmp_path, request, server_name: str, case: Case):
+    server = request.getfixturevalue(server_name)
+    setup = case.setup(server)
+    assert issued_to_the_client(server, setup, run_check(capsys, tmp_path, setup))
+
+
+@pytest.mark.parametrize(("server_name", "case"), MATRIX)
+def test_probe_changes_only_the_content_type(
+    capsys, tmp_path, request, server_name: str, case: Case
+):
+    """issue 21: each method with a JSON body, where the server reads only form bodies,
+    is probed to the same method with a form body (one change), not to the standard
+    `header` + form."""
+    server = request.getfixturevalue(server_name)
+    setup = case.setup(server)
+    report = run_check(capsys, tmp_path, setup, "--probe", contentType="application/json")
+    assert issued_to_the_client(server, setup, report)
     assert [a["combination"].split(" (")[0] for a in report["probe"]["attempts"]] == [
-        "body + JSON",
-        "body + form",
+        f"{case.method} + JSON",
+        f"{case.method} + form",
     ]
     assert report["probe"]["specLines"][:2] == [
-        "clientAuthentication: body",
+        f"clientAuthentication: {case.method}",
         "contentType: application/x-www-form-urlencoded",
     ]
-    assert active_for(server.introspect, report["result"]["accessToken"], setup.client.client_id)
 
 
-def test_probe_varies_the_content_type_of_private_key_jwt(capsys, tmp_path, keycloak):
-    setup = KEYCLOAK_CASES[3].setup(keycloak)
-    report = run_check(capsys, tmp_path, setup, "--probe", contentType="application/json")
-    assert report["exitCode"] == 0, report
-    assert report["probe"]["attempts"][-1]["combination"].startswith("private_key_jwt + form")
-    assert "contentType: application/x-www-form-urlencoded" in report["probe"]["specLines"]
+def test_the_keycloaks_are_the_pinned_versions(keycloak: Keycloak, keycloak_newer: Keycloak):
+    assert (keycloak.version, keycloak_newer.version) == (
+        pinned_keycloak("keycloak"),
+        pinned_keycloak("keycloak_newer"),
+    )
+
+
+@pytest.mark.parametrize("server_name", list(SERVER_CASES))
+def test_discovery_chooses_the_method(capsys, tmp_path, request, server_name: str):
+    """issuerURL: each server's discovery document lists client_secret_basic, so check
+    sends `header` without clientAuthentication."""
+    server = request.getfixturevalue(server_name)
+    setup = DISCOVERY.setup(server)
+    report = run_check(capsys, tmp_path, setup)
+    assert issued_to_the_client(server, setup, report)
+    assert report["request"]["discoveredFrom"] == server.issuer
+    assert report["request"]["endpoint"] == setup.client.token_url
+    assert report["request"]["clientAuthentication"] == "header"
 
 
 def test_hydra_bearer_is_canonical_in_authorization(capsys, tmp_path, hydra: Hydra):

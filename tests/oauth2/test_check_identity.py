@@ -13,6 +13,8 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from idp.idpcases import active_for
+from idp.idplib import OIDCProviderIdP
 
 from fixtures.token_servers import ClientCert
 from servers.oidc import OIDCProvider
@@ -113,7 +115,10 @@ def test_discovery_failure_is_reported(capsys, tmp_path, oidc_provider: OIDCProv
     assert "/not-the-issuer/.well-known/" in report["result"]["problems"][0]
 
 
-def test_tls_client_auth(capsys, tmp_path, token_ca, client_ca, client_cert: ClientCert):
+@pytest.mark.parametrize("probe", [False, True], ids=["check", "probe"])
+def test_tls_client_auth(capsys, tmp_path, token_ca, client_ca, client_cert: ClientCert, probe):
+    """With --probe, from a JSON body (oidc-provider reads only form bodies): the same
+    method with a form body. oidc-provider's introspection calls the token active."""
     tls = ServerTLS.for_ca(token_ca, client_ca=client_ca)
     material = (tls.cert_chain_pem, tls.private_key_pem, client_ca.cert_pem.bytes())
     with OIDCProvider.start(tmp_path, mtls=material) as provider:
@@ -131,6 +136,7 @@ def test_tls_client_auth(capsys, tmp_path, token_ca, client_ca, client_cert: Cli
                     "caRef": {"kind": "Secret", "name": "ca", "key": "ca.crt"},
                     "clientCertificateRef": {"name": "client-cert"},
                 },
+                **({"contentType": "application/json"} if probe else {}),
             },
             secret("ca", {"ca.crt": token_ca.cert_pem.bytes()}),
             secret(
@@ -139,9 +145,20 @@ def test_tls_client_auth(capsys, tmp_path, token_ca, client_ca, client_cert: Cli
                 "kubernetes.io/tls",
             ),
         )
-        code, report = run_check(capsys, path)
-    assert code == 0, report
+        code, report = run_check(capsys, path, "--show-token", *(["--probe"] if probe else []))
+        assert code == 0, report
+        introspect = OIDCProviderIdP(provider).introspect
+        assert active_for(introspect, report["result"]["accessToken"], client.client_id)
     assert report["request"]["clientCertificate"] == "Secret 'client-cert'"
+    if probe:
+        assert [a["combination"] for a in report["probe"]["attempts"]] == [
+            "tls_client_auth + JSON (scope none)",
+            "tls_client_auth + form (scope none)",
+        ]
+        assert report["probe"]["specLines"][:2] == [
+            "clientAuthentication: tls_client_auth",
+            "contentType: application/x-www-form-urlencoded",
+        ]
 
 
 @pytest.mark.parametrize(

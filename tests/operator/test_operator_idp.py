@@ -1,7 +1,8 @@
-"""The operator against Keycloak and ORY Hydra (tests/idp): every client authentication
-method each server supports gets a token into the managed Secret, which the server's own
-introspection calls active and issued to that client; workload identity with Keycloak's
-Kubernetes identity provider verifying ServiceAccount tokens this control plane minted.
+"""The operator against Keycloak (both pinned versions), ORY Hydra and oidc-provider
+(tests/idp): every client authentication method each server supports, and issuerURL
+discovery, gets a token into the managed Secret, which the server's own introspection
+calls active and issued to that client; workload identity with Keycloak's Kubernetes
+identity provider verifying ServiceAccount tokens this control plane minted.
 
 The servers listen on plain http on loopback: the operators run with --allow-insecure and
 without the private-network guard, and credentials set allowInsecureHTTP."""
@@ -12,8 +13,8 @@ import time
 from typing import Any
 
 import pytest
-from idp.idpcases import HYDRA_CASES, KEY_NAME, KEYCLOAK_CASES, Setup, active_for
-from idp.idplib import Hydra, Keycloak
+from idp.idpcases import DISCOVERY, KEY_NAME, SERVER_CASES, Setup, active_for
+from idp.idplib import Hydra, Keycloak, OIDCProviderIdP
 from operator_helpers import decode, wait_for
 from test_identity import (  # noqa: F401 - wi_kubeconfig is a fixture
     INSECURE,
@@ -29,10 +30,11 @@ from tokensync.redact import secret_variants
 pytestmark = pytest.mark.envtest
 
 
-def idp_credential(cluster, name: str, setup: Setup, **spec: Any) -> None:
+def idp_credential(cluster, name: str, setup: Setup) -> None:
     """The credential of `setup`, with its client secret or signing key as a labelled
-    source bound to the server's URL."""
+    source bound to the server's token URL."""
     url = setup.client.token_url
+    spec: dict[str, Any] = {"tokenURL": url, "clientID": setup.client.client_id, **setup.spec}
     if setup.secret:
         cluster.source_secret(f"{name}-client", {"client_secret": setup.secret}, allowed_urls=url)
         spec["clientSecretRef"] = {"name": f"{name}-client", "key": "client_secret"}
@@ -43,26 +45,17 @@ def idp_credential(cluster, name: str, setup: Setup, **spec: Any) -> None:
         assertion = dict(setup.spec["clientAssertion"])
         assertion["keyRef"] = {"name": f"{name}-{KEY_NAME}", "key": "key.pem"}
         spec["clientAssertion"] = assertion
-    fields = {k: v for k, v in setup.spec.items() if k not in ("clientSecretRef",)}
-    create_credential(
-        cluster,
-        name,
-        {
-            "tokenURL": url,
-            "clientID": setup.client.client_id,
-            **fields,
-            **spec,
-        },
-    )
+    # None: a field the case leaves out (tokenURL with issuerURL discovery)
+    create_credential(cluster, name, {k: v for k, v in spec.items() if v is not None})
 
 
-def _all_methods(cluster, own_operator, server: Keycloak | Hydra, cases, **spec: Any) -> dict:
+def _all_methods(cluster, own_operator, server: Keycloak | Hydra | OIDCProviderIdP, cases) -> dict:
     operator = own_operator(*INSECURE)
     setups = {}
     for number, case in enumerate(cases):
         name = f"{server.name}-{number}"
         setups[name] = (case, case.setup(server))
-        idp_credential(cluster, name, setups[name][1], **spec)
+        idp_credential(cluster, name, setups[name][1])
     issued = {}
     for name, (case, setup) in setups.items():
         cluster.wait_ready(name, reason="TokenIssued", timeout=60)
@@ -78,16 +71,15 @@ def _all_methods(cluster, own_operator, server: Keycloak | Hydra, cases, **spec:
     return issued
 
 
-def test_keycloak_every_method_through_the_operator(cluster, own_operator, keycloak):
-    issued = _all_methods(cluster, own_operator, keycloak, KEYCLOAK_CASES)
-    assert {d["token_type"] for d in issued.values()} == {"Bearer"}
-
-
-def test_hydra_every_method_through_the_operator(cluster, own_operator, hydra):
-    issued = _all_methods(cluster, own_operator, hydra, HYDRA_CASES, scope="api:read")
+@pytest.mark.parametrize("server_name", list(SERVER_CASES))
+def test_every_method_through_the_operator(cluster, own_operator, request, server_name):
+    """Both pinned Keycloak versions, Hydra and oidc-provider: every method, and issuerURL
+    discovery."""
+    server = request.getfixturevalue(server_name)
+    issued = _all_methods(cluster, own_operator, server, [*SERVER_CASES[server_name], DISCOVERY])
     for data in issued.values():
         # Hydra answers `bearer`: kept as token_type, canonical in authorization.
-        assert data["token_type"] == "bearer"
+        assert data["token_type"] == ("bearer" if server.name == "hydra" else "Bearer")
         assert data["authorization"] == f"Bearer {data['access_token']}"
 
 
