@@ -749,19 +749,31 @@ def _parse_service_account_token(
     )
 
 
+def _grant_section(
+    r: _Reader, spec: Mapping[str, Any], key: str, grant_type: str, wanted: str
+) -> Mapping[str, Any] | None:
+    """A grant's own section (jwtBearer, tokenExchange, saml2Bearer): required with its
+    grant type and refused with any other; None when absent or not used."""
+    path = f"spec.{key}"
+    data = r.mapping(spec, key, path)
+    if grant_type != wanted:
+        if data:
+            r.fail(path, f"is only used with grantType: {wanted}")
+        return None
+    if not data:
+        r.fail(path, f"is required with grantType: {wanted}")
+        return None
+    return data
+
+
 def _parse_jwt_bearer(
     r: _Reader, spec: Mapping[str, Any], grant_type: str, auth: str
 ) -> JWTBearerSpec | None:
     """jwtBearer (grantType: jwt_bearer): exactly one of keyRef (with issuer and subject)
     and workloadIdentity."""
     path = "spec.jwtBearer"
-    data = r.mapping(spec, "jwtBearer", path)
-    if grant_type != "jwt_bearer":
-        if data:
-            r.fail(path, "is only used with grantType: jwt_bearer")
-        return None
-    if not data:
-        r.fail(path, "is required with grantType: jwt_bearer")
+    data = _grant_section(r, spec, "jwtBearer", grant_type, "jwt_bearer")
+    if data is None:
         return None
     has_key, has_sa = data.get("keyRef") is not None, data.get("workloadIdentity") is not None
     if has_key == has_sa:
@@ -816,13 +828,8 @@ def _parse_token_exchange(
     """tokenExchange (grantType: token_exchange): exactly one of subjectTokenRef and
     workloadIdentity, and the token types (absolute URIs)."""
     path = "spec.tokenExchange"
-    data = r.mapping(spec, "tokenExchange", path)
-    if grant_type != "token_exchange":
-        if data:
-            r.fail(path, "is only used with grantType: token_exchange")
-        return None
-    if not data:
-        r.fail(path, "is required with grantType: token_exchange")
+    data = _grant_section(r, spec, "tokenExchange", grant_type, "token_exchange")
+    if data is None:
         return None
     has_ref = data.get("subjectTokenRef") is not None
     has_sa = data.get("workloadIdentity") is not None
@@ -862,13 +869,8 @@ def _parse_saml2_bearer(
     """saml2Bearer (grantType: saml2_bearer): keyRef and subject, the rest defaulted for
     SAP SuccessFactors."""
     path = "spec.saml2Bearer"
-    data = r.mapping(spec, "saml2Bearer", path)
-    if grant_type != "saml2_bearer":
-        if data:
-            r.fail(path, "is only used with grantType: saml2_bearer")
-        return None
-    if not data:
-        r.fail(path, "is required with grantType: saml2_bearer")
+    data = _grant_section(r, spec, "saml2Bearer", grant_type, "saml2_bearer")
+    if data is None:
         return None
     problems_before = len(r.problems)
     key_ref = r.ref(data, "keyRef", f"{path}.keyRef")
