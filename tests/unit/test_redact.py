@@ -36,6 +36,7 @@ def spellings(secret: str, client_id: str) -> list[str]:
         secrets.token_urlsafe(24) + '+/=%: é"\\',
         "ab?c",  # short but over the minimum
     ],
+    ids=["random", "random-special", "short"],  # stable ids: every worker collects the same
 )
 def test_every_spelling_is_redacted(secret):
     client_id = f"client {secrets.token_hex(3)}/é"
