@@ -294,23 +294,28 @@ class Supervisor:
         """Cancel every worker and expiry report, and wait until they have ended. Workers
         with a token request in flight get up to `requests_grace` seconds to write what it
         brings first: cancelled, the token the endpoint issued is lost and whoever serves
-        the credential next asks again, ahead of its renew window."""
-        workers = list(self.workers.values())
+        the credential next asks again, ahead of its renew window. Their expiry timers stay
+        armed meanwhile: a token that expires during the wait is still reported."""
         in_flight = dict(self.ctx.requests_in_flight)
-        tasks = []
-        for worker in workers:
-            worker.disarm_expiry()
-            tasks += [t for t in (worker.task, worker.expiry_task) if t is not None]
-        waiting = [w.task for w in workers if w.owner.uid in in_flight and w.task is not None]
-        for task in tasks:
-            if task not in waiting or requests_grace <= 0:
-                task.cancel()  # first, so that no new pass starts meanwhile
-        if waiting and requests_grace > 0:
+        workers = list(self.workers.values())
+        waiting = [w for w in workers if requests_grace > 0 and w.owner.uid in in_flight]
+        # First the others, so that no new pass starts meanwhile.
+        tasks = [task for w in workers if w not in waiting for task in _stop_tasks(w)]
+        if waiting:
             log.info("waiting up to %.0fs for %d token requests", requests_grace, len(waiting))
             await asyncio.wait(in_flight.values(), timeout=requests_grace)
-        for task in waiting:
-            task.cancel()
+            tasks += [task for w in waiting for task in _stop_tasks(w)]
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _stop_tasks(worker: CredentialWorker) -> list[asyncio.Task[Any]]:
+    """Disarm a worker's expiry timer, cancel its pass and expiry report; the tasks to
+    wait for."""
+    worker.disarm_expiry()
+    tasks = [t for t in (worker.task, worker.expiry_task) if t is not None]
+    for task in tasks:
+        task.cancel()
+    return tasks
 
 
 def _issuer_url(body: Mapping[str, Any]) -> str | None:

@@ -598,3 +598,42 @@ def test_a_stop_waits_for_a_request_in_flight_no_longer_than_its_grace(world, mo
     took = _stop_while_a_request_is_in_flight(world, monkeypatch, answer_after=3, grace=0.3)
     assert took < 2
     assert "create_secret" not in kube.calls  # cancelled: nothing written after the stop
+
+
+def test_a_token_that_expires_during_a_clean_stop_is_still_reported(world, monkeypatch):
+    # The stop waits for a renewal in flight; its token expires meanwhile. Ready=True must
+    # not outlive it while the stop waits (the expiry timer stayed armed).
+    kube, _endpoint, ctx = world
+    asked = threading.Event()
+
+    def renewal_hangs(request: oauth2.TokenRequest, **_: Any) -> oauth2.Token:
+        asked.set()
+        time.sleep(4)  # past the stop's grace: nothing the pass writes decides the test
+        raise oauth2.TransientError("timed out", reason="Timeout")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        supervisor = Supervisor(ctx, SourceCache())
+        supervisor.observe("LISTED", credential())
+        while (kube.status.get("conditions") or [{}])[0].get("reason") != "TokenIssued":
+            await asyncio.sleep(0.01)
+        worker = next(iter(supervisor.workers.values()))
+        monkeypatch.setattr(oauth2, "fetch_token", renewal_hangs)
+        ctx.clock[0] = NOW + timedelta(minutes=59, seconds=59)  # type: ignore[attr-defined]
+        worker.arm_expiry()  # due in one second of the loop's clock
+        refresh = credential(**{ANNOTATION_REFRESH_REQUESTED: "2026-11-30T12:59:59Z"})
+        refresh["status"] = dict(kube.status)
+        supervisor.observe("MODIFIED", refresh)  # a renewal that serves the token meanwhile
+        await loop.run_in_executor(None, asked.wait, 5)
+        assert ctx.requests_in_flight
+
+        def token_expires() -> None:
+            ctx.clock[0] = NOW + timedelta(hours=1, seconds=1)  # type: ignore[attr-defined]
+
+        loop.call_later(0.5, token_expires)
+        await supervisor.stop(requests_grace=2)
+
+    run(scenario())
+    ready = kube.status["conditions"][0]
+    # TokenExpired from the timer, or Pending from the renewal's own report after it.
+    assert ready["type"] == "Ready" and ready["status"] == "False", ready
