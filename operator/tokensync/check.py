@@ -631,6 +631,23 @@ def newline_hint(result: dict[str, Any], newline_in: str | None) -> dict[str, An
     return {**result, "hint": NEWLINE_HINT.format(what=newline_in)}
 
 
+ASSERTION_KEY_METHODS = ("private_key_jwt", "workload_identity")
+
+
+def plain_http_exposes(spec: CredentialSpec) -> str:
+    """What a token request over plain http lets anyone on the path read."""
+    sent = []
+    if spec.client_authentication in ("header", "body"):
+        sent.append("the client secret")
+    elif spec.client_authentication in ("client_secret_jwt", *ASSERTION_KEY_METHODS):
+        sent.append("the client assertion")
+    if spec.grant_type in ("jwt_bearer", "saml2_bearer"):
+        sent.append("the grant assertion")
+    elif spec.grant_type == "token_exchange":
+        sent.append("the subject token")
+    return " and ".join([", ".join(sent), "token"] if sent else ["the token"])
+
+
 def secret_warnings(values: Any) -> list[str]:
     warnings_ = []
     for what, value in (("client secret", values.client_secret), ("client id", values.client_id)):
@@ -906,7 +923,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     if spec.tls.insecure_skip_verify:
         report["warnings"].append("tls.insecureSkipVerify: the server certificate is not checked")
     if urlsplit(spec.token_url).scheme == "http":
-        report["warnings"].append("plain http: the client secret and token travel unencrypted")
+        report["warnings"].append(f"plain http: {plain_http_exposes(spec)} travel unencrypted")
     report["notes"] = operator_notes(spec, list(resolver.found.values()))
     if getattr(args, "probe", False):
         return _probe_report(report, spec, request, args.show_token)

@@ -23,7 +23,13 @@ from tokensync.assertion import KeyProblem
 from tokensync.gates import OperatorConfig, effective_request, gate_problem
 from tokensync.oauth2 import TLSSettings, TokenError, TokenRequest, display_url
 from tokensync.secret import url_allowed
-from tokensync.sources import ReferenceProblem, SourceLookup, Unresolved, resolve_references
+from tokensync.sources import (
+    ReferenceProblem,
+    SourceLookup,
+    Unresolved,
+    resolve_references,
+    signing_problem,
+)
 from tokensync.spec import (
     CredentialSpec,
     ResolvedValues,
@@ -135,7 +141,8 @@ async def prepare_request(
     try:
         request = to_token_request(spec, resolved)
     except KeyProblem as problem:  # resolve_references checked it; a race with an edit
-        return ReferenceProblem("ReferenceInvalid", f"the client assertion key {problem}")
+        found = signing_problem(spec, resolved)  # names the Secret and field at fault
+        return found or ReferenceProblem("ReferenceInvalid", f"the signing key {problem}")
     if spec.client_authentication == "workload_identity":
         assert spec.workload_identity is not None
         token_url = spec.token_url

@@ -28,7 +28,14 @@ from typing import Any, TypeVar
 
 from tokensync.assertion import KeyProblem
 from tokensync.secret import ANNOTATION_ALLOWED_URLS, LABEL_SOURCE, is_managed
-from tokensync.spec import CredentialSpec, Ref, ResolvedValues, assertion_signer, grant_signer
+from tokensync.spec import (
+    CredentialSpec,
+    Ref,
+    ResolvedValues,
+    assertion_signer,
+    grant_key_ref,
+    grant_signer,
+)
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
@@ -384,7 +391,7 @@ def resolve_references(
         grant_cert_pem=values.get("grant_cert"),
         subject_token=subject,
     )
-    return (_signing_problem(spec, resolved) if check_key else None) or resolved
+    return (signing_problem(spec, resolved) if check_key else None) or resolved
 
 
 def _subject_token(spec: CredentialSpec, value: bytes | None) -> str | ReferenceProblem | None:
@@ -410,13 +417,13 @@ async def key_checked(spec: CredentialSpec, result: T) -> T | ReferenceProblem:
     loop: a key is tenant input, and parsing one costs milliseconds to seconds."""
     if not isinstance(result, ResolvedValues):
         return result
-    if spec.client_authentication not in SIGNED and _grant_key_ref(spec) is None:
+    if spec.client_authentication not in SIGNED and grant_key_ref(spec) is None:
         return result
-    problem = await asyncio.to_thread(_signing_problem, spec, result)
+    problem = await asyncio.to_thread(signing_problem, spec, result)
     return problem or result
 
 
-def _signing_problem(spec: CredentialSpec, resolved: ResolvedValues) -> ReferenceProblem | None:
+def signing_problem(spec: CredentialSpec, resolved: ResolvedValues) -> ReferenceProblem | None:
     """A key that is not PEM, too weak, or does not fit the algorithm or certificate is
     found here, before any request; the message names the Secret, never the key."""
     try:
@@ -428,19 +435,10 @@ def _signing_problem(spec: CredentialSpec, resolved: ResolvedValues) -> Referenc
     try:
         grant_signer(spec, resolved)
     except KeyProblem as problem:
-        ref, field_name = _grant_key_ref(spec) or (None, "")
+        ref, field_name = grant_key_ref(spec) or (None, "")
         assert ref is not None
         where = f"Secret {ref.name!r}"
         return ReferenceProblem("ReferenceInvalid", f"{where} ({field_name}) {problem}")
-    return None
-
-
-def _grant_key_ref(spec: CredentialSpec) -> tuple[Ref, str] | None:
-    """The key that signs the grant's assertion here, and its field, if any."""
-    if spec.saml2_bearer is not None:
-        return spec.saml2_bearer.key_ref, "saml2Bearer.keyRef"
-    if spec.jwt_bearer is not None and spec.jwt_bearer.key_ref is not None:
-        return spec.jwt_bearer.key_ref, "jwtBearer.keyRef"
     return None
 
 
@@ -455,9 +453,7 @@ def _slot(spec: CredentialSpec, ref: Ref) -> str:
         return "assertion_key"
     if ref is spec.client_assertion.certificate_ref:
         return "assertion_cert"
-    if spec.jwt_bearer is not None and ref is spec.jwt_bearer.key_ref:
-        return "grant_key"
-    if spec.saml2_bearer is not None and ref is spec.saml2_bearer.key_ref:
+    if (grant_key := grant_key_ref(spec)) is not None and ref is grant_key[0]:
         return "grant_key"
     if spec.saml2_bearer is not None and ref is spec.saml2_bearer.certificate_ref:
         return "grant_cert"

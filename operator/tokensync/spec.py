@@ -1061,6 +1061,16 @@ def assertion_signer(spec: CredentialSpec, values: ResolvedValues) -> assertion.
     return None
 
 
+def grant_key_ref(spec: CredentialSpec) -> tuple[Ref, str] | None:
+    """The Secret key that signs the grant's assertion here, with its field name; None
+    when no grant assertion is signed here (a workload identity token is the grant)."""
+    if spec.saml2_bearer is not None:
+        return spec.saml2_bearer.key_ref, "saml2Bearer.keyRef"
+    if spec.jwt_bearer is not None and spec.jwt_bearer.key_ref is not None:
+        return spec.jwt_bearer.key_ref, "jwtBearer.keyRef"
+    return None
+
+
 def grant_signer(spec: CredentialSpec, values: ResolvedValues) -> assertion.SigningKey | None:
     """The key that signs a jwtBearer or saml2Bearer grant assertion (None: none is
     signed here); KeyProblem if the key, certificate and algorithm do not fit."""
