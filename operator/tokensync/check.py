@@ -32,13 +32,20 @@ import yaml
 
 from tokensync import crd, oauth2
 from tokensync.gates import OperatorConfig, gate_problem
-from tokensync.secret import ANNOTATION_ALLOWED_URLS, LABEL_SOURCE, url_allowed
+from tokensync.secret import (
+    ANNOTATION_ALLOWED_URLS,
+    LABEL_SOURCE,
+    is_managed,
+    offered_as_source,
+    url_allowed,
+)
 from tokensync.sources import (
     TLS_SECRET_TYPE,
     ReferenceProblem,
     Source,
     Unresolved,
     describe,
+    managed_source_problem,
     resolve_references,
 )
 from tokensync.spec import CredentialSpec, Ref, SpecError, parse_spec, to_token_request
@@ -445,7 +452,17 @@ def operator_notes(spec: CredentialSpec, found: list[FoundObject]) -> list[str]:
     for obj in found:
         if not obj.metadata_known:
             continue
-        if obj.labels.get(LABEL_SOURCE) != "true":
+        metadata = {"labels": obj.labels, "annotations": obj.annotations}
+        if is_managed(metadata) and not offered_as_source(metadata):
+            notes.append(
+                f"the operator does not read {obj.kind} {obj.name!r}: tokensync manages it, "
+                "and its credential does not offer its token with spec.secret.asSource"
+            )
+        elif is_managed(metadata):
+            ref = next(r for r in spec.references if (r.kind, r.name) == (obj.kind, obj.name))
+            if problem := managed_source_problem(spec, ref):
+                notes.append(f"the operator refuses this: {problem.message}")
+        elif obj.labels.get(LABEL_SOURCE) != "true":
             notes.append(
                 f"the operator does not read {obj.kind} {obj.name!r}: it lacks the label "
                 f'{LABEL_SOURCE}: "true"'

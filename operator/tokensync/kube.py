@@ -20,7 +20,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from tokensync import __version__
-from tokensync.secret import LABEL_CREDENTIAL, LABEL_SOURCE, is_managed
+from tokensync.secret import LABEL_SOURCE, readable_as_source
 
 GROUP, VERSION, PLURAL = "tokensync.dev", "v1alpha1", "oauth2credentials"
 USER_AGENT = f"tokensync/{__version__}"
@@ -189,19 +189,19 @@ class Kube:
 
     def read_source(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A labelled Secret or ConfigMap in full, or None. Asked as a list with the source
-        label selector (and without the managed-Secret label), so the API server never
-        sends the data of an object tokensync may not read."""
+        label selector, so the API server never sends the data of an object tokensync may
+        not read (a managed Secret has that label only when offered as a source)."""
         plural = {"Secret": "secrets", "ConfigMap": "configmaps"}[kind]
         query = urlencode(
             {
-                "labelSelector": f"{LABEL_SOURCE}=true,!{LABEL_CREDENTIAL}",
+                "labelSelector": f"{LABEL_SOURCE}=true",
                 "fieldSelector": f"metadata.name={name}",
             }
         )
         found = self._call("GET", f"/api/v1/namespaces/{namespace}/{plural}?{query}")
         items = (found or {}).get("items") or []
         body = items[0] if items else None
-        if body is None or is_managed(body.get("metadata") or {}):
+        if body is None or not readable_as_source(body.get("metadata") or {}):
             return None
         return body
 

@@ -296,10 +296,14 @@ def managed_secret(
             ANNOTATION_CONFIG_HASH: fingerprint,
         }
     )
+    labels = {**spec.secret.labels, LABEL_CREDENTIAL: owner.name}
+    if spec.secret.as_source is not None:  # offered as a subject token: see sources.py
+        labels[LABEL_SOURCE] = "true"
+        annotations[ANNOTATION_ALLOWED_URLS] = ",".join(spec.secret.as_source.allowed_token_urls)
     metadata: dict[str, Any] = {
         "name": spec.secret.name,
         "namespace": owner.namespace,
-        "labels": {**spec.secret.labels, LABEL_CREDENTIAL: owner.name},
+        "labels": labels,
         "annotations": annotations,
     }
     if spec.secret.deletion_policy == "Delete":
@@ -348,8 +352,26 @@ def owned_by(secret: Mapping[str, Any], owner: Owner) -> bool:
 
 
 def is_managed(metadata: Mapping[str, Any]) -> bool:
-    """Any Secret written by tokensync, for any credential: never read as a source."""
+    """Any Secret written by tokensync, for any credential: read as a source only when
+    its credential offers it (`offered_as_source`)."""
     return LABEL_CREDENTIAL in (metadata.get("labels") or {})
+
+
+def offered_as_source(metadata: Mapping[str, Any]) -> bool:
+    """A managed Secret whose credential offers its token as a subject token
+    (spec.secret.asSource): the source label, and the token URLs it may be sent to."""
+    labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
+    return (
+        LABEL_CREDENTIAL in labels
+        and labels.get(LABEL_SOURCE) == "true"
+        and bool(annotations.get(ANNOTATION_ALLOWED_URLS))
+    )
+
+
+def readable_as_source(metadata: Mapping[str, Any]) -> bool:
+    """Whether tokensync may read this labelled object's data for a credential."""
+    return not is_managed(metadata) or offered_as_source(metadata)
 
 
 def held_token(secret: Mapping[str, Any] | None) -> HeldToken | None:

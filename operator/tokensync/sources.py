@@ -27,7 +27,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from tokensync.assertion import KeyProblem
-from tokensync.secret import ANNOTATION_ALLOWED_URLS, LABEL_SOURCE, is_managed
+from tokensync.secret import (
+    ANNOTATION_ALLOWED_URLS,
+    LABEL_SOURCE,
+    is_managed,
+    offered_as_source,
+    readable_as_source,
+)
 from tokensync.spec import (
     CredentialSpec,
     Ref,
@@ -63,6 +69,8 @@ class Source:
     # The keys looked at (None: all of them), so that a key not in `keys` is known to be
     # missing only if it is in here.
     looked_at: frozenset[str] | None = None
+    # Another credential's managed Secret, offered as a subject token (secret.asSource).
+    managed: bool = False
 
     def has(self, key: str) -> bool:
         return key in self.keys or key in self.data
@@ -132,8 +140,8 @@ def source_from_body(
     """What is kept of a labelled object (the values of the `wanted` keys only; every
     value when None), or None for objects tokensync must not read."""
     metadata = body.get("metadata") or {}
-    if is_managed(metadata):
-        return None  # a Secret managed by tokensync is never read as a source
+    if not readable_as_source(metadata):
+        return None  # a Secret managed by tokensync whose credential does not offer it
     keys = _keys(kind, body)
     looked_at = None if wanted is None else frozenset(wanted)
     if looked_at is not None:
@@ -156,6 +164,7 @@ def source_from_body(
         oversized=frozenset(oversized),
         resource_version=metadata.get("resourceVersion"),
         looked_at=looked_at,
+        managed=is_managed(metadata),
     )
 
 
@@ -273,6 +282,12 @@ class SourceCache:
             self._items[obj] = source
             return True
 
+    def readers(self, namespace: str, kind: str, name: str) -> set[str]:
+        """The UIDs of the credentials that reference this object (any key)."""
+        with self._lock:
+            keys = self._wanted.get((namespace, kind, name), {})
+            return {uid for uids in keys.values() for uid in uids}
+
     def lookup(self, namespace: str) -> SourceLookup:
         def get(kind: str, name: str) -> Source | None:
             with self._lock:
@@ -328,6 +343,8 @@ def resolve_references(
             return Unresolved(ref)
         if not source.knows(ref.key):
             return ValueNotKept(ref)  # newly referenced: the cache did not look at it
+        if source.managed and (problem := managed_source_problem(spec, ref)):
+            return problem
         if not source.has(ref.key):
             return ReferenceProblem("ReferenceKeyMissing", f"{describe(ref)} does not exist")
         # With issuerURL the binding is checked again once discovery found the endpoint.
@@ -392,6 +409,25 @@ def resolve_references(
         subject_token=subject,
     )
     return (signing_problem(spec, resolved) if check_key else None) or resolved
+
+
+def managed_source_problem(spec: CredentialSpec, ref: Ref) -> ReferenceProblem | None:
+    """Another credential's token serves only as a subject token, and one step deep: a
+    credential fed by one may not offer its own (so no chain or cycle of exchanges)."""
+    exchange = spec.token_exchange
+    if exchange is None or ref is not exchange.subject_token_ref:
+        return ReferenceProblem(
+            "ReferenceInvalid",
+            f"{ref.kind} {ref.name!r} holds a token tokensync manages: only "
+            "tokenExchange.subjectTokenRef may name it",
+        )
+    if spec.secret.as_source is not None:
+        return ReferenceProblem(
+            "ReferenceInvalid",
+            f"{ref.kind} {ref.name!r} holds another credential's token, so this credential "
+            "cannot offer its own with spec.secret.asSource (exchanges are one step deep)",
+        )
+    return None
 
 
 def _subject_token(spec: CredentialSpec, value: bytes | None) -> str | ReferenceProblem | None:
@@ -473,9 +509,11 @@ def unresolved_problem(ref: Ref, metadata: Mapping[str, Any] | None) -> Referenc
     labelled after all: the watch has not delivered it yet, and will."""
     if metadata is None:
         return ReferenceProblem("ReferenceNotFound", f"{ref.kind} {ref.name!r} does not exist")
-    if is_managed(metadata):
+    if is_managed(metadata) and not offered_as_source(metadata):
         return ReferenceProblem(
-            "ReferenceInvalid", f"{ref.kind} {ref.name!r} is managed by tokensync, not a source"
+            "ReferenceInvalid",
+            f"{ref.kind} {ref.name!r} is managed by tokensync, not a source; its credential "
+            "can offer its token as a subject token with spec.secret.asSource",
         )
     if (metadata.get("labels") or {}).get(LABEL_SOURCE) == "true":
         return None

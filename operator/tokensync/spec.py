@@ -24,7 +24,7 @@ from tokensync.oauth2 import (
     TLSSettings,
     TokenRequest,
 )
-from tokensync.urls import URLProblem, parse_url
+from tokensync.urls import URLProblem, parse_prefix, parse_url
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -215,6 +215,14 @@ class DockerConfigSpec:
 
 
 @dataclass(frozen=True)
+class AsSourceSpec:
+    """secret.asSource: this credential's token may be another credential's subject token
+    (tokenExchange.subjectTokenRef in the same namespace), sent only to these URLs."""
+
+    allowed_token_urls: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SecretSpec:
     name: str
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -223,6 +231,7 @@ class SecretSpec:
     deletion_policy: str = "Delete"
     type: str = SECRET_TYPE_OPAQUE
     docker_config: DockerConfigSpec | None = None
+    as_source: AsSourceSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -991,6 +1000,9 @@ def _parse_secret(r: _Reader, data: Mapping[str, Any], credential_name: str) -> 
             )
     elif data.get("dockerConfig") is not None:
         r.fail("spec.secret.dockerConfig", f"is only allowed with type {SECRET_TYPE_DOCKER_CONFIG}")
+    as_source = None
+    if data.get("asSource") is not None:
+        as_source = _parse_as_source(r, r.mapping(data, "asSource", "spec.secret.asSource"))
     return SecretSpec(
         name=name,
         labels=MappingProxyType(labels),
@@ -999,7 +1011,39 @@ def _parse_secret(r: _Reader, data: Mapping[str, Any], credential_name: str) -> 
         deletion_policy=policy,
         type=secret_type,
         docker_config=docker_config,
+        as_source=as_source,
     )
+
+
+MAX_AS_SOURCE_URLS = 8
+
+
+def _parse_as_source(r: _Reader, data: Mapping[str, Any]) -> AsSourceSpec | None:
+    """The URL prefixes become the managed Secret's allowed-token-urls annotation, read by
+    the same parser that binds any source Secret to its endpoints."""
+    path = "spec.secret.asSource.allowedTokenURLs"
+    urls = data.get("allowedTokenURLs")
+    if not isinstance(urls, list) or not 1 <= len(urls) <= MAX_AS_SOURCE_URLS:
+        r.fail(path, f"must list 1 to {MAX_AS_SOURCE_URLS} token URL prefixes")
+        return None
+    problems_before = len(r.problems)
+    for index, url in enumerate(urls):
+        where = f"{path}[{index}]"
+        if not isinstance(url, str) or not url or len(url) > 2048 or "," in url:
+            r.fail(where, "must be a URL prefix of at most 2048 characters, without ','")
+            continue
+        try:
+            prefix = parse_prefix(url)
+        except URLProblem as problem:
+            r.fail(where, str(problem))
+            continue
+        if prefix.scheme != "https":
+            r.fail(where, "must use https:// (a token is never offered for plain http)")
+    if len(set(urls)) != len(urls):
+        r.fail(path, "lists a URL twice")
+    if len(r.problems) > problems_before:
+        return None
+    return AsSourceSpec(tuple(urls))
 
 
 def _parse_docker_config(r: _Reader, data: Mapping[str, Any]) -> DockerConfigSpec | None:

@@ -249,6 +249,10 @@ class Supervisor:
         key = (metadata.get("namespace", ""), metadata.get("name", ""))
         known = self.ctx.managed_secrets.get(key)
         credential = (metadata.get("labels") or {}).get(LABEL_CREDENTIAL)
+        if event_type in ("ADDED", "DELETED"):
+            # Credentials naming it as a subject token report it as existing now (not
+            # offered yet), or gone; its offer comes through the source watch.
+            self.source_event(self.sources.readers(key[0], "Secret", key[1]))
         if self.owns is not None:
             uid = self.by_name.get((key[0], credential or ""))
             if uid is not None and not self.owns(uid):  # served elsewhere: no view kept

@@ -98,8 +98,10 @@ NESTED_FIELDS = {
         "deletionPolicy",
         "type",
         "dockerConfig",
+        "asSource",
     },
     "spec.secret.dockerConfig": {"registries", "username"},
+    "spec.secret.asSource": {"allowedTokenURLs"},
     "spec.refresh": {"renewBefore", "renewBeforePercentage", "defaultLifetime"},
     "status.lastFailure": {
         "httpStatus",

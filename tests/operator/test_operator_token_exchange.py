@@ -24,7 +24,9 @@ from test_identity import (  # noqa: F401 - wi_kubeconfig and federated are fixt
     wi_kubeconfig,
 )
 
+from fixtures.polling import wait_for
 from tokensync.redact import secret_variants
+from tokensync.secret import ANNOTATION_REFRESH_REQUESTED
 
 pytestmark = pytest.mark.envtest
 
@@ -142,3 +144,72 @@ def test_an_unlabelled_serviceaccount_is_not_minted_for(
     cluster.wait_ready("unlabelled", "False", "ReferenceNotLabeled")
     assert not token_requests(installed, cluster.ns, since)
     assert not federated.received
+
+
+def test_another_credentials_token_is_exchanged_once_offered(cluster, operator, token_endpoint):
+    """tokenExchange.subjectTokenRef naming another credential's managed Secret: refused
+    until that credential offers its token (secret.asSource), then exchanged, exchanged
+    again after each renewal upstream, and refused again once the offer is withdrawn."""
+    base = token_endpoint.url.split("/oauth2")[0] + "/"
+    upstream = token_endpoint.add_client(lifetime=600)
+    cluster.create_credential("portal", upstream)
+    exchanger = token_endpoint.add_client(lifetime=600)
+    cluster.source_secret("orders-client", {"client_secret": exchanger.secret}, allowed_urls=base)
+    subject = {"subjectTokenRef": {"name": "portal", "key": "access_token"}}
+    cluster.create_credential_object(
+        "orders",
+        cluster.credential_spec(
+            exchanger, "orders-client", grantType="token_exchange", tokenExchange=subject
+        ),
+    )
+    cluster.wait_ready("portal", reason="TokenIssued")
+    refused = cluster.wait_ready("orders", "False", "ReferenceInvalid")
+    assert "spec.secret.asSource" in refused["message"]
+    assert not exchanger.requests  # nothing was sent
+
+    cluster.patch_credential(
+        "portal", {"spec": {"secret": {"asSource": {"allowedTokenURLs": [base]}}}}
+    )
+
+    def exchanged_current_portal_token() -> str | None:
+        portal = decode(cluster.secret("portal") or {}).get("access_token")
+        orders = decode(cluster.secret("orders") or {}).get("access_token")
+        issued = {i.token: i.subject_token for i in exchanger.issued}
+        return portal if orders and portal and issued.get(orders) == portal else None
+
+    first = wait_for(exchanged_current_portal_token, 30, "orders holds portal's token, exchanged")
+    labels = (cluster.secret("portal") or {})["metadata"]["labels"]
+    assert labels["tokensync.dev/credential-source"] == "true"
+    cluster.wait_ready("orders", reason="TokenIssued")
+
+    # A renewal upstream is a new subject token: exchanged again at once.
+    cluster.patch_credential(
+        "portal",
+        {"metadata": {"annotations": {ANNOTATION_REFRESH_REQUESTED: "2026-12-07T00:00:00Z"}}},
+    )
+    second = wait_for(
+        lambda: (t := exchanged_current_portal_token()) != first and t,
+        30,
+        "orders exchanged portal's renewed token",
+    )
+    assert second and second != first
+
+    # Withdrawn: the label and binding leave the Secret, and orders reports it.
+    cluster.patch_credential("portal", {"spec": {"secret": {"asSource": None}}})
+
+    def withdrawn() -> bool:
+        secret = cluster.secret("portal") or {}
+        return "tokensync.dev/credential-source" not in (secret["metadata"].get("labels") or {})
+
+    wait_for(withdrawn, 30, "portal's Secret no longer offered")
+    annotations = (cluster.secret("portal") or {})["metadata"].get("annotations") or {}
+    assert "tokensync.dev/allowed-token-urls" not in annotations
+
+    def reported() -> dict | None:
+        status = cluster.credential("orders").get("status") or {}
+        found = [c for c in status.get("conditions") or [] if c["reason"] == "ReferenceInvalid"]
+        return found[0] if found else None
+
+    assert (
+        "spec.secret.asSource" in wait_for(reported, 30, "orders reports the withdrawal")["message"]
+    )

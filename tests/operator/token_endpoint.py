@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, unquote_plus
 
 import trustme
 
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+
 
 @dataclass
 class Issue:
@@ -28,6 +30,7 @@ class Issue:
     token: str
     issued_at: float
     expires_at: float
+    subject_token: str | None = None  # the token exchanged for it (RFC 8693)
 
 
 @dataclass
@@ -130,9 +133,21 @@ class TokenEndpoint:
         with self.lock:
             return [i.token for c in self.clients.values() for i in c.issued]
 
+    def valid_token(self, token: str | None) -> bool:
+        """A token this endpoint issued that has not expired (a subject token it takes)."""
+        now = time.time()
+        with self.lock:
+            return any(
+                i.token == token and now < i.expires_at
+                for c in self.clients.values()
+                for i in c.issued
+            )
+
     # --- the endpoint ---------------------------------------------------------------
 
-    def token_response(self, client_id: str, secret: str) -> tuple[int, dict[str, str], bytes]:
+    def token_response(
+        self, client_id: str, secret: str, subject_token: str | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         with self.lock:
             client = self.clients.get(client_id)
             if client is None or client.secret != secret:
@@ -155,7 +170,8 @@ class TokenEndpoint:
             time.sleep(delay)
         with self.lock:
             now = time.time()
-            issue = Issue(client_id, "tok-" + secrets.token_urlsafe(32), now, now + client.lifetime)
+            token = "tok-" + secrets.token_urlsafe(32)
+            issue = Issue(client_id, token, now, now + client.lifetime, subject_token)
             client.issued.append(issue)
             expires_in = client.lifetime if client.expires_in is None else client.expires_in
         body = {"access_token": issue.token, "token_type": "Bearer", "expires_in": expires_in}
@@ -198,10 +214,14 @@ def _handler(endpoint: TokenEndpoint) -> type[BaseHTTPRequestHandler]:
             if client_id is None:
                 client_id = form.get("client_id", [""])[0]
                 secret = form.get("client_secret", [""])[0]
-            if form.get("grant_type") != ["client_credentials"]:
+            grant = form.get("grant_type", [""])[0]
+            subject = form.get("subject_token", [None])[0]
+            if grant not in ("client_credentials", TOKEN_EXCHANGE):
                 status, headers, body = 400, {}, b'{"error":"unsupported_grant_type"}'
+            elif grant == TOKEN_EXCHANGE and not endpoint.valid_token(subject):
+                status, headers, body = 400, {}, b'{"error":"invalid_grant"}'
             else:
-                status, headers, body = endpoint.token_response(client_id, secret or "")
+                status, headers, body = endpoint.token_response(client_id, secret or "", subject)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
