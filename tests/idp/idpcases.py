@@ -118,6 +118,8 @@ SERVER_CASES = {
     "hydra": HYDRA_CASES,
     "oidc_idp": OIDC_PROVIDER_CASES,
 }
+# Both pinned Keycloak versions, for the grant tests (only Keycloak has those grants here).
+KEYCLOAKS = [server for server in SERVER_CASES if server.startswith("keycloak")]
 # issuerURL alone: each server's discovery document lists client_secret_basic, so the
 # method found is `header`.
 DISCOVERY = Case("issuerURL", "header", discovered=True)

@@ -473,13 +473,14 @@ class Keycloak:
             raise IdPStartError(f"Keycloak password grant: HTTP {status} {data[:300]!r}")
         return json.loads(data)["access_token"]
 
-    def introspect(self, token: str) -> dict[str, Any]:
-        """RFC 7662 introspection, authenticated as the realm's introspection client."""
-        assert self._introspector is not None
+    def introspect(self, token: str, as_client: IdPClient | None = None) -> dict[str, Any]:
+        """RFC 7662 introspection, authenticated as the realm's introspection client, or
+        as `as_client`: since 26.6.2 Keycloak answers active only to a client in the
+        token's `aud` (CVE-2026-37979), and an exchanged token's audience may be narrower."""
+        client = as_client or self._introspector
+        assert client is not None
         return _introspect(
-            f"{self.token_url}/introspect",
-            token,
-            (self._introspector.client_id, self._introspector.client_secret),
+            f"{self.token_url}/introspect", token, (client.client_id, client.client_secret)
         )
 
 

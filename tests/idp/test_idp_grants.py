@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import secrets
 
+import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from idp.idpcases import KEYCLOAKS
 from idp.idplib import Keycloak
 
 from tokensync import cli
@@ -37,7 +39,9 @@ def grant_setup(keycloak: Keycloak) -> tuple[str, str, bytes, str, object]:
     return issuer, subject, pem, username, client
 
 
-def test_jwt_bearer_grant_through_check(capsys, tmp_path, keycloak):
+@pytest.mark.parametrize("server", KEYCLOAKS)
+def test_jwt_bearer_grant_through_check(capsys, tmp_path, request, server):
+    keycloak = request.getfixturevalue(server)
     issuer, subject, pem, username, client = grant_setup(keycloak)
     credential = {
         "apiVersion": "tokensync.dev/v1alpha1",
@@ -82,7 +86,9 @@ def test_jwt_bearer_grant_through_check(capsys, tmp_path, keycloak):
     assert (verdict["username"], verdict["client_id"]) == (username, client.client_id)
 
 
-def test_wrong_subject_is_refused(capsys, tmp_path, keycloak):
+@pytest.mark.parametrize("server", KEYCLOAKS)
+def test_wrong_subject_is_refused(capsys, tmp_path, request, server):
+    keycloak = request.getfixturevalue(server)
     issuer, _subject, pem, _username, client = grant_setup(keycloak)
     credential = {
         "apiVersion": "tokensync.dev/v1alpha1",

@@ -15,7 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+from idp.idpcases import KEYCLOAKS
 from idp.idplib import Keycloak
 
 from tokensync import cli
@@ -60,7 +62,9 @@ def run_check(tmp_path: Path, manifest: dict[str, Any], secret: str, subject: st
     )
 
 
-def test_token_exchange_through_check(capsys, tmp_path, keycloak):
+@pytest.mark.parametrize("server", KEYCLOAKS)
+def test_token_exchange_through_check(capsys, tmp_path, request, server):
+    keycloak = request.getfixturevalue(server)
     initial, requester = keycloak.add_exchange_clients()
     username, password = keycloak.add_user()
     subject = keycloak.password_token(initial, username, password)
@@ -88,9 +92,11 @@ def test_token_exchange_through_check(capsys, tmp_path, keycloak):
     assert subject not in out and requester.client_secret not in out
 
 
-def test_audience_selects_the_target_client(capsys, tmp_path, keycloak):
+@pytest.mark.parametrize("server", KEYCLOAKS)
+def test_audience_selects_the_target_client(capsys, tmp_path, request, server):
     """`spec.audience` is sent as RFC 8693 `audience`: the new token is for that client,
     and Keycloak refuses an audience that is no client of the realm."""
+    keycloak = request.getfixturevalue(server)
     initial, requester = keycloak.add_exchange_clients()
     target = keycloak.add_client("header")
     keycloak.add_audience_mapper(requester.client_id, target.client_id)
@@ -100,7 +106,7 @@ def test_audience_selects_the_target_client(capsys, tmp_path, keycloak):
     code = run_check(tmp_path, manifest, requester.client_secret, subject)
     report = json.loads(capsys.readouterr().out)
     assert code == 0, report["result"]
-    verdict = keycloak.introspect(report["result"]["accessToken"])
+    verdict = keycloak.introspect(report["result"]["accessToken"], as_client=target)
     assert verdict["active"] is True, verdict
     audience = verdict["aud"] if isinstance(verdict["aud"], list) else [verdict["aud"]]
     assert target.client_id in audience, verdict
@@ -112,9 +118,11 @@ def test_audience_selects_the_target_client(capsys, tmp_path, keycloak):
     assert report["result"]["httpStatus"] == 400, report["result"]
 
 
-def test_a_subject_token_meant_for_another_client_is_refused(capsys, tmp_path, keycloak):
+@pytest.mark.parametrize("server", KEYCLOAKS)
+def test_a_subject_token_meant_for_another_client_is_refused(capsys, tmp_path, request, server):
     """Without the requesting client in the subject token's audience Keycloak refuses the
     exchange; check reports the endpoint's error and never the subject token."""
+    keycloak = request.getfixturevalue(server)
     _initial, requester = keycloak.add_exchange_clients()
     stranger = keycloak.add_client("header")
     keycloak.update_client(stranger.client_id, {"directAccessGrantsEnabled": True})

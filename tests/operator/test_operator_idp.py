@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from idp.idpcases import DISCOVERY, KEY_NAME, SERVER_CASES, Setup, active_for
+from idp.idpcases import DISCOVERY, KEY_NAME, KEYCLOAKS, SERVER_CASES, Setup, active_for
 from idp.idplib import Hydra, Keycloak, OIDCProviderIdP
 from operator_helpers import decode, wait_for
 from test_identity import (  # noqa: F401 - wi_kubeconfig is a fixture
@@ -250,11 +250,13 @@ def test_keycloak_jwt_bearer_grants_through_the_operator(
 # ---- grantType token_exchange (RFC 8693) with Keycloak's standard token exchange
 
 
-def test_keycloak_token_exchange_through_the_operator(cluster, own_operator, keycloak):
+@pytest.mark.parametrize("server", KEYCLOAKS)
+def test_keycloak_token_exchange_through_the_operator(cluster, own_operator, request, server):
     """The subject token is a Keycloak access token of another client, kept in a labelled
     Secret bound to the realm; a new subject token there is exchanged at once. (Standard
     token exchange takes only tokens of its own realm, so not a ServiceAccount token: that
-    one is proven in test_operator_token_exchange.py.)"""
+    one is proven in test_operator_token_exchange.py.) On both pinned versions."""
+    keycloak = request.getfixturevalue(server)
     operator = own_operator(*INSECURE)
     url = keycloak.issuer + "/"
     initial, requester = keycloak.add_exchange_clients()
