@@ -36,6 +36,7 @@ EXPECTED_EXAMPLES = {
     "keycloak-workload-identity.yaml",
     "keycloak-jwt-bearer.yaml",
     "keycloak-token-exchange.yaml",
+    "token-exchange-from-credential.yaml",
     "sap-btp-service-binding.yaml",
     "registry-pull-secret.yaml",
     "sap-successfactors-saml2-bearer.yaml",
@@ -96,9 +97,19 @@ def test_names_are_unique_across_examples() -> None:
 def test_sources_are_labelled_and_bound_to_the_token_url(path: Path) -> None:
     docs = load_docs(path)
     objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    offered = {  # managed Secrets whose credential offers its token (secret.asSource)
+        (c["spec"]["secret"].get("name") or c["metadata"]["name"]): c["spec"]["secret"]["asSource"][
+            "allowedTokenURLs"
+        ]
+        for c in credentials(docs)
+        if (c["spec"].get("secret") or {}).get("asSource")
+    }
     for credential in credentials(docs):
         token_url = credential["spec"]["tokenURL"]
         for kind, name in referenced(credential):
+            if kind == "Secret" and name in offered:
+                assert any(token_url.startswith(p) for p in offered[name]), (token_url, name)
+                continue
             source = objects.get((kind, name))
             assert source is not None, f"{kind} {name} is not in {path.name}"
             metadata = source["metadata"]

@@ -28,6 +28,7 @@ SUBJECT = {"subjectTokenRef": {"name": "subject", "key": "token"}}
 SAML = {"keyRef": {"name": "sf-key", "key": "tls.key"}, "subject": "sfadmin"}
 PUBLIC = {"clientAuthentication": "none", "grantType": "saml2_bearer"}
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+STS = "https://sts.example.com/v1/"
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,7 @@ def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
             extraParameters={"target": "odata"},
         ),
         spec_of(clientAuthentication="none", grantType="jwt_bearer", jwtBearer=GRANT),
+        spec_of(clientSecretRef=SECRET, secret={"asSource": {"allowedTokenURLs": [STS]}}),
     ],
     ids=[
         "header",
@@ -163,6 +165,7 @@ def dry_run(cp: ControlPlane, namespace: str, spec: dict[str, Any]) -> Any:
         "saml2-bearer",
         "saml2-bearer-every-field",
         "jwt-bearer-public-client",
+        "as-source",
     ],
 )
 def test_valid_specs_are_accepted(control_plane, namespace, spec):
@@ -408,6 +411,24 @@ def test_valid_specs_are_accepted(control_plane, namespace, spec):
                 extraParameters={"company_id": "OTHER"},
             ),
             "spec.extraParameters may not set company_id",
+        ),
+        (
+            spec_of(clientSecretRef=SECRET, secret={"asSource": {"allowedTokenURLs": []}}),
+            "spec.secret.asSource.allowedTokenURLs: Invalid value",
+        ),
+        (
+            spec_of(
+                clientSecretRef=SECRET,
+                secret={"asSource": {"allowedTokenURLs": ["http://sts.example.com/v1/"]}},
+            ),
+            "spec.secret.asSource.allowedTokenURLs[0]: Invalid value",
+        ),
+        (
+            spec_of(
+                clientSecretRef=SECRET,
+                secret={"asSource": {"allowedTokenURLs": [f"{STS}{i}/" for i in range(9)]}},
+            ),
+            "spec.secret.asSource.allowedTokenURLs: Too many",
         ),
     ],
 )

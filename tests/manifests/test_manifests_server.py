@@ -257,8 +257,11 @@ def test_all_examples_together_in_one_namespace(installed: ControlPlane, namespa
     )
     items = json.loads(result.stdout)["items"]
     credentials = [i for i in items if i["kind"] == "OAuth2Credential"]
-    assert len(credentials) == 18
+    assert len(credentials) == 20
     by_name = {c["metadata"]["name"]: c["spec"] for c in credentials}
+    assert by_name["portal"]["secret"]["asSource"] == {
+        "allowedTokenURLs": ["https://sts.example.com/v1/"]
+    }
     cognito = by_name["cognito-my-api"]
     assert cognito["grantType"] == "client_credentials"
     assert cognito["timeoutSeconds"] == 30
