@@ -38,7 +38,8 @@ def _pem(key: Any, fmt: serialization.PrivateFormat) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
 
 
-def _jwk(key: Any, kid: str, alg: str) -> dict[str, Any]:
+def jwk_of(key: Any, kid: str, alg: str) -> dict[str, Any]:
+    """The public JWK of a private key, with its kid, use and alg."""
     algorithm = jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else None
     algorithm = algorithm or jwt.algorithms.ECAlgorithm
     return {
@@ -76,7 +77,7 @@ class Case:
         algorithm = (
             self.algorithm or {"rsa": "RS256", "p256": "ES256", "p384": "ES384"}[self.key or "rsa"]
         )
-        jwks = {"keys": [_jwk(key, "k1", algorithm)]}
+        jwks = {"keys": [jwk_of(key, "k1", algorithm)]}
         if isinstance(server, Keycloak):
             client = server.add_client(self.method, jwks=jwks)
         else:

@@ -570,10 +570,15 @@ class Hydra:
         self.stop()
 
     def add_client(
-        self, method: str, *, jwks: dict[str, Any] | None = None, algorithm: str | None = None
+        self,
+        method: str,
+        *,
+        jwks: dict[str, Any] | None = None,
+        algorithm: str | None = None,
+        grant_types: tuple[str, ...] = ("client_credentials",),
     ) -> IdPClient:
         """header (client_secret_basic), body (client_secret_post) or private_key_jwt
-        (with `jwks`, signed with `algorithm`)."""
+        (with `jwks`, signed with `algorithm`), allowed `grant_types`."""
         hydra_method = {
             "header": "client_secret_basic",
             "body": "client_secret_post",
@@ -582,7 +587,7 @@ class Hydra:
         client_id = f"tokensync-{secrets.token_hex(4)}"
         body: dict[str, Any] = {
             "client_id": client_id,
-            "grant_types": ["client_credentials"],
+            "grant_types": list(grant_types),
             "token_endpoint_auth_method": hydra_method,
             "scope": "api:read api:write",
         }
@@ -606,6 +611,28 @@ class Hydra:
 
     def introspect(self, token: str) -> dict[str, Any]:
         return _introspect(f"{self.admin_url}/admin/oauth2/introspect", token, None)
+
+    def trust_jwt_grant_issuer(
+        self, issuer: str, subject: str, jwk: dict[str, Any], scope: list[str]
+    ) -> None:
+        """A JWT bearer grant trust relationship (RFC 7523): assertions of `issuer` about
+        `subject`, signed with the key `jwk` (its `kid` must be in the header)."""
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        body = {
+            "issuer": issuer,
+            "subject": subject,
+            "scope": scope,
+            "jwk": jwk,
+            "expires_at": expires,
+        }
+        status, data = _http(
+            f"{self.admin_url}/admin/trust/grants/jwt-bearer/issuers",
+            method="POST",
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        if status != 201:
+            raise IdPStartError(f"Hydra trust issuer: HTTP {status} {data[:300]!r}")
 
 
 # --------------------------------------------------------------------------------------

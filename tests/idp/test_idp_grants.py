@@ -12,10 +12,11 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from idp.idpcases import KEYCLOAKS
+from idp.idpcases import KEYCLOAKS, jwk_of
 from idp.idplib import Keycloak
 
 from tokensync import cli
+from tokensync.oauth2 import JWT_BEARER_GRANT
 
 
 def grant_setup(keycloak: Keycloak) -> tuple[str, str, bytes, str, object]:
@@ -129,3 +130,62 @@ def test_wrong_subject_is_refused(capsys, tmp_path, request, server):
     assert code != 0
     assert report["result"]["httpStatus"] == 400, report["result"]
     assert client.client_secret not in out
+
+
+def test_jwt_bearer_grant_on_hydra(capsys, tmp_path, hydra):
+    """ORY Hydra's JWT bearer grant: a trust relationship for the assertion's issuer and
+    subject with the public key (by `kid`), a client allowed the grant; Hydra's own
+    introspection names the subject and the client."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuer = f"https://signer-{secrets.token_hex(3)}.example.com"
+    subject = f"bot-{secrets.token_hex(3)}"
+    hydra.trust_jwt_grant_issuer(issuer, subject, jwk_of(key, "grant-1", "ES256"), ["api:read"])
+    client = hydra.add_client("header", grant_types=(JWT_BEARER_GRANT,))
+    credential = {
+        "apiVersion": "tokensync.dev/v1alpha1",
+        "kind": "OAuth2Credential",
+        "metadata": {"name": "grant"},
+        "spec": {
+            "tokenURL": hydra.token_url,
+            "allowInsecureHTTP": True,
+            "clientID": client.client_id,
+            "clientSecretRef": {"name": "client", "key": "secret"},
+            "grantType": "jwt_bearer",
+            "jwtBearer": {
+                "keyRef": {"name": "grant-key", "key": "key.pem"},
+                "keyID": "grant-1",
+                "issuer": issuer,
+                "subject": subject,
+            },
+            "scope": "api:read",
+        },
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(credential))
+    (tmp_path / "secret").write_text(client.client_secret)
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    code = cli.main(
+        [
+            "check",
+            "-f",
+            str(tmp_path / "c.yaml"),
+            "--client-secret-file",
+            str(tmp_path / "secret"),
+            "--ref",
+            f"grant-key/key.pem={tmp_path / 'key.pem'}",
+            "-o",
+            "json",
+            "--show-token",
+        ]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report["result"]
+    verdict = hydra.introspect(report["result"]["accessToken"])
+    assert verdict["active"] is True, verdict
+    assert (verdict["sub"], verdict["client_id"]) == (subject, client.client_id)
+    assert verdict["scope"] == "api:read"
