@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from idp.idplib import Hydra, IdPClient, Keycloak, OIDCProviderIdP
 
 KEY_NAME = "signing-key"
+CERT_NAME = "client-cert"  # tls_client_auth: the kubernetes.io/tls Secret
+CA_NAME = "server-ca"  # tls_client_auth: the CA of the HTTPS listener
 
 
 @dataclass
@@ -26,6 +28,10 @@ class Setup:
     spec: dict[str, Any]
     key_pem: bytes | None = None  # private_key_jwt: the key Secret's data
     secret: str = field(default="", repr=False)
+    # tls_client_auth: the kubernetes.io/tls Secret's tls.crt and tls.key, and the CA of
+    # the server's certificate (tls.caRef)
+    client_cert: tuple[bytes, bytes] | None = field(default=None, repr=False)
+    ca_pem: bytes | None = None
 
 
 def _key(kind: str) -> Any:
@@ -69,6 +75,20 @@ class Case:
             spec = {"tokenURL": None, "issuerURL": server.issuer}
         if isinstance(server, Hydra):
             spec["scope"] = "api:read"  # of the scopes its clients are registered with
+        if self.method == "tls_client_auth":
+            assert isinstance(server, Keycloak) and server.tls_ca is not None
+            client = server.add_client(self.method)
+            cert = server.client_certificate(client)
+            spec["tls"] = {
+                "caRef": {"kind": "Secret", "name": CA_NAME, "key": "ca.crt"},
+                "clientCertificateRef": {"name": CERT_NAME},
+            }
+            return Setup(
+                client,
+                spec,
+                client_cert=(cert.cert_chain_pems[0].bytes(), cert.private_key_pem.bytes()),
+                ca_pem=server.tls_ca.cert_pem.bytes(),
+            )
         if self.method != "private_key_jwt":
             client = server.add_client(self.method)
             spec["clientSecretRef"] = {"name": "client", "key": "client_secret"}
@@ -101,6 +121,8 @@ KEYCLOAK_CASES = [
     Case("private_key_jwt-ES256-sec1", "private_key_jwt", "p256", PKCS1),
     Case("private_key_jwt-ES384", "private_key_jwt", "p384"),
 ]
+# Keycloak's x509 client authenticator on its HTTPS listener (tests/fixtures/idp_servers.py).
+KEYCLOAK_CASES_MTLS = [*KEYCLOAK_CASES, Case("tls_client_auth", "tls_client_auth")]
 # Hydra (fosite) supports client_secret_basic, client_secret_post and private_key_jwt
 # for client credentials; not client_secret_jwt or tls_client_auth.
 HYDRA_CASES = [
@@ -114,8 +136,8 @@ HYDRA_CASES = [
 OIDC_PROVIDER_CASES = KEYCLOAK_CASES
 # Every server with the cases it supports, by fixture name (tests/fixtures/idp_servers.py).
 SERVER_CASES = {
-    "keycloak": KEYCLOAK_CASES,
-    "keycloak_newer": KEYCLOAK_CASES,  # the second pinned version (tests/idp/keycloak/versions)
+    "keycloak": KEYCLOAK_CASES_MTLS,
+    "keycloak_newer": KEYCLOAK_CASES_MTLS,  # the second pinned version (keycloak/versions)
     "hydra": HYDRA_CASES,
     "oidc_idp": OIDC_PROVIDER_CASES,
 }

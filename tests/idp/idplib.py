@@ -79,10 +79,11 @@ def _http(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 30,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, bytes]:
     request = Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urlopen(request, timeout=timeout) as response:
+        with urlopen(request, timeout=timeout, context=context) as response:
             return response.status, response.read()
     except HTTPError as error:
         return error.code, error.read()
@@ -150,6 +151,10 @@ class Keycloak:
         self.issuer = f"{self.base_url}/realms/{REALM}"
         self.token_url = f"{self.issuer}/protocol/openid-connect/token"
         self.log = log
+        # The HTTPS listener that asks for client certificates (tls_client_auth): its
+        # token URL, and the CA of its server certificate and of the clients'.
+        self.mtls_token_url = ""
+        self.tls_ca: trustme.CA | None = None
         self._admin_password = ""
         self._introspector: IdPClient | None = None
         self.version = ""  # from the distribution's version.txt
@@ -162,11 +167,14 @@ class Keycloak:
         *,
         truststore: Path | None = None,
         kube_proxy_url: str | None = None,
+        tls_ca: trustme.CA | None = None,
     ) -> Keycloak:
         """`home`: the directory tests/idp/keycloak/build.sh printed. `truststore`: PEM
-        certificates Keycloak trusts for its outgoing HTTPS; `kube_proxy_url`: the HTTP
-        proxy its outgoing calls to KUBE_ISSUER_HOST take."""
-        port, management = free_port(), free_port()
+        certificates Keycloak trusts for its outgoing HTTPS and for client certificates;
+        `kube_proxy_url`: the HTTP proxy its outgoing calls to KUBE_ISSUER_HOST take;
+        `tls_ca`: issues the certificate of an HTTPS listener that requests client
+        certificates (the truststore must hold it to accept clients it issued)."""
+        port, management, https_port = free_port(), free_port(), free_port()
         password = secrets.token_urlsafe(16)
         args = [
             str(home / "keycloak" / "bin" / "kc.sh"),
@@ -183,6 +191,18 @@ class Keycloak:
         ]
         if truststore is not None:
             args.append(f"--truststore-paths={truststore}")
+        if tls_ca is not None:
+            server_cert = tls_ca.issue_cert("127.0.0.1", "localhost")
+            server_cert.private_key_pem.write_to_path(str(work_dir / "tls.key"))
+            server_cert.cert_chain_pems[0].write_to_path(str(work_dir / "tls.crt"))
+            args += [
+                f"--https-port={https_port}",
+                f"--https-certificate-file={work_dir / 'tls.crt'}",
+                f"--https-certificate-key-file={work_dir / 'tls.key'}",
+                "--http-management-scheme=http",  # health stays where _wait asks
+                # Client certificates are requested there: --https-client-auth=request is a
+                # build option (tests/idp/keycloak/build.sh).
+            ]
         if kube_proxy_url is not None:
             pattern = KUBE_ISSUER_HOST.replace(".", "\\.")
             args.append(
@@ -209,6 +229,11 @@ class Keycloak:
             _stop(process)
             raise
         keycloak = cls(process, port, log)
+        if tls_ca is not None:
+            keycloak.tls_ca = tls_ca
+            keycloak.mtls_token_url = keycloak.token_url.replace(
+                f"http://127.0.0.1:{port}", f"https://127.0.0.1:{https_port}"
+            )
         keycloak.version = (home / "keycloak" / "version.txt").read_text().split()[-1]
         keycloak._admin_password = password
         keycloak._create_realm()
@@ -292,8 +317,19 @@ class Keycloak:
             "client_secret_jwt": "client-secret-jwt",
             "private_key_jwt": "client-jwt",
             "workload_identity": "federated-jwt",
+            "tls_client_auth": "client-x509",
         }[method]
         attrs = dict(attributes or {})
+        token_url = self.token_url
+        if method == "tls_client_auth":  # the certificate client_certificate() issues
+            assert self.tls_ca is not None, "start Keycloak with tls_ca"
+            token_url = self.mtls_token_url
+            attrs.update(
+                {
+                    "x509.subjectdn": f"(.*?)CN={client_id}(,.*)?",
+                    "x509.allow.regex.pattern.comparison": "true",
+                }
+            )
         if jwks is not None:
             attrs.update({"use.jwks.string": "true", "jwks.string": json.dumps(jwks)})
         if federated is not None:
@@ -318,7 +354,13 @@ class Keycloak:
             mapper = _audience_mapper(self._introspector.client_id)
             representation["protocolMappers"] = [mapper]
         self.admin("POST", f"/{self.realm}/clients", representation)
-        return IdPClient(self.name, client_id, secret, method, self.token_url)
+        return IdPClient(self.name, client_id, secret, method, token_url)
+
+    def client_certificate(self, client: IdPClient) -> trustme.LeafCert:
+        """A certificate for a tls_client_auth client: subject CN = its client ID."""
+        assert self.tls_ca is not None
+        name = client.client_id
+        return self.tls_ca.issue_cert(f"{name}.tokensync.test", common_name=name)
 
     def _introspection_checks_audience(self) -> bool:
         parts = tuple(int(p) for p in self.version.split(".")[:3] if p.isdigit())
@@ -479,9 +521,22 @@ class Keycloak:
         token's `aud` (CVE-2026-37979), and an exchanged token's audience may be narrower."""
         client = as_client or self._introspector
         assert client is not None
-        return _introspect(
-            f"{self.token_url}/introspect", token, (client.client_id, client.client_secret)
-        )
+        url, context = f"{self.token_url}/introspect", None
+        if self.tls_ca is not None and self._issued_on_mtls_listener(token):
+            # Keycloak checks `iss` against the listener asked: introspect where issued.
+            url = f"{self.mtls_token_url}/introspect"
+            context = ssl.create_default_context()
+            self.tls_ca.configure_trust(context)
+        return _introspect(url, token, (client.client_id, client.client_secret), context)
+
+    def _issued_on_mtls_listener(self, token: str) -> bool:
+        import jwt
+
+        try:
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss", "")
+        except jwt.InvalidTokenError:
+            return False
+        return self.mtls_token_url.startswith(f"{issuer}/")
 
 
 def _audience_mapper(audience: str) -> dict[str, Any]:
@@ -499,7 +554,9 @@ def _audience_mapper(audience: str) -> dict[str, Any]:
     }
 
 
-def _introspect(url: str, token: str, basic: tuple[str, str] | None) -> dict[str, Any]:
+def _introspect(
+    url: str, token: str, basic: tuple[str, str] | None, context: ssl.SSLContext | None = None
+) -> dict[str, Any]:
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     if basic is not None:
         import base64
@@ -508,7 +565,11 @@ def _introspect(url: str, token: str, basic: tuple[str, str] | None) -> dict[str
         pair = f"{quote_plus(basic[0])}:{quote_plus(basic[1])}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     status, data = _http(
-        url, method="POST", body=urlencode({"token": token}).encode(), headers=headers
+        url,
+        method="POST",
+        body=urlencode({"token": token}).encode(),
+        headers=headers,
+        context=context,
     )
     if status != 200:
         raise AssertionError(f"introspection: HTTP {status} {data[:300]!r}")

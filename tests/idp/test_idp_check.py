@@ -13,7 +13,17 @@ from typing import Any
 
 import pytest
 import yaml
-from idp.idpcases import DISCOVERY, HYDRA_CASES, KEY_NAME, SERVER_CASES, Case, Setup, active_for
+from idp.idpcases import (
+    CA_NAME,
+    CERT_NAME,
+    DISCOVERY,
+    HYDRA_CASES,
+    KEY_NAME,
+    SERVER_CASES,
+    Case,
+    Setup,
+    active_for,
+)
 from idp.idplib import Hydra, Keycloak, pinned_keycloak
 
 from tokensync import cli
@@ -44,6 +54,15 @@ def run_check(capsys, tmp_path: Path, setup: Setup, *extra: str, **spec: Any) ->
     if setup.key_pem is not None:
         (tmp_path / "key.pem").write_bytes(setup.key_pem)
         args += ["--ref", f"{KEY_NAME}/key.pem={tmp_path / 'key.pem'}"]
+    if setup.client_cert is not None and setup.ca_pem is not None:
+        files = {
+            f"{CERT_NAME}/tls.crt": setup.client_cert[0],
+            f"{CERT_NAME}/tls.key": setup.client_cert[1],
+            f"{CA_NAME}/ca.crt": setup.ca_pem,
+        }
+        for ref, data in files.items():
+            (tmp_path / ref.replace("/", "-")).write_bytes(data)
+            args += ["--ref", f"{ref}={tmp_path / ref.replace('/', '-')}"]
     code = cli.main(args)
     out = capsys.readouterr().out
     report = json.loads(out)

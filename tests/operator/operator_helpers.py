@@ -52,11 +52,12 @@ class Cluster:
         *,
         labelled: bool = True,
         allowed_urls: str | None = None,
+        secret_type: str = "Opaque",
     ) -> None:
         metadata: dict[str, Any] = {"name": name, "labels": dict(SOURCE_LABEL) if labelled else {}}
         if allowed_urls is not None:
             metadata["annotations"] = {"tokensync.dev/allowed-token-urls": allowed_urls}
-        body = {"metadata": metadata, "stringData": data}
+        body = {"metadata": metadata, "stringData": data, "type": secret_type}
         try:
             self.core.create_namespaced_secret(self.ns, body)
         except ApiException as error:

@@ -45,6 +45,19 @@ def idp_credential(cluster, name: str, setup: Setup) -> None:
         assertion = dict(setup.spec["clientAssertion"])
         assertion["keyRef"] = {"name": f"{name}-{KEY_NAME}", "key": "key.pem"}
         spec["clientAssertion"] = assertion
+    if setup.client_cert is not None and setup.ca_pem is not None:
+        cert, key = (pem.decode() for pem in setup.client_cert)
+        cluster.source_secret(
+            f"{name}-cert",
+            {"tls.crt": cert, "tls.key": key},
+            allowed_urls=url,
+            secret_type="kubernetes.io/tls",
+        )
+        cluster.source_secret(f"{name}-ca", {"ca.crt": setup.ca_pem.decode()}, allowed_urls=url)
+        spec["tls"] = {
+            "caRef": {"kind": "Secret", "name": f"{name}-ca", "key": "ca.crt"},
+            "clientCertificateRef": {"name": f"{name}-cert"},
+        }
     # None: a field the case leaves out (tokenURL with issuerURL discovery)
     create_credential(cluster, name, {k: v for k, v in spec.items() if v is not None})
 

