@@ -660,15 +660,18 @@ class Hydra:
         else:
             secret = unusual_secret()
             body["client_secret"] = secret
+        self._admin_post("/admin/clients", body, "create client")
+        return IdPClient(self.name, client_id, secret, method, self.token_url)
+
+    def _admin_post(self, path: str, body: dict[str, Any], what: str) -> None:
         status, data = _http(
-            f"{self.admin_url}/admin/clients",
+            f"{self.admin_url}{path}",
             method="POST",
             body=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
         )
         if status != 201:
-            raise IdPStartError(f"Hydra create client: HTTP {status} {data[:300]!r}")
-        return IdPClient(self.name, client_id, secret, method, self.token_url)
+            raise IdPStartError(f"Hydra {what}: HTTP {status} {data[:300]!r}")
 
     def introspect(self, token: str) -> dict[str, Any]:
         return _introspect(f"{self.admin_url}/admin/oauth2/introspect", token, None)
@@ -686,14 +689,7 @@ class Hydra:
             "jwk": jwk,
             "expires_at": expires,
         }
-        status, data = _http(
-            f"{self.admin_url}/admin/trust/grants/jwt-bearer/issuers",
-            method="POST",
-            body=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        if status != 201:
-            raise IdPStartError(f"Hydra trust issuer: HTTP {status} {data[:300]!r}")
+        self._admin_post("/admin/trust/grants/jwt-bearer/issuers", body, "trust issuer")
 
 
 # --------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from typing import Any
 
 import pytest
 import yaml
@@ -40,26 +41,23 @@ def grant_setup(keycloak: Keycloak) -> tuple[str, str, bytes, str, object]:
     return issuer, subject, pem, username, client
 
 
-@pytest.mark.parametrize("server", KEYCLOAKS)
-def test_jwt_bearer_grant_through_check(capsys, tmp_path, request, server):
-    keycloak = request.getfixturevalue(server)
-    issuer, subject, pem, username, client = grant_setup(keycloak)
+def check_grant(
+    capsys, tmp_path, token_url: str, client: Any, pem: bytes, grant: dict[str, Any], **spec: Any
+) -> tuple[int, dict[str, Any], str]:
+    """`tokensync check` of a jwt_bearer credential, its signing key from a file (as from
+    a Secret): exit code, JSON report and the whole output."""
     credential = {
         "apiVersion": "tokensync.dev/v1alpha1",
         "kind": "OAuth2Credential",
         "metadata": {"name": "grant"},
         "spec": {
-            "tokenURL": keycloak.token_url,
+            "tokenURL": token_url,
             "allowInsecureHTTP": True,
             "clientID": client.client_id,
             "clientSecretRef": {"name": "client", "key": "secret"},
             "grantType": "jwt_bearer",
-            "jwtBearer": {
-                "keyRef": {"name": "grant-key", "key": "key.pem"},
-                "issuer": issuer,
-                "subject": subject,
-                "audience": keycloak.issuer,
-            },
+            "jwtBearer": {"keyRef": {"name": "grant-key", "key": "key.pem"}, **grant},
+            **spec,
         },
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(credential))
@@ -79,7 +77,16 @@ def test_jwt_bearer_grant_through_check(capsys, tmp_path, request, server):
             "--show-token",
         ]
     )
-    report = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    return code, json.loads(out), out
+
+
+@pytest.mark.parametrize("server", KEYCLOAKS)
+def test_jwt_bearer_grant_through_check(capsys, tmp_path, request, server):
+    keycloak = request.getfixturevalue(server)
+    issuer, subject, pem, username, client = grant_setup(keycloak)
+    grant = {"issuer": issuer, "subject": subject, "audience": keycloak.issuer}
+    code, report, _ = check_grant(capsys, tmp_path, keycloak.token_url, client, pem, grant)
     assert code == 0, report["result"]
     assert report["request"]["grant"].startswith("jwt_bearer (assertion signed with Secret")
     verdict = keycloak.introspect(report["result"]["accessToken"])
@@ -91,42 +98,8 @@ def test_jwt_bearer_grant_through_check(capsys, tmp_path, request, server):
 def test_wrong_subject_is_refused(capsys, tmp_path, request, server):
     keycloak = request.getfixturevalue(server)
     issuer, _subject, pem, _username, client = grant_setup(keycloak)
-    credential = {
-        "apiVersion": "tokensync.dev/v1alpha1",
-        "kind": "OAuth2Credential",
-        "metadata": {"name": "grant"},
-        "spec": {
-            "tokenURL": keycloak.token_url,
-            "allowInsecureHTTP": True,
-            "clientID": client.client_id,
-            "clientSecretRef": {"name": "client", "key": "secret"},
-            "grantType": "jwt_bearer",
-            "jwtBearer": {
-                "keyRef": {"name": "grant-key", "key": "key.pem"},
-                "issuer": issuer,
-                "subject": "nobody-linked",
-                "audience": keycloak.issuer,
-            },
-        },
-    }
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(credential))
-    (tmp_path / "secret").write_text(client.client_secret)
-    (tmp_path / "key.pem").write_bytes(pem)
-    code = cli.main(
-        [
-            "check",
-            "-f",
-            str(tmp_path / "c.yaml"),
-            "--client-secret-file",
-            str(tmp_path / "secret"),
-            "--ref",
-            f"grant-key/key.pem={tmp_path / 'key.pem'}",
-            "-o",
-            "json",
-        ]
-    )
-    out = capsys.readouterr().out
-    report = json.loads(out)
+    grant = {"issuer": issuer, "subject": "nobody-linked", "audience": keycloak.issuer}
+    code, report, out = check_grant(capsys, tmp_path, keycloak.token_url, client, pem, grant)
     assert code != 0
     assert report["result"]["httpStatus"] == 400, report["result"]
     assert client.client_secret not in out
@@ -141,49 +114,13 @@ def test_jwt_bearer_grant_on_hydra(capsys, tmp_path, hydra):
     subject = f"bot-{secrets.token_hex(3)}"
     hydra.trust_jwt_grant_issuer(issuer, subject, jwk_of(key, "grant-1", "ES256"), ["api:read"])
     client = hydra.add_client("header", grant_types=(JWT_BEARER_GRANT,))
-    credential = {
-        "apiVersion": "tokensync.dev/v1alpha1",
-        "kind": "OAuth2Credential",
-        "metadata": {"name": "grant"},
-        "spec": {
-            "tokenURL": hydra.token_url,
-            "allowInsecureHTTP": True,
-            "clientID": client.client_id,
-            "clientSecretRef": {"name": "client", "key": "secret"},
-            "grantType": "jwt_bearer",
-            "jwtBearer": {
-                "keyRef": {"name": "grant-key", "key": "key.pem"},
-                "keyID": "grant-1",
-                "issuer": issuer,
-                "subject": subject,
-            },
-            "scope": "api:read",
-        },
-    }
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(credential))
-    (tmp_path / "secret").write_text(client.client_secret)
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    code = cli.main(
-        [
-            "check",
-            "-f",
-            str(tmp_path / "c.yaml"),
-            "--client-secret-file",
-            str(tmp_path / "secret"),
-            "--ref",
-            f"grant-key/key.pem={tmp_path / 'key.pem'}",
-            "-o",
-            "json",
-            "--show-token",
-        ]
+    grant = {"keyID": "grant-1", "issuer": issuer, "subject": subject}
+    code, report, _ = check_grant(
+        capsys, tmp_path, hydra.token_url, client, pem, grant, scope="api:read"
     )
-    report = json.loads(capsys.readouterr().out)
     assert code == 0, report["result"]
     verdict = hydra.introspect(report["result"]["accessToken"])
     assert verdict["active"] is True, verdict
