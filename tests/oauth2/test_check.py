@@ -138,6 +138,10 @@ def test_every_credential_example_is_covered():
         # a saml2_bearer grant, against a SuccessFactors-like endpoint
         # (test_successfactors_saml.py)
         "sap-successfactors-saml2-bearer.yaml",
+        # one credential's token exchanged by another, through the operator in
+        # tests/operator/test_operator_token_exchange.py (check cannot read the first one's
+        # managed Secret before the operator wrote it)
+        "token-exchange-from-credential.yaml",
     }
     assert with_credentials == set(EXAMPLE_SETUPS) | identity
 
