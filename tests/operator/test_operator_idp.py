@@ -9,10 +9,13 @@ without the private-network guard, and credentials set allowInsecureHTTP."""
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
 from typing import Any
 
 import pytest
+import yaml
 from idp.idpcases import DISCOVERY, KEY_NAME, KEYCLOAKS, SERVER_CASES, Setup, active_for
 from idp.idplib import Hydra, Keycloak, OIDCProviderIdP
 from operator_helpers import decode, wait_for
@@ -179,22 +182,82 @@ def test_the_newer_keycloak_accepts_the_client_id_with_a_workload_assertion(
     assert active_for(keycloak_newer.introspect, token, client_id)
 
 
+@pytest.mark.parametrize("server", KEYCLOAKS)
+def test_check_from_cluster_gets_a_keycloak_token_for_a_serviceaccount(
+    cluster, installed, request, server, tmp_path
+):
+    """`tokensync check --from-cluster` mints the ServiceAccount token with the user's own
+    permissions and Keycloak's Kubernetes identity provider verifies it. With the default
+    clientIDInRequest, 26.5 refuses (the hint names the field) and `--probe` finds the one
+    change, `clientIDInRequest: false`; 26.7 issues at once."""
+    from fixtures.token_servers import run_tokensync
+
+    keycloak = request.getfixturevalue(server)
+    alias = request.getfixturevalue(f"{server}_kubernetes")
+    service_account(cluster, "app", urls=keycloak.issuer + "/", audiences=keycloak.issuer)
+    subject = f"system:serviceaccount:{cluster.ns}:app"
+    client = keycloak.add_client("workload_identity", federated=(alias, subject))
+    manifest = {
+        "apiVersion": "tokensync.dev/v1alpha1",
+        "kind": "OAuth2Credential",
+        "metadata": {"name": "wi-check", "namespace": cluster.ns},
+        "spec": {
+            "tokenURL": keycloak.token_url,
+            "allowInsecureHTTP": True,
+            "clientID": client.client_id,
+            "clientAuthentication": "workload_identity",
+            "workloadIdentity": {"serviceAccountName": "app", "audience": keycloak.issuer},
+        },
+    }
+    path = tmp_path / "wi.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+
+    def check(*extra: str) -> tuple[int, dict[str, Any]]:
+        done = run_tokensync(
+            "check", "-f", str(path), "--from-cluster", "--kubeconfig", str(installed.kubeconfig),
+            "-o", "json", "--show-token", *extra,
+        )  # fmt: skip
+        return done.returncode, json.loads(done.stdout)
+
+    code, report = check()
+    probe_code, probed = check("--probe")
+    attempts = [a["outcome"] for a in probed["probe"]["attempts"]]
+    if server == "keycloak":  # 26.5
+        assert code != 0, report["result"]
+        assert report["result"]["error"] == "invalid_client", report["result"]
+        assert "clientIDInRequest: false" in report["result"]["hint"]
+        assert len(attempts) == 2 and attempts[0].startswith("HTTP 400 invalid_client"), attempts
+        assert "clientIDInRequest: false" in probed["probe"]["specLines"]
+    else:
+        assert code == 0, report["result"]
+        assert active_for(keycloak.introspect, report["result"]["accessToken"], client.client_id)
+        assert attempts == ["token issued"]
+        assert not [line for line in probed["probe"]["specLines"] if "clientIDInRequest" in line]
+    assert probe_code == 0, probed["result"]
+    token = probed["result"]["accessToken"]
+    assert active_for(keycloak.introspect, token, client.client_id)
+
+
 # ---- grantType jwt_bearer (RFC 7523 2.1) with Keycloak's JWT Authorization Grant
 
 
+@pytest.mark.parametrize("server", KEYCLOAKS)
 def test_keycloak_jwt_bearer_grants_through_the_operator(
     cluster,
     installed,
     own_operator,
     wi_kubeconfig,  # noqa: F811 - the fixture imported above
-    keycloak,
-    keycloak_kubernetes,
+    request,
+    server,
 ):
     """Two grants: an assertion signed with a key from a Secret, and a ServiceAccount
-    token of this control plane (verified by Keycloak with the cluster's JWKS)."""
+    token of this control plane (verified by Keycloak with the cluster's JWKS). On both
+    pinned versions."""
     from idp.idplib import KUBE_ISSUER
     from idp.test_idp_grants import grant_setup
 
+    keycloak = request.getfixturevalue(server)
+    request.getfixturevalue(f"{server}_kubernetes")  # the mirror of the cluster's issuer
     operator = own_operator(
         *INSECURE, "--enable-workload-identity", "--namespace", cluster.ns, kubeconfig=wi_kubeconfig
     )
@@ -260,6 +323,58 @@ def test_keycloak_jwt_bearer_grants_through_the_operator(
         assert not [v for v in secret_variants(token) if v in operator.log()]
 
 
+def test_hydra_jwt_bearer_grant_through_the_operator(cluster, own_operator, hydra):
+    """ORY Hydra's JWT bearer grant: a trust relationship for the assertion's issuer,
+    subject and key ID; the signing key in a Secret, the audience left to its default (the
+    token URL); Hydra's introspection names the subject, the client and the scope."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from idp.idpcases import jwk_of
+
+    from tokensync.oauth2 import JWT_BEARER_GRANT
+
+    operator = own_operator(*INSECURE)
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuer = f"https://signer-{secrets.token_hex(3)}.example.com"
+    subject = f"bot-{secrets.token_hex(3)}"
+    hydra.trust_jwt_grant_issuer(issuer, subject, jwk_of(key, "grant-1", "ES256"), ["api:read"])
+    client = hydra.add_client("body", grant_types=(JWT_BEARER_GRANT,))
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    url = hydra.token_url
+    cluster.source_secret("hg-client", {"client_secret": client.client_secret}, allowed_urls=url)
+    cluster.source_secret("hg-key", {"key.pem": pem.decode()}, allowed_urls=url)
+    create_credential(
+        cluster,
+        "hydra-grant",
+        {
+            "tokenURL": url,
+            "clientID": client.client_id,
+            "clientSecretRef": {"name": "hg-client", "key": "client_secret"},
+            "clientAuthentication": "body",
+            "scope": "api:read",
+            "grantType": "jwt_bearer",
+            "jwtBearer": {
+                "keyRef": {"name": "hg-key", "key": "key.pem"},
+                "keyID": "grant-1",
+                "issuer": issuer,
+                "subject": subject,
+            },
+        },
+    )
+    cluster.wait_ready("hydra-grant", reason="TokenIssued", timeout=60)
+    data = decode(cluster.secret("hydra-grant"))
+    verdict = hydra.introspect(data["access_token"])
+    assert verdict["active"] is True, verdict
+    assert (verdict["sub"], verdict["client_id"]) == (subject, client.client_id)
+    assert verdict["scope"] == "api:read"
+    assert data["authorization"] == f"Bearer {data['access_token']}"
+    leaks = secret_variants(data["access_token"])
+    leaks |= secret_variants(client.client_secret, client_id=client.client_id)
+    assert not [v for v in leaks if v in operator.log()]
+
+
 # ---- grantType token_exchange (RFC 8693) with Keycloak's standard token exchange
 
 
@@ -315,4 +430,63 @@ def test_keycloak_token_exchange_through_the_operator(cluster, own_operator, req
     for value in (token, second, subject, second_subject):
         leaks |= secret_variants(value)
     leaks |= secret_variants(requester.client_secret, client_id=requester.client_id)
+    assert not [v for v in leaks if v in operator.log()]
+
+
+@pytest.mark.parametrize("server", KEYCLOAKS)
+def test_keycloak_exchanges_another_credentials_token(cluster, own_operator, request, server):
+    """`secret.asSource` against a real server: `upstream` gets a client-credentials token
+    on Keycloak's HTTPS listener and offers its managed Secret to that listener only;
+    `exchanged` sends it there as the subject token (standard token exchange), and
+    Keycloak's introspection names the requester and upstream's service account."""
+    keycloak = request.getfixturevalue(server)
+    operator = own_operator(*INSECURE)
+    https_issuer = keycloak.mtls_token_url.removesuffix("/protocol/openid-connect/token")
+    url = https_issuer + "/"
+    initial, requester = keycloak.add_exchange_clients()
+    assert keycloak.tls_ca is not None
+    cluster.source_secret(
+        "kc-ca", {"ca.crt": keycloak.tls_ca.cert_pem.bytes().decode()}, allowed_urls=url
+    )
+    tls = {"caRef": {"kind": "Secret", "name": "kc-ca", "key": "ca.crt"}}
+    for name, client in (("upstream", initial), ("exchanged", requester)):
+        cluster.source_secret(
+            f"{name}-client", {"client_secret": client.client_secret}, allowed_urls=url
+        )
+    common = {"tokenURL": keycloak.mtls_token_url, "tls": tls}
+    create_credential(
+        cluster,
+        "exchanged",
+        {
+            **common,
+            "clientID": requester.client_id,
+            "clientSecretRef": {"name": "exchanged-client", "key": "client_secret"},
+            "grantType": "token_exchange",
+            "tokenExchange": {
+                "subjectTokenRef": {"name": "upstream", "key": "access_token"},
+                "requestedTokenType": "urn:ietf:params:oauth:token-type:access_token",
+            },
+        },
+    )
+    create_credential(
+        cluster,
+        "upstream",
+        {
+            **common,
+            "clientID": initial.client_id,
+            "clientSecretRef": {"name": "upstream-client", "key": "client_secret"},
+            "secret": {"asSource": {"allowedTokenURLs": [url]}},
+        },
+    )
+    cluster.wait_ready("upstream", reason="TokenIssued", timeout=60)
+    cluster.wait_ready("exchanged", reason="TokenIssued", timeout=60)
+    subject = decode(cluster.secret("upstream"))["access_token"]
+    token = decode(cluster.secret("exchanged"))["access_token"]
+    verdict = keycloak.introspect(token)
+    assert verdict["active"] is True, verdict
+    assert verdict["client_id"] == requester.client_id, verdict
+    assert verdict["username"] == f"service-account-{initial.client_id}", verdict
+    leaks = secret_variants(token) | secret_variants(subject)
+    for client in (initial, requester):
+        leaks |= secret_variants(client.client_secret, client_id=client.client_id)
     assert not [v for v in leaks if v in operator.log()]
