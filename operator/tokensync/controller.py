@@ -406,6 +406,14 @@ class CredentialWorker:
             self.expiry_timer.cancel()
             self.expiry_timer = None
 
+    def stop_expiry_reports(self) -> asyncio.Task[None] | None:
+        """The worker is going: no timer, and an expiry report under way is cancelled
+        (returned, to wait for)."""
+        self.disarm_expiry()
+        if self.expiry_task is not None:
+            self.expiry_task.cancel()
+        return self.expiry_task
+
     def _expiry_due(self) -> None:
         self.expiry_timer = None
         if self.expiry_task is None or self.expiry_task.done():

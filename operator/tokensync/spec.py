@@ -433,6 +433,22 @@ class _Reader:
             return None
         return seconds
 
+    def distinct_list(
+        self, data: Mapping[str, Any], key: str, path: str, *, max_items: int, item: str, items: str
+    ) -> list[Any] | None:
+        """A list of 1 to `max_items` entries, no string listed twice (None after a
+        problem). The caller checks each entry: any of them may be of any JSON type.
+        `item`, `items`: what an entry is called, singular and plural."""
+        value = data.get(key)
+        if not isinstance(value, list) or not 1 <= len(value) <= max_items:
+            self.fail(path, f"must list 1 to {max_items} {items}")
+            return None
+        strings = [entry for entry in value if isinstance(entry, str)]  # dicts: unhashable
+        if len(set(strings)) != len(strings):
+            self.fail(path, f"lists a {item} twice")
+            return None
+        return value
+
     def string_map(
         self, data: Mapping[str, Any], key: str, path: str, *, max_items: int = 64
     ) -> dict[str, str]:
@@ -1022,11 +1038,17 @@ def _parse_as_source(r: _Reader, data: Mapping[str, Any]) -> AsSourceSpec | None
     """The URL prefixes become the managed Secret's allowed-token-urls annotation, read by
     the same parser that binds any source Secret to its endpoints."""
     path = "spec.secret.asSource.allowedTokenURLs"
-    urls = data.get("allowedTokenURLs")
-    if not isinstance(urls, list) or not 1 <= len(urls) <= MAX_AS_SOURCE_URLS:
-        r.fail(path, f"must list 1 to {MAX_AS_SOURCE_URLS} token URL prefixes")
-        return None
     problems_before = len(r.problems)
+    urls = r.distinct_list(
+        data,
+        "allowedTokenURLs",
+        path,
+        max_items=MAX_AS_SOURCE_URLS,
+        item="URL",
+        items="token URL prefixes",
+    )
+    if urls is None:
+        return None
     for index, url in enumerate(urls):
         where = f"{path}[{index}]"
         if not isinstance(url, str) or not url or len(url) > 2048 or "," in url:
@@ -1039,8 +1061,6 @@ def _parse_as_source(r: _Reader, data: Mapping[str, Any]) -> AsSourceSpec | None
             continue
         if prefix.scheme != "https":
             r.fail(where, "must use https:// (a token is never offered for plain http)")
-    if len(set(urls)) != len(urls):
-        r.fail(path, "lists a URL twice")
     if len(r.problems) > problems_before:
         return None
     return AsSourceSpec(tuple(urls))
@@ -1049,9 +1069,15 @@ def _parse_as_source(r: _Reader, data: Mapping[str, Any]) -> AsSourceSpec | None
 def _parse_docker_config(r: _Reader, data: Mapping[str, Any]) -> DockerConfigSpec | None:
     path = "spec.secret.dockerConfig"
     problems_before = len(r.problems)
-    registries = data.get("registries")
-    if not isinstance(registries, list) or not 1 <= len(registries) <= MAX_REGISTRIES:
-        r.fail(f"{path}.registries", f"must list 1 to {MAX_REGISTRIES} registries")
+    registries = r.distinct_list(
+        data,
+        "registries",
+        f"{path}.registries",
+        max_items=MAX_REGISTRIES,
+        item="registry",
+        items="registries",
+    )
+    if registries is None:
         return None
     for index, registry in enumerate(registries):
         if not isinstance(registry, str) or len(registry) > 253 or not _REGISTRY_RE.match(registry):
@@ -1060,8 +1086,6 @@ def _parse_docker_config(r: _Reader, data: Mapping[str, Any]) -> DockerConfigSpe
                 "must be a registry host with an optional port and path, such as "
                 "europe-docker.pkg.dev or registry.example.com:5000 (no scheme)",
             )
-    if len(set(registries)) != len(registries):
-        r.fail(f"{path}.registries", "lists a registry twice")
     username = r.string(data, "username", f"{path}.username", max_length=256)
     if username is not None and (not username or ":" in username or not username.isprintable()):
         r.fail(f"{path}.username", "must be a non-empty printable user name without ':'")

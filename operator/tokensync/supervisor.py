@@ -192,9 +192,7 @@ class Supervisor:
             self._forget_worker(uid, worker)
 
     def _forget_worker(self, uid: str, worker: CredentialWorker) -> None:
-        worker.disarm_expiry()
-        if worker.expiry_task is not None:
-            worker.expiry_task.cancel()
+        worker.stop_expiry_reports()
         key = (worker.owner.namespace, worker.owner.name)
         holder = self.by_name.get(key)
         if holder == uid:
@@ -313,13 +311,10 @@ class Supervisor:
 
 
 def _stop_tasks(worker: CredentialWorker) -> list[asyncio.Task[Any]]:
-    """Disarm a worker's expiry timer, cancel its pass and expiry report; the tasks to
-    wait for."""
-    worker.disarm_expiry()
-    tasks = [t for t in (worker.task, worker.expiry_task) if t is not None]
-    for task in tasks:
-        task.cancel()
-    return tasks
+    """Cancel a worker's pass and its expiry timer and report; the tasks to wait for."""
+    if worker.task is not None:
+        worker.task.cancel()
+    return [t for t in (worker.task, worker.stop_expiry_reports()) if t is not None]
 
 
 def _issuer_url(body: Mapping[str, Any]) -> str | None:

@@ -95,6 +95,11 @@ def test_a_pull_secret_spec_with_the_default_user_name():
             "spec.secret.dockerConfig.registries",
             "twice",
         ),
+        (  # unhashable entries (a file given to `check -f`) are reported, not raised
+            {"type": DOCKER, "dockerConfig": {"registries": [["r.io"], ["r.io"]]}},
+            "spec.secret.dockerConfig.registries[0]",
+            "no scheme",
+        ),
         (
             {"type": DOCKER, "dockerConfig": {"registries": ["r.io"], "username": "a:b"}},
             "spec.secret.dockerConfig.username",

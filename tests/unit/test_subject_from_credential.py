@@ -94,9 +94,11 @@ def test_withdrawing_the_offer_removes_the_label_and_the_binding():
         (["https://a.example/", "https://a.example/"], "lists a URL twice"),
         (["https://a.example/x?y"], "no query"),
         ([f"https://h{i}.example/" for i in range(9)], "must list 1 to 8"),
+        # From a file given to `check -f`, no API server has checked the types first.
+        ([{"url": "https://a.example/"}, {"url": "https://a.example/"}], "must be a URL"),
     ],
 )
-def test_the_offer_names_valid_https_prefixes(urls: list[str], message: str):
+def test_the_offer_names_valid_https_prefixes(urls: list[Any], message: str):
     with pytest.raises(SpecError) as info:
         parse_spec(upstream(asSource={"allowedTokenURLs": urls}), name="upstream")
     assert any(message in p for p in info.value.problems), info.value.problems
