@@ -40,6 +40,7 @@ EXPECTED_EXAMPLES = {
     "sap-btp-service-binding.yaml",
     "registry-pull-secret.yaml",
     "sap-successfactors-saml2-bearer.yaml",
+    "rollout-restart.yaml",
 }
 
 
@@ -174,6 +175,19 @@ def test_endpoint_styles() -> None:
     assert "401" in (EXAMPLES / "aws-cognito.yaml").read_text()
     private = spec_of("private-ca.yaml")
     assert private["tls"]["caRef"]["kind"] == "ConfigMap"
+    restart = spec_of("rollout-restart.yaml")["rolloutRestart"]
+    docs = load_docs(EXAMPLES / "rollout-restart.yaml")
+    workloads = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {(w["kind"], w["name"]) for w in restart} <= workloads  # restarts what it ships
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    assert role["rules"] == [  # patch on that one workload, nothing else
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments"],
+            "resourceNames": [restart[0]["name"]],
+            "verbs": ["patch"],
+        }
+    ]
     registry = spec_of("registry-pull-secret.yaml")["secret"]
     assert registry["type"] == "kubernetes.io/dockerconfigjson"
     assert registry["dockerConfig"]["registries"]

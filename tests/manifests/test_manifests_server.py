@@ -257,7 +257,7 @@ def test_all_examples_together_in_one_namespace(installed: ControlPlane, namespa
     )
     items = json.loads(result.stdout)["items"]
     credentials = [i for i in items if i["kind"] == "OAuth2Credential"]
-    assert len(credentials) == 20
+    assert len(credentials) == 21
     by_name = {c["metadata"]["name"]: c["spec"] for c in credentials}
     assert by_name["portal"]["secret"]["asSource"] == {
         "allowedTokenURLs": ["https://sts.example.com/v1/"]
@@ -273,6 +273,9 @@ def test_all_examples_together_in_one_namespace(installed: ControlPlane, namespa
     assert by_name["entra-orders-api"]["clientAuthentication"] == "body"
     assert by_name["keycloak-reporting-jwt-bearer"]["grantType"] == "jwt_bearer"
     assert by_name["keycloak-reports-workload-identity"]["clientIDInRequest"] is False
+    assert by_name["billing-export"]["rolloutRestart"] == [
+        {"kind": "Deployment", "name": "billing-export"}
+    ]
     x509 = by_name["sap-btp-orders-x509"]["tls"]["clientCertificateRef"]
     assert (x509["certificateKey"], x509["privateKeyKey"]) == ("certificate", "key")
     pull = by_name["registry-pull"]["secret"]

@@ -113,6 +113,7 @@ EXAMPLE_SETUPS: dict[str, ExampleSetup] = {
     "sap-iot.yaml": standard(None, "sap-iot-client/clientid"),
     "private-ca.yaml": standard("billing-sync"),
     "registry-pull-secret.yaml": standard("image-puller"),
+    "rollout-restart.yaml": standard("billing-export"),
 }
 
 
