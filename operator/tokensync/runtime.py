@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ class Runtime:
                 identity,
                 options.shards,
                 on_change=rebalance,
+                ready=synced.is_set,
             )
         elif options.leader_election is not None:
             name, namespace, identity = options.leader_election
@@ -168,7 +170,8 @@ class Runtime:
             keeper.start()
             # The shards held before the first list: the sources listed then keep the
             # values of this replica's credentials only, and those are not read one by
-            # one (a replica that starts among others gets its share a cycle later).
+            # one (a replica that starts among others gets its share once it has listed:
+            # it joins only then).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(KEEPER_FIRST_LOOK_SECONDS):
                     await keeper.first_cycle.wait()
@@ -415,6 +418,7 @@ def _start_watches(runtime: Runtime) -> list[LabelledWatch]:
     managed.start()
 
     def start_sources() -> None:
+        began = time.monotonic()
         try:
             for body in kube.credentials(namespaces):
                 supervisor.sources.prime(body["metadata"]["uid"], referenced(body))
@@ -425,6 +429,7 @@ def _start_watches(runtime: Runtime) -> list[LabelledWatch]:
             watch.start()
         for watch in [*source_watches, managed]:
             watch.synced.wait()
+        log.info("sources and managed Secrets listed in %.1fs", time.monotonic() - began)
         loop.call_soon_threadsafe(synced.set)
 
     threading.Thread(target=start_sources, name="sources-start", daemon=True).start()

@@ -20,6 +20,10 @@ Safety, per shard, as the single leader's in leader.py:
 * A shard is given back only after its workers were stopped (`on_change`) and the
   writes in flight through the fence for it have returned; a shard lost (another holder,
   or the deadline passed) is dropped the same way but not written.
+
+A replica becomes a member (writes its membership Lease, so that the others give it its
+share) only once it can serve: its sources and managed Secrets are listed (`ready`).
+Until then it takes no shard another live replica could take.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class ShardKeeper:
         shards: int,
         *,
         on_change: Callable[[], None],
+        ready: Callable[[], bool] = lambda: True,
         lease_duration: float = LEASE_DURATION,
         renew_interval: float = RENEW_INTERVAL,
         retry_period: float = RETRY_PERIOD,
@@ -100,6 +105,10 @@ class ShardKeeper:
         self.identity = identity
         self.shards = shards
         self.on_change = on_change  # the supervisor starts and stops workers
+        # Whether this replica can serve (its sources and managed Secrets are listed):
+        # until then it is no member, so nobody gives it shards it would sit on.
+        self.ready = ready
+        self._joined = False
         self.lease_duration = lease_duration
         self.renew_interval = renew_interval
         self.retry_period = retry_period
@@ -255,7 +264,11 @@ class ShardKeeper:
         self._expire_overdue()
 
         held_before = self.held()
-        renewals = [self._renew_member(by_name)]
+        ready = self.ready()
+        if ready and not self._joined:
+            self._joined = True
+            log.info("joining the replicas: sources listed, ready to serve shards")
+        renewals = [self._renew_member(by_name)] if ready else []
         for shard in self.held():
             if now - self._held[shard] >= self.renew_interval:
                 name = shard_lease_name(self.prefix, shard)
@@ -264,6 +277,11 @@ class ShardKeeper:
 
         decided = plan(self.identity, self.shards, states, self._live, self.held())
         if self._mismatch:  # keep what we hold (and renew it); take nothing new
+            decided = Plan(take=(), release=())
+        elif not ready and self._live - {self.identity}:
+            # Not serving yet: what another live replica can take, this one must not
+            # hold (its tokens would expire while this one lists). Alone (a cold start),
+            # it takes its shards now: nobody else would serve them sooner.
             decided = Plan(take=(), release=())
         for shard in decided.release:
             self._drop(shard, "given back to balance the replicas", lost=False)

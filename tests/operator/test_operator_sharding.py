@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -223,6 +224,49 @@ def test_shards_balance_over_one_then_three_then_two_replicas(
     assert writes and not violations, violations
     # Each replica wrote for the credentials of its own shards.
     assert {w[1] for w in writes if w[2] in later} == {"replica-a", "replica-b"}
+
+
+def test_a_replica_still_listing_takes_no_shard_from_one_that_serves(
+    leases, cluster, own_operator, token_endpoint, monkeypatch
+):
+    """A replica joins (and the others give it its share) only once it has listed its
+    sources and managed Secrets. Before, a new replica took its share at once and sat on
+    it while listing: the 3 x 3,000 bench saw 131 tokens expire in the shards a replica
+    took 10 s after it started. Here the new replica's first list is held back 25 s: the
+    serving replica keeps every shard meanwhile and renews every token that comes due."""
+    start(own_operator, monkeypatch, "replica-a")
+    wait_balanced(leases, {"replica-a"})
+    clients = credentials(cluster, token_endpoint, 6, lifetime=30)
+    for name in clients:
+        cluster.wait_ready(name, reason="TokenIssued", timeout=20)
+    issued = {name: len(c.requests) for name, c in clients.items()}
+
+    tables: list[dict[int, str]] = []
+    watching = threading.Event()
+
+    def watch_leases() -> None:
+        while not watching.is_set():
+            tables.append(table(leases))
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch_leases, daemon=True)
+    watcher.start()
+    began = time.monotonic()
+    monkeypatch.setenv("POD_NAME", "replica-b")
+    try:  # returns once replica-b is ready: listed
+        late = own_operator(*SHARDING, env={"TOKENSYNC_TEST_SOURCE_LIST_DELAY": "25"})
+    finally:
+        watching.set()
+        watcher.join()
+    monkeypatch.delenv("POD_NAME")
+    assert time.monotonic() - began >= 25
+    assert len(tables) > 20
+    assert all(set(t.values()) == {"replica-a"} for t in tables), "a shard moved too soon"
+    # Due 20 s after issue (a third of 30 s left): renewed by the serving replica.
+    assert all(len(c.requests) > issued[name] for name, c in clients.items())
+    wait_balanced(leases, {"replica-a", "replica-b"}, timeout=30)
+    assert "joining the replicas" in late.log()
+    assert_all_valid(cluster, clients)
 
 
 def test_a_killed_replica_s_shards_are_taken_over_once_their_leases_expire(

@@ -29,3 +29,20 @@ if delay := os.environ.get("TOKENSYNC_TEST_CREDENTIAL_LIST_DELAY"):
         return uids
 
     Kube.credential_uids = slow_list  # type: ignore[method-assign]
+
+if source_delay := os.environ.get("TOKENSYNC_TEST_SOURCE_LIST_DELAY"):
+    import time
+
+    from tokensync.kube import Kube
+
+    # The list of credentials that precedes the sources' lists at start returns `delay`
+    # seconds late (as listing tens of thousands of objects on a busy node does): the
+    # operator is not synced, so not ready to serve, for that long.
+    credentials = Kube.credentials
+
+    def slow_credentials(self: Kube, *args, **kwargs):  # type: ignore[no-untyped-def]
+        items = list(credentials(self, *args, **kwargs))
+        time.sleep(float(source_delay))
+        return iter(items)
+
+    Kube.credentials = slow_credentials  # type: ignore[method-assign]
