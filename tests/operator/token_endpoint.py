@@ -12,11 +12,13 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
 import trustme
@@ -52,6 +54,23 @@ class Client:
 
 class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # bursts of hundreds of credentials must not lose SYNs
+    tls: ssl.SSLContext
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # The TLS handshake runs in the connection's own thread (finish_request), not in
+        # the accept loop: a client stopped mid-handshake (a SIGSTOPped replica) must not
+        # stop the endpoint accepting everyone else's connections.
+        connection, address = self.socket.accept()
+        return self.tls.wrap_socket(
+            connection, server_side=True, do_handshake_on_connect=False
+        ), address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request.do_handshake()
+        except (ssl.SSLError, OSError):  # a client that went away: nothing to answer
+            return
+        super().finish_request(request, client_address)
 
 
 class TokenEndpoint:
@@ -70,7 +89,7 @@ class TokenEndpoint:
         # relays to 127.0.0.1 for pods).
         names = dict.fromkeys(["127.0.0.1", "localhost", host])
         ca.issue_cert(*names).configure_cert(context)
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._server.tls = context
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 

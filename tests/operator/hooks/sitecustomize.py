@@ -35,9 +35,9 @@ if source_delay := os.environ.get("TOKENSYNC_TEST_SOURCE_LIST_DELAY"):
 
     from tokensync.kube import Kube
 
-    # The list of credentials that precedes the sources' lists at start returns `delay`
-    # seconds late (as listing tens of thousands of objects on a busy node does): the
-    # operator is not synced, so not ready to serve, for that long.
+    # The list of credentials that precedes the sources' lists at start returns that
+    # many seconds late (as listing tens of thousands of objects on a busy node does):
+    # the operator is not synced, so not ready to serve, for that long.
     credentials = Kube.credentials
 
     def slow_credentials(self: Kube, *args, **kwargs):  # type: ignore[no-untyped-def]
