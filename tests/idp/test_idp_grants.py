@@ -14,7 +14,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from idp.idpcases import KEYCLOAKS, jwk_of
-from idp.idplib import Keycloak
+from idp.idplib import Hydra, Keycloak
 
 from tokensync import cli
 from tokensync.oauth2 import JWT_BEARER_GRANT
@@ -105,19 +105,27 @@ def test_wrong_subject_is_refused(capsys, tmp_path, request, server):
     assert client.client_secret not in out
 
 
-def test_jwt_bearer_grant_on_hydra(capsys, tmp_path, hydra):
-    """ORY Hydra's JWT bearer grant: a trust relationship for the assertion's issuer and
-    subject with the public key (by `kid`), a client allowed the grant; Hydra's own
-    introspection names the subject and the client."""
+def hydra_grant_setup(hydra: Hydra, method: str) -> tuple[dict[str, str], bytes, Any]:
+    """A trust relationship in Hydra for a fresh EC key (kid `grant-1`) about a fresh
+    subject, scope `api:read`, and a `method` client allowed the grant: (the jwtBearer
+    fields, key PEM, client)."""
     key = ec.generate_private_key(ec.SECP256R1())
     issuer = f"https://signer-{secrets.token_hex(3)}.example.com"
     subject = f"bot-{secrets.token_hex(3)}"
     hydra.trust_jwt_grant_issuer(issuer, subject, jwk_of(key, "grant-1", "ES256"), ["api:read"])
-    client = hydra.add_client("header", grant_types=(JWT_BEARER_GRANT,))
+    client = hydra.add_client(method, grant_types=(JWT_BEARER_GRANT,))
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    grant = {"keyID": "grant-1", "issuer": issuer, "subject": subject}
+    return {"keyID": "grant-1", "issuer": issuer, "subject": subject}, pem, client
+
+
+def test_jwt_bearer_grant_on_hydra(capsys, tmp_path, hydra):
+    """ORY Hydra's JWT bearer grant: a trust relationship for the assertion's issuer and
+    subject with the public key (by `kid`), a client allowed the grant; Hydra's own
+    introspection names the subject and the client."""
+    grant, pem, client = hydra_grant_setup(hydra, "header")
+    subject = grant["subject"]
     code, report, _ = check_grant(
         capsys, tmp_path, hydra.token_url, client, pem, grant, scope="api:read"
     )

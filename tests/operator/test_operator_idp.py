@@ -10,7 +10,6 @@ without the private-network guard, and credentials set allowInsecureHTTP."""
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from typing import Any
 
@@ -327,21 +326,10 @@ def test_hydra_jwt_bearer_grant_through_the_operator(cluster, own_operator, hydr
     """ORY Hydra's JWT bearer grant: a trust relationship for the assertion's issuer,
     subject and key ID; the signing key in a Secret, the audience left to its default (the
     token URL); Hydra's introspection names the subject, the client and the scope."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from idp.idpcases import jwk_of
-
-    from tokensync.oauth2 import JWT_BEARER_GRANT
+    from idp.test_idp_grants import hydra_grant_setup
 
     operator = own_operator(*INSECURE)
-    key = ec.generate_private_key(ec.SECP256R1())
-    issuer = f"https://signer-{secrets.token_hex(3)}.example.com"
-    subject = f"bot-{secrets.token_hex(3)}"
-    hydra.trust_jwt_grant_issuer(issuer, subject, jwk_of(key, "grant-1", "ES256"), ["api:read"])
-    client = hydra.add_client("body", grant_types=(JWT_BEARER_GRANT,))
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    grant, pem, client = hydra_grant_setup(hydra, "body")
     url = hydra.token_url
     cluster.source_secret("hg-client", {"client_secret": client.client_secret}, allowed_urls=url)
     cluster.source_secret("hg-key", {"key.pem": pem.decode()}, allowed_urls=url)
@@ -355,19 +343,14 @@ def test_hydra_jwt_bearer_grant_through_the_operator(cluster, own_operator, hydr
             "clientAuthentication": "body",
             "scope": "api:read",
             "grantType": "jwt_bearer",
-            "jwtBearer": {
-                "keyRef": {"name": "hg-key", "key": "key.pem"},
-                "keyID": "grant-1",
-                "issuer": issuer,
-                "subject": subject,
-            },
+            "jwtBearer": {"keyRef": {"name": "hg-key", "key": "key.pem"}, **grant},
         },
     )
     cluster.wait_ready("hydra-grant", reason="TokenIssued", timeout=60)
     data = decode(cluster.secret("hydra-grant"))
     verdict = hydra.introspect(data["access_token"])
     assert verdict["active"] is True, verdict
-    assert (verdict["sub"], verdict["client_id"]) == (subject, client.client_id)
+    assert (verdict["sub"], verdict["client_id"]) == (grant["subject"], client.client_id)
     assert verdict["scope"] == "api:read"
     assert data["authorization"] == f"Bearer {data['access_token']}"
     leaks = secret_variants(data["access_token"])
