@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=0, help="default: 2 lifetimes")
     parser.add_argument("--create-threads", type=int, default=8)
     parser.add_argument("--json", type=Path, help="also write the raw results there")
+    parser.add_argument(
+        "--verbose", action="store_true", help="replicas log each pass's decision (DEBUG)"
+    )
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as cleanup:
         return run(args, cleanup)
@@ -225,6 +228,7 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     cleanup.callback(endpoint.close)
     endpoint._server.socket.listen(1024)  # see refresh_at_scale.py: no SYN drops
     logs = Path(tempfile.mkdtemp(prefix="tokensync-bench-sharding-"))
+    log(f"replica logs in {logs}")
     replicas: dict[str, Any] = {}
 
     def start(name: str) -> None:
@@ -234,6 +238,7 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
             f"--shards={shards}",
             f"--leader-election-namespace={LEASE_NAMESPACE}",
             "--no-deny-private-networks",
+            *(["--verbose"] if args.verbose else []),
         )
         replicas[name] = start_operator(kubeconfig, logs / f"{name}.log", *extra)
         cleanup.callback(replicas[name].stop)

@@ -210,6 +210,7 @@ class CredentialWorker:
     status_in_flight: dict[str, Any] | None = None
     task: asyncio.Task[None] | None = None
     gate_passed: bool = False  # the current pass went through the pass gate already
+    passed: bool = False  # a pass has started: self.status is what this worker wrote
     # Status writes (the pass's and the expiry timer's) one at a time.
     status_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     expiry_timer: asyncio.TimerHandle | None = None
@@ -261,6 +262,9 @@ class CredentialWorker:
     async def run(self) -> None:
         """Passes until cancelled or the credential is gone. Every pass, the only place
         that requests tokens and writes anything, runs only while this replica leads."""
+        # Armed before the sources are listed (tens of seconds at start on a large
+        # cluster): a token that expires meanwhile loses Ready at once, not after the list.
+        self.arm_expiry()
         if self.ctx.sources_synced is not None:
             await self.ctx.sources_synced()
         if self.ctx.leadership is not None or self.ctx.held is not None:
@@ -303,6 +307,14 @@ class CredentialWorker:
                     UNEXPECTED_ERROR_RETRY.seconds,
                 )
                 wake_at = self.ctx.now() + UNEXPECTED_ERROR_RETRY
+            # At DEBUG, every pass says when the next is due: a token that expired
+            # unrenewed shows whether its worker ran, and what it decided.
+            log.debug(
+                "%s/%s: pass done; next at %s",
+                self.owner.namespace,
+                self.owner.name,
+                "the next event" if wake_at is None else wake_at.isoformat(timespec="seconds"),
+            )
             await self._sleep_until(wake_at)
 
     async def _until_serving(self) -> None:
@@ -428,6 +440,8 @@ class CredentialWorker:
             async with self.status_lock:
                 if not self._serving():
                     return
+                if not self.passed:  # nothing written yet: the latest status observed
+                    self.status = dict(self.body.get("status") or {})
                 report = readiness.expired_report(self.status, self.ctx.now())
                 if report is None:
                     self.arm_expiry()  # a renewal was written meanwhile
@@ -450,6 +464,7 @@ class CredentialWorker:
     async def reconcile(self) -> datetime | None:
         """One pass of the loop; returns when to run again (None: only when woken)."""
         self.gate_passed = False
+        self.passed = True
         owner = self.owner
         metadata = self.metadata
         if metadata.get("deletionTimestamp"):
@@ -565,6 +580,7 @@ class CredentialWorker:
         if wait > 0:
             return now + timedelta(seconds=wait)
 
+        log.debug("%s/%s: token request: %s", self.owner.namespace, self.owner.name, trigger.reason)
         routine = readiness.serves_current(trigger, p.held, now)
         refreshing = Condition("True", trigger.reason, trigger.message)
         if not routine:

@@ -23,7 +23,8 @@ Safety, per shard, as the single leader's in leader.py:
 
 A replica becomes a member (writes its membership Lease, so that the others give it its
 share) only once it can serve: its sources and managed Secrets are listed (`ready`).
-Until then it takes no shard another live replica could take.
+Until then it takes no shard another live replica could take, and gives back any it
+took while it was alone.
 """
 
 from __future__ import annotations
@@ -279,10 +280,11 @@ class ShardKeeper:
         if self._mismatch:  # keep what we hold (and renew it); take nothing new
             decided = Plan(take=(), release=())
         elif not ready and self._live - {self.identity}:
-            # Not serving yet: what another live replica can take, this one must not
-            # hold (its tokens would expire while this one lists). Alone (a cold start),
-            # it takes its shards now: nobody else would serve them sooner.
-            decided = Plan(take=(), release=())
+            # Not serving yet: what another live replica can serve, this one must not
+            # hold (its tokens would expire while this one lists): it takes nothing and
+            # gives back what it took alone. Alone (a cold start), it takes its shards
+            # now: nobody else would serve them sooner.
+            decided = Plan(take=(), release=tuple(sorted(self.held())))
         for shard in decided.release:
             self._drop(shard, "given back to balance the replicas", lost=False)
         if decided.release:

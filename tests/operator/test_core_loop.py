@@ -4,6 +4,7 @@ reproduces one of the issue's numbered findings on 316f0c8."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +53,42 @@ def test_ready_is_taken_away_when_the_renewal_hangs_past_expiry(cluster, operato
     assert len(client.requests) == 2  # the first token and the hanging renewal only
     client.delay = 0
     cluster.delete_credential("hangs")
+
+
+def test_ready_is_taken_away_while_a_restarted_operator_still_lists(
+    cluster, own_operator, token_endpoint
+):
+    """A token that expires while a restarted operator still lists its sources and
+    managed Secrets (tens of seconds on a large cluster) loses Ready within 5 s, not
+    after the list: each worker arms its expiry timer before it waits for the list.
+    Before, Ready=True stayed over the expired token until the list was done."""
+    client = token_endpoint.add_client(lifetime=15)
+    first = own_operator("--no-deny-private-networks")
+    cluster.create_credential("restarted", client)
+    cluster.wait_ready("restarted", reason="TokenIssued")
+    first.stop()  # before the renewal, due 10 s after issue
+    slow_list = {"TOKENSYNC_TEST_SOURCE_LIST_DELAY": "40"}
+    started: dict[str, Any] = {}
+    slow = threading.Thread(
+        target=lambda: started.update(op=own_operator("--no-deny-private-networks", env=slow_list)),
+        daemon=True,
+    )
+    slow.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (ready := _ready(cluster, "restarted"))[1].get("reason") != "TokenExpired":
+            status, condition = ready
+            assert condition.get("status") == "True", condition
+            assert _late(status) <= 5, f"Ready=True {_late(status):.0f}s after expiry"
+            assert time.monotonic() < deadline, "no TokenExpired within 30 s"
+            time.sleep(0.5)
+        assert slow.is_alive(), "the list was done before the token expired: nothing proven"
+        assert len(client.requests) == 1
+    finally:
+        slow.join(timeout=70)
+    assert "listed in 40" in started["op"].log()
+    cluster.wait_ready("restarted", reason="TokenIssued", timeout=30)  # once listed
+    cluster.delete_credential("restarted")
 
 
 def test_a_slow_host_does_not_delay_another_tenants_renewals(

@@ -270,6 +270,43 @@ def test_a_replica_still_listing_takes_no_shard_from_one_that_serves(
     assert_all_valid(cluster, clients)
 
 
+def test_a_replica_still_listing_gives_back_what_it_took_alone(
+    leases, cluster, own_operator, token_endpoint
+):
+    """A replica that starts alone takes every shard at once (a cold start: nobody could
+    serve them sooner). If another replica lists and joins while the first still lists,
+    the first gives every shard back: the tokens come from the replica that can serve
+    them, not after the slow list. Before, it held them until its own list was done."""
+    clients = {f"cred-{i}": token_endpoint.add_client(lifetime=3600) for i in range(4)}
+    for name, client in clients.items():
+        cluster.create_credential(name, client, secret_name=f"client-{name}")
+    slow_env = {"POD_NAME": "replica-a", "TOKENSYNC_TEST_SOURCE_LIST_DELAY": "40"}
+    started: dict[str, Operator] = {}
+    slow = threading.Thread(
+        target=lambda: started.update(a=own_operator(*SHARDING, env=slow_env)), daemon=True
+    )
+    slow.start()
+    try:
+        wait_for(
+            lambda: set(table(leases).values()) == {"replica-a"} and len(table(leases)) == SHARDS,
+            30,
+            "replica-a, alone and still listing, holding every shard",
+        )
+        fast = own_operator(*SHARDING, env={"POD_NAME": "replica-b"})
+        for name in clients:
+            cluster.wait_ready(name, reason="TokenIssued", timeout=20)
+        assert slow.is_alive(), "replica-a listed before replica-b served: nothing proven"
+        assert set(table(leases).values()) == {"replica-b"}
+        assert "joining the replicas" in fast.log()
+    finally:
+        slow.join(timeout=70)
+    wait_balanced(leases, {"replica-a", "replica-b"}, timeout=30)
+    assert "joining the replicas" in started["a"].log()
+    time.sleep(2)
+    assert [len(c.requests) for c in clients.values()] == [1] * len(clients)
+    assert_all_valid(cluster, clients)
+
+
 def test_a_killed_replica_s_shards_are_taken_over_once_their_leases_expire(
     leases, cluster, own_operator, token_endpoint, monkeypatch, installed
 ):
