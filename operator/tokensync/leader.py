@@ -284,7 +284,7 @@ class LeaderElector:
         self._observation: Observation | None = None
         self._renewed_at = 0.0  # monotonic time the last successful write was sent
         self._holder: str | None = None  # last holder logged
-        self._last_problem: str | None = None
+        self._problem = ProblemLog(log, f"lease {self.lease}")
         self._lost = False  # once lost, never leader again in this process
         # Checked by the loop, so stop() never depends on a cancellation arriving.
         self._stopping = asyncio.Event()
@@ -349,7 +349,7 @@ class LeaderElector:
                 log.warning(
                     "could not release lease %s (%s); it expires in %gs",
                     self.lease,
-                    _describe(error),
+                    describe_api_error(error),
                     self.lease_duration,
                 )
             else:
@@ -364,7 +364,7 @@ class LeaderElector:
             async with asyncio.timeout(self.renew_deadline):
                 outcome = await self._try_acquire_or_renew()
         except Exception as error:  # API trouble of any kind: look again later
-            self._problem(_describe(error))
+            self._problem(describe_api_error(error))
             return self.retry_period
         self._problem(None)
         if outcome is _Outcome.WON:
@@ -383,7 +383,7 @@ class LeaderElector:
             async with asyncio.timeout(max(deadline - started, 0.0)):
                 outcome = await self._try_acquire_or_renew()
         except Exception as error:  # retried until the deadline
-            self._problem(f"renewing: {_describe(error)}")
+            self._problem(f"renewing: {describe_api_error(error)}")
         else:
             self._problem(None)
         if outcome is _Outcome.WON:
@@ -468,25 +468,33 @@ class LeaderElector:
             log.info("standing by: lease %s is %s", self.lease, decision.reason)
         self._holder = decision.holder if decision.action is Action.STAND_BY else self.identity
 
-    def _problem(self, problem: str | None) -> None:
-        """Log API trouble when it starts, changes or ends; not on every retry."""
-        if problem == self._last_problem:
-            return
-        if problem:
-            log.warning("lease %s: %s", self.lease, problem)
-        elif self._last_problem:
-            log.info("lease %s: the API answers again", self.lease)
-        self._last_problem = problem
-
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
 
-def _describe(error: BaseException) -> str:
+def describe_api_error(error: BaseException) -> str:
     """What went wrong, without an arbitrary exception's text."""
     if isinstance(error, TimeoutError):
         return "the Kubernetes API did not answer in time"
     if isinstance(error, KubeError):
         return str(error)
     return f"{type(error).__name__} talking to the Kubernetes API"
+
+
+class ProblemLog:
+    """Logs a Lease loop's API trouble when it starts, changes or ends; not on every
+    retry (the loops retry every couple of seconds)."""
+
+    def __init__(self, logger: logging.Logger, subject: str) -> None:
+        self.logger, self.subject = logger, subject
+        self.last: str | None = None
+
+    def __call__(self, problem: str | None) -> None:
+        if problem == self.last:
+            return
+        if problem:
+            self.logger.warning("%s: %s", self.subject, problem)
+        elif self.last:
+            self.logger.info("%s: the API answers again", self.subject)
+        self.last = problem

@@ -51,7 +51,9 @@ from tokensync.leader import (
     Action,
     LeaseRecord,
     Observation,
+    ProblemLog,
     decide,
+    describe_api_error,
     lease_body,
     observe,
     released_body,
@@ -126,9 +128,11 @@ class ShardKeeper:
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tokensync-shards")
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._last_problem: str | None = None
+        self._problem = ProblemLog(log, "shard Leases")
         self._live: set[str] = {identity}
         self._mismatch: set[str] = set()  # live replicas with another --shards
+        # Shards dropped and being handed back (their writes draining): not taken again.
+        self._releasing: dict[int, asyncio.Task[None]] = {}
         self.first_cycle = asyncio.Event()  # one look at the Leases done (or failed)
 
     @property
@@ -199,7 +203,7 @@ class ShardKeeper:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # API trouble: the deadline fences the shards
-                self._problem(_describe(error))
+                self._problem(describe_api_error(error))
             self.first_cycle.set()
             self._expire_overdue()
             with contextlib.suppress(TimeoutError):
@@ -213,6 +217,8 @@ class ShardKeeper:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=RELEASE_TIMEOUT)
+        if self._releasing:  # hand-backs under way finish first (each bounded)
+            await asyncio.wait(list(self._releasing.values()), timeout=RELEASE_TIMEOUT)
         shards = sorted(self.held())
         with self._lock:
             self._held.clear()
@@ -225,7 +231,9 @@ class ShardKeeper:
                 await asyncio.gather(*(self._release(s) for s in shards))
                 await self._release_lease(member_lease_name(self.prefix, self.identity))
         except Exception as error:
-            log.warning("could not hand back every shard (%s); they expire", _describe(error))
+            log.warning(
+                "could not hand back every shard (%s); they expire", describe_api_error(error)
+            )
         else:
             log.info("handed back %d shards", len(shards))
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -287,14 +295,11 @@ class ShardKeeper:
             decided = Plan(take=(), release=tuple(sorted(self.held())))
         for shard in decided.release:
             self._drop(shard, "given back to balance the replicas", lost=False)
-        if decided.release:
-            await asyncio.gather(*(self._release(s) for s in decided.release))
-        if decided.take:
+            self._release_in_background(shard)
+        take = [s for s in decided.take if s not in self._releasing]
+        if take:
             await asyncio.gather(
-                *(
-                    self._acquire(s, by_name.get(shard_lease_name(self.prefix, s)))
-                    for s in decided.take
-                )
+                *(self._acquire(s, by_name.get(shard_lease_name(self.prefix, s))) for s in take)
             )
         if self.held() != held_before:
             self.on_change()  # once for every shard taken: their workers start
@@ -359,6 +364,22 @@ class ShardKeeper:
             await self._blocking(self.kube.create_lease, self.namespace, body)
         else:
             await self._blocking(self.kube.replace_lease, self.namespace, body)
+
+    def _release_in_background(self, shard: int) -> None:
+        """Not awaited by the cycle: its drain may take DRAIN_SECONDS, and the shards kept
+        must be renewed meanwhile (a cycle that waited, on a loaded node, let every shard
+        it kept pass its renew deadline: they were dropped and their workers restarted)."""
+        task = asyncio.create_task(self._release_quietly(shard), name=f"release-shard-{shard}")
+        self._releasing[shard] = task
+        task.add_done_callback(lambda _: self._releasing.pop(shard, None))
+
+    async def _release_quietly(self, shard: int) -> None:
+        try:
+            await self._release(shard)
+        except Exception as error:  # e.g. the API did not answer: the Lease expires
+            log.warning(
+                "could not hand back shard %d (%s); it expires", shard, describe_api_error(error)
+            )
 
     async def _release(self, shard: int) -> None:
         """Hand a shard (already dropped) back, once its writes in flight returned."""
@@ -436,24 +457,6 @@ class ShardKeeper:
         for shard in overdue:
             self._drop(shard, f"not renewed for over {self.renew_deadline:g}s")
 
-    def _problem(self, problem: str | None) -> None:
-        """Log API trouble when it starts, changes or ends; not on every retry."""
-        if problem == self._last_problem:
-            return
-        if problem:
-            log.warning("shard Leases: %s", problem)
-        elif self._last_problem:
-            log.info("shard Leases: the API answers again")
-        self._last_problem = problem
-
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, TimeoutError):
-        return "the Kubernetes API did not answer in time"
-    if isinstance(error, KubeError):
-        return str(error)
-    return f"{type(error).__name__} talking to the Kubernetes API"
