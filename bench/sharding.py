@@ -15,15 +15,23 @@ Phases, one run:
   the API server's audit log checked for any write by a replica to a credential's Secret
   or status outside its own current shard Lease (no two replicas serving one credential).
 
+With --profile: py-spy records replica-1 in phase 1 and replica-2 (started among the
+others) in phase 2, and the run stops after phase 2 (the profiler competes for the cores,
+so the later phases' timings would not be this run's to report). Each summary gives
+thread-milliseconds per renewal of the whole cluster in its window: a part that stays the
+same in phase 2 is paid by every replica whatever it holds.
+
 Measures and prints; never fails. Compare ratios, not seconds (see bench/README.md).
 
     .venv/bin/python bench/sharding.py                       # 300 x 60 s, 32 shards
     .venv/bin/python bench/sharding.py --credentials 3000 --lifetime 300
+    .venv/bin/python bench/sharding.py --credentials 3000 --lifetime 300 --window 300 --profile
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import itertools
 import json
@@ -45,8 +53,10 @@ import trustme  # noqa: E402
 import yaml  # noqa: E402
 from refresh_at_scale import (  # noqa: E402
     OPERATOR_SA,
+    Profiler,
     admin_client,
     build_binaries,
+    find_py_spy,
     proc_sample,
     refresh_age,
     start_operator,
@@ -148,6 +158,26 @@ def usage(pids: dict[str, int], window: float) -> dict[str, dict[str, float]]:
     return result
 
 
+def profiled_usage(
+    profiler: Profiler | None, phase: str, pids: dict[str, int], window: float, clients
+) -> tuple[dict[str, dict[str, float]], int]:
+    """`usage`, and the renewals the cluster made in the window (they come in waves after
+    the creation burst, so two windows of one length can differ by a fifth). With a
+    profiler, py-spy records the phase's second process if there is one (replica-2 of
+    three, one that started among the others), else its first."""
+    names = sorted(pids)
+    if profiler is not None:
+        profiler.start(pids[names[1] if len(names) > 1 else names[0]], phase)
+    began = time.time()
+    result = usage(pids, window)
+    ended = time.time()
+    renewals = sum(began <= t <= ended for c in clients.values() for t in c.requests)
+    if profiler is not None:
+        profiler.stop(renewals)
+        profiler.results[phase]["renewals"] = renewals
+    return result, renewals
+
+
 def expired_seconds(clients, lifetime: float, until: float) -> float:
     """Seconds from each credential's first token until `until`, summed over
     credentials, when no token requested for it was unexpired (request time + lifetime,
@@ -181,6 +211,36 @@ def early_requests(clients, lifetime: float, since: float, until: float) -> tupl
     return made, early
 
 
+def requests_against_secrets(
+    clients, secret_writes: dict[str, list[float]], lifetime: float, since: float, until: float
+) -> tuple[int, int]:
+    """(requests in [since, until] made while the token in the credential's Secret was
+    not yet at its earliest refresh point, requests whose token was never written).
+
+    `early_requests` compares a request with the one before it, which counts twice a
+    token that was requested but never written (a request in flight when its shard was
+    handed back: the fence refuses its write, and the new holder requests again, inside
+    the renew window of the token the Secret still holds). Here a Secret write carries
+    the token of the last request before it, and a request is early only against the
+    token written last."""
+    earliest = refresh_age(lifetime, 1.0) - 1.0
+    early = unwritten = 0
+    for name, client in clients.items():
+        requests, writes = sorted(client.requests), sorted(secret_writes.get(name, ()))
+        for index, requested in enumerate(requests):
+            if not since <= requested <= until:
+                continue
+            following = requests[index + 1] if index + 1 < len(requests) else until
+            written = bisect.bisect_right(writes, requested)
+            if written == len(writes) or writes[written] > following:
+                unwritten += requested < until - 30  # the last one may be writing still
+            if not written:
+                continue  # nothing written before it: the first token
+            held_since = requests[bisect.bisect_right(requests, writes[written - 1]) - 1]
+            early += requested - held_since < earliest and held_since != requested
+    return early, unwritten
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--credentials", type=int, default=300)
@@ -192,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--verbose", action="store_true", help="replicas log each pass's decision (DEBUG)"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy on phases 1 and 2, then stop"
+    )
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as cleanup:
         return run(args, cleanup)
@@ -201,6 +265,7 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     n, lifetime, shards = args.credentials, args.lifetime, args.shards
     window = args.window or 2 * lifetime
     results: dict[str, Any] = {"credentials": n, "lifetime": lifetime, "shards": shards}
+    py_spy = find_py_spy() if args.profile else None  # before minutes of set-up
     cp = start_control_plane(build_binaries())
     cleanup.callback(_remove_state, cp)
     cleanup.callback(cp.stop)
@@ -229,6 +294,7 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     endpoint._server.socket.listen(1024)  # see refresh_at_scale.py: no SYN drops
     logs = Path(tempfile.mkdtemp(prefix="tokensync-bench-sharding-"))
     log(f"replica logs in {logs}")
+    profiler = Profiler(py_spy, args.profile_rate, logs) if py_spy else None
     replicas: dict[str, Any] = {}
 
     def start(name: str) -> None:
@@ -252,7 +318,9 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     wait_for(lambda: all_issued(clients), 600, "every first token", every=1)
     first_issue = min(min(c.requests) for c in clients.values())
     log(f"phase 1: one replica, {window:.0f}s")
-    results["one_replica"] = usage({"replica-1": replicas["replica-1"].process.pid}, window)
+    results["one_replica"], renewals_alone = profiled_usage(
+        profiler, "one-replica", {"replica-1": replicas["replica-1"].process.pid}, window, clients
+    )
 
     joined = time.monotonic()
     start("replica-2")
@@ -262,8 +330,17 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     results["balance_1_to_3_s"] = time.monotonic() - joined
     log(f"phase 2: three replicas (balanced in {results['balance_1_to_3_s']:.1f}s), {window:.0f}s")
     pids = {name: replicas[name].process.pid for name in sorted(live)}
-    results["three_replicas"] = usage(pids, window)
+    results["three_replicas"], renewals_of_three = profiled_usage(
+        profiler, "replica-2-of-three", pids, window, clients
+    )
+    results["renewals_in_window"] = {"one": renewals_alone, "three": renewals_of_three}
     results["shards_per_replica"] = dict(Counter(holders(coordination).values()))
+    if profiler:
+        results["profiles"] = profiler.results
+        report_profiles(results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
 
     log("phase 3: kill -9 replica-3")
     victim = replicas["replica-3"]
@@ -328,6 +405,15 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         shards=shards,
         prefix=PREFIX,
     )
+    secret_writes: dict[str, list[float]] = {}
+    for write in writes:
+        if write.resource == "secrets":
+            secret_writes.setdefault(write.name, []).append(write.at)
+    for key, window_since in (("rolling_update", rolled), ("token_requests", first_issue)):
+        early, unwritten = requests_against_secrets(
+            clients, secret_writes, lifetime, window_since, until
+        )
+        results[key] |= {"early_against_secret": early, "unwritten": unwritten}
     results["audit"] = {
         "writes": len(writes),
         "violations": len(unfenced),
@@ -337,6 +423,21 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def report_profiles(r: dict[str, Any]) -> None:
+    one = r["one_replica"]["replica-1"]
+    lines = [
+        "",
+        f"sharding --profile: {r['credentials']} credentials x {r['lifetime']} s tokens, "
+        f"{r['shards']} shards",
+        f"  one replica: CPU {one['cpu_s']:.1f} s",
+    ]
+    for name, u in r["three_replicas"].items():
+        lines.append(f"  {name} of three: CPU {u['cpu_s']:.1f} s ({u['cpu_s'] / one['cpu_s']:.2f})")
+    for phase, p in r["profiles"].items():
+        lines += ["", f"{phase}: {p['renewals']} renewals in the cluster", p["summary"] or ""]
+    print("\n".join(lines))
 
 
 def report(r: dict[str, Any]) -> None:
@@ -350,9 +451,18 @@ def report(r: dict[str, Any]) -> None:
         f"  one replica:  CPU {one['cpu_s']:.1f} s, RSS {one['rss_mb']:.0f} MB "
         f"(peak {one['peak_rss_mb']:.0f})",
     ]
+    alone, of_three = r["renewals_in_window"]["one"], r["renewals_in_window"]["three"]
+    per_renewal_alone = one["cpu_s"] / max(alone, 1)
+    lines.append(
+        f"  renewals in the window: {alone} alone, {of_three} with three replicas; "
+        f"one replica {1000 * per_renewal_alone:.1f} CPU-ms per renewal"
+    )
     for name, u in r["three_replicas"].items():
+        per_renewal = u["cpu_s"] / max(of_three, 1)
         lines.append(
-            f"  {name}:    CPU {u['cpu_s']:.1f} s ({u['cpu_s'] / one['cpu_s']:.2f} of one), "
+            f"  {name}:    CPU {u['cpu_s']:.1f} s ({u['cpu_s'] / one['cpu_s']:.2f} of one; "
+            f"{1000 * per_renewal:.1f} ms per renewal of the cluster, "
+            f"{per_renewal / per_renewal_alone:.2f} of one), "
             f"RSS {u['rss_mb']:.0f} MB ({u['rss_mb'] / one['rss_mb']:.2f} of one), "
             f"{r['shards_per_replica'].get(name, 0)} shards"
         )
@@ -363,8 +473,12 @@ def report(r: dict[str, Any]) -> None:
         f"  expired-token seconds: {r['expired_token_seconds']:.1f}",
         f"  rolling update, 3 steps: {', '.join(f'{s:.1f}' for s in roll['steps_s'])} s; "
         f"{roll['requests']} renewals during it and one lifetime after, "
-        f"{roll['early']} before their refresh point",
-        f"  renewals over the run: {t['renewals']}, {t['early']} before their refresh point",
+        f"{roll['early']} before the previous request's refresh point, "
+        f"{roll['early_against_secret']} before the refresh point of the token in the Secret; "
+        f"{roll['unwritten']} never written",
+        f"  renewals over the run: {t['renewals']}, {t['early']} before the previous request's "
+        f"refresh point, {t['early_against_secret']} before the refresh point of the token "
+        f"in the Secret; {t['unwritten']} never written (in flight when a shard moved)",
         f"  audit log: {a['writes']} writes by replicas, {a['violations']} outside the "
         "writer's shard Lease"
         + "".join(f"; {kind}: {n}" for kind, n in a.get("violation_kinds", {}).items()),
