@@ -285,6 +285,7 @@ class ShardKeeper:
         await asyncio.gather(*renewals)
 
         decided = plan(self.identity, self.shards, states, self._live, self.held())
+        why = "given back to balance the replicas"
         if self._mismatch:  # keep what we hold (and renew it); take nothing new
             decided = Plan(take=(), release=())
         elif not ready and self._live - {self.identity}:
@@ -293,8 +294,9 @@ class ShardKeeper:
             # gives back what it took alone. Alone (a cold start), it takes its shards
             # now: nobody else would serve them sooner.
             decided = Plan(take=(), release=tuple(sorted(self.held())))
+            why = "given back while this replica still lists its sources"
         for shard in decided.release:
-            self._drop(shard, "given back to balance the replicas", lost=False)
+            self._drop(shard, why, lost=False)
             self._release_in_background(shard)
         take = [s for s in decided.take if s not in self._releasing]
         if take:

@@ -301,6 +301,7 @@ def test_a_replica_still_listing_gives_back_what_it_took_alone(
     finally:
         slow.join(timeout=70)
     wait_balanced(leases, {"replica-a", "replica-b"}, timeout=30)
+    assert "given back while this replica still lists its sources" in started["a"].log()
     assert "joining the replicas" in started["a"].log()
     time.sleep(2)
     assert [len(c.requests) for c in clients.values()] == [1] * len(clients)
