@@ -140,14 +140,18 @@ class OperatorContext:
     holds: Callable[[str], bool] = lambda uid: True
     held: Callable[[str], Awaitable[None]] | None = None
     writing: Callable[[str], AbstractContextManager[Any]] = lambda uid: contextlib.nullcontext()
+    # Whether a token request may start: not while its shard is being handed back (the
+    # hand-back waits for the requests already in flight to be written, not for new ones).
+    may_request: Callable[[str], bool] = lambda uid: True
     # Returns once the labelled sources and managed Secrets are listed: before that, a
     # missing object may just not have arrived yet.
     sources_synced: Callable[[], Awaitable[Any]] | None = None
     # Keeps the referenced values of a source read with kube.read_source (SourceCache.fill).
     fill_source: Callable[[str, Mapping[str, Any]], bool] = lambda kind, body: False
     # Token requests in flight (credential uid -> resolved once answered and written): a
-    # clean stop waits for them (bounded) instead of throwing away issued tokens. Kept
-    # here, not on the worker: a field per parked worker costs memory at 10,000.
+    # clean stop and a shard's hand-back wait for them (bounded) instead of throwing away
+    # issued tokens. Kept here, not on the worker: a field per parked worker costs memory
+    # at 10,000.
     requests_in_flight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
 
@@ -612,6 +616,10 @@ class CredentialWorker:
         if isinstance(request, ReferenceProblem):
             await self._report_problem(request)
             return self.ctx.now() + timedelta(seconds=identity.RECHECK_SECONDS)
+        if not self.ctx.may_request(self.owner.uid):
+            # Its shard is being handed back: the next holder requests (no await
+            # between this and the in-flight record the hand-back waits for).
+            return self.ctx.now()
         self.attempts = self.attempts.sent(mono)
         with self._request_in_flight():
             sent = asyncio.Event()

@@ -154,6 +154,7 @@ class Runtime:
                         "holds": keeper.holds_uid,
                         "held": keeper.wait_held,
                         "writing": keeper.writing,
+                        "may_request": keeper.may_request,
                     }
                     if keeper
                     else {}
@@ -164,6 +165,8 @@ class Runtime:
             owns=keeper.holds_uid if keeper else None,
         )
         rebalance.target = supervisor.rebalance
+        if keeper is not None:
+            keeper.requesting = supervisor.ctx.requests_in_flight.keys
         runtime = cls(options, kube, kube_executor, limits, supervisor, elector or keeper, synced)
         if keeper is not None:
             metrics.LEADER.set(1)  # every replica serves (its shards)

@@ -17,9 +17,12 @@ Safety, per shard, as the single leader's in leader.py:
   thread that sends each write, so a replica that was paused (SIGSTOP, a stalled node)
   or cut off writes nothing for a shard past that deadline, even before this loop runs
   again.
-* A shard is given back only after its workers were stopped (`on_change`) and the
-  writes in flight through the fence for it have returned; a shard lost (another holder,
-  or the deadline passed) is dropped the same way but not written.
+* A shard is given back in three steps: no new token request starts for it, while the
+  requests already sent are answered and written (up to DRAIN_SECONDS: a token the
+  endpoint issued and nobody wrote is a request wasted, and the next holder asks again);
+  then its workers are stopped (`on_change`); then, once the writes in flight through the
+  fence for it have returned, its Lease is released. A shard lost (another holder, or the
+  deadline passed) is dropped at once and not written.
 
 A replica becomes a member (writes its membership Lease, so that the others give it its
 share) only once it can serve: its sources and managed Secrets are listed (`ready`).
@@ -35,7 +38,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -80,7 +83,7 @@ T = TypeVar("T")
 # A member Lease nobody renewed for this long is deleted by whichever replica sees it
 # (pods of a Deployment get new names: their Leases would pile up).
 MEMBER_GARBAGE_SECONDS = 10 * LEASE_DURATION
-DRAIN_SECONDS = 5.0  # before giving a shard back: its writes in flight return
+DRAIN_SECONDS = 5.0  # before giving a shard back: its requests, then writes, in flight return
 
 
 class ShardKeeper:
@@ -131,8 +134,13 @@ class ShardKeeper:
         self._problem = ProblemLog(log, "shard Leases")
         self._live: set[str] = {identity}
         self._mismatch: set[str] = set()  # live replicas with another --shards
-        # Shards dropped and being handed back (their writes draining): not taken again.
+        # Shards being handed back (requests, then writes, draining): not taken again.
         self._releasing: dict[int, asyncio.Task[None]] = {}
+        # Shards being handed back whose token requests in flight still write: held (the
+        # fence lets their writes through, their Leases are renewed), but no pass starts.
+        self._leaving: set[int] = set()
+        # The credentials with a token request in flight (the runtime sets it).
+        self.requesting: Callable[[], Iterable[str]] = lambda: ()
         self.first_cycle = asyncio.Event()  # one look at the Leases done (or failed)
 
     @property
@@ -151,6 +159,13 @@ class ShardKeeper:
 
     def holds_uid(self, uid: str) -> bool:
         return self.holds(shard_of(uid, self.shards))
+
+    def may_request(self, uid: str) -> bool:
+        """Whether a token request for `uid` may start: its shard is held and not being
+        handed back."""
+        shard = shard_of(uid, self.shards)
+        with self._lock:
+            return self._current(shard) and shard not in self._leaving
 
     def _current(self, shard: int) -> bool:
         renewed = self._held.get(shard)
@@ -284,7 +299,8 @@ class ShardKeeper:
                 renewals.append(self._acquire(shard, by_name.get(name)))
         await asyncio.gather(*renewals)
 
-        decided = plan(self.identity, self.shards, states, self._live, self.held())
+        serving = self.held() - self._leaving
+        decided = plan(self.identity, self.shards, states, self._live, serving)
         why = "given back to balance the replicas"
         if self._mismatch:  # keep what we hold (and renew it); take nothing new
             decided = Plan(take=(), release=())
@@ -293,11 +309,10 @@ class ShardKeeper:
             # hold (its tokens would expire while this one lists): it takes nothing and
             # gives back what it took alone. Alone (a cold start), it takes its shards
             # now: nobody else would serve them sooner.
-            decided = Plan(take=(), release=tuple(sorted(self.held())))
+            decided = Plan(take=(), release=tuple(sorted(serving)))
             why = "given back while this replica still lists its sources"
         for shard in decided.release:
-            self._drop(shard, why, lost=False)
-            self._release_in_background(shard)
+            self._hand_back_in_background(shard, why)
         take = [s for s in decided.take if s not in self._releasing]
         if take:
             await asyncio.gather(
@@ -367,21 +382,50 @@ class ShardKeeper:
         else:
             await self._blocking(self.kube.replace_lease, self.namespace, body)
 
-    def _release_in_background(self, shard: int) -> None:
-        """Not awaited by the cycle: its drain may take DRAIN_SECONDS, and the shards kept
-        must be renewed meanwhile (a cycle that waited, on a loaded node, let every shard
-        it kept pass its renew deadline: they were dropped and their workers restarted)."""
-        task = asyncio.create_task(self._release_quietly(shard), name=f"release-shard-{shard}")
+    def _hand_back_in_background(self, shard: int, why: str) -> None:
+        """Not awaited by the cycle: its drains may take 2 x DRAIN_SECONDS, and the shards
+        kept must be renewed meanwhile (a cycle that waited, on a loaded node, let every
+        shard it kept pass its renew deadline: they were dropped and their workers
+        restarted). The shard stays held, and renewed, until its requests are written."""
+        with self._lock:
+            self._leaving.add(shard)
+        self._events[shard].clear()  # no pass starts for it now
+        task = asyncio.create_task(self._hand_back(shard, why), name=f"release-shard-{shard}")
         self._releasing[shard] = task
         task.add_done_callback(lambda _: self._releasing.pop(shard, None))
 
-    async def _release_quietly(self, shard: int) -> None:
+    async def _hand_back(self, shard: int, why: str) -> None:
         try:
+            requesting = await self._until_requests_written(shard)
+            if not self.holds(shard):
+                return  # lost meanwhile: dropped, and not ours to release
+            self._drop(shard, why, lost=False)
+            if requesting:
+                log.warning(
+                    "shard %d: %d token requests still in flight after %gs; their tokens "
+                    "are not written here",
+                    shard,
+                    requesting,
+                    DRAIN_SECONDS,
+                )
             await self._release(shard)
         except Exception as error:  # e.g. the API did not answer: the Lease expires
             log.warning(
                 "could not hand back shard %d (%s); it expires", shard, describe_api_error(error)
             )
+        finally:
+            with self._lock:
+                self._leaving.discard(shard)
+
+    async def _until_requests_written(self, shard: int) -> int:
+        """Wait up to DRAIN_SECONDS for the shard's token requests in flight to end (each
+        writes what it brought first); how many are still in flight after that."""
+        deadline = self.clock() + DRAIN_SECONDS
+        while True:
+            requesting = sum(1 for u in self.requesting() if shard_of(u, self.shards) == shard)
+            if not requesting or self.clock() >= deadline or not self.holds(shard):
+                return requesting
+            await asyncio.sleep(0.05)
 
     async def _release(self, shard: int) -> None:
         """Hand a shard (already dropped) back, once its writes in flight returned."""
