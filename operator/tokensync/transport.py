@@ -249,28 +249,13 @@ class _DeadlineSocket(socket.socket):
         super().sendall(*args)
 
 
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    """The same for TLS; every context of this module creates these (sslsocket_class)."""
+class _DeadlineSSLSocket(_DeadlineSocket, ssl.SSLSocket):
+    """The same for TLS, handshake included (each call above goes on to SSLSocket's);
+    every context of this module creates these (sslsocket_class)."""
 
     def do_handshake(self, *args: Any) -> None:
         _arm(self)
         super().do_handshake(*args)
-
-    def recv(self, *args: Any) -> bytes:
-        _arm(self)
-        return super().recv(*args)
-
-    def recv_into(self, *args: Any) -> int:
-        _arm(self)
-        return super().recv_into(*args)
-
-    def send(self, *args: Any) -> int:
-        _arm(self)
-        return super().send(*args)
-
-    def sendall(self, *args: Any) -> None:
-        _arm(self)
-        super().sendall(*args)
 
 
 def _connect(host: str, port: int, guard: NetworkGuard | None) -> socket.socket:
