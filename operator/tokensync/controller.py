@@ -153,6 +153,9 @@ class OperatorContext:
     # issued tokens. Kept here, not on the worker: a field per parked worker costs memory
     # at 10,000.
     requests_in_flight: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    # The same requests' `sent` events, set once a request left its endpoint's queue: a
+    # hand-back waits only for those (a queued one is never sent once it starts).
+    requests_sent: dict[str, asyncio.Event] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -621,8 +624,8 @@ class CredentialWorker:
             # between this and the in-flight record the hand-back waits for).
             return self.ctx.now()
         self.attempts = self.attempts.sent(mono)
-        with self._request_in_flight():
-            sent = asyncio.Event()
+        sent = asyncio.Event()
+        with self._request_in_flight(sent):
             fetch = asyncio.ensure_future(self._fetch(request, sent))
             try:
                 # A renewal that answers quickly costs no Refreshing=True write.
@@ -651,15 +654,22 @@ class CredentialWorker:
             return await self._retry_write(p)
 
     @contextlib.contextmanager
-    def _request_in_flight(self) -> Iterator[None]:
-        uid, in_flight = self.owner.uid, self.ctx.requests_in_flight
+    def _request_in_flight(self, sent: asyncio.Event) -> Iterator[None]:
+        uid, in_flight, sent_ones = (
+            self.owner.uid,
+            self.ctx.requests_in_flight,
+            self.ctx.requests_sent,
+        )
         done = in_flight[uid] = asyncio.get_running_loop().create_future()
+        sent_ones[uid] = sent
         try:
             yield
         finally:
             _resolve(done)
             if in_flight.get(uid) is done:
                 del in_flight[uid]
+            if sent_ones.get(uid) is sent:
+                del sent_ones[uid]
 
     async def _discover(self, p: Pass) -> oauth2.TokenError | None:
         """Read the issuer's metadata into the discovery cache (a cache hit costs no
@@ -775,8 +785,13 @@ class CredentialWorker:
         deny, cidrs = self.ctx.config.deny_private_networks, self.ctx.config.deny_cidrs
         await self._through_gate()
         started: list[float] = []
+        uid, may_request = self.owner.uid, self.ctx.may_request
 
         def send() -> oauth2.Token:
+            # Its shard may have started to be handed back while it queued: a request
+            # not sent costs nothing; one sent and not written is a token thrown away.
+            if not may_request(uid):
+                raise NotHolding("its shard is being handed back")
             started.append(time.monotonic())
             return oauth2.fetch_token(request, deny_private_networks=deny, deny_cidrs=cidrs)
 
@@ -1089,17 +1104,19 @@ class CredentialWorker:
         event: tuple[str, str, str] | None = None,
         generation: int | None = None,
     ) -> None:
-        """Patch status (only what changed; only this very credential, by UID)."""
+        """Patch status (only what changed; only this very credential, by UID). The pass
+        gate is passed before the status lock is taken: the expiry report, which takes
+        that lock too, must never wait behind the gate (a mass wake-up)."""
+        await self._through_gate()
         async with self.status_lock:
-            await self._write_status(report, generation, through_gate=True)
+            await self._write_status(report, generation)
         if event:
             self._event(*event)
 
-    async def _write_status(
-        self, report: Report, generation: int | None, through_gate: bool = False
-    ) -> None:
-        """With status_lock held. The expiry timer's writes skip the pass gate: they
-        pace nothing and must not wait behind a mass wake-up."""
+    async def _write_status(self, report: Report, generation: int | None) -> None:
+        """With status_lock held; never through the pass gate (a pass went through it
+        before taking the lock; the expiry timer's writes pace nothing and must not wait
+        behind a mass wake-up)."""
         owner = self.owner
         if generation is None:
             generation = int(self.metadata.get("generation") or 0)
@@ -1111,7 +1128,7 @@ class CredentialWorker:
         self.status_in_flight = status
         try:
             result = await self._kube_write(
-                self.ctx.kube.patch_credential_status, *args, gate=through_gate
+                self.ctx.kube.patch_credential_status, *args, gate=False
             )
         except KubeError as error:
             if error.status == 404:

@@ -59,6 +59,10 @@ WRITES_DRAIN_SECONDS = 10.0  # at shutdown, for Kubernetes calls of cancelled wo
 # must not throw tokens away); with the writes' drain, within the pod's 30 s grace period.
 REQUESTS_DRAIN_SECONDS = 10.0
 KEEPER_FIRST_LOOK_SECONDS = 10.0  # at start, with --shards: the first look at the Leases
+# The wall clock is compared with the monotonic one this often; moving ahead by more than
+# CLOCK_JUMP_SECONDS between two looks is a pause (see watch_the_wall_clock).
+CLOCK_CHECK_SECONDS = 1.0
+CLOCK_JUMP_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,8 @@ class Runtime:
         )
         rebalance.target = supervisor.rebalance
         if keeper is not None:
-            keeper.requesting = supervisor.ctx.requests_in_flight.keys
+            sent = supervisor.ctx.requests_sent
+            keeper.requesting = lambda: [uid for uid, event in sent.items() if event.is_set()]
         runtime = cls(options, kube, kube_executor, limits, supervisor, elector or keeper, synced)
         if keeper is not None:
             metrics.LEADER.set(1)  # every replica serves (its shards)
@@ -180,6 +185,9 @@ class Runtime:
                     await keeper.first_cycle.wait()
         runtime.watches = _start_watches(runtime)
         runtime.background.append(supervised("credential sweep", runtime.sweep_forever))
+        runtime.background.append(
+            supervised("wall clock", lambda: watch_the_wall_clock(runtime.wall_clock_jumped))
+        )
         metrics.serve(
             options.metrics_port,
             supervisor.samples,
@@ -229,6 +237,15 @@ class Runtime:
             )
             return
         supervisor.observe(event_type, compact)
+
+    def wall_clock_jumped(self, ahead: float) -> None:
+        log.warning(
+            "the wall clock moved %.0fs ahead of the monotonic clock (this machine or its "
+            "VM was paused or suspended, or the clock was stepped): every credential is "
+            "looked at again now",
+            ahead,
+        )
+        self.supervisor.clock_jumped()
 
     async def sweep_forever(self) -> None:
         """Mark and sweep the workers against a complete list of credentials,
@@ -311,6 +328,29 @@ class _Coalesced:
     def _run(self) -> None:
         self._pending = False
         self.target()
+
+
+async def watch_the_wall_clock(
+    jumped: Callable[[float], None],
+    *,
+    wall: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    interval: float = CLOCK_CHECK_SECONDS,
+) -> None:
+    """Call `jumped(seconds)` when the wall clock moves that far ahead of the monotonic
+    clock. Every timer (a refresh point, an expiry report) runs on the monotonic clock,
+    which stands still while the machine or its VM is suspended or paused; tokens expire
+    on the wall clock, which the host or NTP sets right after. Without this, a worker
+    would sleep out the rest of its delay after a pause, its token expired meanwhile and
+    Ready still True. A stalled event loop moves both clocks alike: no call."""
+    wall_before, monotonic_before = wall(), monotonic()
+    while True:
+        await asyncio.sleep(interval)
+        wall_now, monotonic_now = wall(), monotonic()
+        ahead = (wall_now - wall_before) - (monotonic_now - monotonic_before)
+        wall_before, monotonic_before = wall_now, monotonic_now
+        if ahead > CLOCK_JUMP_SECONDS:
+            jumped(ahead)
 
 
 def supervised(

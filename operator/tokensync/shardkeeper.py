@@ -123,6 +123,9 @@ class ShardKeeper:
         self.wall_clock = wall_clock
         # shard -> monotonic time its last successful acquire or renewal was sent
         self._held: dict[int, float] = {}
+        # shard -> wall-clock time of the same: the monotonic clock stands still while
+        # the machine or its VM is paused, and the others' clocks do not.
+        self._held_wall: dict[int, float] = {}
         self._lock = threading.Lock()  # _held and _in_flight: read by write threads
         self._in_flight: Counter[int] = Counter()
         self._events = [asyncio.Event() for _ in range(shards)]
@@ -139,7 +142,8 @@ class ShardKeeper:
         # Shards being handed back whose token requests in flight still write: held (the
         # fence lets their writes through, their Leases are renewed), but no pass starts.
         self._leaving: set[int] = set()
-        # The credentials with a token request in flight (the runtime sets it).
+        # The credentials with a token request sent and not yet written (the runtime
+        # sets it; one still queued for its endpoint is never sent once the shard leaves).
         self.requesting: Callable[[], Iterable[str]] = lambda: ()
         self.first_cycle = asyncio.Event()  # one look at the Leases done (or failed)
 
@@ -168,8 +172,17 @@ class ShardKeeper:
             return self._current(shard) and shard not in self._leaving
 
     def _current(self, shard: int) -> bool:
+        """Renewed within the deadline by both clocks: the monotonic one (a wall clock
+        stepped back must not extend a hold) and the wall clock (after a pause of the
+        machine or its VM, the monotonic one has not moved, but another replica may have
+        waited out the Lease and taken the shard meanwhile)."""
         renewed = self._held.get(shard)
-        return renewed is not None and self.clock() < renewed + self.renew_deadline
+        if renewed is None or self.clock() >= renewed + self.renew_deadline:
+            return False
+        renewed_wall = self._held_wall.get(shard)
+        return renewed_wall is None or self.wall_clock().timestamp() < (
+            renewed_wall + self.renew_deadline
+        )
 
     @contextlib.contextmanager
     def writing(self, uid: str) -> Iterator[None]:
@@ -237,6 +250,7 @@ class ShardKeeper:
         shards = sorted(self.held())
         with self._lock:
             self._held.clear()
+            self._held_wall.clear()
         for shard in shards:
             self._events[shard].clear()
             with contextlib.suppress(KeyError):
@@ -337,7 +351,7 @@ class ShardKeeper:
     async def _acquire(self, shard: int, current: dict[str, Any] | None) -> None:
         """Take or renew one shard; a 409 or another failure leaves it to the next cycle
         (and to the deadline, for one held)."""
-        started = self.clock()
+        started, started_wall = self.clock(), self.wall_clock().timestamp()
         name = shard_lease_name(self.prefix, shard)
         try:
             await self._write(name, current, ROLE_SHARD)
@@ -348,6 +362,7 @@ class ShardKeeper:
         with self._lock:
             gained = shard not in self._held
             self._held[shard] = started
+            self._held_wall[shard] = started_wall
         if gained:
             self._events[shard].set()
             metrics.SHARD_HELD.labels(str(shard)).set(1)
@@ -470,6 +485,7 @@ class ShardKeeper:
     def _drop(self, shard: int, why: str, *, lost: bool = True) -> None:
         """Stop serving a shard at once: the fence closes, then its workers stop."""
         with self._lock:
+            self._held_wall.pop(shard, None)
             if self._held.pop(shard, None) is None:
                 return
         self._events[shard].clear()

@@ -150,6 +150,14 @@ class Supervisor:
             "serving %d credentials (%d served elsewhere)", len(self.workers), len(self.parked)
         )
 
+    def clock_jumped(self) -> None:
+        """The wall clock moved ahead (a pause): every worker looks again now, and every
+        expiry timer is set again from the wall clock (both ran on the monotonic clock,
+        which stood still)."""
+        for worker in list(self.workers.values()):
+            worker.arm_expiry()
+            worker.wake()
+
     def park(self, uid: str) -> None:
         """Stop the worker of a credential another replica serves now; keep its body,
         with the status as this worker last knew it, and its name."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -308,3 +309,52 @@ def test_no_token_request_starts_while_its_shard_is_handed_back(world):  # noqa:
     assert endpoint.requests == 0
     assert "create_secret" not in kube.calls
     assert wake_at is not None  # waits for its shard (or to be parked), not for an event
+
+
+def test_a_paused_machine_s_hold_ends_by_the_wall_clock_too():
+    """While the machine or its VM is paused the monotonic clock stands still; the
+    others' clocks do not, and after LEASE_DURATION one of them takes the shard. Once
+    resumed, the wall clock (set by the host or NTP) says how long it was: past the
+    renew deadline, nothing more is written for the shard."""
+    clock, wall = [100.0], [datetime(2026, 12, 7, 12, 0, tzinfo=UTC)]
+    keeper = ShardKeeper(
+        None,  # type: ignore[arg-type]  # no API call is made here
+        "tokensync",
+        "ns",
+        "me",
+        8,
+        on_change=lambda: None,
+        clock=lambda: clock[0],
+        wall_clock=lambda: wall[0],
+    )
+    uid = "cred-uid"
+    shard = shard_of(uid, 8)
+    keeper._held[shard] = 100.0  # as a successful renewal sent at 100 s records it
+    keeper._held_wall[shard] = wall[0].timestamp()
+    clock[0] += 1.0
+    wall[0] += timedelta(seconds=1)
+    assert keeper.holds_uid(uid)
+    wall[0] += timedelta(seconds=keeper.lease_duration)  # paused: only the wall clock moved
+    assert not keeper.holds_uid(uid)
+    with pytest.raises(NotHolding), keeper.writing(uid):
+        pass
+    wall[0] -= timedelta(hours=1)  # a wall clock stepped back extends nothing
+    clock[0] = 100.0 + keeper.renew_deadline
+    assert not keeper.holds_uid(uid)
+
+
+def test_a_request_still_queued_when_its_shard_starts_leaving_is_never_sent(world):  # noqa: F811
+    """The bench at 0cf8f0f: two shards handed back in a burst of renewals each had 20-29
+    requests queued for the endpoint; the hand-back waited 5 s for them, then stopped
+    their workers, and the ones sent meanwhile were never written. Now a request checks,
+    on the thread about to send it, that its shard is not leaving; and the hand-back
+    waits only for requests already sent."""
+    kube, endpoint, ctx = world
+    answers = iter([True, False])  # may start; by the time it leaves the queue: leaving
+    ctx.may_request = lambda uid: next(answers)
+    worker = CredentialWorker(ctx, credential())
+    with pytest.raises(NotHolding):
+        asyncio.run(worker.reconcile())
+    assert endpoint.requests == 0
+    assert "create_secret" not in kube.calls
+    assert ctx.requests_in_flight == {} and ctx.requests_sent == {}
