@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,17 +60,25 @@ def test_the_write_fence_refuses_on_the_sending_thread(world):  # noqa: F811
     assert "create_secret" not in kube.calls
 
 
-def test_a_held_shard_ends_at_the_renew_deadline_on_the_keeper_s_own_clock():
-    clock = [100.0]
-    keeper = ShardKeeper(
-        None,  # type: ignore[arg-type]  # no API call is made here
+def _lone_keeper(
+    clock: Callable[[], float], wall_clock: Callable[[], datetime] | None = None
+) -> ShardKeeper:
+    """A keeper of 8 shards on these clocks, for checks that make no API call."""
+    return ShardKeeper(
+        None,  # type: ignore[arg-type]
         "tokensync",
         "ns",
         "me",
         8,
         on_change=lambda: None,
-        clock=lambda: clock[0],
+        clock=clock,
+        **({"wall_clock": wall_clock} if wall_clock else {}),
     )
+
+
+def test_a_held_shard_ends_at_the_renew_deadline_on_the_keeper_s_own_clock():
+    clock = [100.0]
+    keeper = _lone_keeper(lambda: clock[0])
     uid = "cred-uid"
     shard = shard_of(uid, 8)
     assert not keeper.holds_uid(uid)
@@ -180,6 +189,24 @@ class FakeShardLeases(FakeLeases):
             self.objects.pop(name, None)
 
 
+def _two_keepers(shards: int) -> tuple[ShardKeeper, ShardKeeper]:
+    """replica-a and replica-b on one set of fake Leases, with short timings."""
+    api = FakeShardLeases()
+    first, second = (
+        ShardKeeper(
+            api,  # type: ignore[arg-type]
+            "tokensync",
+            "tokensync-system",
+            identity,
+            shards,
+            on_change=lambda: None,
+            **FAST,
+        )
+        for identity in ("replica-a", "replica-b")
+    )
+    return first, second
+
+
 def test_a_hand_back_waiting_for_writes_never_costs_the_shards_kept(monkeypatch):
     """A replica gives shards back only after their writes in flight returned (up to
     DRAIN_SECONDS). That wait used to hold the keeper's cycle, so the shards it kept were
@@ -187,21 +214,9 @@ def test_a_hand_back_waiting_for_writes_never_costs_the_shards_kept(monkeypatch)
     node a replica that gave back 16 shards lost the 16 it kept 5 s later, and restarted
     their 1,400 workers (bench/README.md). Now the hand-back runs beside the cycle."""
     monkeypatch.setattr(shardkeeper, "DRAIN_SECONDS", 3.0)  # > the renew deadline
-    api = FakeShardLeases()
-
-    def keeper(identity: str) -> ShardKeeper:
-        return ShardKeeper(
-            api,  # type: ignore[arg-type]
-            "tokensync",
-            "tokensync-system",
-            identity,
-            4,
-            on_change=lambda: None,
-            **FAST,
-        )
 
     async def scenario() -> None:
-        first, second = keeper("replica-a"), keeper("replica-b")
+        first, second = _two_keepers(4)
         first.start()
         await until(lambda: first.held() == {0, 1, 2, 3})
         for shard in range(4):
@@ -231,22 +246,10 @@ def test_a_shard_handed_back_writes_the_tokens_already_requested_first(monkeypat
     renewed and its fence open, while no new request starts for it; it is given back
     once the requests in flight ended (their tokens written)."""
     monkeypatch.setattr(shardkeeper, "DRAIN_SECONDS", 30.0)  # only the requests end it
-    api = FakeShardLeases()
     uids = {shard: _uid_in(shard, 4) for shard in range(4)}
 
-    def keeper(identity: str) -> ShardKeeper:
-        return ShardKeeper(
-            api,  # type: ignore[arg-type]
-            "tokensync",
-            "tokensync-system",
-            identity,
-            4,
-            on_change=lambda: None,
-            **FAST,
-        )
-
     async def scenario() -> None:
-        first, second = keeper("replica-a"), keeper("replica-b")
+        first, second = _two_keepers(4)
         requesting = set(uids.values())  # one request in flight in every shard
         first.requesting = lambda: requesting
         first.start()
@@ -273,22 +276,10 @@ def test_a_shard_handed_back_writes_the_tokens_already_requested_first(monkeypat
 
 def test_a_request_that_never_ends_delays_a_hand_back_only_a_bounded_time(monkeypatch, caplog):
     monkeypatch.setattr(shardkeeper, "DRAIN_SECONDS", 0.5)
-    api = FakeShardLeases()
     uid = _uid_in(0, 2)
 
-    def keeper(identity: str) -> ShardKeeper:
-        return ShardKeeper(
-            api,  # type: ignore[arg-type]
-            "tokensync",
-            "tokensync-system",
-            identity,
-            2,
-            on_change=lambda: None,
-            **FAST,
-        )
-
     async def scenario() -> None:
-        first, second = keeper("replica-a"), keeper("replica-b")
+        first, second = _two_keepers(2)
         first.requesting = lambda: [uid, _uid_in(1, 2)]  # never answered
         first.start()
         await until(lambda: first.held() == {0, 1})
@@ -317,16 +308,7 @@ def test_a_paused_machine_s_hold_ends_by_the_wall_clock_too():
     resumed, the wall clock (set by the host or NTP) says how long it was: past the
     renew deadline, nothing more is written for the shard."""
     clock, wall = [100.0], [datetime(2026, 12, 7, 12, 0, tzinfo=UTC)]
-    keeper = ShardKeeper(
-        None,  # type: ignore[arg-type]  # no API call is made here
-        "tokensync",
-        "ns",
-        "me",
-        8,
-        on_change=lambda: None,
-        clock=lambda: clock[0],
-        wall_clock=lambda: wall[0],
-    )
+    keeper = _lone_keeper(lambda: clock[0], lambda: wall[0])
     uid = "cred-uid"
     shard = shard_of(uid, 8)
     keeper._held[shard] = 100.0  # as a successful renewal sent at 100 s records it

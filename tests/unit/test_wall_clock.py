@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from test_worker import NOW, credential, run, world  # noqa: F401 - the fixture
 
 from tokensync import readiness
+from tokensync.controller import CredentialWorker
 from tokensync.runtime import CLOCK_JUMP_SECONDS, watch_the_wall_clock
 from tokensync.sources import SourceCache
 from tokensync.supervisor import Supervisor
@@ -58,6 +60,25 @@ def test_a_pause_is_told_apart_from_a_busy_loop_and_a_step_back():
     assert [round(j, 1) for j in jumps] == [29.0, CLOCK_JUMP_SECONDS + 0.5]
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def _issued_and_sleeping(supervisor: Supervisor) -> CredentialWorker:
+    """The worker of a new credential, once its first token is written and it sleeps."""
+    supervisor.observe("LISTED", credential())
+    worker = supervisor.workers["cred-uid"]
+    await _until(lambda: bool(worker.status.get("expiresAt")) and worker.waiter is not None)
+    return worker
+
+
+def _ready(worker: CredentialWorker) -> dict[str, Any]:
+    return dict(readiness.condition_of(worker.status, readiness.READY) or {})
+
+
 def test_after_a_pause_a_worker_renews_and_reports_at_once(world):  # noqa: F811
     """The token is issued for an hour; the machine pauses for two (the fake wall clock
     jumps, the loop's monotonic timers do not move). Told of the jump, the supervisor has
@@ -68,21 +89,13 @@ def test_after_a_pause_a_worker_renews_and_reports_at_once(world):  # noqa: F811
 
     async def scenario() -> None:
         supervisor = Supervisor(ctx, SourceCache())
-        supervisor.observe("LISTED", credential())
-        worker = supervisor.workers["cred-uid"]
-        for _ in range(200):
-            if worker.status.get("expiresAt") and worker.waiter is not None:
-                break
-            await asyncio.sleep(0.01)
+        worker = await _issued_and_sleeping(supervisor)
         assert endpoint.requests == 1
         assert readiness.ready_until(worker.status) == NOW + timedelta(hours=1)
 
         clock[0] = NOW + timedelta(hours=2)  # after the pause
         supervisor.clock_jumped()
-        for _ in range(200):
-            if endpoint.requests == 2 and worker.waiter is not None:
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: endpoint.requests == 2 and worker.waiter is not None)
         assert endpoint.requests == 2, "the worker slept on after the pause"
         assert readiness.ready_until(worker.status) == NOW + timedelta(hours=3)
         await supervisor.stop()
@@ -108,20 +121,12 @@ def test_after_a_pause_a_stuck_worker_s_ready_is_taken_away_at_once(world):  # n
 
     async def scenario() -> None:
         supervisor = Supervisor(ctx, SourceCache())
-        supervisor.observe("LISTED", credential())
-        worker = supervisor.workers["cred-uid"]
-        for _ in range(200):
-            if worker.status.get("expiresAt") and worker.waiter is not None:
-                break
-            await asyncio.sleep(0.01)
+        worker = await _issued_and_sleeping(supervisor)
         ctx.pass_gate = _Closed()  # type: ignore[assignment]  # no pass calls out now
         clock[0] = NOW + timedelta(hours=1, minutes=5)
         supervisor.clock_jumped()
-        for _ in range(200):
-            ready = readiness.condition_of(worker.status, readiness.READY) or {}
-            if ready.get("reason") == "TokenExpired":
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: _ready(worker).get("reason") == "TokenExpired")
+        ready = _ready(worker)
         assert ready.get("status") == "False" and ready.get("reason") == "TokenExpired"
         await supervisor.stop()
 
