@@ -140,8 +140,9 @@ class OperatorContext:
     holds: Callable[[str], bool] = lambda uid: True
     held: Callable[[str], Awaitable[None]] | None = None
     writing: Callable[[str], AbstractContextManager[Any]] = lambda uid: contextlib.nullcontext()
-    # Whether a token request may start: not while its shard is being handed back (the
-    # hand-back waits for the requests already in flight to be written, not for new ones).
+    # Whether a token request may start, or leave its endpoint's queue: not while its
+    # shard is being handed back (the hand-back waits for the requests already sent to be
+    # written, not for new ones).
     may_request: Callable[[str], bool] = lambda uid: True
     # Returns once the labelled sources and managed Secrets are listed: before that, a
     # missing object may just not have arrived yet.
