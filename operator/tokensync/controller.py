@@ -68,6 +68,7 @@ RESYNC = timedelta(minutes=30)  # re-check even when nothing woke us; requests n
 CONFLICT_RECHECK = timedelta(seconds=30)
 UNEXPECTED_ERROR_RETRY = timedelta(seconds=30)
 SOURCE_PENDING_RECHECK = timedelta(seconds=2)
+HELD_BACK_SECONDS = 1.0  # a pass whose request may not start (hand-back, stop) looks again
 WRITE_ATTEMPTS = 3
 # A routine renewal that answers within this long after it was sent writes no
 # Refreshing=True first. The time queued for an endpoint's slot does not count (bursts of
@@ -157,6 +158,14 @@ class OperatorContext:
     # The same requests' `sent` events, set once a request left its endpoint's queue: a
     # hand-back waits only for those (a queued one is never sent once it starts).
     requests_sent: dict[str, asyncio.Event] = field(default_factory=dict)
+    # Set by a clean stop (Supervisor.stop), the same rule as a hand-back: no token
+    # request starts or leaves its queue after it. One not sent costs nothing; one sent
+    # and then cancelled is a token thrown away.
+    stopping: bool = False
+
+    def may_send(self, uid: str) -> bool:
+        """A token request for `uid` may start, or leave its endpoint's queue, now."""
+        return not self.stopping and self.may_request(uid)
 
 
 @dataclass(frozen=True)
@@ -296,11 +305,12 @@ class CredentialWorker:
                 return
             except NotLeading:
                 continue  # waits for leadership at the top of the loop
-            except NotHolding:
+            except NotHolding as why:
                 log.info(
-                    "%s/%s: its shard is no longer held here: nothing written",
+                    "%s/%s: nothing written: %s",
                     self.owner.namespace,
                     self.owner.name,
+                    why or "its shard is no longer held here",
                 )
                 continue  # waits for the shard at the top of the loop (or is stopped)
             except KubeError as error:  # its text is the API's Status message only
@@ -620,10 +630,11 @@ class CredentialWorker:
         if isinstance(request, ReferenceProblem):
             await self._report_problem(request)
             return self.ctx.now() + timedelta(seconds=identity.RECHECK_SECONDS)
-        if not self.ctx.may_request(self.owner.uid):
-            # Its shard is being handed back: the next holder requests (no await
-            # between this and the in-flight record the hand-back waits for).
-            return self.ctx.now()
+        if not self.ctx.may_send(self.owner.uid):
+            # Its shard is being handed back (the next holder requests), or the operator
+            # is stopping. No await between this and the in-flight record the hand-back
+            # waits for; a look again later, not at once, as this holds for seconds.
+            return self.ctx.now() + timedelta(seconds=HELD_BACK_SECONDS)
         self.attempts = self.attempts.sent(mono)
         sent = asyncio.Event()
         with self._request_in_flight(sent):
@@ -786,13 +797,16 @@ class CredentialWorker:
         deny, cidrs = self.ctx.config.deny_private_networks, self.ctx.config.deny_cidrs
         await self._through_gate()
         started: list[float] = []
-        uid, may_request = self.owner.uid, self.ctx.may_request
+        uid, ctx = self.owner.uid, self.ctx
 
         def send() -> oauth2.Token:
-            # Its shard may have started to be handed back while it queued: a request
-            # not sent costs nothing; one sent and not written is a token thrown away.
-            if not may_request(uid):
-                raise NotHolding("its shard is being handed back")
+            # Its shard may have started to be handed back, or the operator to stop,
+            # while it queued: a request not sent costs nothing; one sent and not
+            # written is a token thrown away.
+            if not ctx.may_send(uid):
+                raise NotHolding(
+                    "the operator is stopping" if ctx.stopping else "its shard is being handed back"
+                )
             started.append(time.monotonic())
             return oauth2.fetch_token(request, deny_private_networks=deny, deny_cidrs=cidrs)
 

@@ -30,6 +30,7 @@ SOURCE_COMPONENT = "tokensync"  # the legacy `source.component`, shown by kubect
 MAX_MESSAGE = 1024  # the API's limit for an event's message (note)
 MAX_FIELD = 128  # reason, action and reportingInstance
 MAX_BACKLOG = 1000
+SUMMARY_SECONDS = 60.0  # failures and drops after the first are logged once a minute
 REQUEST_TIMEOUT = (5, 10)  # connect, read (seconds)
 
 # What tokensync was doing when it reported the event, by reason.
@@ -121,10 +122,12 @@ class Recorder:
         create: Callable[[str, dict[str, Any]], None],
         instance: str | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._create = create  # (namespace, body) -> None; raises on failure
         self._instance = instance or reporting_instance()
         self._now = now
+        self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokensync-events")
         self._pending = 0
         self._lock = threading.Lock()
@@ -132,6 +135,10 @@ class Recorder:
         # server outage every event fails, and one line each would flood the log.
         self._failed = 0
         self._failure_logged_at: float | None = None
+        # The same for events dropped on a full backlog: a creation burst of 10,000
+        # credentials dropped thousands, one warning line each.
+        self._dropped = 0
+        self._drop_logged_at: float | None = None
 
     def post(self, regarding: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         body = event_body(
@@ -139,18 +146,34 @@ class Recorder:
         )
         with self._lock:
             if self._pending >= MAX_BACKLOG:
-                log.warning("event backlog full; dropped a %s event", reason)
+                self._drop(reason)
                 return
             self._pending += 1
+            if self._pending == 1:
+                self._drop_logged_at = None  # drained: the next drop is news again
         self._executor.submit(self._send, body)
+
+    def _drop(self, reason: str) -> None:
+        """Count a dropped event; log the first of a burst, then a summary a minute."""
+        self._dropped += 1
+        now = self._clock()
+        if self._drop_logged_at is None or now - self._drop_logged_at >= SUMMARY_SECONDS:
+            log.warning(
+                "event backlog full (%d waiting): dropped %d event(s), the last a %s event; "
+                "status conditions still say everything",
+                MAX_BACKLOG,
+                self._dropped,
+                reason,
+            )
+            self._dropped, self._drop_logged_at = 0, now
 
     def _send(self, body: dict[str, Any]) -> None:
         try:
             self._create(body["metadata"]["namespace"], body)
         except Exception as error:  # best effort; its text is the API's Status message only
             self._failed += 1
-            now = time.monotonic()
-            if self._failure_logged_at is None or now - self._failure_logged_at >= 60:
+            now = self._clock()
+            if self._failure_logged_at is None or now - self._failure_logged_at >= SUMMARY_SECONDS:
                 log.warning(
                     "could not post %d event(s), the last a %s event: %s",
                     self._failed,

@@ -54,6 +54,7 @@ RENEW_INTERVAL = 5.0  # how often the leader renews
 RETRY_PERIOD = 2.0  # how often a standby looks, and a failing leader retries
 RENEW_DEADLINE = 10.0  # the leader gives up when it has not renewed for this long
 RELEASE_TIMEOUT = 5.0  # at shutdown; a lease left held simply expires
+PAUSE_RECHECK_SECONDS = 0.2  # a worker waiting for the renewal after a pause looks again
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -283,11 +284,15 @@ class LeaderElector:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokensync-lease")
         self._observation: Observation | None = None
         self._renewed_at = 0.0  # monotonic time the last successful write was sent
+        # The wall-clock time of the same: the monotonic clock stands still while the
+        # machine or its VM is paused, but a standby may wait out the Lease meanwhile.
+        self._renewed_wall = 0.0
         self._holder: str | None = None  # last holder logged
         self._problem = ProblemLog(log, f"lease {self.lease}")
         self._lost = False  # once lost, never leader again in this process
         # Checked by the loop, so stop() never depends on a cancellation arriving.
         self._stopping = asyncio.Event()
+        self._look_now = asyncio.Event()  # ends the loop's rest early (stop, a pause)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -308,15 +313,32 @@ class LeaderElector:
         error = task.exception()
         self._lose(f"leader election stopped ({type(error).__name__ if error else 'returned'})")
 
+    def holds(self) -> bool:
+        """We lead and renewed within the deadline by both clocks (the write fence,
+        called on the thread that sends each write). By the monotonic one, as a wall
+        clock stepped back must not extend the hold; by the wall clock too, as after a
+        pause of the machine the monotonic one has not moved while a standby may have
+        waited out the Lease and taken over."""
+        return (
+            self.is_leader.is_set()
+            and self.clock() < self._renewed_at + self.renew_deadline
+            and self.wall_clock().timestamp() < self._renewed_wall + self.renew_deadline
+        )
+
     async def wait(self) -> None:
         """Return once we are leader and our lease is current (the workers' hook)."""
         while True:
             await self.is_leader.wait()
-            if self.clock() < self._renewed_at + self.renew_deadline:
+            if self.holds():
                 return
-            # The loop should have noticed; after a long pause of the process it may not
-            # have run yet. Never start a pass on an overdue lease.
-            self._lose(f"the lease was not renewed for over {self.renew_deadline:g}s")
+            if self.clock() >= self._renewed_at + self.renew_deadline:
+                # The loop should have noticed; after a long pause of the process it may
+                # not have run yet. Never start a pass on an overdue lease.
+                self._lose(f"the lease was not renewed for over {self.renew_deadline:g}s")
+            else:
+                # Overdue by the wall clock only (a pause): the loop's next renewal
+                # either holds the Lease again or finds the standby that took it.
+                await asyncio.sleep(PAUSE_RECHECK_SECONDS)
 
     # asyncio.timeout() rather than asyncio.wait_for() throughout: on Python 3.11,
     # wait_for swallows a cancellation that arrives as the awaited call completes.
@@ -331,11 +353,18 @@ class LeaderElector:
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
-                    await self._stopping.wait()
+                    await self._look_now.wait()
+            self._look_now.clear()
+
+    def look_now(self) -> None:
+        """Renew (or find the new holder) now rather than at the next interval: after a
+        pause of the machine, the workers wait for it (wait())."""
+        self._look_now.set()
 
     async def stop(self) -> None:
         """Stop the loop; if we lead, stop leading and hand the lease back."""
         self._stopping.set()
+        self._look_now.set()
         if self._task is not None:
             self._task.cancel()  # do not wait for an API call in flight
             await asyncio.wait({self._task}, timeout=RELEASE_TIMEOUT)
@@ -359,7 +388,7 @@ class LeaderElector:
     # --- cycles -----------------------------------------------------------------------
 
     async def _candidate_cycle(self) -> float:
-        started = self.clock()
+        started, started_wall = self.clock(), self.wall_clock().timestamp()
         try:
             async with asyncio.timeout(self.renew_deadline):
                 outcome = await self._try_acquire_or_renew()
@@ -368,7 +397,7 @@ class LeaderElector:
             return self.retry_period
         self._problem(None)
         if outcome is _Outcome.WON:
-            self._renewed_at = started
+            self._renewed_at, self._renewed_wall = started, started_wall
             self.is_leader.set()
             metrics.LEADER.set(1)
             log.info("became leader of lease %s as %s", self.lease, self.identity)
@@ -376,7 +405,7 @@ class LeaderElector:
         return self.retry_period
 
     async def _leader_cycle(self) -> float | None:
-        started = self.clock()
+        started, started_wall = self.clock(), self.wall_clock().timestamp()
         deadline = self._renewed_at + self.renew_deadline
         outcome: _Outcome | None = None
         try:
@@ -387,7 +416,7 @@ class LeaderElector:
         else:
             self._problem(None)
         if outcome is _Outcome.WON:
-            self._renewed_at = started
+            self._renewed_at, self._renewed_wall = started, started_wall
             return self.renew_interval
         if outcome is _Outcome.HELD_ELSEWHERE:
             self._lose(f"the lease is held by {self._holder}")

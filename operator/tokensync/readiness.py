@@ -42,12 +42,16 @@ def while_refreshing(
     status: Mapping[str, Any], held: HeldToken | None, trigger: Trigger, now: datetime
 ) -> Condition:
     """Ready while a refresh is in flight: unchanged if the held token still serves the
-    current spec, otherwise Pending."""
+    current spec, TokenExpired if it has expired, otherwise Pending."""
     ready = condition_of(status, READY)
     if ready and ready.get("status") == "True" and serves_current(trigger, held, now):
         return Condition("True", ready["reason"], ready.get("message", ""))
     if held is None:
         return Condition("False", "Pending", "the first token has not been issued yet")
+    if held.expires_at and now >= held.expires_at:
+        # Say what the pods read: an expired token (a pause, a long outage), not Pending.
+        why = "" if trigger.reason == EXPIRED else f" ({trigger.message})"
+        return Condition("False", EXPIRED, f"the token expired; a new one is being requested{why}")
     return Condition("False", "Pending", f"a new token is needed: {trigger.message}")
 
 

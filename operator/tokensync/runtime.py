@@ -139,7 +139,7 @@ class Runtime:
                 identity,
                 on_lost=_exit_after_lost_leadership,
             )
-        leading = elector.is_leader.is_set if elector else lambda: True
+        leading = elector.holds if elector else lambda: True
         supervisor = Supervisor(
             OperatorContext(
                 config=options.config,
@@ -245,6 +245,8 @@ class Runtime:
             "looked at again now",
             ahead,
         )
+        if isinstance(self.elector, LeaderElector):
+            self.elector.look_now()  # its workers wait for a renewal by both clocks
         self.supervisor.clock_jumped()
 
     async def sweep_forever(self) -> None:

@@ -305,8 +305,18 @@ class Supervisor:
         with a token request in flight get up to `requests_grace` seconds to write what it
         brings first: cancelled, the token the endpoint issued is lost and whoever serves
         the credential next asks again, ahead of its renew window. Their expiry timers stay
-        armed meanwhile: a token that expires during the wait is still reported."""
-        in_flight = dict(self.ctx.requests_in_flight)
+        armed meanwhile: a token that expires during the wait is still reported.
+
+        As a shard's hand-back does, it waits only for requests already sent: from now on
+        none starts or leaves its endpoint's queue (OperatorContext.may_send), so a queued
+        one costs nothing and whoever serves next asks instead."""
+        self.ctx.stopping = True
+        sent = self.ctx.requests_sent
+        in_flight = {
+            uid: done
+            for uid, done in self.ctx.requests_in_flight.items()
+            if uid in sent and sent[uid].is_set()
+        }
         workers = list(self.workers.values())
         waiting = [w for w in workers if requests_grace > 0 and w.owner.uid in in_flight]
         # First the others, so that no new pass starts meanwhile.

@@ -19,8 +19,9 @@ from tokensync import discovery, identity, metrics, oauth2
 from tokensync.controller import CredentialWorker, NotLeading, OperatorContext
 from tokensync.gates import OperatorConfig
 from tokensync.limits import Coalescer, RequestLimits
-from tokensync.readiness import expired_report
+from tokensync.readiness import expired_report, while_refreshing
 from tokensync.runtime import Runtime, stop_in_order, supervised
+from tokensync.schedule import HeldToken, Trigger
 from tokensync.secret import format_time
 from tokensync.sources import SourceCache
 from tokensync.supervisor import Supervisor
@@ -487,3 +488,24 @@ def test_a_malformed_credential_event_is_skipped_without_stopping_the_others(cap
 
     asyncio.run(scenario())
     assert "credential ns/no-uid skipped: unexpected KeyError" in caplog.text
+
+
+def test_a_refresh_of_an_expired_token_says_token_expired_not_pending():
+    """After a pause or a long outage the pass that asks again must not call an expired
+    token Pending: the pods read an expired token, and Ready says so."""
+    held = HeldToken(frozenset({"access_token"}), NOW - timedelta(hours=1), NOW, "h")
+    status = _ready_status(format_time(NOW))
+    expired = Trigger("TokenExpired", "the token expired")
+    ready = while_refreshing(status, held, expired, NOW)
+    assert (ready.status, ready.reason) == ("False", "TokenExpired")
+    assert ready.message == "the token expired; a new one is being requested"
+    changed = Trigger("GenerationChanged", "spec generation 3 is not yet served")
+    ready = while_refreshing(status, held, changed, NOW + timedelta(seconds=1))
+    assert (ready.reason, ready.message) == (
+        "TokenExpired",
+        "the token expired; a new one is being requested (spec generation 3 is not yet served)",
+    )
+    # Still valid: a renewal keeps Ready as written; no token yet: Pending.
+    renew = Trigger("RenewWindow", "the token is inside its renew window")
+    assert while_refreshing(status, held, renew, NOW - timedelta(seconds=1)).status == "True"
+    assert while_refreshing({}, None, renew, NOW).reason == "Pending"

@@ -80,6 +80,42 @@ def test_recorder_posts_on_its_own_thread_and_survives_failures() -> None:
     assert sent[0][2] != caller
 
 
+def test_a_full_backlog_drops_events_with_one_warning_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A creation burst of 10,000 credentials overflowed the backlog and logged one
+    warning per dropped event (thousands of lines in the 10,000-credential bench)."""
+    release, clock = threading.Event(), [0.0]
+    recorder = events.Recorder(
+        lambda _ns, _body: release.wait(10),
+        instance="pod-1",
+        now=lambda: NOW,
+        clock=lambda: clock[0],
+    )
+    caplog.set_level(logging.WARNING, "tokensync.events")
+    try:
+        for _ in range(events.MAX_BACKLOG + 500):  # the first blocks the thread
+            recorder.post(CREDENTIAL, "Normal", "TokenIssued", "issued")
+        clock[0] += events.SUMMARY_SECONDS
+        recorder.post(CREDENTIAL, "Warning", "TokenRequestFailed", "failed")
+    finally:
+        release.set()
+    recorder.flush()
+    drops = [r.getMessage() for r in caplog.records if "backlog full" in r.getMessage()]
+    assert len(drops) == 2, drops
+    assert "dropped 1 event(s), the last a TokenIssued" in drops[0]
+    assert "dropped 500 event(s), the last a TokenRequestFailed" in drops[1]
+    # Drained: the next drop is logged at once again.
+    release.clear()
+    try:
+        for _ in range(events.MAX_BACKLOG + 1):
+            recorder.post(CREDENTIAL, "Normal", "TokenIssued", "issued")
+    finally:
+        release.set()
+    recorder.flush()
+    assert sum("backlog full" in r.getMessage() for r in caplog.records) == 3
+
+
 def test_text_logs_carry_a_utc_timestamp_and_the_level(capfd: pytest.CaptureFixture[str]) -> None:
     configure_logging("text")
     logging.getLogger("tokensync.test").warning("hello %s", "there")

@@ -447,20 +447,98 @@ def test_wait_refuses_an_overdue_lease():
     async def scenario() -> None:
         clock = [100.0]
         api, lost = FakeLeases(), []
-        a = LeaderElector(
-            api,  # type: ignore[arg-type]
-            "tokensync",
-            "tokensync-system",
-            "a",
-            on_lost=lost.append,
-            clock=lambda: clock[0],
-        )
+        a = _leader_a(api, lost, clock=lambda: clock[0])
         assert await a._candidate_cycle() == a.renew_interval
         await asyncio.wait_for(a.wait(), 1)  # current: returns at once
         clock[0] += a.renew_deadline
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(a.wait(), 0.2)
         assert lost and not a.is_leader.is_set()
+
+    asyncio.run(scenario())
+
+
+def _leader_a(api: FakeLeases, lost: list[str], **settings: Any) -> LeaderElector:
+    return LeaderElector(
+        api,  # type: ignore[arg-type]
+        "tokensync",
+        "tokensync-system",
+        "a",
+        on_lost=lost.append,
+        **settings,
+    )
+
+
+def _paused_leader(api: FakeLeases, lost: list[str]) -> tuple[LeaderElector, list[datetime]]:
+    """A leader on the real monotonic clock and a wall clock the test moves (a pause of
+    the machine: the wall clock jumps, the monotonic one does not)."""
+    wall = [WALL]
+    # No renewal but the one a pause asks for.
+    settings = {**FAST, "renew_interval": 30.0}
+    return _leader_a(api, lost, wall_clock=lambda: wall[0], **settings), wall
+
+
+def test_after_a_pause_a_leader_writes_nothing_until_it_has_renewed():
+    """The single leader's write fence judges its hold by the wall clock too: after a
+    pause longer than the Lease, a standby may hold it, so queued writes must not go out
+    before the leader has renewed (or found the new holder)."""
+
+    async def scenario() -> None:
+        api, lost = FakeLeases(), []
+        a, wall = _paused_leader(api, lost)
+        a.start()
+        await until(a.is_leader.is_set)
+        assert a.holds()
+        await asyncio.wait_for(a.wait(), 1)
+        wall[0] += timedelta(minutes=5)  # the pause
+        assert a.is_leader.is_set() and not a.holds()  # the fence is shut at once
+        waiting = asyncio.ensure_future(a.wait())
+        await asyncio.sleep(0.3)
+        assert not waiting.done() and lost == []  # waits for the loop, does not give up
+        writes = len(api.writes)
+        a.look_now()  # what the wall-clock watch does
+        await asyncio.wait_for(waiting, 2)
+        assert a.holds() and len(api.writes) == writes + 1 and api.holder() == "a"
+        await a.stop()
+
+    asyncio.run(scenario())
+
+
+def test_after_a_pause_a_leader_whose_lease_was_taken_meanwhile_never_writes_again():
+    async def scenario() -> None:
+        api, lost = FakeLeases(), []
+        a, wall = _paused_leader(api, lost)
+        a.start()
+        await until(a.is_leader.is_set)
+        wall[0] += timedelta(minutes=5)
+        with api.lock:  # a standby waited out the Lease during the pause
+            api.objects["tokensync"]["spec"]["holderIdentity"] = "b"
+            api.version += 1
+            api.objects["tokensync"]["metadata"]["resourceVersion"] = str(api.version)
+        waiting = asyncio.ensure_future(a.wait())
+        a.look_now()
+        await until(lambda: bool(lost), timeout=2)
+        assert "held by b" in lost[0] and not a.holds() and not waiting.done()
+        waiting.cancel()
+        await a.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_wall_clock_stepped_back_never_extends_a_leader_s_hold():
+    async def scenario() -> None:
+        clock = [100.0]
+        api, lost = FakeLeases(), []
+        a = _leader_a(
+            api,
+            lost,
+            clock=lambda: clock[0],
+            wall_clock=lambda: WALL - timedelta(hours=1) if clock[0] > 100 else WALL,
+        )
+        assert await a._candidate_cycle() == a.renew_interval
+        assert a.holds()
+        clock[0] += a.renew_deadline  # overdue by the monotonic clock; the wall went back
+        assert not a.holds()
 
     asyncio.run(scenario())
 

@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -551,13 +552,11 @@ def test_a_type_known_only_from_metadata_is_replaced_after_the_api_server_refuse
     assert kube.secrets["c"]["type"] == "kubernetes.io/dockerconfigjson"
 
 
-def _stop_while_a_request_is_in_flight(
-    world: Any, monkeypatch: pytest.MonkeyPatch, *, answer_after: float, grace: float
-) -> float:
-    """Start a credential's first token request, stop the supervisor while the endpoint
-    has not answered yet (it answers `answer_after` seconds into the stop); the time the
-    stop took."""
-    _kube, endpoint, ctx = world
+def _answer_when_told(
+    monkeypatch: pytest.MonkeyPatch, endpoint: FakeEndpoint
+) -> tuple[threading.Event, threading.Event]:
+    """The endpoint sets `asked` when a request reaches it and answers once `answer` is
+    set (at most 10 s later)."""
     asked, answer = threading.Event(), threading.Event()
 
     def slow_endpoint(request: oauth2.TokenRequest, **kwargs: Any) -> oauth2.Token:
@@ -566,12 +565,30 @@ def _stop_while_a_request_is_in_flight(
         return endpoint(request, **kwargs)
 
     monkeypatch.setattr(oauth2, "fetch_token", slow_endpoint)
+    return asked, answer
+
+
+def _stop_while_a_request_is_in_flight(
+    world: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    answer_after: float,
+    grace: float,
+    before_stop: Callable[[Supervisor], Awaitable[None]] | None = None,
+) -> float:
+    """Start a credential's first token request, stop the supervisor while the endpoint
+    has not answered yet (it answers `answer_after` seconds into the stop); the time the
+    stop took. `before_stop` runs once the request reached the endpoint."""
+    _kube, endpoint, ctx = world
+    asked, answer = _answer_when_told(monkeypatch, endpoint)
 
     async def scenario() -> float:
         loop = asyncio.get_running_loop()
         supervisor = Supervisor(ctx, SourceCache())
         supervisor.observe("LISTED", credential())
         await loop.run_in_executor(None, asked.wait, 5)
+        if before_stop is not None:
+            await before_stop(supervisor)
         loop.call_later(answer_after, answer.set)
         began = time.monotonic()
         await supervisor.stop(requests_grace=grace)
@@ -598,6 +615,34 @@ def test_a_stop_waits_for_a_request_in_flight_no_longer_than_its_grace(world, mo
     took = _stop_while_a_request_is_in_flight(world, monkeypatch, answer_after=3, grace=0.3)
     assert took < 2
     assert "create_secret" not in kube.calls  # cancelled: nothing written after the stop
+
+
+def test_a_request_still_queued_at_a_clean_stop_is_never_sent(world, monkeypatch):
+    """A shard's hand-back rule at a clean stop too: the stop waits for the request
+    already sent (its token is written), and the one queued behind it for the same
+    endpoint is never sent. Sent during the grace and cancelled at its end, its token
+    would be thrown away, and the next replica would ask again ahead of the window."""
+    kube, endpoint, ctx = world
+    ctx.limits = RequestLimits(max_per_host=1)
+    uids = {"c": "cred-uid", "queued": "queued-uid"}
+    kube.credential_metadata = lambda _ns, name: {"uid": uids[name]}  # type: ignore[method-assign]
+
+    async def queue_a_second_request(supervisor: Supervisor) -> None:
+        queued = credential()
+        queued["metadata"].update(uid="queued-uid", name="queued")
+        supervisor.observe("LISTED", queued)
+        for _ in range(500):
+            if "queued-uid" in ctx.requests_in_flight:
+                break
+            await asyncio.sleep(0.01)
+        assert not ctx.requests_sent["queued-uid"].is_set()  # behind the first
+
+    took = _stop_while_a_request_is_in_flight(
+        world, monkeypatch, answer_after=0.3, grace=5, before_stop=queue_a_second_request
+    )
+    assert endpoint.requests == 1  # the queued one never reached the endpoint
+    assert "create_secret" in kube.calls  # the one sent was written
+    assert took < 3
 
 
 def test_a_token_that_expires_during_a_clean_stop_is_still_reported(world, monkeypatch):
