@@ -213,9 +213,10 @@ def early_requests(clients, lifetime: float, since: float, until: float) -> tupl
 
 def requests_against_secrets(
     clients, secret_writes: dict[str, list[float]], lifetime: float, since: float, until: float
-) -> tuple[int, int]:
+) -> tuple[list[dict[str, Any]], int]:
     """(requests in [since, until] made while the token in the credential's Secret was
-    not yet at its earliest refresh point, requests whose token was never written).
+    not yet at its earliest refresh point, requests whose token was never written). Each
+    early request is listed with its credential and times, so that a run can say why.
 
     `early_requests` compares a request with the one before it, which counts twice a
     token that was requested but never written (a request in flight when its shard was
@@ -224,7 +225,8 @@ def requests_against_secrets(
     the token of the last request before it, and a request is early only against the
     token written last."""
     earliest = refresh_age(lifetime, 1.0) - 1.0
-    early = unwritten = 0
+    early: list[dict[str, Any]] = []
+    unwritten = 0
     for name, client in clients.items():
         requests, writes = sorted(client.requests), sorted(secret_writes.get(name, ()))
         for index, requested in enumerate(requests):
@@ -237,7 +239,17 @@ def requests_against_secrets(
             if not written:
                 continue  # nothing written before it: the first token
             held_since = requests[bisect.bisect_right(requests, writes[written - 1]) - 1]
-            early += requested - held_since < earliest and held_since != requested
+            if requested - held_since < earliest and held_since != requested:
+                early.append(
+                    {
+                        "credential": name,
+                        "held_requested_at": held_since,
+                        "held_written_at": writes[written - 1],
+                        "requested_at": requested,
+                        "age_s": round(requested - held_since, 3),
+                        "earliest_s": earliest,
+                    }
+                )
     return early, unwritten
 
 
@@ -413,7 +425,11 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         early, unwritten = requests_against_secrets(
             clients, secret_writes, lifetime, window_since, until
         )
-        results[key] |= {"early_against_secret": early, "unwritten": unwritten}
+        results[key] |= {
+            "early_against_secret": len(early),
+            "early_cases": early,
+            "unwritten": unwritten,
+        }
     results["audit"] = {
         "writes": len(writes),
         "violations": len(unfenced),
@@ -483,7 +499,19 @@ def report(r: dict[str, Any]) -> None:
         "writer's shard Lease"
         + "".join(f"; {kind}: {n}" for kind, n in a.get("violation_kinds", {}).items()),
     ]
+    for case in t.get("early_cases", [])[:10]:
+        lines.append(
+            f"    early: {case['credential']} requested at {stamp(case['requested_at'])}, "
+            f"{case['age_s']:.2f} s after the request of the token in its Secret "
+            f"({stamp(case['held_requested_at'])}, written {stamp(case['held_written_at'])}; "
+            f"earliest refresh point {case['earliest_s']:.0f} s)"
+        )
     print("\n".join(lines))
+
+
+def stamp(at: float) -> str:
+    """A wall-clock time of the run, to the millisecond, to find in the replicas' logs."""
+    return time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}"
 
 
 if __name__ == "__main__":
