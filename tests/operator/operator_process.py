@@ -94,6 +94,7 @@ def start_operator(
     *extra: str,
     env: dict[str, str] | None = None,
     run_as: tuple[int, int] | None = None,
+    ready_timeout: float = 60.0,
 ) -> Operator:
     """`tokensync run` with `extra` arguments; `env` adds variables (and puts the fault
     injection hooks on its path); ``run_as=(uid, gid)`` drops a root test run to that user
@@ -124,7 +125,7 @@ def start_operator(
     ids = {} if run_as is None else {"user": run_as[0], "group": run_as[1], "extra_groups": []}
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=environment, **ids)
     operator = Operator(process, log_path, health, metrics)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + ready_timeout
     while not operator.ready():
         if process.poll() is not None or time.monotonic() > deadline:
             operator.stop()
