@@ -604,7 +604,9 @@ class CredentialWorker:
         if not routine:
             await self._report(
                 Report(
-                    ready=readiness.while_refreshing(self.status, p.held, trigger, now),
+                    ready=readiness.while_refreshing(
+                        self.status, p.held, trigger, now, p.spec.secret.name
+                    ),
                     refreshing=refreshing,
                 )
             )
@@ -642,9 +644,13 @@ class CredentialWorker:
             try:
                 # A renewal that answers quickly costs no Refreshing=True write.
                 if routine and await _is_slow(fetch, sent):
+                    # Judged now, not at the pass's start: the held token may have
+                    # expired while the request queued or ran.
                     await self._report(
                         Report(
-                            ready=readiness.while_refreshing(self.status, p.held, trigger, now),
+                            ready=readiness.while_refreshing(
+                                self.status, p.held, trigger, self.ctx.now(), p.spec.secret.name
+                            ),
                             refreshing=refreshing,
                         )
                     )

@@ -39,13 +39,22 @@ def issued_message(secret_name: str, expires_at: datetime) -> str:
 
 
 def while_refreshing(
-    status: Mapping[str, Any], held: HeldToken | None, trigger: Trigger, now: datetime
+    status: Mapping[str, Any],
+    held: HeldToken | None,
+    trigger: Trigger,
+    now: datetime,
+    secret_name: str,
 ) -> Condition:
-    """Ready while a refresh is in flight: unchanged if the held token still serves the
-    current spec, TokenExpired if it has expired, otherwise Pending."""
-    ready = condition_of(status, READY)
-    if ready and ready.get("status") == "True" and serves_current(trigger, held, now):
-        return Condition("True", ready["reason"], ready.get("message", ""))
+    """Ready while a refresh is in flight: True while the held token still serves the
+    current spec (as written, or issued if status said otherwise, e.g. after an expiry
+    report from a status that lagged behind the Secret), TokenExpired if it has expired,
+    otherwise Pending."""
+    if serves_current(trigger, held, now):
+        assert held is not None and held.expires_at is not None
+        ready = condition_of(status, READY)
+        if ready and ready.get("status") == "True":
+            return Condition("True", ready["reason"], ready.get("message", ""))
+        return Condition("True", "TokenIssued", issued_message(secret_name, held.expires_at))
     if held is None:
         return Condition("False", "Pending", "the first token has not been issued yet")
     if held.expires_at and now >= held.expires_at:

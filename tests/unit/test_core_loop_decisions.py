@@ -496,16 +496,33 @@ def test_a_refresh_of_an_expired_token_says_token_expired_not_pending():
     held = HeldToken(frozenset({"access_token"}), NOW - timedelta(hours=1), NOW, "h")
     status = _ready_status(format_time(NOW))
     expired = Trigger("TokenExpired", "the token expired")
-    ready = while_refreshing(status, held, expired, NOW)
+    ready = while_refreshing(status, held, expired, NOW, "c")
     assert (ready.status, ready.reason) == ("False", "TokenExpired")
     assert ready.message == "the token expired; a new one is being requested"
     changed = Trigger("GenerationChanged", "spec generation 3 is not yet served")
-    ready = while_refreshing(status, held, changed, NOW + timedelta(seconds=1))
+    ready = while_refreshing(status, held, changed, NOW + timedelta(seconds=1), "c")
     assert (ready.reason, ready.message) == (
         "TokenExpired",
         "the token expired; a new one is being requested (spec generation 3 is not yet served)",
     )
     # Still valid: a renewal keeps Ready as written; no token yet: Pending.
     renew = Trigger("RenewWindow", "the token is inside its renew window")
-    assert while_refreshing(status, held, renew, NOW - timedelta(seconds=1)).status == "True"
-    assert while_refreshing({}, None, renew, NOW).reason == "Pending"
+    assert while_refreshing(status, held, renew, NOW - timedelta(seconds=1), "c").status == "True"
+    assert while_refreshing({}, None, renew, NOW, "c").reason == "Pending"
+
+
+def test_a_renewal_of_a_valid_token_says_ready_even_after_a_stale_expiry_report():
+    """The 10,000-credential restart: status writes lagged the Secret writes by a minute,
+    the restarted operator's expiry timers reported TokenExpired from those statuses, and
+    the slow renewals that followed wrote Pending over tokens the Secrets still held
+    valid. A held token that serves the current spec is Ready, whatever status said."""
+    held = HeldToken(frozenset({"access_token"}), NOW - timedelta(minutes=3), NOW, "h")
+    stale = {
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "TokenExpired", "message": "x"}
+        ]
+    }
+    renew = Trigger("RenewWindow", "the token is inside its renew window")
+    ready = while_refreshing(stale, held, renew, NOW - timedelta(minutes=1), "c")
+    assert (ready.status, ready.reason) == ("True", "TokenIssued")
+    assert ready.message == f"Secret 'c' holds a token valid until {format_time(NOW)}"
