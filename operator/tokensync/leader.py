@@ -54,7 +54,6 @@ RENEW_INTERVAL = 5.0  # how often the leader renews
 RETRY_PERIOD = 2.0  # how often a standby looks, and a failing leader retries
 RENEW_DEADLINE = 10.0  # the leader gives up when it has not renewed for this long
 RELEASE_TIMEOUT = 5.0  # at shutdown; a lease left held simply expires
-PAUSE_RECHECK_SECONDS = 0.2  # a worker waiting for the renewal after a pause looks again
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -287,6 +286,9 @@ class LeaderElector:
         # The wall-clock time of the same: the monotonic clock stands still while the
         # machine or its VM is paused, but a standby may wait out the Lease meanwhile.
         self._renewed_wall = 0.0
+        # Set (and replaced) at each successful renewal: after a pause every worker waits
+        # on it, rather than polling.
+        self._renewal = asyncio.Event()
         self._holder: str | None = None  # last holder logged
         self._problem = ProblemLog(log, f"lease {self.lease}")
         self._lost = False  # once lost, never leader again in this process
@@ -338,7 +340,10 @@ class LeaderElector:
             else:
                 # Overdue by the wall clock only (a pause): the loop's next renewal
                 # either holds the Lease again or finds the standby that took it.
-                await asyncio.sleep(PAUSE_RECHECK_SECONDS)
+                renewal = self._renewal
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.retry_period):
+                        await renewal.wait()
 
     # asyncio.timeout() rather than asyncio.wait_for() throughout: on Python 3.11,
     # wait_for swallows a cancellation that arrives as the awaited call completes.
@@ -397,7 +402,7 @@ class LeaderElector:
             return self.retry_period
         self._problem(None)
         if outcome is _Outcome.WON:
-            self._renewed_at, self._renewed_wall = started, started_wall
+            self._renewed(started, started_wall)
             self.is_leader.set()
             metrics.LEADER.set(1)
             log.info("became leader of lease %s as %s", self.lease, self.identity)
@@ -416,7 +421,7 @@ class LeaderElector:
         else:
             self._problem(None)
         if outcome is _Outcome.WON:
-            self._renewed_at, self._renewed_wall = started, started_wall
+            self._renewed(started, started_wall)
             return self.renew_interval
         if outcome is _Outcome.HELD_ELSEWHERE:
             self._lose(f"the lease is held by {self._holder}")
@@ -482,6 +487,11 @@ class LeaderElector:
                     raise
 
     # --- helpers ----------------------------------------------------------------------
+
+    def _renewed(self, started: float, started_wall: float) -> None:
+        self._renewed_at, self._renewed_wall = started, started_wall
+        self._renewal.set()  # wakes the workers waiting after a pause
+        self._renewal = asyncio.Event()
 
     def _lose(self, why: str) -> None:
         if self._lost:
