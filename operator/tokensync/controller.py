@@ -163,6 +163,11 @@ class OperatorContext:
     # and then cancelled is a token thrown away.
     stopping: bool = False
 
+    def sent_uids(self) -> list[str]:
+        """The credentials whose token request has left its endpoint's queue and is not
+        written yet: what a hand-back or a clean stop waits for."""
+        return [uid for uid, sent in self.requests_sent.items() if sent.is_set()]
+
     def may_send(self, uid: str) -> bool:
         """A token request for `uid` may start, or leave its endpoint's queue, now."""
         return not self.stopping and self.may_request(uid)

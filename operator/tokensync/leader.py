@@ -147,6 +147,16 @@ def decide(
     )
 
 
+def renewed_within(
+    deadline: float, renewed: float, renewed_wall: float, now: float, now_wall: float
+) -> bool:
+    """A hold renewed within `deadline` seconds by both clocks: the monotonic one (a wall
+    clock stepped back must not extend a hold) and the wall clock (after a pause of the
+    machine or its VM the monotonic one has not moved, while another replica may have
+    waited out the Lease and taken it)."""
+    return now < renewed + deadline and now_wall < renewed_wall + deadline
+
+
 def micro_time(moment: datetime) -> str:
     """A Kubernetes MicroTime: RFC 3339 UTC with microseconds."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -317,14 +327,13 @@ class LeaderElector:
 
     def holds(self) -> bool:
         """We lead and renewed within the deadline by both clocks (the write fence,
-        called on the thread that sends each write). By the monotonic one, as a wall
-        clock stepped back must not extend the hold; by the wall clock too, as after a
-        pause of the machine the monotonic one has not moved while a standby may have
-        waited out the Lease and taken over."""
-        return (
-            self.is_leader.is_set()
-            and self.clock() < self._renewed_at + self.renew_deadline
-            and self.wall_clock().timestamp() < self._renewed_wall + self.renew_deadline
+        called on the thread that sends each write)."""
+        return self.is_leader.is_set() and renewed_within(
+            self.renew_deadline,
+            self._renewed_at,
+            self._renewed_wall,
+            self.clock(),
+            self.wall_clock().timestamp(),
         )
 
     async def wait(self) -> None:

@@ -170,8 +170,7 @@ class Runtime:
         )
         rebalance.target = supervisor.rebalance
         if keeper is not None:
-            sent = supervisor.ctx.requests_sent
-            keeper.requesting = lambda: [uid for uid, event in sent.items() if event.is_set()]
+            keeper.requesting = supervisor.ctx.sent_uids
         runtime = cls(options, kube, kube_executor, limits, supervisor, elector or keeper, synced)
         if keeper is not None:
             metrics.LEADER.set(1)  # every replica serves (its shards)

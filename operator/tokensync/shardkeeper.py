@@ -60,6 +60,7 @@ from tokensync.leader import (
     lease_body,
     observe,
     released_body,
+    renewed_within,
 )
 from tokensync.shards import (
     LABEL_ROLE,
@@ -172,16 +173,19 @@ class ShardKeeper:
             return self._current(shard) and shard not in self._leaving
 
     def _current(self, shard: int) -> bool:
-        """Renewed within the deadline by both clocks: the monotonic one (a wall clock
-        stepped back must not extend a hold) and the wall clock (after a pause of the
-        machine or its VM, the monotonic one has not moved, but another replica may have
-        waited out the Lease and taken the shard meanwhile)."""
+        """Renewed within the deadline by both clocks (leader.renewed_within)."""
         renewed = self._held.get(shard)
-        if renewed is None or self.clock() >= renewed + self.renew_deadline:
+        if renewed is None:
             return False
+        # Both are recorded together; a test may set only the monotonic one.
         renewed_wall = self._held_wall.get(shard)
-        return renewed_wall is None or self.wall_clock().timestamp() < (
-            renewed_wall + self.renew_deadline
+        now_wall = self.wall_clock().timestamp()
+        return renewed_within(
+            self.renew_deadline,
+            renewed,
+            now_wall if renewed_wall is None else renewed_wall,
+            self.clock(),
+            now_wall,
         )
 
     @contextlib.contextmanager

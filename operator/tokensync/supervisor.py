@@ -311,12 +311,7 @@ class Supervisor:
         none starts or leaves its endpoint's queue (OperatorContext.may_send), so a queued
         one costs nothing and whoever serves next asks instead."""
         self.ctx.stopping = True
-        sent = self.ctx.requests_sent
-        in_flight = {
-            uid: done
-            for uid, done in self.ctx.requests_in_flight.items()
-            if uid in sent and sent[uid].is_set()
-        }
+        in_flight = {uid: self.ctx.requests_in_flight[uid] for uid in self.ctx.sent_uids()}
         workers = list(self.workers.values())
         waiting = [w for w in workers if requests_grace > 0 and w.owner.uid in in_flight]
         # First the others, so that no new pass starts meanwhile.
