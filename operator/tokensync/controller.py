@@ -69,6 +69,9 @@ CONFLICT_RECHECK = timedelta(seconds=30)
 UNEXPECTED_ERROR_RETRY = timedelta(seconds=30)
 SOURCE_PENDING_RECHECK = timedelta(seconds=2)
 HELD_BACK_SECONDS = 1.0  # a pass whose request may not start (hand-back, stop) looks again
+# How long an expiry report waits, at start, for the managed Secrets to be listed (a
+# few seconds at 10,000) before it judges from status alone.
+MANAGED_LIST_WAIT_SECONDS = 30.0
 WRITE_ATTEMPTS = 3
 # A routine renewal that answers within this long after it was sent writes no
 # Refreshing=True first. The time queued for an endpoint's slot does not count (bursts of
@@ -148,6 +151,9 @@ class OperatorContext:
     # Returns once the labelled sources and managed Secrets are listed: before that, a
     # missing object may just not have arrived yet.
     sources_synced: Callable[[], Awaitable[Any]] | None = None
+    # Returns once the managed Secrets alone are listed (their watch starts first): the
+    # expiry timer looks at the Secret before it calls a token expired.
+    managed_secrets_listed: Callable[[], Awaitable[Any]] | None = None
     # Keeps the referenced values of a source read with kube.read_source (SourceCache.fill).
     fill_source: Callable[[str, Mapping[str, Any]], bool] = lambda kind, body: False
     # Token requests in flight (credential uid -> resolved once answered and written): a
@@ -426,13 +432,16 @@ class CredentialWorker:
 
     # --- the expiry watchdog ----------------------------------------------------------
 
-    def arm_expiry(self) -> None:
+    def arm_expiry(self, not_before: datetime | None = None) -> None:
         """(Re)arm the timer that takes Ready away when the token that status calls
-        ready expires; nothing to arm when status does not say Ready=True."""
+        ready expires (or at `not_before`, if later: the expiry of a newer token the
+        Secret holds); nothing to arm when status does not say Ready=True."""
         self.disarm_expiry()
         until = readiness.ready_until(self.status)
         if until is None:
             return
+        if not_before is not None:
+            until = max(until, not_before)
         delay = max((until - self.ctx.now()).total_seconds(), 0.0)
         self.expiry_timer = asyncio.get_running_loop().call_later(delay, self._expiry_due)
 
@@ -458,16 +467,21 @@ class CredentialWorker:
 
     async def _report_expired(self) -> None:
         """Ready=False TokenExpired, whatever the pass is doing (waiting for an endpoint,
-        backing off). Only the leader writes; a failed write is retried shortly."""
+        backing off), unless the Secret holds a newer valid token than status names.
+        Only the leader writes; a failed write is retried shortly."""
         try:
+            await self._until_managed_secrets_listed()
             async with self.status_lock:
                 if not self._serving():
                     return
                 if not self.passed:  # nothing written yet: the latest status observed
                     self.status = dict(self.body.get("status") or {})
-                report = readiness.expired_report(self.status, self.ctx.now())
+                secret_valid_until = self._secret_valid_until()
+                report = readiness.expired_report(self.status, self.ctx.now(), secret_valid_until)
                 if report is None:
-                    self.arm_expiry()  # a renewal was written meanwhile
+                    # A renewal was written meanwhile, or status lags behind the Secret:
+                    # the pass writes the newer token's status; until then, guard that.
+                    self.arm_expiry(not_before=secret_valid_until)
                     return
                 await self._write_status(report, None)
         except (CredentialGone, NotLeading, NotHolding, asyncio.CancelledError):
@@ -481,6 +495,28 @@ class CredentialWorker:
             )
             loop = asyncio.get_running_loop()
             self.expiry_timer = loop.call_later(5.0, self._expiry_due)
+
+    async def _until_managed_secrets_listed(self) -> None:
+        """At start, a timer armed from status may fire before the managed Secrets are
+        listed, and status may name a token older than the Secret's (a status write that
+        was still queued when the last operator stopped): wait for the list, which takes
+        seconds, before calling that token expired. Bounded: if the list fails, report
+        from status alone."""
+        listed = self.ctx.managed_secrets_listed
+        if listed is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(MANAGED_LIST_WAIT_SECONDS):
+                await listed()
+
+    def _secret_valid_until(self) -> datetime | None:
+        """The expiry of the token that the Secret status names holds, by the operator's
+        view of it, if that Secret is this credential's."""
+        name = self.status.get("secretName")
+        view = self.ctx.managed_secrets.get((self.owner.namespace, name)) if name else None
+        if view is None or not view.owned_by(self.owner):
+            return None
+        return view.held_token().expires_at
 
     # --- one pass -------------------------------------------------------------------
 

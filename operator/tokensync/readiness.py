@@ -7,7 +7,9 @@ The expiry watchdog: `Ready=True` never outlives the token it describes. Each wo
 arms a timer (CredentialWorker.arm_expiry) at the expiresAt of every Ready=True status
 it writes or starts from; when it fires, `expired_report` says what to write. It runs on
 the event loop, outside the pass, so a pass stuck behind a slow endpoint, a backoff or a
-bug cannot keep a stale Ready=True.
+bug cannot keep a stale Ready=True. What it guards is the token the pods read: a status
+that names an older token than the managed Secret holds is left to the pass, and the
+timer moves to the Secret's token.
 """
 
 from __future__ import annotations
@@ -88,11 +90,18 @@ def ready_until(status: Mapping[str, Any]) -> datetime | None:
     return parse_time(status.get("expiresAt"))
 
 
-def expired_report(status: Mapping[str, Any], now: datetime) -> Report | None:
+def expired_report(
+    status: Mapping[str, Any], now: datetime, secret_valid_until: datetime | None = None
+) -> Report | None:
     """The report that takes Ready away from a token that expired (Refreshing kept as it
-    is), or None when the status does not claim an expired token."""
+    is), or None when the status does not claim an expired token, or when the Secret it
+    names holds a token valid until `secret_valid_until`, later than now: then status
+    lags behind the Secret (its write still queued on a saturated operator, or lost in a
+    restart) and the pods read a valid token; the next pass says so."""
     until = ready_until(status)
     if until is None or now < until:
+        return None
+    if secret_valid_until is not None and now < secret_valid_until:
         return None
     refreshing = condition_of(status, REFRESHING)
     secret = status.get("secretName")

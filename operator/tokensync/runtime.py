@@ -93,6 +93,8 @@ class Runtime:
     supervisor: Supervisor
     elector: LeaderElector | ShardKeeper | None
     synced: asyncio.Event  # credentials read once, sources and managed Secrets listed
+    # Managed Secrets listed (their watch starts first).
+    managed_listed: asyncio.Event = field(default_factory=asyncio.Event)
     sweep_now: asyncio.Event = field(default_factory=asyncio.Event)
     watches: list[LabelledWatch] = field(default_factory=list)
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -114,6 +116,7 @@ class Runtime:
         kube = Kube(load_configuration(connection_pool_size=KUBE_THREADS + 8), replica=replica)
         sources = SourceCache()
         synced = asyncio.Event()
+        managed_listed = asyncio.Event()
         elector = None
         keeper: ShardKeeper | None = None
         rebalance = _Coalesced()
@@ -152,6 +155,7 @@ class Runtime:
                 leadership=elector.wait if elector else None,
                 is_leading=leading,
                 sources_synced=synced.wait,
+                managed_secrets_listed=managed_listed.wait,
                 fill_source=sources.fill,
                 **(
                     {
@@ -171,7 +175,16 @@ class Runtime:
         rebalance.target = supervisor.rebalance
         if keeper is not None:
             keeper.requesting = supervisor.ctx.sent_uids
-        runtime = cls(options, kube, kube_executor, limits, supervisor, elector or keeper, synced)
+        runtime = cls(
+            options,
+            kube,
+            kube_executor,
+            limits,
+            supervisor,
+            elector or keeper,
+            synced,
+            managed_listed,
+        )
         if keeper is not None:
             metrics.LEADER.set(1)  # every replica serves (its shards)
             keeper.start()
@@ -458,6 +471,8 @@ def _start_watches(runtime: Runtime) -> list[LabelledWatch]:
         namespaces,
         on_loop(supervisor.managed_secret_event),
         on_relisted=relisted,
+        # After its events: they are queued to the loop first.
+        on_synced=lambda: loop.call_soon_threadsafe(runtime.managed_listed.set),
     )
     managed.start()
 

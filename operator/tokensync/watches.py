@@ -143,6 +143,7 @@ class LabelledWatch:
         namespaces: list[str] | None,
         on_event: WatchEvent,
         on_relisted: Callable[[], None] | None = None,
+        on_synced: Callable[[], None] | None = None,
     ) -> None:
         self._api = api
         self._target = target
@@ -152,6 +153,7 @@ class LabelledWatch:
         # (410 Gone, or a failure): whoever else lists (kopf) may have missed deletions
         # that no event will report.
         self._on_relisted = on_relisted
+        self._on_synced = on_synced  # called once, from a watch thread, with `synced`
         self._stop = threading.Event()
         self._pending_sync = len(self._namespaces)
         self._lock = threading.Lock()
@@ -224,8 +226,10 @@ class LabelledWatch:
     def _mark_synced(self) -> None:
         with self._lock:
             self._pending_sync -= 1
-            if self._pending_sync <= 0:
+            if self._pending_sync <= 0 and not self.synced.is_set():
                 self.synced.set()
+                if self._on_synced is not None:
+                    self._on_synced()
 
     def _request(self, namespace: str | None, **query: str) -> urllib3.BaseHTTPResponse:
         selector = [("labelSelector", self._target.label_selector)]

@@ -91,6 +91,44 @@ def test_ready_is_taken_away_while_a_restarted_operator_still_lists(
     cluster.delete_credential("restarted")
 
 
+def test_a_restarted_operator_does_not_call_a_status_that_lagged_its_secret_expired(
+    cluster, own_operator, token_endpoint
+):
+    """A saturated operator writes a token's Secret a minute before its status; stopped
+    in between, it leaves a status whose expiresAt names the previous token. Its
+    successor's expiry timers fire at once for those, and used to write Ready=False
+    TokenExpired over the valid token the pods read (7,755 of 10,000 credentials in the
+    saturated run of 2026-12-07), then Ready=True again: two writes and a false alarm
+    each. Now the timer looks at the Secret first (the managed Secrets are listed before
+    the sources, here 5 s later) and the first pass writes the Secret's expiry."""
+    client = token_endpoint.add_client(lifetime=300)
+    first = own_operator("--no-deny-private-networks")
+    cluster.create_credential("lagged", client)
+    cluster.wait_ready("lagged", reason="TokenIssued")
+    first.stop()
+    in_secret = cluster.secret("lagged")["metadata"]["annotations"]["tokensync.dev/expires-at"]
+    # The status of the token before this one, as the stopped operator left it.
+    previous = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 30))
+    cluster.custom.patch_namespaced_custom_object_status(
+        "tokensync.dev",
+        "v1alpha1",
+        cluster.ns,
+        "oauth2credentials",
+        "lagged",
+        {"status": {"expiresAt": previous}},
+    )
+    assert _ready(cluster, "lagged")[1]["status"] == "True"
+    own_operator("--no-deny-private-networks", env={"TOKENSYNC_TEST_SOURCE_LIST_DELAY": "5"})
+    deadline = time.monotonic() + 30
+    while (status := _ready(cluster, "lagged"))[0]["expiresAt"] != in_secret:
+        assert status[1]["status"] == "True", f"{status[1]} over a token valid until {in_secret}"
+        assert time.monotonic() < deadline, f"status not caught up in 30 s: {status[0]}"
+        time.sleep(0.2)
+    assert _ready(cluster, "lagged")[1]["reason"] == "TokenIssued"
+    assert len(client.requests) == 1  # the token in the Secret serves on
+    cluster.delete_credential("lagged")
+
+
 def test_a_slow_host_does_not_delay_another_tenants_renewals(
     cluster, operator, token_endpoint, ca, control_plane
 ):
