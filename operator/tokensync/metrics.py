@@ -54,6 +54,17 @@ SHARD_HELD = Gauge(
     "series of a shard it gives back or loses is removed.",
     ["shard"],
 )
+KUBE_CALL_WAIT = Histogram(
+    "tokensync_kube_call_wait_seconds",
+    "Time a Kubernetes API call (a Secret or status write, a read) waited for one of the "
+    "operator's API threads: seconds here mean the operator is short of CPU, or the API "
+    "server is slow, and tokens reach their Secrets that much later.",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+KUBE_CALLS_WAITING = Gauge(
+    "tokensync_kube_calls_waiting",
+    "Kubernetes API calls waiting for one of the operator's API threads.",
+)
 for _result in ("success", "transient", "configuration", "protocol"):
     TOKEN_REQUESTS.labels(_result)
 

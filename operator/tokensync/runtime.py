@@ -37,7 +37,7 @@ from tokensync.controller import OperatorContext, where
 from tokensync.gates import OperatorConfig
 from tokensync.kube import Kube, KubeError, load_configuration
 from tokensync.leader import LeaderElector
-from tokensync.limits import PassGate, RequestLimits
+from tokensync.limits import PassGate, QueueTimedExecutor, RequestLimits
 from tokensync.metrics_auth import MetricsSecurity
 from tokensync.secret import ANNOTATION_REFRESH_REQUESTED, LABEL_CREDENTIAL, LABEL_SOURCE
 from tokensync.shardkeeper import ShardKeeper
@@ -103,8 +103,11 @@ class Runtime:
     @classmethod
     async def start(cls, options: Options, started: asyncio.Event) -> Runtime:
         """Start everything; `started` is kopf's ready flag (for /readyz)."""
-        kube_executor = ThreadPoolExecutor(
-            max_workers=KUBE_THREADS, thread_name_prefix="tokensync-kube"
+        kube_executor = QueueTimedExecutor(
+            KUBE_THREADS,
+            "tokensync-kube",
+            on_wait=metrics.KUBE_CALL_WAIT.observe,
+            on_depth=metrics.KUBE_CALLS_WAITING.set,
         )
         # Token-side calls run on their endpoint's own threads; Kubernetes calls on
         # kube_executor, never behind them (one slow endpoint starved everyone's writes).

@@ -27,13 +27,14 @@ from promlib import (
 )
 
 RUNBOOKS = "https://github.com/tokensync/tokensync/blob/main/docs/operations/runbooks.md#"
-# The four alerts, and the leader-election one.
+# The four alerts, the leader-election one, and the operator falling behind.
 ALERTS = {
     "TokensyncCredentialNotReady",
     "TokensyncTokenExpiringSoon",
     "TokensyncRenewalFailing",
     "TokensyncOperatorAbsent",
     "TokensyncNoLeader",
+    "TokensyncOperatorSaturated",
 }
 
 

@@ -4,10 +4,11 @@ are paced."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
-from tokensync.limits import PassGate, RequestLimits, endpoint_key
+from tokensync.limits import PassGate, QueueTimedExecutor, RequestLimits, endpoint_key
 
 
 def test_endpoint_key_normalises_scheme_host_and_default_port():
@@ -96,3 +97,42 @@ def test_pass_gate_allows_a_burst_then_paces_to_the_rate():
         assert sum(slept) == pytest.approx(1.0)
 
     asyncio.run(scenario())
+
+
+def test_the_kubernetes_pool_reports_how_long_calls_waited_for_a_thread():
+    """One thread, one call holding it: the next two wait, and each reports its wait
+    when it starts; a call cancelled while queued (a shutdown) leaves the count too."""
+    clock = [0.0]
+    waits: list[float] = []
+    depths: list[int] = []
+    pool = QueueTimedExecutor(1, "test", waits.append, depths.append, clock=lambda: clock[0])
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        held.set()
+        return release.wait(5)
+
+    holding = pool.submit(hold)
+    assert held.wait(5)
+    second = pool.submit(lambda: "second")
+    clock[0] = 3.0
+    third = pool.submit(lambda: "third")
+    assert depths[-1] == 2  # second and third queue behind the one holding the thread
+    clock[0] = 10.0
+    release.set()
+    assert (second.result(5), third.result(5)) == ("second", "third")
+    assert holding.result(5) is True
+    assert waits == [0.0, 10.0, 7.0]
+    assert depths[-1] == 0
+
+    held.clear()
+    release.clear()
+    holding = pool.submit(hold)
+    assert held.wait(5)
+    queued = pool.submit(lambda: None)
+    assert depths[-1] == 1
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert queued.cancelled()
+    release.set()
+    holding.result(5)
+    assert depths[-1] == 0
