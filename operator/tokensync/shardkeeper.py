@@ -127,6 +127,9 @@ class ShardKeeper:
         # shard -> wall-clock time of the same: the monotonic clock stands still while
         # the machine or its VM is paused, and the others' clocks do not.
         self._held_wall: dict[int, float] = {}
+        # shard -> how often it was dropped (lost, overdue, handed back, stopped): a
+        # renewal sent before a drop and answered after must not hold it again.
+        self._drops: Counter[int] = Counter()
         self._lock = threading.Lock()  # _held and _in_flight: read by write threads
         self._in_flight: Counter[int] = Counter()
         self._events = [asyncio.Event() for _ in range(shards)]
@@ -253,6 +256,7 @@ class ShardKeeper:
             await asyncio.wait(list(self._releasing.values()), timeout=RELEASE_TIMEOUT)
         shards = sorted(self.held())
         with self._lock:
+            self._drops.update(self._held.keys())
             self._held.clear()
             self._held_wall.clear()
         for shard in shards:
@@ -356,6 +360,8 @@ class ShardKeeper:
         """Take or renew one shard; a 409 or another failure leaves it to the next cycle
         (and to the deadline, for one held)."""
         started, started_wall = self.clock(), self.wall_clock().timestamp()
+        with self._lock:
+            drops_before = self._drops[shard]
         name = shard_lease_name(self.prefix, shard)
         try:
             await self._write(name, current, ROLE_SHARD)
@@ -364,6 +370,10 @@ class ShardKeeper:
                 self._problem(f"shard {shard}: {error}")
             return
         with self._lock:
+            if self._drops[shard] != drops_before:
+                # Dropped while this was on its way (its hand-back may have released the
+                # Lease already, and another replica taken it): the next cycle decides.
+                return
             gained = shard not in self._held
             self._held[shard] = started
             self._held_wall[shard] = started_wall
@@ -490,6 +500,7 @@ class ShardKeeper:
         """Stop serving a shard at once: the fence closes, then its workers stop."""
         with self._lock:
             self._held_wall.pop(shard, None)
+            self._drops[shard] += 1
             if self._held.pop(shard, None) is None:
                 return
         self._events[shard].clear()

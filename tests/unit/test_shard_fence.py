@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -290,6 +291,63 @@ def test_a_request_that_never_ends_delays_a_hand_back_only_a_bounded_time(monkey
 
     asyncio.run(scenario())
     assert "token requests still in flight after 0.5s" in caplog.text
+
+
+class _RenewalAnswersLate(FakeShardLeases):
+    """A renewal of the holder's Lease is applied at once, and its answer comes back
+    only when the test says so (a slow API server, a loaded node)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold_renewals = False
+        self.answer = threading.Event()
+
+    def replace_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        stored = super().replace_lease(namespace, body)
+        if self.hold_renewals and body["spec"].get("holderIdentity"):
+            self.answer.wait(5)
+        return stored
+
+
+def test_a_renewal_answered_after_its_shard_was_handed_back_does_not_take_it_again():
+    """A renewal sent just before a hand-back dropped its shard came back after the drop
+    and recorded the shard as held again ("took shard"), while the hand-back released
+    its Lease: another replica took it, and this one's fence let writes through for
+    the shard until its next cycle. Two holders at once. Now a shard dropped for its
+    hand-back stays dropped."""
+    api = _RenewalAnswersLate()
+
+    async def scenario() -> None:
+        keeper = ShardKeeper(
+            api,  # type: ignore[arg-type]
+            "tokensync",
+            "tokensync-system",
+            "replica-a",
+            1,
+            on_change=lambda: None,
+            **FAST,
+        )
+        await keeper.cycle()
+        assert keeper.held() == {0}
+        lease = api.read_lease("tokensync-system", "tokensync-shard-0")
+        api.hold_renewals = True
+        renewal = asyncio.create_task(keeper._acquire(0, lease))
+        await asyncio.sleep(0.1)  # applied; its answer is on its way
+        keeper._hand_back_in_background(0, "given back to balance the replicas")
+        await until(lambda: not keeper.holds(0))  # dropped: its release follows
+        await until(
+            lambda: (
+                not api.read_lease("tokensync-system", "tokensync-shard-0")["spec"].get(
+                    "holderIdentity"
+                )
+            )
+        )
+        api.answer.set()
+        await renewal
+        assert not keeper.holds(0), "a released shard is held again"
+        await keeper.stop()
+
+    asyncio.run(scenario())
 
 
 def test_no_token_request_starts_while_its_shard_is_handed_back(world):  # noqa: F811
