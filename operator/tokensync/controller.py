@@ -644,11 +644,8 @@ class CredentialWorker:
         refreshing = Condition("True", trigger.reason, trigger.message)
         if not routine:
             await self._report(
-                Report(
-                    ready=readiness.while_refreshing(
-                        self.status, p.held, trigger, now, p.spec.secret.name
-                    ),
-                    refreshing=refreshing,
+                readiness.refreshing_report(
+                    self.status, p.held, trigger, now, p.spec.secret.name, refreshing
                 )
             )
         if p.secret is None:
@@ -688,11 +685,13 @@ class CredentialWorker:
                     # Judged now, not at the pass's start: the held token may have
                     # expired while the request queued or ran.
                     await self._report(
-                        Report(
-                            ready=readiness.while_refreshing(
-                                self.status, p.held, trigger, self.ctx.now(), p.spec.secret.name
-                            ),
-                            refreshing=refreshing,
+                        readiness.refreshing_report(
+                            self.status,
+                            p.held,
+                            trigger,
+                            self.ctx.now(),
+                            p.spec.secret.name,
+                            refreshing,
                         )
                     )
                 token = await fetch

@@ -40,6 +40,25 @@ def issued_message(secret_name: str, expires_at: datetime) -> str:
     return f"Secret {secret_name!r} holds a token valid until {format_time(expires_at)}"
 
 
+def refreshing_report(
+    status: Mapping[str, Any],
+    held: HeldToken | None,
+    trigger: Trigger,
+    now: datetime,
+    secret_name: str,
+    refreshing: Condition,
+) -> Report:
+    """The status to show while a refresh is in flight. When Ready stays True, expiresAt
+    names the held token: a status that lagged behind the Secret (a restart over a
+    saturated operator's queued writes) must not say Ready=True over a past expiresAt
+    while a slow renewal runs."""
+    ready = while_refreshing(status, held, trigger, now, secret_name)
+    fields: dict[str, Any] = {}
+    if ready.status == "True" and held is not None and held.expires_at is not None:
+        fields["expiresAt"] = format_time(held.expires_at)
+    return Report(ready=ready, refreshing=refreshing, fields=fields)
+
+
 def while_refreshing(
     status: Mapping[str, Any],
     held: HeldToken | None,
@@ -48,13 +67,14 @@ def while_refreshing(
     secret_name: str,
 ) -> Condition:
     """Ready while a refresh is in flight: True while the held token still serves the
-    current spec (as written, or issued if status said otherwise, e.g. after an expiry
-    report from a status that lagged behind the Secret), TokenExpired if it has expired,
-    otherwise Pending."""
+    current spec (as written when status names that very token, otherwise issued: e.g.
+    after an expiry report from, or a restart over, a status that lagged behind the
+    Secret), TokenExpired if it has expired, otherwise Pending."""
     if serves_current(trigger, held, now):
         assert held is not None and held.expires_at is not None
         ready = condition_of(status, READY)
-        if ready and ready.get("status") == "True":
+        names_held = parse_time(status.get("expiresAt")) == held.expires_at
+        if ready and ready.get("status") == "True" and names_held:
             return Condition("True", ready["reason"], ready.get("message", ""))
         return Condition("True", "TokenIssued", issued_message(secret_name, held.expires_at))
     if held is None:

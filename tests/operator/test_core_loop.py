@@ -91,6 +91,19 @@ def test_ready_is_taken_away_while_a_restarted_operator_still_lists(
     cluster.delete_credential("restarted")
 
 
+def _status_names_an_older_token(cluster: Any, name: str, expires_at: str) -> None:
+    """What a stopped operator leaves when a Secret's write went out and its status's did
+    not: status's expiresAt is the previous token's."""
+    cluster.custom.patch_namespaced_custom_object_status(
+        "tokensync.dev",
+        "v1alpha1",
+        cluster.ns,
+        "oauth2credentials",
+        name,
+        {"status": {"expiresAt": expires_at}},
+    )
+
+
 def test_a_restarted_operator_does_not_call_a_status_that_lagged_its_secret_expired(
     cluster, own_operator, token_endpoint
 ):
@@ -109,14 +122,7 @@ def test_a_restarted_operator_does_not_call_a_status_that_lagged_its_secret_expi
     in_secret = cluster.secret("lagged")["metadata"]["annotations"]["tokensync.dev/expires-at"]
     # The status of the token before this one, as the stopped operator left it.
     previous = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 30))
-    cluster.custom.patch_namespaced_custom_object_status(
-        "tokensync.dev",
-        "v1alpha1",
-        cluster.ns,
-        "oauth2credentials",
-        "lagged",
-        {"status": {"expiresAt": previous}},
-    )
+    _status_names_an_older_token(cluster, "lagged", previous)
     assert _ready(cluster, "lagged")[1]["status"] == "True"
     slow_list = {"TOKENSYNC_TEST_SOURCE_LIST_DELAY": "10"}
     starting = threading.Thread(
@@ -139,6 +145,48 @@ def test_a_restarted_operator_does_not_call_a_status_that_lagged_its_secret_expi
     assert _ready(cluster, "lagged")[1]["reason"] == "TokenIssued"
     assert len(client.requests) == 1  # the token in the Secret serves on
     cluster.delete_credential("lagged")
+
+
+def test_a_slow_renewal_after_a_restart_over_a_lagging_status_names_the_held_token(
+    cluster, own_operator, token_endpoint
+):
+    """As above, and a renewal is due at the restart on an endpoint that answers after
+    20 s: the Refreshing=True report kept Ready=True over the past expiresAt the stopped
+    operator left, until the new token was written (878f4b8). It now names the token in
+    the Secret, which the pods read."""
+    client = token_endpoint.add_client(lifetime=300)
+    first = own_operator("--no-deny-private-networks")
+    cluster.create_credential("lagged-slow", client)
+    cluster.wait_ready("lagged-slow", reason="TokenIssued")
+    first.stop()
+    annotations = cluster.secret("lagged-slow")["metadata"]["annotations"]
+    in_secret = annotations["tokensync.dev/expires-at"]
+    previous = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 30))
+    _status_names_an_older_token(cluster, "lagged-slow", previous)
+    client.delay = 20
+    cluster.patch_credential(
+        "lagged-slow",
+        {"metadata": {"annotations": {"tokensync.dev/refresh-requested-at": "restart"}}},
+    )
+    own_operator("--no-deny-private-networks")
+
+    def refreshing() -> dict[str, Any] | None:
+        status = cluster.credential("lagged-slow").get("status") or {}
+        conditions = {c["type"]: c for c in status.get("conditions") or []}
+        if conditions.get("Refreshing", {}).get("status") == "True":
+            return status
+        return None
+
+    status = wait_for(refreshing, 15, "the slow renewal's Refreshing=True report")
+    assert len(client.issued) == 1, "the renewal was answered: nothing proven"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], status["expiresAt"]) == ("True", in_secret), (
+        f"{ready} with expiresAt {status['expiresAt']} over a token valid until {in_secret}"
+    )
+    assert ready["message"].endswith(f"valid until {in_secret}")
+    client.delay = 0
+    wait_for(lambda: len(client.issued) == 2, 40, "the renewal")
+    cluster.delete_credential("lagged-slow")
 
 
 def test_a_slow_host_does_not_delay_another_tenants_renewals(

@@ -15,16 +15,17 @@ from typing import Any
 import pytest
 from test_worker import NOW, FakeKube, credential, world  # noqa: F401 - the fixture
 
-from tokensync import discovery, identity, metrics, oauth2
+from tokensync import discovery, identity, metrics, oauth2, readiness
 from tokensync.controller import CredentialWorker, NotLeading, OperatorContext
 from tokensync.gates import OperatorConfig
 from tokensync.limits import Coalescer, RequestLimits
 from tokensync.managed import managed_state
-from tokensync.readiness import expired_report, while_refreshing
+from tokensync.readiness import expired_report, refreshing_report, while_refreshing
 from tokensync.runtime import Runtime, stop_in_order, supervised
 from tokensync.schedule import HeldToken, Trigger
 from tokensync.secret import ANNOTATION_EXPIRES, ANNOTATION_ISSUED, LABEL_CREDENTIAL, format_time
 from tokensync.sources import SourceCache
+from tokensync.status import Condition, apply_patch, status_patch
 from tokensync.supervisor import Supervisor
 
 
@@ -605,3 +606,30 @@ def test_a_renewal_of_a_valid_token_says_ready_even_after_a_stale_expiry_report(
     ready = while_refreshing(stale, held, renew, NOW - timedelta(minutes=1), "c")
     assert (ready.status, ready.reason) == ("True", "TokenIssued")
     assert ready.message == f"Secret 'c' holds a token valid until {format_time(NOW)}"
+
+
+def test_a_slow_renewal_over_a_status_that_lagged_its_secret_names_the_held_token():
+    """A restart over a status that lagged its Secret (Ready=True, expiresAt a minute
+    ago, the Secret holding the next token), then a renewal on a slow endpoint: the
+    Refreshing=True report kept that Ready=True and its past expiresAt until the new
+    token was written. It now names the token the pods read."""
+    held = HeldToken(frozenset({"access_token"}), NOW - timedelta(minutes=3), NOW, "h")
+    lagging = _ready_status(format_time(NOW - timedelta(minutes=5)))
+    renew = Trigger("RenewWindow", "the token is inside its renew window")
+    refreshing = Condition("True", renew.reason, renew.message)
+    at = NOW - timedelta(seconds=30)
+    report = refreshing_report(lagging, held, renew, at, "c", refreshing)
+    assert (report.ready.status, report.ready.reason) == ("True", "TokenIssued")
+    assert report.ready.message == f"Secret 'c' holds a token valid until {format_time(NOW)}"
+    assert report.fields == {"expiresAt": format_time(NOW)}
+    assert report.refreshing == refreshing
+    written = apply_patch(lagging, status_patch(lagging, report, 1, at) or {})
+    assert expired_report(written, at) is None  # nothing for the watchdog to call out
+    assert readiness.ready_until(written) == NOW
+    # A status that names the held token keeps its Ready as written.
+    current = _ready_status(format_time(NOW))
+    report = refreshing_report(current, held, renew, at, "c", refreshing)
+    assert (report.ready.reason, report.ready.message) == ("TokenIssued", "ok")
+    # Not Ready: no expiresAt to claim.
+    report = refreshing_report(current, held, renew, NOW, "c", refreshing)
+    assert (report.ready.status, report.fields) == ("False", {})
