@@ -23,6 +23,8 @@ from tokensync.cli import build_parser
 from tokensync.cli import run as cli_run
 from tokensync.controller import CredentialWorker, OperatorContext
 from tokensync.gates import OperatorConfig
+from tokensync.kube import KubeError
+from tokensync.leader import LeaseRecord, Observation
 from tokensync.shardkeeper import ShardKeeper
 from tokensync.shards import NotHolding, shard_of
 from tokensync.sources import SourceCache
@@ -186,8 +188,47 @@ class FakeShardLeases(FakeLeases):
             ]
 
     def delete_lease(self, namespace: str, name: str, resource_version: str) -> None:
+        """The API's DELETE with a resourceVersion precondition: 409 if it moved on."""
+        self._check()
         with self.lock:
-            self.objects.pop(name, None)
+            current = self.objects.get(name)
+            if current is None:
+                return
+            if current["metadata"]["resourceVersion"] != resource_version:
+                raise KubeError(409, "the object has been modified")
+            del self.objects[name]
+
+
+def test_a_membership_lease_renewed_since_it_was_listed_is_not_collected():
+    """A replica deletes the membership Lease of one gone for MEMBER_GARBAGE_SECONDS,
+    but only the version it judged: one that came back and renewed it meanwhile keeps
+    its Lease (the DELETE's precondition fails with 409, and nothing is logged as
+    deleted)."""
+    api = FakeShardLeases()
+    keeper = ShardKeeper(
+        api,  # type: ignore[arg-type]
+        "tokensync",
+        "tokensync-system",
+        "replica-a",
+        4,
+        on_change=lambda: None,
+        **FAST,
+    )
+    name = "tokensync-member-replica-b"
+    spec = {"holderIdentity": "replica-b", "leaseDurationSeconds": 1}
+    listed = api.create_lease("tokensync-system", {"metadata": {"name": name}, "spec": spec})
+    keeper._observations[name] = Observation(LeaseRecord.from_object(listed), since=0.0)
+    renewed = api.replace_lease(
+        "tokensync-system", {**listed, "spec": {**spec, "renewTime": "2026-12-07T23:00:00.000000Z"}}
+    )
+    long_after = shardkeeper.MEMBER_GARBAGE_SECONDS + 1
+
+    asyncio.run(keeper._collect_garbage(name, listed, long_after))
+    assert (
+        api.objects[name]["metadata"]["resourceVersion"] == renewed["metadata"]["resourceVersion"]
+    )
+    asyncio.run(keeper._collect_garbage(name, renewed, long_after))  # gone for long, as listed
+    assert name not in api.objects
 
 
 def _two_keepers(shards: int) -> tuple[ShardKeeper, ShardKeeper]:
