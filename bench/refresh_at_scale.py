@@ -109,6 +109,9 @@ MIN_AGE_SHARE = 0.10
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ENDPOINT_BACKLOG = 1024
 RESTART_READY_S = 300.0  # how long a restarted operator may take to report ready
+# SIGTERM, then SIGKILL after this long: terminationGracePeriodSeconds of deploy/base and
+# the chart, so a restart is measured as a rolling update runs it.
+TERMINATION_GRACE_S = 30.0
 ENDPOINT_IDLE_TIMEOUT = 60.0  # keep-alive: an idle connection is closed after this long
 LOG_PROBLEM_WORDS = ("error", "fail", "retry", "traceback", "unexpected")
 # The Secret's issued-at/expires-at annotations have second precision, so an operator that
@@ -1221,7 +1224,7 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         restart_extra = [a for a in extra if not a.startswith("--metrics-port")]
         restart_extra += metrics_flags()
         stop_at = time.time()
-        operator.stop()
+        killed = operator.stop(grace=TERMINATION_GRACE_S)
         stopped_at = time.time()
         with environment(trust.operator_env()):
             # Reported, not asserted: at 10,000 a restarted operator lists for a minute.
@@ -1250,6 +1253,7 @@ def run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         restart = {
             "stop_at": stop_at,
             "stop_s": stopped_at - stop_at,
+            "killed": killed,
             "ready_at": ready2_at,
             "ready_s": ready2_at - stopped_at,
             "end": restart_end,
@@ -1562,6 +1566,7 @@ def analyse_restart(
     proc: ProcSample | None = restart["proc"]
     return {
         "stop_s": restart["stop_s"],
+        "killed": restart["killed"],
         "ready_s": restart["ready_s"],
         "window_s": end - start,
         "first_pass": first_pass,
@@ -1877,7 +1882,11 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> s
         rs = r["restart"]
         w("")
         w(f"Operator restart (tokens in place), observed {rs['window_s']:.0f} s from SIGTERM")
-        w(f"  old operator stopped in {rs['stop_s']:.1f} s; new one ready in {rs['ready_s']:.1f} s")
+        how = f"killed after {TERMINATION_GRACE_S:.0f} s" if rs["killed"] else "exited by itself"
+        w(
+            f"  old operator stopped in {rs['stop_s']:.1f} s ({how}); "
+            f"new one ready in {rs['ready_s']:.1f} s"
+        )
         looked = rs["first_pass"]
         all_s = rs["first_pass_all_s"]
         w(

@@ -54,14 +54,19 @@ class Operator:
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.read().decode()
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def stop(self, grace: float = 20.0) -> bool:
+        """SIGTERM, then SIGKILL after `grace` seconds (as the kubelet does after
+        terminationGracePeriodSeconds); whether it had to be killed."""
+        if self.process.poll() is not None:
+            return False
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return True
+        return False
 
 
 HOOKS = Path(__file__).resolve().parent / "hooks"  # sitecustomize.py: fault injection
