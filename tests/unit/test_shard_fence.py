@@ -205,15 +205,7 @@ def test_a_membership_lease_renewed_since_it_was_listed_is_not_collected():
     its Lease (the DELETE's precondition fails with 409, and nothing is logged as
     deleted)."""
     api = FakeShardLeases()
-    keeper = ShardKeeper(
-        api,  # type: ignore[arg-type]
-        "tokensync",
-        "tokensync-system",
-        "replica-a",
-        4,
-        on_change=lambda: None,
-        **FAST,
-    )
+    keeper = _fast_keeper(api, "replica-a", 4)
     name = "tokensync-member-replica-b"
     spec = {"holderIdentity": "replica-b", "leaseDurationSeconds": 1}
     listed = api.create_lease("tokensync-system", {"metadata": {"name": name}, "spec": spec})
@@ -231,22 +223,23 @@ def test_a_membership_lease_renewed_since_it_was_listed_is_not_collected():
     assert name not in api.objects
 
 
+def _fast_keeper(api: FakeLeases, identity: str, shards: int) -> ShardKeeper:
+    """A keeper of `shards` on these fake Leases, with short timings."""
+    return ShardKeeper(
+        api,  # type: ignore[arg-type]
+        "tokensync",
+        "tokensync-system",
+        identity,
+        shards,
+        on_change=lambda: None,
+        **FAST,
+    )
+
+
 def _two_keepers(shards: int) -> tuple[ShardKeeper, ShardKeeper]:
     """replica-a and replica-b on one set of fake Leases, with short timings."""
     api = FakeShardLeases()
-    first, second = (
-        ShardKeeper(
-            api,  # type: ignore[arg-type]
-            "tokensync",
-            "tokensync-system",
-            identity,
-            shards,
-            on_change=lambda: None,
-            **FAST,
-        )
-        for identity in ("replica-a", "replica-b")
-    )
-    return first, second
+    return _fast_keeper(api, "replica-a", shards), _fast_keeper(api, "replica-b", shards)
 
 
 def test_a_hand_back_waiting_for_writes_never_costs_the_shards_kept(monkeypatch):
@@ -359,15 +352,7 @@ def test_a_renewal_answered_after_its_shard_was_handed_back_does_not_take_it_aga
     api = _RenewalAnswersLate()
 
     async def scenario() -> None:
-        keeper = ShardKeeper(
-            api,  # type: ignore[arg-type]
-            "tokensync",
-            "tokensync-system",
-            "replica-a",
-            1,
-            on_change=lambda: None,
-            **FAST,
-        )
+        keeper = _fast_keeper(api, "replica-a", 1)
         await keeper.cycle()
         assert keeper.held() == {0}
         lease = api.read_lease("tokensync-system", "tokensync-shard-0")
