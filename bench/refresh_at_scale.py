@@ -881,6 +881,34 @@ def api_classes(by_what: Counter[str]) -> dict[str, int]:
     return dict(classes)
 
 
+def writes_per_renewal_over_run(
+    operator: dict[str, Counter[str]], renewals: int, unwritten: int
+) -> dict[str, float]:
+    """The operator's renewal writes per renewal from the first create to the end of the
+    steady state (ramp and steady windows together). A window that starts inside the
+    creation burst counts writes whose tokens came before it (they land up to half a
+    minute late there); this span starts with no token at all, so only its end has an
+    edge: the `unwritten` tokens not yet in their Secret, whose writes would come after.
+    "bound" counts two writes for each of those. Creation's writes (the Secret's create
+    and a credential's first two status writes) are not renewal writes."""
+    both = Counter[str]()
+    for window in ("ramp", "steady"):
+        both.update(operator.get(window, Counter()))
+    classes = api_classes(both)
+    secret = classes.get("Secret writes", 0) - both.get("create secrets", 0)
+    status = classes.get("status writes", 0)
+    per = max(renewals, 1)
+    return {
+        "renewals": renewals,
+        "events": classes.get("events", 0),
+        "secret": secret / per,
+        "status": status / per,
+        "writes": (secret + status) / per,
+        "unwritten": unwritten,
+        "bound": (secret + status + 2 * unwritten) / per,
+    }
+
+
 def trust_line(trust: Trust) -> str:
     return trust_line_of(dataclasses.asdict(trust))
 
@@ -1862,6 +1890,18 @@ def print_report(args: argparse.Namespace, r: dict[str, Any], tl: Timeline) -> s
             )
         )
         w("    by verb and resource: " + ", ".join(f"{x} {c}" for x, c in op_steady.most_common(8)))
+        run = writes_per_renewal_over_run(
+            r["audit"]["operator"],
+            r["steady_issues"] + r["ramp_renewals"],
+            max(r["tokens"] - r["secret_changes"], 0),
+        )
+        w(
+            f"  operator from the first create to the end, per renewal ({run['renewals']} "
+            f"renewals, no window edge at the start): {run['writes']:.3f} writes (Secret "
+            f"{run['secret']:.3f}, status {run['status']:.3f}); {run['unwritten']} tokens not "
+            f"yet in their Secret at the end, {run['bound']:.3f} if each takes two more; "
+            f"events {run['events']} (first tokens' TokenIssued: a routine renewal posts none)"
+        )
     op_ramp = r["audit"]["operator"].get("ramp", Counter())
     ramp_classes = api_classes(op_ramp)
     ramp_calls = sum(op_ramp.values()) - ramp_classes.get("watch", 0)
