@@ -336,6 +336,32 @@ def test_a_routine_renewal_costs_two_writes_and_no_reads(
     assert len(writes) <= 2 * renewals + 1, [(e["verb"], e["requestURI"]) for e in writes]
 
 
+def test_a_creation_costs_one_secret_create_and_two_status_writes(
+    cluster, operator, token_endpoint, installed
+):
+    # bench/refresh_at_scale.py counts a credential's first two status writes (Pending,
+    # then the first TokenIssued) and its Secret's create as its creation's writes.
+    client = token_endpoint.add_client(lifetime=3600)
+    since = time.time() - 1
+    cluster.create_credential("newborn", client)
+    cluster.wait_ready("newborn", reason="TokenIssued")
+    time.sleep(2)
+    writes = [
+        (e["verb"], e["objectRef"].get("resource"), e["objectRef"].get("subresource"))
+        for e in installed.audit_events(user=OPERATOR_USER, since=since)
+        if (e.get("objectRef") or {}).get("namespace") == cluster.ns
+        and (e.get("objectRef") or {}).get("name") == "newborn"
+        and e["verb"] in ("create", "patch", "update")
+        and e.get("stage") == "ResponseComplete"
+    ]
+    assert sorted(writes) == [
+        ("create", "secrets", None),
+        ("patch", "oauth2credentials", "status"),
+        ("patch", "oauth2credentials", "status"),
+    ], writes
+    assert len(client.issued) == 1
+
+
 def test_no_secret_write_reaches_a_re_created_credential_of_the_same_name(
     cluster, operator, token_endpoint
 ):
