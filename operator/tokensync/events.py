@@ -12,7 +12,6 @@ record).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -31,7 +30,6 @@ MAX_MESSAGE = 1024  # the API's limit for an event's message (note)
 MAX_FIELD = 128  # reason, action and reportingInstance
 MAX_BACKLOG = 1000
 SUMMARY_SECONDS = 60.0  # failures and drops after the first are logged once a minute
-REQUEST_TIMEOUT = (5, 10)  # connect, read (seconds)
 
 # What tokensync was doing when it reported the event, by reason.
 ACTIONS: Mapping[str, str] = {
@@ -193,51 +191,26 @@ class Recorder:
 
 
 def _describe(error: Exception) -> str:
-    status = getattr(error, "status", None)
-    body = getattr(error, "body", None)
-    if status is not None:
-        try:
-            message = str(json.loads(body or b"{}").get("message", ""))[:300]
-        except (ValueError, AttributeError):
-            message = ""
-        return f"Kubernetes API {status}: {message or 'no message'}"
-    return type(error).__name__
+    """A KubeError's text (the API's Status message only), else the exception's type."""
+    from tokensync.kube import KubeError
 
-
-def kubernetes_creator(api_client: Any) -> Callable[[str, dict[str, Any]], None]:
-    """POST an Event with the `kubernetes` client (no response model is built)."""
-    import kubernetes
-
-    core = kubernetes.client.CoreV1Api(api_client)
-
-    def create(namespace: str, body: dict[str, Any]) -> None:
-        # Bounded, so an unreachable API server cannot hold the thread (or shutdown) forever.
-        response = core.create_namespaced_event(
-            namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-        )
-        # Read the (unused) answer: only then does its connection go back to the pool.
-        # Unread, every event opened a new TLS connection to the API server.
-        response.read()
-        response.release_conn()
-
-    return create
+    return str(error) if isinstance(error, KubeError) else type(error).__name__
 
 
 def _default_creator() -> Callable[[str, dict[str, Any]], None]:
     """Built on the events thread at the first event, from the same configuration as every
-    other API call (in-cluster, else the kubeconfig): reading it never blocks the loop."""
+    other API call (in-cluster, else the kubeconfig): reading it never blocks the loop.
+    Events go through `Kube.create_event`, the client's generic call like every other
+    write: the client's API classes (CoreV1Api) would import hundreds of its pydantic
+    models, about 18 MB the operator never uses."""
     create: Callable[[str, dict[str, Any]], None] | None = None
 
     def lazy(namespace: str, body: dict[str, Any]) -> None:
         nonlocal create
         if create is None:
-            import kubernetes
+            from tokensync.kube import Kube, load_configuration
 
-            from tokensync.kube import USER_AGENT, load_configuration
-
-            client = kubernetes.client.ApiClient(load_configuration(connection_pool_size=2))
-            client.user_agent = USER_AGENT
-            create = kubernetes_creator(client)
+            create = Kube(load_configuration(connection_pool_size=2)).create_event
         create(namespace, body)
 
     return lazy

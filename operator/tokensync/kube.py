@@ -41,6 +41,9 @@ REQUEST_TIMEOUT = (10, 30)  # connect, read
 # Lease calls must answer well within the leader's 10 s renew deadline.
 LEASE_REQUEST_TIMEOUT = (3, 5)
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+# Events are best effort: bounded, so an unreachable API server cannot hold the events
+# thread (or shutdown) for long.
+EVENT_REQUEST_TIMEOUT = (5, 10)
 
 
 class KubeError(Exception):
@@ -157,6 +160,12 @@ class Kube:
         result = self._call("PATCH", path, dict(patch), content_type=MERGE_PATCH)
         assert result is not None
         return result
+
+    def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
+        """POST a core/v1 Event (events.py builds it). Its answer is read, so the
+        connection goes back to the pool, and dropped."""
+        path = f"/api/v1/namespaces/{namespace}/events"
+        self._call("POST", path, dict(body), timeout=EVENT_REQUEST_TIMEOUT)
 
     def restart_workload(self, namespace: str, kind: str, name: str, stamp: str) -> None:
         """Set the pod template annotation tokensync.dev/restarted-at (a rolling restart,

@@ -3,16 +3,26 @@ the text log format of `tokensync run`."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
 import logging
 import re
+import subprocess
+import sys
+import textwrap
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 
 from tokensync import events
 from tokensync.cli import configure_logging
+from tokensync.kube import Kube
 
 NOW = datetime(2026, 11, 30, 12, 0, 1, 234567, tzinfo=UTC)
 CREDENTIAL = {
@@ -132,15 +142,12 @@ def test_json_logs_are_kopfs(capfd: pytest.CaptureFixture[str]) -> None:
     assert '"message": "hello"' in line and '"severity": "warn"' in line
 
 
-def test_posting_events_reuses_one_connection() -> None:
-    # The 10,000-credential profile: the events thread opened a new TLS connection for
-    # every event, because the unread answer (`_preload_content=False`) never gave its
-    # connection back to the pool.
-    import http.server
-
-    import kubernetes
-
+@contextlib.contextmanager
+def _event_server(status: int, answer: bytes) -> Iterator[tuple[Kube, list[object], list[str]]]:
+    """A keep-alive HTTP server answering every POST with `status` and `answer`, and a
+    Kube pointed at it; yields (kube, connections accepted, paths posted to)."""
     connections: list[object] = []
+    paths: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as kube-apiserver
@@ -151,8 +158,8 @@ def test_posting_events_reuses_one_connection() -> None:
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
-            answer = b'{"kind": "Event", "metadata": {"name": "e"}}'
-            self.send_response(201)
+            paths.append(self.path)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
@@ -166,18 +173,73 @@ def test_posting_events_reuses_one_connection() -> None:
     try:
         config = kubernetes.client.Configuration()
         config.host = f"http://127.0.0.1:{server.server_address[1]}"
-        create = events.kubernetes_creator(kubernetes.client.ApiClient(config))
-        body = events.event_body(
-            {"metadata": {"name": "c", "namespace": "ns"}},
-            "Normal",
-            "TokenIssued",
-            "token valid until later",
-            now=datetime.now(UTC),
-            instance="test",
-        )
-        for _ in range(5):
-            create("ns", body)
+        yield Kube(config), connections, paths
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_posting_events_reuses_one_connection() -> None:
+    # The 10,000-credential profile: the events thread opened a new TLS connection for
+    # every event, because the unread answer (`_preload_content=False`) never gave its
+    # connection back to the pool.
+    body = events.event_body(
+        {"metadata": {"name": "c", "namespace": "ns"}},
+        "Normal",
+        "TokenIssued",
+        "token valid until later",
+        now=datetime.now(UTC),
+        instance="test",
+    )
+    with _event_server(201, b'{"kind": "Event", "metadata": {"name": "e"}}') as served:
+        kube, connections, paths = served
+        for _ in range(5):
+            kube.create_event("ns", body)
+    assert paths == ["/api/v1/namespaces/ns/events"] * 5
     assert len(connections) == 1, f"{len(connections)} connections for 5 events"
+
+
+def test_a_refused_event_is_logged_with_the_status_message_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refusal = json.dumps(
+        {
+            "kind": "Status",
+            "message": 'events is forbidden: User "tokensync" cannot create resource "events"',
+            "details": {"causes": [{"message": "echoed-request-body-field"}]},
+        }
+    ).encode()
+    caplog.set_level(logging.WARNING, "tokensync.events")
+    with _event_server(403, refusal) as (kube, _, _):
+        recorder = events.Recorder(kube.create_event, instance="pod-1", now=lambda: NOW)
+        recorder.post(CREDENTIAL, "Normal", "TokenIssued", "issued")
+        recorder.flush()
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(
+        'Kubernetes API 403: events is forbidden: User "tokensync"' in line for line in logged
+    ), logged
+    assert not any("echoed-request-body-field" in line for line in logged), logged
+
+
+def test_posting_an_event_loads_none_of_the_clients_models() -> None:
+    """The events thread used the client's CoreV1Api: its module imports hundreds of the
+    client's pydantic models (about 18 MB of RSS at 250 of them) that tokensync never
+    uses. In a fresh interpreter, since other tests may have loaded them here."""
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.path[:0] = [sys.argv[1]]
+        from test_events import _event_server
+        with _event_server(201, b"{}") as (kube, _, paths):
+            kube.create_event("ns", {"kind": "Event", "metadata": {"namespace": "ns"}})
+        assert paths == ["/api/v1/namespaces/ns/events"], paths
+        print([m for m in sys.modules if m.startswith(("kubernetes.client.api.",
+                                                       "kubernetes.client.models."))])
+        """
+    )
+    here = str(Path(__file__).parent)
+    done = subprocess.run(
+        [sys.executable, "-c", script, here], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
